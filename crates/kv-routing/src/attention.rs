@@ -1,0 +1,274 @@
+//! [`StochasticKvAttention`]: causal grouped-query attention whose keys/values may come from
+//! another layer.
+//!
+//! The module splits attention into its two halves so that a route can wire them across layers:
+//! [`StochasticKvAttention::project_kv`] computes this layer's keys/values (only needed when the
+//! layer is a *source*), and [`StochasticKvAttention::forward`] attends with this layer's own
+//! queries to keys/values handed to it, whichever layer computed them.
+
+use burn::config::Config;
+use burn::module::{Initializer, Module};
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::Tensor;
+
+use crate::attention_mask::AttentionMask;
+use crate::error::KvRoutingError;
+use crate::key_value::KeyValue;
+use crate::rope::RopeAngles;
+
+/// Configuration of a [`StochasticKvAttention`].
+#[derive(Config, Debug)]
+pub struct StochasticKvAttentionConfig {
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Number of query heads.
+    pub n_heads: usize,
+    /// Number of key/value heads; must divide `n_heads`. `1` is multi-query attention.
+    /// Default: `n_heads` (multi-head attention).
+    #[config(default = "None")]
+    pub n_kv_heads: Option<usize>,
+    /// Size of one head. Default: `d_model / n_heads`.
+    #[config(default = "None")]
+    pub head_dim: Option<usize>,
+    /// Initializer of the four projection matrices. Default: normal with std 0.02.
+    #[config(default = "Initializer::Normal{mean:0.0, std:0.02}")]
+    pub initializer: Initializer,
+}
+
+impl StochasticKvAttentionConfig {
+    /// Number of key/value heads after defaults.
+    pub fn kv_heads(&self) -> usize {
+        self.n_kv_heads.unwrap_or(self.n_heads)
+    }
+
+    /// Head size after defaults.
+    pub fn resolved_head_dim(&self) -> usize {
+        self.head_dim.unwrap_or(self.d_model / self.n_heads.max(1))
+    }
+
+    /// Checks head counts and sizes.
+    pub fn validate(&self) -> crate::Result<()> {
+        let kv_heads = self.kv_heads();
+        let head_dim = self.resolved_head_dim();
+        if self.d_model == 0 || self.n_heads == 0 || kv_heads == 0 {
+            return Err(KvRoutingError::InvalidConfig(format!(
+                "attention needs d_model, n_heads and n_kv_heads >= 1 (got {}, {}, {})",
+                self.d_model, self.n_heads, kv_heads
+            )));
+        }
+        if !self.n_heads.is_multiple_of(kv_heads) {
+            return Err(KvRoutingError::InvalidConfig(format!(
+                "n_kv_heads = {kv_heads} must divide n_heads = {}",
+                self.n_heads
+            )));
+        }
+        if self.head_dim.is_none() && !self.d_model.is_multiple_of(self.n_heads) {
+            return Err(KvRoutingError::InvalidConfig(format!(
+                "n_heads = {} must divide d_model = {} (or set head_dim)",
+                self.n_heads, self.d_model
+            )));
+        }
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return Err(KvRoutingError::InvalidConfig(format!(
+                "head_dim must be even and non-zero for rotary embeddings, got {head_dim}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Initializes the module on `device`.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> crate::Result<StochasticKvAttention<B>> {
+        self.validate()?;
+        let head_dim = self.resolved_head_dim();
+        let kv_heads = self.kv_heads();
+        let projection = |d_input, d_output| {
+            LinearConfig::new(d_input, d_output)
+                .with_bias(false)
+                .with_initializer(self.initializer.clone())
+                .init(device)
+        };
+        Ok(StochasticKvAttention {
+            query: projection(self.d_model, self.n_heads * head_dim),
+            key: projection(self.d_model, kv_heads * head_dim),
+            value: projection(self.d_model, kv_heads * head_dim),
+            output: projection(self.n_heads * head_dim, self.d_model),
+            n_heads: self.n_heads,
+            n_kv_heads: kv_heads,
+            head_dim,
+        })
+    }
+}
+
+/// Grouped-query attention with rotary embeddings whose keys/values are supplied by the caller.
+///
+/// Query head `h` reads key/value head `h / (n_heads / n_kv_heads)`.
+#[derive(Module, Debug)]
+pub struct StochasticKvAttention<B: Backend> {
+    /// Query projection, `[d_model, n_heads * head_dim]`.
+    pub query: Linear<B>,
+    /// Key projection, `[d_model, n_kv_heads * head_dim]`.
+    pub key: Linear<B>,
+    /// Value projection, `[d_model, n_kv_heads * head_dim]`.
+    pub value: Linear<B>,
+    /// Output projection, `[n_heads * head_dim, d_model]`.
+    pub output: Linear<B>,
+    /// Number of query heads.
+    pub n_heads: usize,
+    /// Number of key/value heads.
+    pub n_kv_heads: usize,
+    /// Size of one head.
+    pub head_dim: usize,
+}
+
+impl<B: Backend> StochasticKvAttention<B> {
+    /// Width of the residual stream.
+    pub fn d_model(&self) -> usize {
+        self.query.weight.dims()[0]
+    }
+
+    /// This layer's keys (rotated) and values for `x`. Only a source layer needs to call it.
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq_len, d_model]`
+    /// - output: keys and values `[batch, n_kv_heads, seq_len, head_dim]`
+    pub fn project_kv(&self, x: Tensor<B, 3>, rope: &RopeAngles<B>) -> crate::Result<KeyValue<B>> {
+        self.check_input(&x, rope)?;
+        let key = self.split_heads(self.key.forward(x.clone()), self.n_kv_heads);
+        let value = self.split_heads(self.value.forward(x), self.n_kv_heads);
+        Ok(KeyValue::new(rope.apply(key), value))
+    }
+
+    /// Attends with this layer's queries for `x` to `kv` (from this or an earlier layer).
+    ///
+    /// The queries are the last `seq_len` of `kv`'s key slots (see [`AttentionMask`]).
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq_len, d_model]`
+    /// - kv: `[batch, n_kv_heads, kv_len, head_dim]` with `kv_len >= seq_len`
+    /// - mask (explicit): `[batch, 1, seq_len, kv_len]`
+    /// - output: `[batch, seq_len, d_model]`
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        kv: &KeyValue<B>,
+        rope: &RopeAngles<B>,
+        mask: &AttentionMask<B>,
+    ) -> crate::Result<Tensor<B, 3>> {
+        self.check_input(&x, rope)?;
+        let [batch, seq_len, _] = x.dims();
+        let [kv_batch, kv_heads, kv_len, kv_head_dim] = kv.key.dims();
+        if [kv_batch, kv_heads, kv_head_dim] != [batch, self.n_kv_heads, self.head_dim]
+            || kv.value.dims() != kv.key.dims()
+            || kv_len < seq_len
+        {
+            return Err(KvRoutingError::ShapeMismatch {
+                context: format!("keys/values for attention (kv_len >= seq_len = {seq_len})"),
+                expected: vec![batch, self.n_kv_heads, seq_len.max(kv_len), self.head_dim],
+                actual: kv.key.dims().to_vec(),
+            });
+        }
+        if let AttentionMask::Explicit(mask) = mask {
+            if mask.dims() != [batch, 1, seq_len, kv_len] {
+                return Err(KvRoutingError::ShapeMismatch {
+                    context: "attention mask".into(),
+                    expected: vec![batch, 1, seq_len, kv_len],
+                    actual: mask.dims().to_vec(),
+                });
+            }
+        }
+
+        let query = rope.apply(self.split_heads(self.query.forward(x), self.n_heads));
+        let groups = self.n_heads / self.n_kv_heads;
+        let context = if seq_len == 1 {
+            // One query per sequence sees every valid key, so the query heads of a group can be
+            // stacked as rows against the shared key/value head: no copy of the history.
+            let query = query.reshape([batch, self.n_kv_heads, groups, self.head_dim]);
+            let mask = match mask {
+                AttentionMask::Causal => None,
+                AttentionMask::Explicit(mask) => {
+                    Some(mask.clone().reshape([batch, 1, 1, kv_len]).expand([
+                        batch,
+                        self.n_kv_heads,
+                        groups,
+                        kv_len,
+                    ]))
+                }
+            };
+            attention(
+                query,
+                kv.key.clone(),
+                kv.value.clone(),
+                mask,
+                None,
+                AttentionModuleOptions::default(),
+            )
+        } else {
+            let key = repeat_kv_heads(kv.key.clone(), groups);
+            let value = repeat_kv_heads(kv.value.clone(), groups);
+            let (mask, is_causal) = match mask {
+                AttentionMask::Causal => (None, true),
+                AttentionMask::Explicit(mask) => (
+                    Some(mask.clone().expand([batch, self.n_heads, seq_len, kv_len])),
+                    false,
+                ),
+            };
+            attention(
+                query,
+                key,
+                value,
+                mask,
+                None,
+                AttentionModuleOptions {
+                    is_causal,
+                    ..Default::default()
+                },
+            )
+        };
+        let context = context
+            .reshape([batch, self.n_heads, seq_len, self.head_dim])
+            .swap_dims(1, 2)
+            .reshape([batch, seq_len, self.n_heads * self.head_dim]);
+        Ok(self.output.forward(context))
+    }
+
+    /// `[batch, seq_len, heads * head_dim]` -> `[batch, heads, seq_len, head_dim]`.
+    fn split_heads(&self, x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+        let [batch, seq_len, _] = x.dims();
+        x.reshape([batch, seq_len, heads, self.head_dim])
+            .swap_dims(1, 2)
+    }
+
+    fn check_input(&self, x: &Tensor<B, 3>, rope: &RopeAngles<B>) -> crate::Result<()> {
+        let [batch, seq_len, d_model] = x.dims();
+        if d_model != self.d_model() || seq_len == 0 || batch == 0 {
+            return Err(KvRoutingError::ShapeMismatch {
+                context: "attention input (batch, seq_len >= 1)".into(),
+                expected: vec![batch.max(1), seq_len.max(1), self.d_model()],
+                actual: x.dims().to_vec(),
+            });
+        }
+        if rope.batch_size() != batch || rope.seq_len() != seq_len {
+            return Err(KvRoutingError::ShapeMismatch {
+                context: "rotary angles for attention input".into(),
+                expected: vec![batch, seq_len],
+                actual: vec![rope.batch_size(), rope.seq_len()],
+            });
+        }
+        Ok(())
+    }
+}
+
+/// `[batch, kv_heads, len, head_dim]` -> `[batch, kv_heads * groups, len, head_dim]`, each
+/// key/value head repeated for the `groups` query heads that read it.
+fn repeat_kv_heads<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
+    if groups == 1 {
+        return x;
+    }
+    let [batch, heads, len, head_dim] = x.dims();
+    x.unsqueeze_dim::<5>(2)
+        .expand([batch, heads, groups, len, head_dim])
+        .reshape([batch, heads * groups, len, head_dim])
+}

@@ -1,0 +1,51 @@
+//! [`DecoderBlock`]: a pre-norm Llama block whose attention is routed.
+
+use burn::module::Module;
+use burn::nn::RmsNorm;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use crate::attention::StochasticKvAttention;
+use crate::attention_mask::AttentionMask;
+use crate::error::Result;
+use crate::feed_forward::SwiGluFeedForward;
+use crate::kv_store::KvStore;
+use crate::rope::RopeAngles;
+
+/// `x + attn(norm(x))`, then `x + mlp(norm(x))`.
+#[derive(Module, Debug)]
+pub struct DecoderBlock<B: Backend> {
+    /// Norm before attention.
+    pub attention_norm: RmsNorm<B>,
+    /// Routed attention.
+    pub attention: StochasticKvAttention<B>,
+    /// Norm before the feed-forward block.
+    pub mlp_norm: RmsNorm<B>,
+    /// Feed-forward block.
+    pub mlp: SwiGluFeedForward<B>,
+}
+
+impl<B: Backend> DecoderBlock<B> {
+    /// Runs block `layer` under the store's route: computes and hands over its own keys/values
+    /// only when it is a source, then attends to those of its source layer.
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq_len, d_model]`
+    /// - output: `[batch, seq_len, d_model]`
+    pub fn forward(
+        &self,
+        layer: usize,
+        x: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        mask: &AttentionMask<B>,
+        store: &mut impl KvStore<B>,
+    ) -> Result<Tensor<B, 3>> {
+        let normed = self.attention_norm.forward(x.clone());
+        if store.route().is_source(layer) {
+            store.put(layer, self.attention.project_kv(normed.clone(), rope)?)?;
+        }
+        let kv = store.get(layer)?;
+        let x = x + self.attention.forward(normed, &kv, rope, mask)?;
+        Ok(x.clone() + self.mlp.forward(self.mlp_norm.forward(x)))
+    }
+}

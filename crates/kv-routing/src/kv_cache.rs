@@ -1,0 +1,430 @@
+//! [`KvCacheManager`]: the KV cache of a batch of sequences under a route.
+//!
+//! # What lives where
+//! - **Storage.** One key and one value tensor, `[batch, n_kv_heads, capacity, head_dim]`, per
+//!   *source* layer of the route, allocated once at construction. Non-source layers own nothing:
+//!   they read their source's storage. Nothing is duplicated between layers.
+//! - **Slots.** The batch shares one write cursor, [`KvCacheManager::len`]: a step of `t` tokens
+//!   writes slots `len..len + t` of every source layer in place (no concatenation of the
+//!   history). A sequence that brings fewer than `t` tokens to a step (a shorter prompt, a
+//!   finished sequence) leaves the rest of its slots as *holes*, recorded on the host in
+//!   `key_valid` and hidden from every query by the attention mask, so padding never leaks.
+//! - **Positions.** Each sequence counts its own tokens ([`KvCacheManager::sequence_lengths`]);
+//!   a token's rotary position is that count, not its slot, so holes do not shift positions.
+//!   Keys are stored already rotated, at the source layer, with the position of the step that
+//!   wrote them; a layer that reads a shared cache applies the *step's* positions to its own
+//!   queries, never a position derived from how much its donor has appended.
+//!
+//! # Invariants
+//! 1. `layers[l].is_some()` exactly for the sources of `route` (after construction and after
+//!    every [`KvCacheManager::retarget`]).
+//! 2. Slots `0..len` of every stored layer hold the keys/values of every token appended so far;
+//!    slots at or beyond `len` are never read outside the step that is writing them.
+//! 3. [`KvCacheManager::bytes`] is exactly the bytes of the tensors held:
+//!    `|sources| * 2 * batch * n_kv_heads * capacity * head_dim * bytes_per_element`.
+//!
+//! # All-or-nothing
+//! A step ([`KvCacheManager::begin_step`]) validates everything it can (batch size, lengths,
+//! capacity) before touching storage, and only [`CacheStep::commit`] advances `len`, the
+//! sequence lengths and the validity record. A step that fails or is dropped before commit
+//! leaves the cache as it was: its writes sit beyond `len` and are overwritten by the next step.
+//! [`KvCacheManager::retarget`] checks the new route completely before dropping anything.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use crate::attention_mask::AttentionMask;
+use crate::error::{KvRoutingError, Result};
+use crate::key_value::KeyValue;
+use crate::kv_store::{check_layer, KvStore};
+use crate::route::Route;
+
+/// Geometry of a [`KvCacheManager`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvCacheLayout {
+    /// Sequences in the batch.
+    pub batch_size: usize,
+    /// Layers of the model.
+    pub n_layers: usize,
+    /// Key/value heads per layer.
+    pub n_kv_heads: usize,
+    /// Size of one head.
+    pub head_dim: usize,
+    /// Preallocated slots per sequence.
+    pub capacity: usize,
+}
+
+impl KvCacheLayout {
+    /// Bytes of one cached layer (keys and values) at `bytes_per_element`.
+    pub fn bytes_per_layer(&self, bytes_per_element: usize) -> usize {
+        2 * self.batch_size * self.n_kv_heads * self.capacity * self.head_dim * bytes_per_element
+    }
+
+    fn validate(&self) -> Result<()> {
+        let fields = [
+            ("batch_size", self.batch_size),
+            ("n_layers", self.n_layers),
+            ("n_kv_heads", self.n_kv_heads),
+            ("head_dim", self.head_dim),
+            ("capacity", self.capacity),
+        ];
+        match fields.iter().find(|(_, v)| *v == 0) {
+            Some((name, _)) => Err(KvRoutingError::InvalidConfig(format!(
+                "KV cache {name} must be >= 1"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A preallocated, route-aware KV cache for a batch of sequences. See the module docs for its
+/// contract.
+#[derive(Debug)]
+pub struct KvCacheManager<B: Backend> {
+    layout: KvCacheLayout,
+    route: Route,
+    layers: Vec<Option<KeyValue<B>>>,
+    len: usize,
+    sequence_lengths: Vec<usize>,
+    /// `[batch, capacity]` row-major: whether a slot holds a token of that sequence.
+    key_valid: Vec<bool>,
+    device: B::Device,
+}
+
+impl<B: Backend> KvCacheManager<B> {
+    /// Allocates storage for the sources of `route` only.
+    pub fn new(layout: KvCacheLayout, route: Route, device: &B::Device) -> Result<Self> {
+        layout.validate()?;
+        route.check_layers(layout.n_layers)?;
+        let shape = [
+            layout.batch_size,
+            layout.n_kv_heads,
+            layout.capacity,
+            layout.head_dim,
+        ];
+        let layers = (0..layout.n_layers)
+            .map(|layer| {
+                route.is_source(layer).then(|| {
+                    KeyValue::new(Tensor::zeros(shape, device), Tensor::zeros(shape, device))
+                })
+            })
+            .collect();
+        Ok(Self {
+            layout,
+            route,
+            layers,
+            len: 0,
+            sequence_lengths: vec![0; layout.batch_size],
+            key_valid: vec![false; layout.batch_size * layout.capacity],
+            device: device.clone(),
+        })
+    }
+
+    /// The cache geometry.
+    pub fn layout(&self) -> KvCacheLayout {
+        self.layout
+    }
+
+    /// The route the cache serves.
+    pub fn route(&self) -> &Route {
+        &self.route
+    }
+
+    /// Slots written so far (shared by the batch, holes included).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing has been appended yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Preallocated slots per sequence.
+    pub fn capacity(&self) -> usize {
+        self.layout.capacity
+    }
+
+    /// Slots still free.
+    pub fn remaining(&self) -> usize {
+        self.layout.capacity - self.len
+    }
+
+    /// Tokens held per sequence; also the rotary position of each sequence's next token.
+    pub fn sequence_lengths(&self) -> &[usize] {
+        &self.sequence_lengths
+    }
+
+    /// The layers that hold storage, ascending.
+    pub fn cached_layers(&self) -> Vec<usize> {
+        (0..self.layout.n_layers)
+            .filter(|&l| self.layers[l].is_some())
+            .collect()
+    }
+
+    /// Bytes held by each layer (zero for layers that read another layer's cache).
+    pub fn bytes_per_layer(&self) -> Vec<usize> {
+        self.layers
+            .iter()
+            .map(|kv| {
+                kv.as_ref()
+                    .map_or(0, |kv| tensor_bytes(&kv.key) + tensor_bytes(&kv.value))
+            })
+            .collect()
+    }
+
+    /// Total bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes_per_layer().iter().sum()
+    }
+
+    /// Forgets every token (storage is kept and reused).
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.sequence_lengths.fill(0);
+        self.key_valid.fill(false);
+    }
+
+    /// Switches a live cache to `route`, whose sources must all be cached already.
+    ///
+    /// Storage of layers that are no longer sources is released at once; nothing is recomputed
+    /// and generation continues from the same slots. Fails, changing nothing, when `route` has
+    /// the wrong number of layers or needs a layer whose history is not cached.
+    pub fn retarget(&mut self, route: Route) -> Result<()> {
+        route.check_layers(self.layout.n_layers)?;
+        if let Some(layer) = route
+            .sources()
+            .into_iter()
+            .find(|&l| self.layers[l].is_none())
+        {
+            return Err(KvRoutingError::MissingKv {
+                layer,
+                reason: format!(
+                    "is a source of the new route {route} but is not cached (cached layers: {:?}); its history would have to be recomputed",
+                    self.cached_layers()
+                ),
+            });
+        }
+        for layer in 0..self.layout.n_layers {
+            if !route.is_source(layer) {
+                self.layers[layer] = None;
+            }
+        }
+        self.route = route;
+        Ok(())
+    }
+
+    /// Starts appending a step of `step_len` slots in which sequence `b` brings
+    /// `new_tokens[b] <= step_len` tokens (the first `new_tokens[b]` slots; the rest are holes).
+    ///
+    /// Validates the batch size, the lengths and the capacity before anything is written.
+    pub fn begin_step(
+        &mut self,
+        new_tokens: &[usize],
+        step_len: usize,
+    ) -> Result<CacheStep<'_, B>> {
+        let batch = self.layout.batch_size;
+        if new_tokens.len() != batch {
+            return Err(KvRoutingError::ShapeMismatch {
+                context: "tokens per sequence for a cache step (one entry per sequence)".into(),
+                expected: vec![batch],
+                actual: vec![new_tokens.len()],
+            });
+        }
+        if step_len == 0 {
+            return Err(KvRoutingError::InvalidLengths(
+                "a cache step must append at least one slot".into(),
+            ));
+        }
+        for (sequence, &n) in new_tokens.iter().enumerate() {
+            if n > step_len {
+                return Err(KvRoutingError::InvalidLengths(format!(
+                    "sequence {sequence} brings {n} tokens to a step of {step_len} slots"
+                )));
+            }
+            if n == 0 && self.sequence_lengths[sequence] == 0 {
+                return Err(KvRoutingError::InvalidLengths(format!(
+                    "sequence {sequence} has no tokens yet and brings none: its queries would see no key"
+                )));
+            }
+        }
+        if self.len + step_len > self.layout.capacity {
+            return Err(KvRoutingError::CapacityExceeded {
+                used: self.len,
+                requested: step_len,
+                capacity: self.layout.capacity,
+            });
+        }
+        let positions = new_tokens
+            .iter()
+            .zip(&self.sequence_lengths)
+            .flat_map(|(&n, &start)| {
+                // Hole slots get a harmless position: their outputs are discarded and their
+                // keys hidden.
+                (0..step_len).map(move |i| if i < n { start + i } else { start })
+            })
+            .collect();
+        let written = vec![false; self.layout.n_layers];
+        Ok(CacheStep {
+            new_tokens: new_tokens.to_vec(),
+            step_len,
+            positions,
+            written,
+            cache: self,
+        })
+    }
+}
+
+/// One step being appended to a [`KvCacheManager`]; see the module docs for its all-or-nothing
+/// contract. Implements [`KvStore`] for the decoder's block loop.
+#[derive(Debug)]
+pub struct CacheStep<'a, B: Backend> {
+    cache: &'a mut KvCacheManager<B>,
+    new_tokens: Vec<usize>,
+    step_len: usize,
+    positions: Vec<usize>,
+    written: Vec<bool>,
+}
+
+impl<B: Backend> CacheStep<'_, B> {
+    /// Slots this step appends.
+    pub fn step_len(&self) -> usize {
+        self.step_len
+    }
+
+    /// Rotary position of every slot of the step, row-major `[batch, step_len]`.
+    pub fn positions(&self) -> &[usize] {
+        &self.positions
+    }
+
+    /// Key slots visible to the step's queries: history plus the step itself.
+    pub fn visible_len(&self) -> usize {
+        self.cache.len + self.step_len
+    }
+
+    /// The step's attention mask: bottom-right causal over the visible slots, holes hidden.
+    pub fn mask(&self) -> Result<AttentionMask<B>> {
+        let batch = self.cache.layout.batch_size;
+        let capacity = self.cache.layout.capacity;
+        let visible = self.visible_len();
+        let mut key_valid = Vec::with_capacity(batch * visible);
+        for (sequence, &n) in self.new_tokens.iter().enumerate() {
+            let row = &self.cache.key_valid[sequence * capacity..];
+            key_valid.extend_from_slice(&row[..self.cache.len]);
+            key_valid.extend((0..self.step_len).map(|i| i < n));
+        }
+        AttentionMask::causal_with_key_validity(
+            &key_valid,
+            batch,
+            self.step_len,
+            visible,
+            &self.cache.device,
+        )
+    }
+
+    /// Makes the step part of the cache. Fails, committing nothing, if a source layer of the
+    /// route was not written.
+    pub fn commit(self) -> Result<()> {
+        if let Some(layer) = self
+            .cache
+            .route
+            .sources()
+            .into_iter()
+            .find(|&l| !self.written[l])
+        {
+            return Err(KvRoutingError::MissingKv {
+                layer,
+                reason: "is a source of the cache's route but wrote no keys/values in this step"
+                    .into(),
+            });
+        }
+        let cache = self.cache;
+        let capacity = cache.layout.capacity;
+        for (sequence, &n) in self.new_tokens.iter().enumerate() {
+            let start = sequence * capacity + cache.len;
+            cache.key_valid[start..start + self.step_len]
+                .iter_mut()
+                .enumerate()
+                .for_each(|(i, valid)| *valid = i < n);
+            cache.sequence_lengths[sequence] += n;
+        }
+        cache.len += self.step_len;
+        Ok(())
+    }
+}
+
+impl<B: Backend> KvStore<B> for CacheStep<'_, B> {
+    fn route(&self) -> &Route {
+        &self.cache.route
+    }
+
+    fn put(&mut self, layer: usize, kv: KeyValue<B>) -> Result<()> {
+        check_layer(&self.cache.route, layer)?;
+        let layout = self.cache.layout;
+        let expected = [
+            layout.batch_size,
+            layout.n_kv_heads,
+            self.step_len,
+            layout.head_dim,
+        ];
+        if kv.key.dims() != expected || kv.value.dims() != expected {
+            return Err(KvRoutingError::ShapeMismatch {
+                context: format!("keys/values written to the cache by layer {layer}"),
+                expected: expected.to_vec(),
+                actual: kv.key.dims().to_vec(),
+            });
+        }
+        let start = self.cache.len;
+        let slots = [
+            0..layout.batch_size,
+            0..layout.n_kv_heads,
+            start..start + self.step_len,
+            0..layout.head_dim,
+        ];
+        // Taking the storage out leaves its buffer uniquely owned, so backends write in place.
+        let storage = self.cache.layers[layer]
+            .take()
+            .ok_or_else(|| KvRoutingError::MissingKv {
+                layer,
+                reason: format!(
+                    "is not cached under the route {}, so it must not compute keys/values",
+                    self.cache.route
+                ),
+            })?;
+        self.cache.layers[layer] = Some(KeyValue::new(
+            storage.key.slice_assign(slots.clone(), kv.key),
+            storage.value.slice_assign(slots, kv.value),
+        ));
+        self.written[layer] = true;
+        Ok(())
+    }
+
+    fn get(&mut self, layer: usize) -> Result<KeyValue<B>> {
+        check_layer(&self.cache.route, layer)?;
+        let source = self.cache.route.source_of(layer);
+        if !self.written[source] {
+            return Err(KvRoutingError::MissingKv {
+                layer,
+                reason: format!("its source layer {source} has not written this step yet"),
+            });
+        }
+        let layout = self.cache.layout;
+        let storage = self.cache.layers[source]
+            .as_ref()
+            .expect("a written layer holds storage");
+        let visible = [
+            0..layout.batch_size,
+            0..layout.n_kv_heads,
+            0..self.visible_len(),
+            0..layout.head_dim,
+        ];
+        Ok(KeyValue::new(
+            storage.key.clone().slice(visible.clone()),
+            storage.value.clone().slice(visible),
+        ))
+    }
+}
+
+fn tensor_bytes<B: Backend>(tensor: &Tensor<B, 4>) -> usize {
+    tensor.shape().num_elements() * tensor.dtype().size()
+}

@@ -1,0 +1,50 @@
+//! # kv-routing
+//!
+//! Stochastic KV routing (random cross-layer attention, R-CLA) for [Burn](https://burn.dev),
+//! generic over any `B: Backend`.
+//!
+//! - [`Route`] says which layer's keys/values each layer reads; [`CachePlan`] builds the routes
+//!   used at inference from a set of cached layers; [`StochasticRouter`] draws the random routes
+//!   used in training.
+//! - [`StochasticKvAttention`] is the attention module: grouped-query attention with rotary
+//!   embeddings whose keys/values may come from another layer.
+//! - [`KvCacheManager`] caches keys/values of a batch for the source layers of a route only.
+//! - [`RoutedTransformer`] is a Llama-shaped decoder built from them, with full-sequence and
+//!   cached forward passes that route identically, and generation.
+//!
+//! See `docs/routing.md` for the exact semantics and `docs/architecture.md` for how the pieces
+//! fit.
+
+#![warn(missing_docs)]
+
+mod attention;
+mod attention_mask;
+mod cache_plan;
+mod decoder_block;
+mod error;
+mod feed_forward;
+mod generation;
+mod key_value;
+pub mod kv_cache;
+mod kv_store;
+mod rope;
+mod route;
+mod routed_transformer;
+mod router;
+mod seeded_init;
+
+pub use attention::{StochasticKvAttention, StochasticKvAttentionConfig};
+pub use attention_mask::AttentionMask;
+pub use cache_plan::CachePlan;
+pub use decoder_block::DecoderBlock;
+pub use error::{KvRoutingError, Result};
+pub use feed_forward::{SwiGluFeedForward, SwiGluFeedForwardConfig};
+pub use generation::{logits_rows, Generation, GenerationConfig, Sampler};
+pub use key_value::KeyValue;
+pub use kv_cache::{CacheStep, KvCacheLayout, KvCacheManager};
+pub use kv_store::{KvStore, SequenceKv};
+pub use rope::{RopeAngles, RotaryEmbedding, RotaryEmbeddingConfig};
+pub use route::Route;
+pub use routed_transformer::{RoutedTransformer, RoutedTransformerConfig};
+pub use router::StochasticRouter;
+pub use seeded_init::reinit_seeded;

@@ -1,0 +1,366 @@
+//! [`RoutedTransformer`]: a Llama-shaped decoder-only language model with routed attention.
+//!
+//! One block loop serves every path. [`RoutedTransformer::forward`] (training, evaluation,
+//! uncached prefill) and [`RoutedTransformer::forward_cached`] (cached prefill and decode) differ
+//! only in the [`KvStore`] they hand to the loop, so a route shares keys/values the same way in
+//! both.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use crate::attention::StochasticKvAttentionConfig;
+use crate::attention_mask::AttentionMask;
+use crate::decoder_block::DecoderBlock;
+use crate::error::KvRoutingError;
+use crate::feed_forward::SwiGluFeedForwardConfig;
+use crate::kv_cache::{KvCacheLayout, KvCacheManager};
+use crate::kv_store::{KvStore, SequenceKv};
+use crate::rope::{RopeAngles, RotaryEmbedding, RotaryEmbeddingConfig};
+use crate::route::Route;
+use crate::seeded_init::reinit_seeded;
+
+/// Configuration of a [`RoutedTransformer`]. Serializes to JSON with serde.
+#[derive(Config, Debug, PartialEq)]
+pub struct RoutedTransformerConfig {
+    /// Vocabulary size.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Number of decoder blocks.
+    pub n_layers: usize,
+    /// Query heads per block.
+    pub n_heads: usize,
+    /// Key/value heads per block; must divide `n_heads`. Default: `n_heads`.
+    #[config(default = "None")]
+    pub n_kv_heads: Option<usize>,
+    /// Hidden width of the SwiGLU feed-forward blocks.
+    pub d_ff: usize,
+    /// Longest sequence (rotary table size). Default: 2048.
+    #[config(default = 2048)]
+    pub max_seq_len: usize,
+    /// Rotary base. Default: 10000.
+    #[config(default = 10000.0)]
+    pub rope_theta: f64,
+    /// RMSNorm epsilon. Default: 1e-5.
+    #[config(default = 1e-5)]
+    pub norm_eps: f64,
+    /// Standard deviation of the normal initialization of weight matrices. Default: 0.02.
+    #[config(default = 0.02)]
+    pub init_std: f64,
+}
+
+impl RoutedTransformerConfig {
+    /// Checks every field; [`RoutedTransformerConfig::init`] calls it.
+    pub fn validate(&self) -> crate::Result<()> {
+        for (name, value) in [
+            ("vocab_size", self.vocab_size),
+            ("d_model", self.d_model),
+            ("n_layers", self.n_layers),
+            ("d_ff", self.d_ff),
+            ("max_seq_len", self.max_seq_len),
+        ] {
+            if value == 0 {
+                return Err(KvRoutingError::InvalidConfig(format!(
+                    "{name} must be >= 1"
+                )));
+            }
+        }
+        if self.vocab_size > u32::MAX as usize {
+            return Err(KvRoutingError::InvalidConfig(format!(
+                "vocab_size {} does not fit u32 token ids",
+                self.vocab_size
+            )));
+        }
+        if self.norm_eps.is_nan() || self.norm_eps <= 0.0 {
+            return Err(KvRoutingError::InvalidConfig(format!(
+                "norm_eps must be positive, got {}",
+                self.norm_eps
+            )));
+        }
+        if !(self.init_std >= 0.0 && self.init_std.is_finite()) {
+            return Err(KvRoutingError::InvalidConfig(format!(
+                "init_std must be finite and >= 0, got {}",
+                self.init_std
+            )));
+        }
+        self.attention_config().validate()
+    }
+
+    /// The configuration of every block's attention.
+    pub fn attention_config(&self) -> StochasticKvAttentionConfig {
+        StochasticKvAttentionConfig::new(self.d_model, self.n_heads)
+            .with_n_kv_heads(self.n_kv_heads)
+            .with_initializer(self.initializer())
+    }
+
+    fn initializer(&self) -> burn::module::Initializer {
+        burn::module::Initializer::Normal {
+            mean: 0.0,
+            std: self.init_std,
+        }
+    }
+
+    /// Initializes the model with Burn's initializers (the backend's RNG).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> crate::Result<RoutedTransformer<B>> {
+        self.validate()?;
+        let attention = self.attention_config();
+        let head_dim = attention.resolved_head_dim();
+        let norm = || {
+            RmsNormConfig::new(self.d_model)
+                .with_epsilon(self.norm_eps)
+                .init(device)
+        };
+        let blocks = (0..self.n_layers)
+            .map(|_| {
+                Ok(DecoderBlock {
+                    attention_norm: norm(),
+                    attention: attention.init(device)?,
+                    mlp_norm: norm(),
+                    mlp: SwiGluFeedForwardConfig::new(self.d_model, self.d_ff)
+                        .with_initializer(self.initializer())
+                        .init(device),
+                })
+            })
+            .collect::<crate::Result<Vec<_>>>()?;
+        Ok(RoutedTransformer {
+            embedding: EmbeddingConfig::new(self.vocab_size, self.d_model)
+                .with_initializer(self.initializer())
+                .init(device),
+            blocks,
+            norm: norm(),
+            lm_head: LinearConfig::new(self.d_model, self.vocab_size)
+                .with_bias(false)
+                .with_initializer(self.initializer())
+                .init(device),
+            rope: RotaryEmbeddingConfig::new(head_dim, self.max_seq_len)
+                .with_theta(self.rope_theta)
+                .init(device)?,
+            vocab_size: self.vocab_size,
+        })
+    }
+
+    /// Initializes the model with weights drawn on the host from `seed`: the same weights on
+    /// every backend (see [`reinit_seeded`]).
+    pub fn init_seeded<B: Backend>(
+        &self,
+        seed: u64,
+        device: &B::Device,
+    ) -> crate::Result<RoutedTransformer<B>> {
+        reinit_seeded(self.init(device)?, seed, self.init_std)
+    }
+}
+
+/// Decoder-only language model: embedding, routed pre-norm blocks, final RMSNorm, LM head.
+#[derive(Module, Debug)]
+pub struct RoutedTransformer<B: Backend> {
+    /// Token embedding, `[vocab_size, d_model]`.
+    pub embedding: Embedding<B>,
+    /// Decoder blocks, layer 0 first.
+    pub blocks: Vec<DecoderBlock<B>>,
+    /// Final norm.
+    pub norm: RmsNorm<B>,
+    /// Output projection, `[d_model, vocab_size]`.
+    pub lm_head: Linear<B>,
+    /// Rotary tables shared by all blocks.
+    pub rope: RotaryEmbedding<B>,
+    vocab_size: usize,
+}
+
+impl<B: Backend> RoutedTransformer<B> {
+    /// Number of decoder blocks.
+    pub fn n_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// Longest supported sequence.
+    pub fn max_seq_len(&self) -> usize {
+        self.rope.max_seq_len()
+    }
+
+    /// Key/value heads per layer.
+    pub fn n_kv_heads(&self) -> usize {
+        self.blocks[0].attention.n_kv_heads
+    }
+
+    /// Size of one head.
+    pub fn head_dim(&self) -> usize {
+        self.blocks[0].attention.head_dim
+    }
+
+    /// Full-sequence forward under `route`: training, evaluation, uncached prefill.
+    ///
+    /// `tokens` holds one sequence per batch entry; sequences may differ in length (shorter ones
+    /// are padded internally and padding is hidden from attention). Logits at positions beyond a
+    /// sequence's length are meaningless.
+    ///
+    /// # Shapes
+    /// - output: `[batch, max_len, vocab_size]`
+    pub fn forward(&self, tokens: &[Vec<u32>], route: &Route) -> crate::Result<Tensor<B, 3>> {
+        route.check_layers(self.n_layers())?;
+        let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
+        if let Some(sequence) = lengths.iter().position(|&n| n == 0) {
+            return Err(KvRoutingError::InvalidLengths(format!(
+                "sequence {sequence} is empty"
+            )));
+        }
+        let (ids, batch, seq_len) = self.token_tensor(tokens)?;
+        let positions: Vec<usize> = (0..batch).flat_map(|_| 0..seq_len).collect();
+        let rope = self.rope.angles(&positions, batch, seq_len)?;
+        let key_valid: Vec<bool> = lengths
+            .iter()
+            .flat_map(|&n| (0..seq_len).map(move |j| j < n))
+            .collect();
+        let mask = AttentionMask::causal_with_key_validity(
+            &key_valid,
+            batch,
+            seq_len,
+            seq_len,
+            &self.device(),
+        )?;
+        let hidden = self.run_blocks(ids, &rope, &mask, &mut SequenceKv::new(route.clone()))?;
+        Ok(self.lm_head.forward(self.norm.forward(hidden)))
+    }
+
+    /// A cache for `batch_size` sequences of up to `capacity` slots under `route`.
+    pub fn new_cache(
+        &self,
+        batch_size: usize,
+        capacity: usize,
+        route: Route,
+    ) -> crate::Result<KvCacheManager<B>> {
+        KvCacheManager::new(
+            KvCacheLayout {
+                batch_size,
+                n_layers: self.n_layers(),
+                n_kv_heads: self.n_kv_heads(),
+                head_dim: self.head_dim(),
+                capacity,
+            },
+            route,
+            &self.device(),
+        )
+    }
+
+    /// Cached forward: appends `tokens[b]` (zero or more new tokens of sequence `b`) to `cache`
+    /// and returns the logits of every appended slot, under the cache's route.
+    ///
+    /// Prefill is one call with the prompts; decoding is one call per token. Sequences may bring
+    /// different numbers of tokens; a step is all-or-nothing (see [`KvCacheManager`]).
+    ///
+    /// # Shapes
+    /// - output: `[batch, max_new, vocab_size]`
+    pub fn forward_cached(
+        &self,
+        tokens: &[Vec<u32>],
+        cache: &mut KvCacheManager<B>,
+    ) -> crate::Result<Tensor<B, 3>> {
+        let hidden = self.hidden_cached(tokens, cache)?;
+        Ok(self.lm_head.forward(self.norm.forward(hidden)))
+    }
+
+    /// Like [`RoutedTransformer::forward_cached`] but returns only the logits of each sequence's
+    /// last new token, and projects only those onto the vocabulary. Rows of sequences that
+    /// brought no token are meaningless.
+    ///
+    /// # Shapes
+    /// - output: `[batch, vocab_size]`
+    pub fn forward_cached_last(
+        &self,
+        tokens: &[Vec<u32>],
+        cache: &mut KvCacheManager<B>,
+    ) -> crate::Result<Tensor<B, 2>> {
+        let hidden = self.hidden_cached(tokens, cache)?;
+        let [batch, step_len, d_model] = hidden.dims();
+        let rows: Vec<i64> = tokens
+            .iter()
+            .enumerate()
+            .map(|(b, t)| (b * step_len + t.len().saturating_sub(1)) as i64)
+            .collect();
+        let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [batch]), &self.device());
+        let last = hidden.reshape([batch * step_len, d_model]).select(0, rows);
+        Ok(self.lm_head.forward(self.norm.forward(last)))
+    }
+
+    fn hidden_cached(
+        &self,
+        tokens: &[Vec<u32>],
+        cache: &mut KvCacheManager<B>,
+    ) -> crate::Result<Tensor<B, 3>> {
+        let layout = cache.layout();
+        if layout.n_layers != self.n_layers()
+            || layout.n_kv_heads != self.n_kv_heads()
+            || layout.head_dim != self.head_dim()
+        {
+            return Err(KvRoutingError::ShapeMismatch {
+                context: "cache layout (n_layers, n_kv_heads, head_dim) for this model".into(),
+                expected: vec![self.n_layers(), self.n_kv_heads(), self.head_dim()],
+                actual: vec![layout.n_layers, layout.n_kv_heads, layout.head_dim],
+            });
+        }
+        let new_tokens: Vec<usize> = tokens.iter().map(Vec::len).collect();
+        let (ids, batch, step_len) = self.token_tensor(tokens)?;
+        let mut step = cache.begin_step(&new_tokens, step_len)?;
+        let rope = self.rope.angles(step.positions(), batch, step_len)?;
+        let mask = step.mask()?;
+        let hidden = self.run_blocks(ids, &rope, &mask, &mut step)?;
+        step.commit()?;
+        Ok(hidden)
+    }
+
+    /// The block loop shared by every path.
+    fn run_blocks(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        rope: &RopeAngles<B>,
+        mask: &AttentionMask<B>,
+        store: &mut impl KvStore<B>,
+    ) -> crate::Result<Tensor<B, 3>> {
+        let mut x = self.embedding.forward(ids);
+        for (layer, block) in self.blocks.iter().enumerate() {
+            x = block.forward(layer, x, rope, mask, store)?;
+        }
+        Ok(x)
+    }
+
+    /// Validates token ids and uploads them right-padded (with id 0) as `[batch, max_len]`.
+    fn token_tensor(
+        &self,
+        tokens: &[Vec<u32>],
+    ) -> crate::Result<(Tensor<B, 2, Int>, usize, usize)> {
+        let batch = tokens.len();
+        let seq_len = tokens.iter().map(Vec::len).max().unwrap_or(0);
+        if batch == 0 || seq_len == 0 {
+            return Err(KvRoutingError::InvalidLengths(format!(
+                "need at least one sequence and one token (got {batch} sequences of at most {seq_len} tokens)"
+            )));
+        }
+        let mut ids = vec![0i64; batch * seq_len];
+        for (sequence, sequence_tokens) in tokens.iter().enumerate() {
+            for (position, &token) in sequence_tokens.iter().enumerate() {
+                if token as usize >= self.vocab_size {
+                    return Err(KvRoutingError::TokenOutOfRange {
+                        token,
+                        sequence,
+                        position,
+                        vocab_size: self.vocab_size,
+                    });
+                }
+                ids[sequence * seq_len + position] = token as i64;
+            }
+        }
+        let ids = Tensor::from_data(TensorData::new(ids, [batch, seq_len]), &self.device());
+        Ok((ids, batch, seq_len))
+    }
+
+    fn device(&self) -> B::Device {
+        self.lm_head.weight.device()
+    }
+}
