@@ -1,1 +1,54 @@
+//! The conformance suite of `kv-routing`, written once and instantiated for every backend.
+//!
+//! Each test is a generic function in [`suite`]; [`conformance_suite!`] turns all of them into
+//! `#[test]`s for one backend type and device. Results are judged against [`oracle`], a plain
+//! scalar f64 implementation of the routed transformer that shares no code with the library.
+//!
+//! ```ignore
+//! // backends/<name>/tests/conformance.rs
+//! kv_routing_conformance::conformance_suite!(burn_ndarray::NdArray<f32>, burn_ndarray::NdArrayDevice::Cpu);
+//! ```
 
+pub mod oracle;
+pub mod suite;
+pub mod support;
+
+/// Instantiates every conformance test for `$backend` on the device `$device` (an expression
+/// evaluated once per test).
+#[macro_export]
+macro_rules! conformance_suite {
+    ($backend:ty, $device:expr) => {
+        $crate::conformance_suite!(@tests $backend, $device;
+            routes::golden_routes_for_two_seeds,
+            routes::router_probability_extremes_and_rate,
+            routes::router_state_round_trips,
+            routes::invalid_routes_plans_and_probabilities_are_rejected,
+            routes::plans_induce_nearest_cached_layer_below,
+            oracle_agreement::attention_module_matches_oracle,
+            oracle_agreement::model_logits_match_oracle_for_every_route,
+            oracle_agreement::padded_batch_matches_oracle,
+            oracle_agreement::routes_change_the_logits,
+            cached::cached_prefill_then_decode_matches_uncached,
+            cached::token_by_token_from_empty_cache_matches_uncached,
+            cached::chunked_prefill_matches_uncached,
+            cached::ragged_batch_cached_matches_uncached,
+            cached::greedy_generation_matches_uncached_argmax,
+            cache_memory::cache_holds_exactly_the_sources,
+            retarget::retarget_mid_generation_matches_oracle,
+            retarget::retarget_to_uncached_layer_fails_and_changes_nothing,
+            errors::failed_cache_steps_change_nothing,
+            errors::bad_model_inputs_are_typed_errors,
+            errors::attention_rejects_mismatched_shapes,
+            gradients::gradients_reach_only_source_kv_projections,
+        );
+    };
+    (@tests $backend:ty, $device:expr; $($module:ident :: $name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let device = $device;
+                $crate::suite::$module::$name::<$backend>(&device);
+            }
+        )*
+    };
+}

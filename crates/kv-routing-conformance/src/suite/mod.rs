@@ -1,0 +1,9 @@
+//! The conformance tests, each a generic function over the backend.
+
+pub mod cache_memory;
+pub mod cached;
+pub mod errors;
+pub mod gradients;
+pub mod oracle_agreement;
+pub mod retarget;
+pub mod routes;

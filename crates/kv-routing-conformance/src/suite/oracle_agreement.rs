@@ -1,0 +1,185 @@
+//! Backend results against the f64 oracle: the attention module alone and the whole model under
+//! every kind of route.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Tensor, TensorData};
+use kv_routing::{
+    reinit_seeded, AttentionMask, CachePlan, Route, RotaryEmbeddingConfig,
+    StochasticKvAttentionConfig, StochasticRouter,
+};
+
+use crate::oracle::{OracleAttention, OracleModel};
+use crate::support::{
+    assert_close, logits_to_host, max_abs_diff, random_tokens, tiny_config, tiny_model, to_host,
+    tolerance,
+};
+
+/// Every route kind the suite exercises on a 6-layer model.
+pub fn route_kinds(n_layers: usize) -> Vec<(String, Route)> {
+    let mut routes = vec![("full".to_string(), CachePlan::full(n_layers).unwrap().route())];
+    for k in 2..=4 {
+        routes.push((
+            format!("every {k}th"),
+            CachePlan::every_kth(n_layers, k).unwrap().route(),
+        ));
+    }
+    routes.push((
+        "explicit {0, 1, 4}".into(),
+        CachePlan::new(n_layers, [0, 1, 4]).unwrap().route(),
+    ));
+    let router = StochasticRouter::new(n_layers, 0.5, 3).unwrap();
+    for step in [0, 1, 5] {
+        routes.push((format!("sampled p=0.5 step {step}"), router.route_for_step(step)));
+    }
+    let always = StochasticRouter::new(n_layers, 1.0, 11).unwrap();
+    routes.push(("sampled p=1 step 0".into(), always.route_for_step(0)));
+    routes
+}
+
+/// Attention with keys/values from another module matches the oracle for MHA, GQA and MQA, for
+/// a full causal pass, a chunk of queries fewer than keys (bottom-right causal alignment), and a
+/// single decode query.
+pub fn attention_module_matches_oracle<B: Backend>(device: &B::Device) {
+    let tolerance = tolerance::<B>(device);
+    let (batch, seq, d_model) = (2, 7, 32);
+    for n_kv_heads in [4, 2, 1] {
+        let config = StochasticKvAttentionConfig::new(d_model, 4).with_n_kv_heads(Some(n_kv_heads));
+        let donor = reinit_seeded(config.init::<B>(device).unwrap(), 1, 0.2).unwrap();
+        let reader = reinit_seeded(config.init::<B>(device).unwrap(), 2, 0.2).unwrap();
+        let rope = RotaryEmbeddingConfig::new(8, 32).init::<B>(device).unwrap();
+        let donor_oracle = OracleAttention::from_module(&donor, 10000.0);
+        let reader_oracle = OracleAttention::from_module(&reader, 10000.0);
+
+        let values = |seed| -> Vec<f64> {
+            random_tokens(seed, batch * seq * d_model, 1000)
+                .iter()
+                .map(|&t| t as f64 / 500.0 - 1.0)
+                .collect()
+        };
+        let (donor_input, reader_input) = (values(10), values(11));
+        let tensor = |v: &[f64]| {
+            Tensor::<B, 3>::from_data(TensorData::new(v.to_vec(), [batch, seq, d_model]), device)
+        };
+        let positions: Vec<usize> = (0..batch).flat_map(|_| 0..seq).collect();
+        let kv = donor
+            .project_kv(tensor(&donor_input), &rope.angles(&positions, batch, seq).unwrap())
+            .unwrap();
+
+        for q_len in [seq, 3, 1] {
+            let start = seq - q_len;
+            let query_rows: Vec<f64> = (0..batch)
+                .flat_map(|b| {
+                    reader_input[(b * seq + start) * d_model..(b + 1) * seq * d_model].to_vec()
+                })
+                .collect();
+            let query_positions: Vec<usize> = (0..batch).flat_map(|_| start..seq).collect();
+            let angles = rope.angles(&query_positions, batch, q_len).unwrap();
+            let query = Tensor::<B, 3>::from_data(
+                TensorData::new(query_rows, [batch, q_len, d_model]),
+                device,
+            );
+            let output = reader
+                .forward(query, &kv, &angles, &AttentionMask::Causal)
+                .unwrap();
+            let actual = to_host(output);
+
+            let mut expected = Vec::new();
+            for b in 0..batch {
+                let row = |data: &[f64], p: usize| {
+                    data[(b * seq + p) * d_model..(b * seq + p + 1) * d_model].to_vec()
+                };
+                let kvs: Vec<(Vec<f64>, Vec<f64>)> = (0..seq)
+                    .map(|p| donor_oracle.key_value(&row(&donor_input, p), p))
+                    .collect();
+                for p in start..seq {
+                    let keys: Vec<&[f64]> = kvs[..=p].iter().map(|kv| kv.0.as_slice()).collect();
+                    let values: Vec<&[f64]> = kvs[..=p].iter().map(|kv| kv.1.as_slice()).collect();
+                    expected.extend(reader_oracle.attend(&row(&reader_input, p), p, &keys, &values));
+                }
+            }
+            assert_close(
+                &actual,
+                &expected,
+                tolerance,
+                &format!("attention, {n_kv_heads} kv heads, {q_len} queries over {seq} keys"),
+            );
+        }
+    }
+}
+
+/// Full-model logits match the oracle for every route kind and MHA/GQA/MQA, batch of 2.
+pub fn model_logits_match_oracle_for_every_route<B: Backend>(device: &B::Device) {
+    let tolerance = tolerance::<B>(device);
+    for n_kv_heads in [4, 2, 1] {
+        let config = tiny_config(n_kv_heads);
+        let model = tiny_model::<B>(&config, device);
+        let oracle = OracleModel::from_model(&model, &config);
+        let batch = vec![
+            random_tokens(1, 12, config.vocab_size),
+            random_tokens(2, 12, config.vocab_size),
+        ];
+        for (name, route) in route_kinds(config.n_layers) {
+            let logits = logits_to_host(model.forward(&batch, &route).unwrap());
+            for (b, tokens) in batch.iter().enumerate() {
+                let expected = oracle.logits(tokens, &route);
+                for (p, row) in expected.iter().enumerate() {
+                    assert_close(
+                        &logits[b][p],
+                        row,
+                        tolerance,
+                        &format!("{n_kv_heads} kv heads, route {name} {route}, sequence {b}, position {p}"),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A batch of sequences of different lengths: each sequence's logits equal the oracle's for that
+/// sequence alone (padding never leaks into attention).
+pub fn padded_batch_matches_oracle<B: Backend>(device: &B::Device) {
+    let tolerance = tolerance::<B>(device);
+    let config = tiny_config(2);
+    let model = tiny_model::<B>(&config, device);
+    let oracle = OracleModel::from_model(&model, &config);
+    let batch: Vec<Vec<u32>> = [9, 3, 14, 1]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| random_tokens(20 + i as u64, n, config.vocab_size))
+        .collect();
+    for (name, route) in route_kinds(config.n_layers) {
+        let logits = logits_to_host(model.forward(&batch, &route).unwrap());
+        for (b, tokens) in batch.iter().enumerate() {
+            for (p, row) in oracle.logits(tokens, &route).iter().enumerate() {
+                assert_close(
+                    &logits[b][p],
+                    row,
+                    tolerance,
+                    &format!("route {name}, padded sequence {b} (length {}), position {p}", tokens.len()),
+                );
+            }
+        }
+    }
+}
+
+/// Guards the suite against vacuous passes: different routes give clearly different logits, so
+/// a model that ignored its route would fail the oracle tests.
+pub fn routes_change_the_logits<B: Backend>(device: &B::Device) {
+    let config = tiny_config(4);
+    let model = tiny_model::<B>(&config, device);
+    let tokens = vec![random_tokens(5, 12, config.vocab_size)];
+    let full = to_host(
+        model
+            .forward(&tokens, &CachePlan::full(6).unwrap().route())
+            .unwrap(),
+    );
+    for k in 2..=4 {
+        let shared = to_host(
+            model
+                .forward(&tokens, &CachePlan::every_kth(6, k).unwrap().route())
+                .unwrap(),
+        );
+        let difference = max_abs_diff(&full, &shared);
+        assert!(difference > 1e-2, "every {k}th plan changed logits by only {difference}");
+    }
+}
