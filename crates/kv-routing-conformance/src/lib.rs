@@ -9,6 +9,7 @@
 //! kv_routing_conformance::conformance_suite!(burn_ndarray::NdArray<f32>, burn_ndarray::NdArrayDevice::Cpu);
 //! ```
 
+pub mod cross_backend;
 pub mod oracle;
 pub mod suite;
 pub mod support;

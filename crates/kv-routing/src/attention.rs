@@ -17,6 +17,7 @@ use burn::tensor::Tensor;
 use crate::attention_mask::AttentionMask;
 use crate::error::KvRoutingError;
 use crate::key_value::KeyValue;
+use crate::kv_store::KvStore;
 use crate::rope::RopeAngles;
 
 /// Configuration of a [`StochasticKvAttention`].
@@ -232,6 +233,29 @@ impl<B: Backend> StochasticKvAttention<B> {
             .swap_dims(1, 2)
             .reshape([batch, seq_len, self.n_heads * self.head_dim]);
         Ok(self.output.forward(context))
+    }
+
+    /// Runs this attention as layer `layer` of a routed stack: computes and hands its own
+    /// keys/values to `store` only when the store's route makes it a source, then attends to
+    /// those of its source layer. With a [`SequenceKv`](crate::SequenceKv) store this is a
+    /// full-sequence pass; with a [`CacheStep`](crate::CacheStep) it is a cached step.
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq_len, d_model]`
+    /// - output: `[batch, seq_len, d_model]`
+    pub fn forward_routed(
+        &self,
+        layer: usize,
+        x: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        mask: &AttentionMask<B>,
+        store: &mut impl KvStore<B>,
+    ) -> crate::Result<Tensor<B, 3>> {
+        if store.route().is_source(layer) {
+            store.put(layer, self.project_kv(x.clone(), rope)?)?;
+        }
+        let kv = store.get(layer)?;
+        self.forward(x, &kv, rope, mask)
     }
 
     /// `[batch, seq_len, heads * head_dim]` -> `[batch, heads, seq_len, head_dim]`.

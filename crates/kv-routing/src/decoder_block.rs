@@ -41,11 +41,9 @@ impl<B: Backend> DecoderBlock<B> {
         store: &mut impl KvStore<B>,
     ) -> Result<Tensor<B, 3>> {
         let normed = self.attention_norm.forward(x.clone());
-        if store.route().is_source(layer) {
-            store.put(layer, self.attention.project_kv(normed.clone(), rope)?)?;
-        }
-        let kv = store.get(layer)?;
-        let x = x + self.attention.forward(normed, &kv, rope, mask)?;
+        let x = x + self
+            .attention
+            .forward_routed(layer, normed, rope, mask, store)?;
         Ok(x.clone() + self.mlp.forward(self.mlp_norm.forward(x)))
     }
 }

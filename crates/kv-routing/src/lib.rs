@@ -48,3 +48,8 @@ pub use route::Route;
 pub use routed_transformer::{RoutedTransformer, RoutedTransformerConfig};
 pub use router::StochasticRouter;
 pub use seeded_init::reinit_seeded;
+
+/// Compiles the README's example as a doctest so that it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

@@ -11,7 +11,7 @@ use crate::support::{assert_close, logits_to_host, random_tokens, tiny_config, t
 
 /// Feeds `steps[s][b]` (the tokens sequence `b` brings to step `s`) through the cache and
 /// returns every sequence's logits rows in token order.
-pub(crate) fn feed_cached<B: Backend>(
+pub fn feed_cached<B: Backend>(
     model: &RoutedTransformer<B>,
     cache: &mut KvCacheManager<B>,
     steps: &[Vec<Vec<u32>>],
@@ -28,7 +28,7 @@ pub(crate) fn feed_cached<B: Backend>(
 
 /// Splits each sequence into consecutive chunks of the given sizes (a sequence that runs out
 /// brings fewer or no tokens).
-pub(crate) fn chunk_steps(sequences: &[Vec<u32>], sizes: &[usize]) -> Vec<Vec<Vec<u32>>> {
+pub fn chunk_steps(sequences: &[Vec<u32>], sizes: &[usize]) -> Vec<Vec<Vec<u32>>> {
     let mut offsets = vec![0; sequences.len()];
     sizes
         .iter()
