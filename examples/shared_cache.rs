@@ -40,9 +40,10 @@ fn main() {
 
 fn run(args: &Args) -> Result<(), kv_routing::KvRoutingError> {
     let device = device();
-    let config = RoutedTransformerConfig::new(256, args.d_model, args.layers, 8, args.d_model * 8 / 3)
-        .with_n_kv_heads(Some(4))
-        .with_max_seq_len(1024);
+    let config =
+        RoutedTransformerConfig::new(256, args.d_model, args.layers, 8, args.d_model * 8 / 3)
+            .with_n_kv_heads(Some(4))
+            .with_max_seq_len(1024);
     let model = config.init_seeded::<Backend>(7, &device)?;
     let prompts: Vec<Vec<u32>> = [
         "The cache of a transformer grows with every layer",
@@ -96,7 +97,11 @@ fn run(args: &Args) -> Result<(), kv_routing::KvRoutingError> {
     }
 
     // Adaptive shrinking: a live cache drops to 25% of its layers mid-generation.
-    let mut cache = model.new_cache(prompts.len(), tokens_per_sequence, CachePlan::full(args.layers)?.route())?;
+    let mut cache = model.new_cache(
+        prompts.len(),
+        tokens_per_sequence,
+        CachePlan::full(args.layers)?.route(),
+    )?;
     model.forward_cached_last(&prompts, &mut cache)?;
     let before = cache.bytes();
     cache.retarget(CachePlan::every_kth(args.layers, 4)?.route())?;
@@ -108,11 +113,11 @@ fn run(args: &Args) -> Result<(), kv_routing::KvRoutingError> {
         format_bytes(cache.bytes()),
         cache.cached_layers()
     );
-    let text: String = full_tokens.unwrap_or_default()[0]
-        .iter()
-        .map(|&t| char::from(t as u8))
-        .filter(|c| !c.is_control())
-        .collect();
-    println!("first continuation (random weights, full cache): {text:?}");
+    let first = &full_tokens.unwrap_or_default()[0];
+    println!("first continuation under the full plan (byte ids): {first:?}");
+    println!(
+        "(random weights: an untrained model's outputs change under sharing; a model trained \
+         with stochastic routing keeps them close)"
+    );
     Ok(())
 }

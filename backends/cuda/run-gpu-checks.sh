@@ -17,9 +17,9 @@ run() {
     tail -n 3 "$log_dir/$name.log"
 }
 
-run build cargo test --release -p kv-routing-cuda --no-run
-run conformance cargo test --release -p kv-routing-cuda --test conformance
-run cross-backend cargo test --release -p kv-routing-cuda --test cross_backend
+run build cargo test --release -p kv-routing-cuda --features gpu --no-run
+run conformance cargo test --release -p kv-routing-cuda --features gpu --test conformance
+run cross-backend cargo test --release -p kv-routing-cuda --features gpu --test cross_backend
 run example cargo run --release -p kv-routing-examples --no-default-features --features cuda \
     --example shared_cache
 if [ -d benches ] && grep -q '^cuda' benches/Cargo.toml 2>/dev/null; then

@@ -6,10 +6,15 @@ use kv_routing_conformance::support::Tolerance;
 
 #[test]
 fn cuda_matches_the_cpu_reference() {
-    let reference = fingerprint::<burn_ndarray::NdArray<f64>>(
-        "ndarray-f64",
-        &burn_ndarray::NdArrayDevice::Cpu,
-    );
+    let reference =
+        fingerprint::<burn_ndarray::NdArray<f64>>("ndarray-f64", &burn_ndarray::NdArrayDevice::Cpu);
     let cuda = fingerprint::<kv_routing_cuda::Backend>("cuda", &kv_routing_cuda::device());
-    assert_same(&reference, &cuda, Tolerance { abs: 5e-5, rel: 5e-5 });
+    assert_same(
+        &reference,
+        &cuda,
+        Tolerance {
+            abs: 5e-5,
+            rel: 5e-5,
+        },
+    );
 }

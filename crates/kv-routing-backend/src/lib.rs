@@ -22,7 +22,10 @@ compile_error!(
 );
 
 #[cfg(any(
-    all(feature = "ndarray", any(feature = "flex", feature = "wgpu", feature = "cuda")),
+    all(
+        feature = "ndarray",
+        any(feature = "flex", feature = "wgpu", feature = "cuda")
+    ),
     all(feature = "flex", any(feature = "wgpu", feature = "cuda")),
     all(feature = "wgpu", feature = "cuda"),
 ))]

@@ -10,7 +10,9 @@ use burn::tensor::backend::Backend;
 use kv_routing::{CachePlan, Route, StochasticRouter};
 
 use crate::suite::cached::{chunk_steps, feed_cached};
-use crate::support::{assert_close, logits_to_host, random_tokens, tiny_config, tiny_model, Tolerance};
+use crate::support::{
+    assert_close, logits_to_host, random_tokens, tiny_config, tiny_model, Tolerance,
+};
 
 /// What one backend produced.
 #[derive(Debug, Clone)]
@@ -42,7 +44,11 @@ pub fn fingerprint<B: Backend>(backend: &str, device: &B::Device) -> Fingerprint
         .iter()
         .map(|route| {
             let mut cache = model.new_cache(2, 9, route.clone()).unwrap();
-            flatten(feed_cached(&model, &mut cache, &chunk_steps(&batch, &[5, 1, 1, 1, 1])))
+            flatten(feed_cached(
+                &model,
+                &mut cache,
+                &chunk_steps(&batch, &[5, 1, 1, 1, 1]),
+            ))
         })
         .collect();
     Fingerprint {
@@ -63,9 +69,17 @@ pub fn assert_same(reference: &Fingerprint, other: &Fingerprint, tolerance: Tole
     );
     for (i, route) in reference.routes.iter().enumerate() {
         let context = |what: &str| {
-            format!("{what} under route {route}: {} vs {}", other.backend, reference.backend)
+            format!(
+                "{what} under route {route}: {} vs {}",
+                other.backend, reference.backend
+            )
         };
-        assert_close(&other.logits[i], &reference.logits[i], tolerance, &context("logits"));
+        assert_close(
+            &other.logits[i],
+            &reference.logits[i],
+            tolerance,
+            &context("logits"),
+        );
         assert_close(
             &other.cached_logits[i],
             &reference.cached_logits[i],

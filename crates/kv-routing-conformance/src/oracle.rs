@@ -130,8 +130,7 @@ impl OracleAttention {
         for head in 0..heads {
             let h = &mut x[head * hd..(head + 1) * hd];
             for i in 0..half {
-                let angle =
-                    position as f64 * self.rope_theta.powf(-2.0 * i as f64 / hd as f64);
+                let angle = position as f64 * self.rope_theta.powf(-2.0 * i as f64 / hd as f64);
                 let (sin, cos) = angle.sin_cos();
                 let (a, b) = (h[i], h[i + half]);
                 h[i] = a * cos - b * sin;

@@ -43,7 +43,7 @@ pub fn assert_close(actual: &[f64], expected: &[f64], tolerance: Tolerance, cont
     let mut worst: Option<(usize, f64)> = None;
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
         let excess = (a - e).abs() - (tolerance.abs + tolerance.rel * e.abs());
-        if !(excess <= 0.0) && worst.is_none_or(|(_, w)| excess > w) {
+        if (excess > 0.0 || excess.is_nan()) && worst.is_none_or(|(_, w)| excess > w) {
             worst = Some((i, excess));
         }
     }
@@ -106,5 +106,7 @@ pub fn tiny_model<B: Backend>(
 /// `len` pseudo-random tokens below `vocab`.
 pub fn random_tokens(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..len).map(|_| rng.random_range(0..vocab as u32)).collect()
+    (0..len)
+        .map(|_| rng.random_range(0..vocab as u32))
+        .collect()
 }

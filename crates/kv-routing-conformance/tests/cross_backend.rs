@@ -7,8 +7,12 @@ use kv_routing_conformance::support::Tolerance;
 
 #[test]
 fn same_seed_same_routes_same_logits_on_every_backend() {
-    let reference = fingerprint::<burn_ndarray::NdArray<f64>>("ndarray-f64", &burn_ndarray::NdArrayDevice::Cpu);
-    let f32_tolerance = Tolerance { abs: 5e-5, rel: 5e-5 };
+    let reference =
+        fingerprint::<burn_ndarray::NdArray<f64>>("ndarray-f64", &burn_ndarray::NdArrayDevice::Cpu);
+    let f32_tolerance = Tolerance {
+        abs: 5e-5,
+        rel: 5e-5,
+    };
     let others = [
         fingerprint::<burn_ndarray::NdArray<f32>>("ndarray-f32", &burn_ndarray::NdArrayDevice::Cpu),
         fingerprint::<burn_flex::Flex>("flex", &burn_flex::FlexDevice),

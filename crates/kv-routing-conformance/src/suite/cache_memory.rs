@@ -28,19 +28,41 @@ pub fn cache_holds_exactly_the_sources<B: Backend>(device: &B::Device) {
         assert_eq!(cache.bytes(), sources.len() * per_layer, "{name}");
         let sequences = vec![random_tokens(1, 7, 37); batch];
         feed_cached(&model, &mut cache, &chunk_steps(&sequences, &[4, 1, 1, 1]));
-        assert_eq!(cache.bytes(), sources.len() * per_layer, "{name} after appending");
+        assert_eq!(
+            cache.bytes(),
+            sources.len() * per_layer,
+            "{name} after appending"
+        );
         assert_eq!(cache.len(), 7);
     }
     let full = model
-        .new_cache(batch, capacity, CachePlan::full(config.n_layers).unwrap().route())
+        .new_cache(
+            batch,
+            capacity,
+            CachePlan::full(config.n_layers).unwrap().route(),
+        )
         .unwrap();
-    assert_eq!(full.cached_layers(), (0..config.n_layers).collect::<Vec<_>>());
+    assert_eq!(
+        full.cached_layers(),
+        (0..config.n_layers).collect::<Vec<_>>()
+    );
     assert!(full.bytes_per_layer().iter().all(|&b| b == per_layer));
 
     let quarter = CachePlan::every_kth(config.n_layers, 4).unwrap().route();
     let generation = model
-        .generate(&[random_tokens(2, 4, 37)], &quarter, &GenerationConfig { max_new_tokens: 3, ..Default::default() })
+        .generate(
+            &[random_tokens(2, 4, 37)],
+            &quarter,
+            &GenerationConfig {
+                max_new_tokens: 3,
+                ..Default::default()
+            },
+        )
         .unwrap();
     let one_sequence_layer = 2 * 2 * (4 + 3) * 8 * element;
-    assert_eq!(generation.kv_bytes(), 2 * one_sequence_layer, "generate reports its cache");
+    assert_eq!(
+        generation.kv_bytes(),
+        2 * one_sequence_layer,
+        "generate reports its cache"
+    );
 }

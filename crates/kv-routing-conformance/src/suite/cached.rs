@@ -7,7 +7,9 @@ use burn::tensor::backend::Backend;
 use kv_routing::{CachePlan, GenerationConfig, KvCacheManager, Route, RoutedTransformer};
 
 use super::oracle_agreement::route_kinds;
-use crate::support::{assert_close, logits_to_host, random_tokens, tiny_config, tiny_model, tolerance};
+use crate::support::{
+    assert_close, logits_to_host, random_tokens, tiny_config, tiny_model, tolerance,
+};
 
 /// Feeds `steps[s][b]` (the tokens sequence `b` brings to step `s`) through the cache and
 /// returns every sequence's logits rows in token order.
@@ -56,11 +58,17 @@ fn assert_matches_uncached<B: Backend>(
 ) {
     let tolerance = tolerance::<B>(&model.lm_head.weight.device());
     let capacity = sizes.iter().sum();
-    let mut cache = model.new_cache(sequences.len(), capacity, route.clone()).unwrap();
+    let mut cache = model
+        .new_cache(sequences.len(), capacity, route.clone())
+        .unwrap();
     let cached = feed_cached(model, &mut cache, &chunk_steps(sequences, sizes));
     for (b, tokens) in sequences.iter().enumerate() {
-        let uncached = logits_to_host(model.forward(&[tokens.clone()], route).unwrap());
-        assert_eq!(cached[b].len(), tokens.len(), "{context}: rows of sequence {b}");
+        let uncached = logits_to_host(model.forward(std::slice::from_ref(tokens), route).unwrap());
+        assert_eq!(
+            cached[b].len(),
+            tokens.len(),
+            "{context}: rows of sequence {b}"
+        );
         for (p, row) in uncached[0].iter().enumerate() {
             assert_close(
                 &cached[b][p],
@@ -79,7 +87,13 @@ pub fn cached_prefill_then_decode_matches_uncached<B: Backend>(device: &B::Devic
     let model = tiny_model::<B>(&config, device);
     let sequences = vec![random_tokens(1, 12, 37), random_tokens(2, 12, 37)];
     for (name, route) in route_kinds(config.n_layers) {
-        assert_matches_uncached(&model, &route, &sequences, &[5, 1, 1, 1, 1, 1, 1, 1], &format!("prefill+decode, {name}"));
+        assert_matches_uncached(
+            &model,
+            &route,
+            &sequences,
+            &[5, 1, 1, 1, 1, 1, 1, 1],
+            &format!("prefill+decode, {name}"),
+        );
     }
 }
 
@@ -89,7 +103,13 @@ pub fn token_by_token_from_empty_cache_matches_uncached<B: Backend>(device: &B::
     let model = tiny_model::<B>(&config, device);
     let sequences = vec![random_tokens(3, 10, 37)];
     for (name, route) in route_kinds(config.n_layers) {
-        assert_matches_uncached(&model, &route, &sequences, &[1; 10], &format!("token by token, {name}"));
+        assert_matches_uncached(
+            &model,
+            &route,
+            &sequences,
+            &[1; 10],
+            &format!("token by token, {name}"),
+        );
     }
 }
 
@@ -100,7 +120,13 @@ pub fn chunked_prefill_matches_uncached<B: Backend>(device: &B::Device) {
     let model = tiny_model::<B>(&config, device);
     let sequences = vec![random_tokens(4, 13, 37), random_tokens(5, 13, 37)];
     for (name, route) in route_kinds(config.n_layers) {
-        assert_matches_uncached(&model, &route, &sequences, &[4, 3, 1, 5], &format!("chunked prefill, {name}"));
+        assert_matches_uncached(
+            &model,
+            &route,
+            &sequences,
+            &[4, 3, 1, 5],
+            &format!("chunked prefill, {name}"),
+        );
     }
 }
 
@@ -116,11 +142,18 @@ pub fn ragged_batch_cached_matches_uncached<B: Backend>(device: &B::Device) {
         .map(|b| random_tokens(30 + b as u64, prompts[b] + continuations[b], 37))
         .collect();
     for (name, route) in route_kinds(config.n_layers) {
-        let mut steps = vec![(0..3).map(|b| sequences[b][..prompts[b]].to_vec()).collect::<Vec<_>>()];
+        let mut steps = vec![(0..3)
+            .map(|b| sequences[b][..prompts[b]].to_vec())
+            .collect::<Vec<_>>()];
         for i in 0..8 {
             steps.push(
                 (0..3)
-                    .map(|b| sequences[b].get(prompts[b] + i).map(|&t| vec![t]).unwrap_or_default())
+                    .map(|b| {
+                        sequences[b]
+                            .get(prompts[b] + i)
+                            .map(|&t| vec![t])
+                            .unwrap_or_default()
+                    })
                     .collect(),
             );
         }
@@ -128,7 +161,8 @@ pub fn ragged_batch_cached_matches_uncached<B: Backend>(device: &B::Device) {
         let cached = feed_cached(&model, &mut cache, &steps);
         assert_eq!(cache.sequence_lengths(), &[11, 10, 11]);
         for (b, tokens) in sequences.iter().enumerate() {
-            let alone = logits_to_host(model.forward(&[tokens.clone()], &route).unwrap());
+            let alone =
+                logits_to_host(model.forward(std::slice::from_ref(tokens), &route).unwrap());
             for (p, row) in alone[0].iter().enumerate() {
                 assert_close(
                     &cached[b][p],
@@ -149,14 +183,26 @@ pub fn greedy_generation_matches_uncached_argmax<B: Backend>(device: &B::Device)
     let route = CachePlan::every_kth(config.n_layers, 2).unwrap().route();
     let prompts = vec![random_tokens(40, 5, 37), random_tokens(41, 3, 37)];
     let generation = model
-        .generate(&prompts, &route, &GenerationConfig { max_new_tokens: 6, ..Default::default() })
+        .generate(
+            &prompts,
+            &route,
+            &GenerationConfig {
+                max_new_tokens: 6,
+                ..Default::default()
+            },
+        )
         .unwrap();
     for (b, prompt) in prompts.iter().enumerate() {
         let mut tokens = prompt.clone();
         for _ in 0..6 {
-            let logits = logits_to_host(model.forward(&[tokens.clone()], &route).unwrap());
+            let logits = logits_to_host(
+                model
+                    .forward(std::slice::from_ref(&tokens), &route)
+                    .unwrap(),
+            );
             let last = logits[0].last().unwrap();
-            let argmax = (0..last.len()).fold(0, |best, i| if last[i] > last[best] { i } else { best });
+            let argmax =
+                (0..last.len()).fold(0, |best, i| if last[i] > last[best] { i } else { best });
             tokens.push(argmax as u32);
         }
         assert_eq!(generation.tokens[b], tokens[prompt.len()..], "sequence {b}");
@@ -166,9 +212,16 @@ pub fn greedy_generation_matches_uncached_argmax<B: Backend>(device: &B::Device)
         .generate(
             &prompts[..1],
             &route,
-            &GenerationConfig { max_new_tokens: 6, stop_token: Some(stop), ..Default::default() },
+            &GenerationConfig {
+                max_new_tokens: 6,
+                stop_token: Some(stop),
+                ..Default::default()
+            },
         )
         .unwrap();
-    let first_stop = generation.tokens[0].iter().position(|&t| t == stop).unwrap();
+    let first_stop = generation.tokens[0]
+        .iter()
+        .position(|&t| t == stop)
+        .unwrap();
     assert_eq!(stopped.tokens[0], generation.tokens[0][..=first_stop]);
 }

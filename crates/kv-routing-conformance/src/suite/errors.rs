@@ -4,12 +4,14 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use kv_routing::{
-    AttentionMask, CachePlan, GenerationConfig, KeyValue, KvRoutingError, Route,
-    RotaryEmbeddingConfig, RoutedTransformerConfig, Sampler, StochasticKvAttentionConfig,
+    AttentionMask, CachePlan, GenerationConfig, KeyValue, KvRoutingError, RotaryEmbeddingConfig,
+    Route, RoutedTransformerConfig, Sampler, StochasticKvAttentionConfig,
 };
 
 use super::cached::{chunk_steps, feed_cached};
-use crate::support::{assert_close, logits_to_host, random_tokens, tiny_config, tiny_model, tolerance};
+use crate::support::{
+    assert_close, logits_to_host, random_tokens, tiny_config, tiny_model, tolerance,
+};
 
 /// Capacity overflow, batch mismatch, out-of-vocabulary tokens and empty sequences are errors
 /// that leave the cache exactly as it was; generation then continues correctly.
@@ -19,17 +21,35 @@ pub fn failed_cache_steps_change_nothing<B: Backend>(device: &B::Device) {
     let route = CachePlan::every_kth(6, 3).unwrap().route();
     let tokens = random_tokens(3, 8, 37);
     let mut cache = model.new_cache(1, 8, route.clone()).unwrap();
-    let mut rows = feed_cached(&model, &mut cache, &chunk_steps(&[tokens.clone()], &[6]));
+    let mut rows = feed_cached(
+        &model,
+        &mut cache,
+        &chunk_steps(std::slice::from_ref(&tokens), &[6]),
+    );
 
-    let overflow = model.forward_cached(&[vec![1, 2, 3]], &mut cache).unwrap_err();
-    assert_eq!(overflow, KvRoutingError::CapacityExceeded { used: 6, requested: 3, capacity: 8 });
+    let overflow = model
+        .forward_cached(&[vec![1, 2, 3]], &mut cache)
+        .unwrap_err();
+    assert_eq!(
+        overflow,
+        KvRoutingError::CapacityExceeded {
+            used: 6,
+            requested: 3,
+            capacity: 8
+        }
+    );
     assert!(matches!(
         model.forward_cached(&[vec![1], vec![2]], &mut cache),
         Err(KvRoutingError::ShapeMismatch { .. })
     ));
     assert_eq!(
         model.forward_cached(&[vec![37]], &mut cache).unwrap_err(),
-        KvRoutingError::TokenOutOfRange { token: 37, sequence: 0, position: 0, vocab_size: 37 }
+        KvRoutingError::TokenOutOfRange {
+            token: 37,
+            sequence: 0,
+            position: 0,
+            vocab_size: 37
+        }
     );
     assert!(matches!(
         model.forward_cached(&[vec![]], &mut cache),
@@ -38,14 +58,30 @@ pub fn failed_cache_steps_change_nothing<B: Backend>(device: &B::Device) {
     assert_eq!(cache.len(), 6);
     assert_eq!(cache.sequence_lengths(), &[6]);
 
-    rows[0].extend(feed_cached(&model, &mut cache, &chunk_steps(&[tokens[6..].to_vec()], &[1, 1])).remove(0));
+    rows[0].extend(
+        feed_cached(
+            &model,
+            &mut cache,
+            &chunk_steps(&[tokens[6..].to_vec()], &[1, 1]),
+        )
+        .remove(0),
+    );
     let uncached = logits_to_host(model.forward(&[tokens], &route).unwrap());
     for (p, row) in uncached[0].iter().enumerate() {
-        assert_close(&rows[0][p], row, tolerance::<B>(device), &format!("after failed steps, position {p}"));
+        assert_close(
+            &rows[0][p],
+            row,
+            tolerance::<B>(device),
+            &format!("after failed steps, position {p}"),
+        );
     }
     assert!(matches!(
         model.forward_cached(&[vec![1]], &mut cache),
-        Err(KvRoutingError::CapacityExceeded { used: 8, requested: 1, capacity: 8 })
+        Err(KvRoutingError::CapacityExceeded {
+            used: 8,
+            requested: 1,
+            capacity: 8
+        })
     ));
 }
 
@@ -56,17 +92,35 @@ pub fn bad_model_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
     let full = CachePlan::full(6).unwrap().route();
     assert_eq!(
         model.forward(&[vec![0; 65]], &full).unwrap_err(),
-        KvRoutingError::SequenceTooLong { sequence: 0, position: 64, max_seq_len: 64 }
+        KvRoutingError::SequenceTooLong {
+            sequence: 0,
+            position: 64,
+            max_seq_len: 64
+        }
     );
     assert_eq!(
-        model.forward(&[vec![1, 2]], &Route::identity(4).unwrap()).unwrap_err(),
-        KvRoutingError::LayerCountMismatch { route_layers: 4, model_layers: 6 }
+        model
+            .forward(&[vec![1, 2]], &Route::identity(4).unwrap())
+            .unwrap_err(),
+        KvRoutingError::LayerCountMismatch {
+            route_layers: 4,
+            model_layers: 6
+        }
     );
     assert!(model.new_cache(1, 8, Route::identity(7).unwrap()).is_err());
-    assert!(matches!(model.forward(&[vec![1], vec![]], &full), Err(KvRoutingError::InvalidLengths(m)) if m.contains("sequence 1")));
-    assert!(matches!(model.forward(&[], &full), Err(KvRoutingError::InvalidLengths(_))));
-    assert!(matches!(model.new_cache(0, 8, full.clone()), Err(KvRoutingError::InvalidConfig(m)) if m.contains("batch_size")));
-    assert!(matches!(model.new_cache(1, 0, full.clone()), Err(KvRoutingError::InvalidConfig(m)) if m.contains("capacity")));
+    assert!(
+        matches!(model.forward(&[vec![1], vec![]], &full), Err(KvRoutingError::InvalidLengths(m)) if m.contains("sequence 1"))
+    );
+    assert!(matches!(
+        model.forward(&[], &full),
+        Err(KvRoutingError::InvalidLengths(_))
+    ));
+    assert!(
+        matches!(model.new_cache(0, 8, full.clone()), Err(KvRoutingError::InvalidConfig(m)) if m.contains("batch_size"))
+    );
+    assert!(
+        matches!(model.new_cache(1, 0, full.clone()), Err(KvRoutingError::InvalidConfig(m)) if m.contains("capacity"))
+    );
 
     let mut long_cache = model.new_cache(1, 80, full.clone()).unwrap();
     assert!(matches!(
@@ -75,12 +129,26 @@ pub fn bad_model_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
     ));
     assert!(long_cache.is_empty());
 
-    let other = RoutedTransformerConfig::new(37, 32, 6, 4, 48).init::<B>(device).unwrap();
+    let other = RoutedTransformerConfig::new(37, 32, 6, 4, 48)
+        .init::<B>(device)
+        .unwrap();
     let mut foreign_cache = other.new_cache(1, 8, full.clone()).unwrap();
-    assert!(matches!(model.forward_cached(&[vec![1]], &mut foreign_cache), Err(KvRoutingError::ShapeMismatch { .. })));
+    assert!(matches!(
+        model.forward_cached(&[vec![1]], &mut foreign_cache),
+        Err(KvRoutingError::ShapeMismatch { .. })
+    ));
 
-    let sampler = GenerationConfig { sampler: Sampler::TopK { k: 0, temperature: 1.0 }, ..Default::default() };
-    assert!(matches!(model.generate(&[vec![1]], &full, &sampler), Err(KvRoutingError::InvalidConfig(_))));
+    let sampler = GenerationConfig {
+        sampler: Sampler::TopK {
+            k: 0,
+            temperature: 1.0,
+        },
+        ..Default::default()
+    };
+    assert!(matches!(
+        model.generate(&[vec![1]], &full, &sampler),
+        Err(KvRoutingError::InvalidConfig(_))
+    ));
 
     let invalid = [
         tiny_config(3),
@@ -90,7 +158,13 @@ pub fn bad_model_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
         RoutedTransformerConfig::new(37, 32, 2, 4, 48).with_norm_eps(0.0),
     ];
     for config in invalid {
-        assert!(matches!(config.init::<B>(device), Err(KvRoutingError::InvalidConfig(_))), "{config:?}");
+        assert!(
+            matches!(
+                config.init::<B>(device),
+                Err(KvRoutingError::InvalidConfig(_))
+            ),
+            "{config:?}"
+        );
     }
 }
 
@@ -103,15 +177,28 @@ pub fn attention_rejects_mismatched_shapes<B: Backend>(device: &B::Device) {
     let rope = RotaryEmbeddingConfig::new(8, 16).init::<B>(device).unwrap();
     let angles = rope.angles(&[0, 1, 2, 0, 1, 2], 2, 3).unwrap();
     let x = Tensor::<B, 3>::zeros([2, 3, 32], device);
-    let wrong_heads = KeyValue::new(Tensor::zeros([2, 4, 3, 8], device), Tensor::zeros([2, 4, 3, 8], device));
-    let too_short = KeyValue::new(Tensor::zeros([2, 2, 2, 8], device), Tensor::zeros([2, 2, 2, 8], device));
+    let wrong_heads = KeyValue::new(
+        Tensor::zeros([2, 4, 3, 8], device),
+        Tensor::zeros([2, 4, 3, 8], device),
+    );
+    let too_short = KeyValue::new(
+        Tensor::zeros([2, 2, 2, 8], device),
+        Tensor::zeros([2, 2, 2, 8], device),
+    );
     for kv in [wrong_heads, too_short] {
         assert!(matches!(
             attention.forward(x.clone(), &kv, &angles, &AttentionMask::Causal),
             Err(KvRoutingError::ShapeMismatch { .. })
         ));
     }
-    assert!(attention.project_kv(Tensor::zeros([2, 3, 31], device), &angles).is_err());
-    assert!(attention.project_kv(Tensor::zeros([2, 4, 32], device), &angles).is_err());
-    assert!(matches!(rope.angles(&[0, 16], 1, 2), Err(KvRoutingError::SequenceTooLong { position: 16, .. })));
+    assert!(attention
+        .project_kv(Tensor::zeros([2, 3, 31], device), &angles)
+        .is_err());
+    assert!(attention
+        .project_kv(Tensor::zeros([2, 4, 32], device), &angles)
+        .is_err());
+    assert!(matches!(
+        rope.angles(&[0, 16], 1, 2),
+        Err(KvRoutingError::SequenceTooLong { position: 16, .. })
+    ));
 }

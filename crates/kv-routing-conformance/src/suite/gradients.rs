@@ -23,13 +23,25 @@ pub fn gradients_reach_only_source_kv_projections<B: Backend>(device: &B::Device
         let key = attention.key.weight.grad(&gradients);
         let value = attention.value.weight.grad(&gradients);
         if route.is_source(layer) {
-            assert!(key.map(to_host).is_some_and(nonzero), "layer {layer} key grad");
-            assert!(value.map(to_host).is_some_and(nonzero), "layer {layer} value grad");
+            assert!(
+                key.map(to_host).is_some_and(nonzero),
+                "layer {layer} key grad"
+            );
+            assert!(
+                value.map(to_host).is_some_and(nonzero),
+                "layer {layer} value grad"
+            );
         } else {
             assert!(key.is_none(), "non-source layer {layer} got a key gradient");
-            assert!(value.is_none(), "non-source layer {layer} got a value gradient");
+            assert!(
+                value.is_none(),
+                "non-source layer {layer} got a value gradient"
+            );
         }
         let query = attention.query.weight.grad(&gradients);
-        assert!(query.map(to_host).is_some_and(nonzero), "layer {layer} query grad");
+        assert!(
+            query.map(to_host).is_some_and(nonzero),
+            "layer {layer} query grad"
+        );
     }
 }

@@ -4,7 +4,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use kv_routing::{
-    reinit_seeded, AttentionMask, CachePlan, Route, RotaryEmbeddingConfig,
+    reinit_seeded, AttentionMask, CachePlan, RotaryEmbeddingConfig, Route,
     StochasticKvAttentionConfig, StochasticRouter,
 };
 
@@ -16,7 +16,10 @@ use crate::support::{
 
 /// Every route kind the suite exercises on a 6-layer model.
 pub fn route_kinds(n_layers: usize) -> Vec<(String, Route)> {
-    let mut routes = vec![("full".to_string(), CachePlan::full(n_layers).unwrap().route())];
+    let mut routes = vec![(
+        "full".to_string(),
+        CachePlan::full(n_layers).unwrap().route(),
+    )];
     for k in 2..=4 {
         routes.push((
             format!("every {k}th"),
@@ -29,7 +32,10 @@ pub fn route_kinds(n_layers: usize) -> Vec<(String, Route)> {
     ));
     let router = StochasticRouter::new(n_layers, 0.5, 3).unwrap();
     for step in [0, 1, 5] {
-        routes.push((format!("sampled p=0.5 step {step}"), router.route_for_step(step)));
+        routes.push((
+            format!("sampled p=0.5 step {step}"),
+            router.route_for_step(step),
+        ));
     }
     let always = StochasticRouter::new(n_layers, 1.0, 11).unwrap();
     routes.push(("sampled p=1 step 0".into(), always.route_for_step(0)));
@@ -62,7 +68,10 @@ pub fn attention_module_matches_oracle<B: Backend>(device: &B::Device) {
         };
         let positions: Vec<usize> = (0..batch).flat_map(|_| 0..seq).collect();
         let kv = donor
-            .project_kv(tensor(&donor_input), &rope.angles(&positions, batch, seq).unwrap())
+            .project_kv(
+                tensor(&donor_input),
+                &rope.angles(&positions, batch, seq).unwrap(),
+            )
             .unwrap();
 
         for q_len in [seq, 3, 1] {
@@ -94,7 +103,12 @@ pub fn attention_module_matches_oracle<B: Backend>(device: &B::Device) {
                 for p in start..seq {
                     let keys: Vec<&[f64]> = kvs[..=p].iter().map(|kv| kv.0.as_slice()).collect();
                     let values: Vec<&[f64]> = kvs[..=p].iter().map(|kv| kv.1.as_slice()).collect();
-                    expected.extend(reader_oracle.attend(&row(&reader_input, p), p, &keys, &values));
+                    expected.extend(reader_oracle.attend(
+                        &row(&reader_input, p),
+                        p,
+                        &keys,
+                        &values,
+                    ));
                 }
             }
             assert_close(
@@ -155,7 +169,10 @@ pub fn padded_batch_matches_oracle<B: Backend>(device: &B::Device) {
                     &logits[b][p],
                     row,
                     tolerance,
-                    &format!("route {name}, padded sequence {b} (length {}), position {p}", tokens.len()),
+                    &format!(
+                        "route {name}, padded sequence {b} (length {}), position {p}",
+                        tokens.len()
+                    ),
                 );
             }
         }
@@ -180,6 +197,9 @@ pub fn routes_change_the_logits<B: Backend>(device: &B::Device) {
                 .unwrap(),
         );
         let difference = max_abs_diff(&full, &shared);
-        assert!(difference > 1e-2, "every {k}th plan changed logits by only {difference}");
+        assert!(
+            difference > 1e-2,
+            "every {k}th plan changed logits by only {difference}"
+        );
     }
 }

@@ -24,7 +24,16 @@ pub fn retarget_mid_generation_matches_oracle<B: Backend>(device: &B::Device) {
         CachePlan::every_kth(6, 4).unwrap(),
     ];
     // Positions 0..8 under plan 0, 8..12 under plan 1, 12..15 under plan 2.
-    let route_at = |p: usize| plans[if p < 8 { 0 } else if p < 12 { 1 } else { 2 }].route();
+    let route_at = |p: usize| {
+        plans[if p < 8 {
+            0
+        } else if p < 12 {
+            1
+        } else {
+            2
+        }]
+        .route()
+    };
     let sequences = vec![random_tokens(7, 15, 37), random_tokens(8, 15, 37)];
     let steps = chunk_steps(&sequences, &[6, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
 
@@ -43,7 +52,12 @@ pub fn retarget_mid_generation_matches_oracle<B: Backend>(device: &B::Device) {
     for (b, tokens) in sequences.iter().enumerate() {
         let expected = oracle.logits_per_position(tokens, route_at);
         for (p, row) in expected.iter().enumerate() {
-            assert_close(&rows[b][p], row, tolerance, &format!("retargeted cache, sequence {b}, position {p}"));
+            assert_close(
+                &rows[b][p],
+                row,
+                tolerance,
+                &format!("retargeted cache, sequence {b}, position {p}"),
+            );
         }
     }
 }
@@ -57,7 +71,11 @@ pub fn retarget_to_uncached_layer_fails_and_changes_nothing<B: Backend>(device: 
     let every_2nd = CachePlan::every_kth(6, 2).unwrap().route();
     let tokens = random_tokens(9, 8, 37);
     let mut cache = model.new_cache(1, 8, every_2nd.clone()).unwrap();
-    let mut rows = feed_cached(&model, &mut cache, &chunk_steps(&[tokens.clone()], &[5]));
+    let mut rows = feed_cached(
+        &model,
+        &mut cache,
+        &chunk_steps(std::slice::from_ref(&tokens), &[5]),
+    );
     let bytes = cache.bytes();
 
     let needs_layer_3 = CachePlan::new(6, [0, 3]).unwrap().route();
@@ -69,13 +87,21 @@ pub fn retarget_to_uncached_layer_fails_and_changes_nothing<B: Backend>(device: 
     }
     assert!(matches!(
         cache.retarget(Route::identity(5).unwrap()),
-        Err(KvRoutingError::LayerCountMismatch { route_layers: 5, model_layers: 6 })
+        Err(KvRoutingError::LayerCountMismatch {
+            route_layers: 5,
+            model_layers: 6
+        })
     ));
     assert_eq!(cache.route(), &every_2nd);
     assert_eq!(cache.bytes(), bytes);
     let steps = chunk_steps(&[tokens[5..].to_vec()], &[1, 1, 1]);
     rows[0].extend(feed_cached(&model, &mut cache, &steps).remove(0));
     for (p, row) in oracle.logits(&tokens, &every_2nd).iter().enumerate() {
-        assert_close(&rows[0][p], row, tolerance::<B>(device), &format!("after failed retarget, position {p}"));
+        assert_close(
+            &rows[0][p],
+            row,
+            tolerance::<B>(device),
+            &format!("after failed retarget, position {p}"),
+        );
     }
 }

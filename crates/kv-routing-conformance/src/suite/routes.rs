@@ -6,10 +6,8 @@ use kv_routing::{CachePlan, KvRoutingError, Route, StochasticRouter};
 /// Routes of steps 0..4 for 8 layers at p = 0.5, pinned for two seeds. A change here changes
 /// every training run: it must be deliberate.
 pub fn golden_routes_for_two_seeds<B: Backend>(_device: &B::Device) {
-    let golden: [(u64, [[usize; 8]; 4]); 2] = [
-        (7, GOLDEN_SEED_7),
-        (20260428, GOLDEN_SEED_20260428),
-    ];
+    let golden: [(u64, [[usize; 8]; 4]); 2] =
+        [(7, GOLDEN_SEED_7), (20260428, GOLDEN_SEED_20260428)];
     for (seed, expected) in golden {
         let mut router = StochasticRouter::new(8, 0.5, seed).unwrap();
         for (step, expected_src) in expected.iter().enumerate() {
@@ -50,7 +48,10 @@ pub fn router_probability_extremes_and_rate<B: Backend>(_device: &B::Device) {
             .count();
     }
     let rate = shared as f64 / (200.0 * 11.0);
-    assert!((0.44..0.56).contains(&rate), "share rate at p = 0.5 was {rate}");
+    assert!(
+        (0.44..0.56).contains(&rate),
+        "share rate at p = 0.5 was {rate}"
+    );
 }
 
 /// The router's state round-trips through JSON and resumes the same stream.
@@ -74,7 +75,10 @@ pub fn invalid_routes_plans_and_probabilities_are_rejected<B: Backend>(_device: 
     assert!(message(Route::new(vec![]).unwrap_err()).contains("at least one layer"));
     assert!(message(Route::new(vec![1, 1]).unwrap_err()).contains("src[0] = 1"));
     let forward_read = message(Route::new(vec![0, 0, 3, 3]).unwrap_err());
-    assert!(forward_read.contains("layer 2 cannot read layer 3"), "{forward_read}");
+    assert!(
+        forward_read.contains("layer 2 cannot read layer 3"),
+        "{forward_read}"
+    );
     assert!(matches!(
         Route::from_json(r#"{"src":[0,2]}"#),
         Err(KvRoutingError::Serde(m)) if m.contains("layer 1 cannot read layer 2")
@@ -82,7 +86,9 @@ pub fn invalid_routes_plans_and_probabilities_are_rejected<B: Backend>(_device: 
     assert!(Route::from_json(r#"{"src":[0,0],"extra":1}"#).is_err());
 
     assert!(message(CachePlan::new(4, []).unwrap_err()).contains("empty"));
-    assert!(message(CachePlan::new(4, [1, 2]).unwrap_err()).contains("layer 0 must always be cached"));
+    assert!(
+        message(CachePlan::new(4, [1, 2]).unwrap_err()).contains("layer 0 must always be cached")
+    );
     assert!(message(CachePlan::new(4, [0, 4]).unwrap_err()).contains("layer 4 does not exist"));
     assert!(message(CachePlan::new(4, [0, 2, 2]).unwrap_err()).contains("layer 2 is listed twice"));
     assert!(CachePlan::every_kth(4, 0).is_err());
@@ -105,11 +111,26 @@ pub fn plans_induce_nearest_cached_layer_below<B: Backend>(_device: &B::Device) 
     let plan = CachePlan::new(7, [0, 3, 4]).unwrap();
     assert_eq!(plan.route().src(), &[0, 0, 0, 3, 4, 4, 4]);
     assert_eq!(plan.route().sources(), vec![0, 3, 4]);
-    assert_eq!(CachePlan::full(4).unwrap().route(), Route::identity(4).unwrap());
-    assert_eq!(CachePlan::every_kth(12, 2).unwrap().cached_layers(), &[0, 2, 4, 6, 8, 10]);
-    assert_eq!(CachePlan::every_kth(12, 3).unwrap().cached_layers(), &[0, 3, 6, 9]);
-    assert_eq!(CachePlan::every_kth(12, 4).unwrap().cached_layers(), &[0, 4, 8]);
-    assert_eq!(CachePlan::every_kth(7, 3).unwrap().route().src(), &[0, 0, 0, 3, 3, 3, 6]);
+    assert_eq!(
+        CachePlan::full(4).unwrap().route(),
+        Route::identity(4).unwrap()
+    );
+    assert_eq!(
+        CachePlan::every_kth(12, 2).unwrap().cached_layers(),
+        &[0, 2, 4, 6, 8, 10]
+    );
+    assert_eq!(
+        CachePlan::every_kth(12, 3).unwrap().cached_layers(),
+        &[0, 3, 6, 9]
+    );
+    assert_eq!(
+        CachePlan::every_kth(12, 4).unwrap().cached_layers(),
+        &[0, 4, 8]
+    );
+    assert_eq!(
+        CachePlan::every_kth(7, 3).unwrap().route().src(),
+        &[0, 0, 0, 3, 3, 3, 6]
+    );
     for k in 1..=4 {
         assert_eq!(
             CachePlan::retention(12, 1.0 / k as f64).unwrap(),
