@@ -1,0 +1,163 @@
+//! Checkpoints: a directory holding everything needed to resume a run exactly.
+//!
+//! ```text
+//! <dir>/config.json     TrainConfig (model config included)
+//! <dir>/state.json      TrainState: the next step and the router (seed, p, step)
+//! <dir>/model.mpk       model weights (Burn named MessagePack, full precision)
+//! <dir>/optimizer.mpk   AdamW moments
+//! ```
+//!
+//! A checkpoint is written to `<dir>.tmp` and renamed into place, so an interrupted save never
+//! leaves a half-written checkpoint under `<dir>`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::Optimizer;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use kv_routing::{RoutedTransformer, StochasticRouter};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+use crate::train_config::TrainConfig;
+
+const CONFIG: &str = "config.json";
+const STATE: &str = "state.json";
+const MODEL: &str = "model.mpk";
+const OPTIMIZER: &str = "optimizer.mpk";
+
+/// Progress of a run besides weights and optimizer moments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// The next step to run.
+    pub step: u64,
+    /// The router, whose step counter equals `step`.
+    pub router: StochasticRouter,
+    /// Training time so far, seconds.
+    pub elapsed_seconds: f64,
+}
+
+fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
+    NamedMpkFileRecorder::new()
+}
+
+/// Writes a checkpoint of a training run into `dir` (replacing one that is there).
+pub fn save_checkpoint<B, O>(
+    dir: &Path,
+    config: &TrainConfig,
+    state: &TrainState,
+    model: &RoutedTransformer<B>,
+    optimizer: &O,
+) -> Result<()>
+where
+    B: AutodiffBackend,
+    O: Optimizer<RoutedTransformer<B>, B>,
+{
+    let staging = sibling(dir, "tmp");
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(|e| TrainError::io(&staging, e))?;
+    }
+    fs::create_dir_all(&staging).map_err(|e| TrainError::io(&staging, e))?;
+    write_json(&staging.join(CONFIG), config)?;
+    write_json(&staging.join(STATE), state)?;
+    model
+        .clone()
+        .save_file(staging.join(MODEL), &recorder())
+        .map_err(|e| TrainError::io(staging.join(MODEL), e))?;
+    Recorder::<B>::record(&recorder(), optimizer.to_record(), staging.join(OPTIMIZER))
+        .map_err(|e| TrainError::io(staging.join(OPTIMIZER), e))?;
+    let previous = sibling(dir, "old");
+    if dir.exists() {
+        if previous.exists() {
+            fs::remove_dir_all(&previous).map_err(|e| TrainError::io(&previous, e))?;
+        }
+        fs::rename(dir, &previous).map_err(|e| TrainError::io(dir, e))?;
+    }
+    fs::rename(&staging, dir).map_err(|e| TrainError::io(dir, e))?;
+    if previous.exists() {
+        fs::remove_dir_all(&previous).map_err(|e| TrainError::io(&previous, e))?;
+    }
+    Ok(())
+}
+
+/// Reads the run configuration of a checkpoint.
+pub fn load_config(dir: &Path) -> Result<TrainConfig> {
+    check_dir(dir)?;
+    let config: TrainConfig = read_json(dir, CONFIG)?;
+    config
+        .validate()
+        .map_err(|e| TrainError::checkpoint(dir, format!("{CONFIG}: {e}")))?;
+    Ok(config)
+}
+
+/// Reads the run state of a checkpoint.
+pub fn load_state(dir: &Path) -> Result<TrainState> {
+    read_json(dir, STATE)
+}
+
+/// Loads a checkpoint's model (for evaluation, generation, or to fine-tune from).
+pub fn load_model<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(TrainConfig, RoutedTransformer<B>)> {
+    let config = load_config(dir)?;
+    let model = config.model.init::<B>(device)?;
+    let path = dir.join(MODEL);
+    if !path.is_file() {
+        return Err(TrainError::checkpoint(dir, format!("{MODEL} is missing")));
+    }
+    let model = model
+        .load_file(path, &recorder(), device)
+        .map_err(|e| TrainError::checkpoint(dir, format!("{MODEL} does not load: {e}")))?;
+    Ok((config, model))
+}
+
+/// Loads a checkpoint's optimizer moments into `optimizer`.
+pub fn load_optimizer<B, O>(dir: &Path, optimizer: O, device: &B::Device) -> Result<O>
+where
+    B: AutodiffBackend,
+    O: Optimizer<RoutedTransformer<B>, B>,
+    RoutedTransformer<B>: AutodiffModule<B>,
+{
+    let path = dir.join(OPTIMIZER);
+    if !path.is_file() {
+        return Err(TrainError::checkpoint(
+            dir,
+            format!("{OPTIMIZER} is missing"),
+        ));
+    }
+    let record = Recorder::<B>::load(&recorder(), path, device)
+        .map_err(|e| TrainError::checkpoint(dir, format!("{OPTIMIZER} does not load: {e}")))?;
+    Ok(optimizer.load_record(record))
+}
+
+fn check_dir(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(TrainError::checkpoint(dir, "no such checkpoint directory"))
+    }
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{suffix}"));
+    dir.with_file_name(name)
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let json = serde_json::to_string_pretty(value).map_err(|e| TrainError::io(path, e))?;
+    fs::write(path, json).map_err(|e| TrainError::io(path, e))
+}
+
+fn read_json<T: DeserializeOwned>(dir: &Path, name: &str) -> Result<T> {
+    check_dir(dir)?;
+    let path = dir.join(name);
+    let text = fs::read_to_string(&path)
+        .map_err(|e| TrainError::checkpoint(dir, format!("{name}: {e}")))?;
+    serde_json::from_str(&text)
+        .map_err(|e| TrainError::checkpoint(dir, format!("{name} is corrupt: {e}")))
+}

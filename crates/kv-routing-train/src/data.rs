@@ -1,0 +1,169 @@
+//! Training data: the built-in synthetic corpus or a user's UTF-8 text file, served as
+//! deterministic batches of byte tokens.
+//!
+//! Every sample is a pure function of `(seed, split, index)`, so a run is reproducible and a
+//! resumed run sees exactly the batches the uninterrupted run would have seen.
+
+use std::path::{Path, PathBuf};
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, TrainError};
+use crate::synthetic::synthetic_sample;
+
+/// Where samples come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DataSource {
+    /// The built-in associative-recall + structured-text corpus, generated from `seed`.
+    Synthetic {
+        /// Seed of the generator.
+        seed: u64,
+    },
+    /// A UTF-8 text file: the first 90% of its bytes train, the last 10% validate.
+    TextFile {
+        /// Path of the file.
+        path: PathBuf,
+        /// Seed of the window offsets.
+        seed: u64,
+    },
+}
+
+/// Training or validation samples (never overlapping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// Training samples.
+    Train,
+    /// Validation samples.
+    Validation,
+}
+
+impl Split {
+    fn stream(self, index: u64) -> u64 {
+        index * 2 + matches!(self, Split::Validation) as u64
+    }
+}
+
+/// One sequence of `seq_len + 1` tokens and, per next-token target, whether it is the answer of
+/// a recall query (which only attention to the earlier context can predict).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// `seq_len + 1` tokens.
+    pub tokens: Vec<u32>,
+    /// `recall[i]`: the target of position `i` (token `i + 1`) is a recall answer.
+    pub recall: Vec<bool>,
+}
+
+/// Inputs and next-token targets of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// `[batch][seq_len]` input tokens.
+    pub inputs: Vec<Vec<u32>>,
+    /// `[batch][seq_len]` targets (inputs shifted by one).
+    pub targets: Vec<Vec<u32>>,
+    /// `[batch][seq_len]` recall-answer flags of the targets.
+    pub recall: Vec<Vec<bool>>,
+}
+
+/// A source of samples of a fixed length.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    source: DataSource,
+    seq_len: usize,
+    text: Option<Vec<u8>>,
+}
+
+impl Dataset {
+    /// Opens `source` for samples of `seq_len` inputs (`seq_len + 1` tokens).
+    pub fn open(source: &DataSource, seq_len: usize) -> Result<Self> {
+        if seq_len < 2 {
+            return Err(TrainError::Config(format!(
+                "seq_len must be >= 2, got {seq_len}"
+            )));
+        }
+        let text = match source {
+            DataSource::Synthetic { .. } => None,
+            DataSource::TextFile { path, .. } => Some(read_text(path, seq_len)?),
+        };
+        Ok(Self {
+            source: source.clone(),
+            seq_len,
+            text,
+        })
+    }
+
+    /// Input length of the samples.
+    pub fn seq_len(&self) -> usize {
+        self.seq_len
+    }
+
+    /// Whether samples carry recall queries (only the synthetic corpus does).
+    pub fn has_recall(&self) -> bool {
+        matches!(self.source, DataSource::Synthetic { .. })
+    }
+
+    /// Sample `index` of `split`.
+    pub fn sample(&self, split: Split, index: u64) -> Sample {
+        match (&self.source, &self.text) {
+            (DataSource::Synthetic { seed }, _) => {
+                synthetic_sample(*seed, split.stream(index), self.seq_len + 1)
+            }
+            (DataSource::TextFile { seed, .. }, Some(text)) => {
+                let window = self.seq_len + 1;
+                let boundary = text.len() * 9 / 10;
+                let (start, end) = match split {
+                    Split::Train => (0, boundary),
+                    Split::Validation => (boundary, text.len()),
+                };
+                let mut rng = ChaCha8Rng::seed_from_u64(*seed);
+                rng.set_stream(split.stream(index));
+                let offset = start + rng.random_range(0..=(end - start - window) as u64) as usize;
+                Sample {
+                    tokens: text[offset..offset + window]
+                        .iter()
+                        .map(|&b| u32::from(b))
+                        .collect(),
+                    recall: vec![false; self.seq_len],
+                }
+            }
+            (DataSource::TextFile { .. }, None) => unreachable!("text is read on open"),
+        }
+    }
+
+    /// Samples `first_index..first_index + batch_size` of `split` as a batch.
+    pub fn batch(&self, split: Split, first_index: u64, batch_size: usize) -> Batch {
+        let samples: Vec<Sample> = (0..batch_size as u64)
+            .map(|i| self.sample(split, first_index + i))
+            .collect();
+        Batch {
+            inputs: samples
+                .iter()
+                .map(|s| s.tokens[..self.seq_len].to_vec())
+                .collect(),
+            targets: samples.iter().map(|s| s.tokens[1..].to_vec()).collect(),
+            recall: samples.into_iter().map(|s| s.recall).collect(),
+        }
+    }
+}
+
+fn read_text(path: &Path, seq_len: usize) -> Result<Vec<u8>> {
+    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    if let Err(error) = std::str::from_utf8(&bytes) {
+        return Err(TrainError::Data(format!(
+            "{} is not UTF-8 text ({error})",
+            path.display()
+        )));
+    }
+    // Both splits need at least one full window.
+    let needed = 10 * (seq_len + 1);
+    if bytes.len() < needed {
+        return Err(TrainError::Data(format!(
+            "{} has {} bytes; sequences of {seq_len} need at least {needed} (10% of it validates)",
+            path.display(),
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
+}

@@ -1,0 +1,55 @@
+//! The error type of training, evaluation and checkpoints.
+
+use std::path::PathBuf;
+
+use kv_routing::KvRoutingError;
+use thiserror::Error;
+
+/// What can go wrong outside the model itself: files, checkpoints, data, settings.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    /// A file or directory could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The path at fault.
+        path: PathBuf,
+        /// What happened.
+        message: String,
+    },
+    /// A checkpoint is missing a part, or a part does not parse.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The checkpoint directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The training data cannot serve the requested samples.
+    #[error("data: {0}")]
+    Data(String),
+    /// A training or evaluation setting is out of range.
+    #[error("invalid setting: {0}")]
+    Config(String),
+    /// The model rejected its input or configuration.
+    #[error(transparent)]
+    Model(#[from] KvRoutingError),
+}
+
+impl TrainError {
+    pub(crate) fn io(path: impl Into<PathBuf>, error: impl std::fmt::Display) -> Self {
+        TrainError::Io {
+            path: path.into(),
+            message: error.to_string(),
+        }
+    }
+
+    pub(crate) fn checkpoint(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        TrainError::Checkpoint {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T> = std::result::Result<T, TrainError>;

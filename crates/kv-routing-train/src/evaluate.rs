@@ -1,0 +1,176 @@
+//! Evaluation of a trained model under sharing plans: validation loss and perplexity, recall
+//! accuracy, KV bytes per token, decode throughput.
+
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use kv_routing::{logits_rows, CachePlan, Route, RoutedTransformer, Sampler};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Dataset, Split};
+use crate::error::Result;
+use crate::loss::token_losses;
+
+/// Quality of a model under one route on the validation split.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValidationMetrics {
+    /// Mean next-token cross-entropy (nats).
+    pub loss: f64,
+    /// Fraction of recall answers predicted exactly (argmax), when the data has recall queries.
+    pub recall_accuracy: Option<f64>,
+}
+
+/// Validation loss and recall accuracy over `batches` batches of `batch_size` under `route`.
+pub fn validation_metrics<B: Backend>(
+    model: &RoutedTransformer<B>,
+    dataset: &Dataset,
+    route: &Route,
+    batches: usize,
+    batch_size: usize,
+) -> Result<ValidationMetrics> {
+    let (mut loss_sum, mut tokens) = (0.0, 0usize);
+    let (mut correct, mut answers) = (0usize, 0usize);
+    for b in 0..batches {
+        let batch = dataset.batch(Split::Validation, (b * batch_size) as u64, batch_size);
+        let logits = model.forward(&batch.inputs, route)?;
+        let predictions: Vec<i64> = logits.clone().argmax(2).into_data().iter::<i64>().collect();
+        let losses: Vec<f64> = token_losses(logits, &batch.targets)
+            .into_data()
+            .iter::<f64>()
+            .collect();
+        loss_sum += losses.iter().sum::<f64>();
+        tokens += losses.len();
+        let targets = batch.targets.iter().flatten();
+        let recall = batch.recall.iter().flatten();
+        for ((&prediction, &target), &is_answer) in predictions.iter().zip(targets).zip(recall) {
+            if is_answer {
+                answers += 1;
+                correct += usize::from(prediction == i64::from(target));
+            }
+        }
+    }
+    Ok(ValidationMetrics {
+        loss: loss_sum / tokens.max(1) as f64,
+        recall_accuracy: (dataset.has_recall() && answers > 0)
+            .then(|| correct as f64 / answers as f64),
+    })
+}
+
+/// Settings of [`evaluate_plans`].
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalSettings {
+    /// Validation batches per plan.
+    pub batches: usize,
+    /// Sequences per validation batch.
+    pub batch_size: usize,
+    /// Sequences decoded together in the throughput measurement.
+    pub decode_batch: usize,
+    /// Tokens decoded (after a prefill of half the context) in the throughput measurement.
+    pub decode_tokens: usize,
+}
+
+impl Default for EvalSettings {
+    fn default() -> Self {
+        Self {
+            batches: 16,
+            batch_size: 16,
+            decode_batch: 4,
+            decode_tokens: 32,
+        }
+    }
+}
+
+/// The result of one plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanReport {
+    /// The plan as it was named (`every:2`).
+    pub plan: String,
+    /// Cached layers.
+    pub cached_layers: Vec<usize>,
+    /// Fraction of layers cached.
+    pub retention: f64,
+    /// Validation loss (nats per token).
+    pub val_loss: f64,
+    /// `exp(val_loss)`.
+    pub perplexity: f64,
+    /// Recall accuracy, when the data has recall queries.
+    pub recall_accuracy: Option<f64>,
+    /// KV cache bytes per token of one sequence, measured from the cache manager.
+    pub kv_bytes_per_token: usize,
+    /// Greedy decode throughput, tokens per second.
+    pub decode_tokens_per_second: f64,
+}
+
+/// Evaluates `model` under each named plan.
+pub fn evaluate_plans<B: Backend>(
+    model: &RoutedTransformer<B>,
+    dataset: &Dataset,
+    plans: &[(String, CachePlan)],
+    settings: &EvalSettings,
+) -> Result<Vec<PlanReport>> {
+    plans
+        .iter()
+        .map(|(name, plan)| {
+            let route = plan.route();
+            let metrics = validation_metrics(
+                model,
+                dataset,
+                &route,
+                settings.batches,
+                settings.batch_size,
+            )?;
+            let capacity = dataset.seq_len();
+            let kv_bytes_per_token =
+                model.new_cache(1, capacity, route.clone())?.bytes() / capacity;
+            Ok(PlanReport {
+                plan: name.clone(),
+                cached_layers: plan.cached_layers().to_vec(),
+                retention: plan.retention_fraction(),
+                val_loss: metrics.loss,
+                perplexity: metrics.loss.exp(),
+                recall_accuracy: metrics.recall_accuracy,
+                kv_bytes_per_token,
+                decode_tokens_per_second: decode_throughput(model, dataset, &route, settings)?,
+            })
+        })
+        .collect()
+}
+
+/// Greedy decode tokens per second after a prefill of half the context (prefill not timed).
+pub fn decode_throughput<B: Backend>(
+    model: &RoutedTransformer<B>,
+    dataset: &Dataset,
+    route: &Route,
+    settings: &EvalSettings,
+) -> Result<f64> {
+    let prompt_len = (dataset.seq_len() / 2).max(1);
+    let prompts: Vec<Vec<u32>> = (0..settings.decode_batch as u64)
+        .map(|i| dataset.sample(Split::Validation, i).tokens[..prompt_len].to_vec())
+        .collect();
+    let mut cache = model.new_cache(
+        prompts.len(),
+        prompt_len + settings.decode_tokens,
+        route.clone(),
+    )?;
+    let mut logits = model.forward_cached_last(&prompts, &mut cache)?;
+    sync(&logits);
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let start = Instant::now();
+    for _ in 0..settings.decode_tokens {
+        let next: Vec<Vec<u32>> = logits_rows(logits)?
+            .iter()
+            .map(|row| vec![Sampler::Greedy.sample(row, &mut rng)])
+            .collect();
+        logits = model.forward_cached_last(&next, &mut cache)?;
+    }
+    sync(&logits);
+    Ok((settings.decode_batch * settings.decode_tokens) as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Waits for queued work (GPU backends run asynchronously) by reading one value back.
+fn sync<B: Backend>(tensor: &Tensor<B, 2>) {
+    let _ = tensor.clone().slice([0..1, 0..1]).into_data();
+}

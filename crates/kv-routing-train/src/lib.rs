@@ -1,0 +1,29 @@
+//! Training and evaluation of routed transformers with stochastic KV routing.
+//!
+//! - [`data`]: the built-in synthetic corpus (associative recall + structured text) or a UTF-8
+//!   file, as deterministic byte-token batches.
+//! - [`trainer`]: AdamW with warmup + cosine, global-norm clipping, one random route per step,
+//!   validation, checkpoints and exact resume; fine-tuning from a checkpoint with a new `p`.
+//! - [`evaluate`]: loss, perplexity, recall accuracy, KV bytes per token and decode throughput
+//!   under each sharing plan; [`report`] and [`plot`] present them.
+//!
+//! Generic over Burn backends; the `kv-routing` command-line program drives it.
+
+#![warn(missing_docs)]
+
+pub mod checkpoint;
+pub mod data;
+pub mod error;
+pub mod evaluate;
+pub mod grad_clip;
+pub mod loss;
+pub mod plan_spec;
+pub mod plot;
+pub mod report;
+pub mod schedule;
+mod synthetic;
+pub mod tokenizer;
+pub mod train_config;
+pub mod trainer;
+
+pub use error::{Result, TrainError};

@@ -1,0 +1,268 @@
+//! The training loop: AdamW with warmup + cosine schedule and global-norm clipping, one
+//! stochastic route per step, periodic validation and checkpoints, exact resume.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::ElementConversion;
+use indicatif::{ProgressBar, ProgressStyle};
+use kv_routing::{CachePlan, RoutedTransformer, StochasticRouter};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{load_model, load_optimizer, load_state, save_checkpoint, TrainState};
+use crate::data::{Dataset, Split};
+use crate::error::{Result, TrainError};
+use crate::evaluate::validation_metrics;
+use crate::grad_clip::clip_global_norm;
+use crate::loss::mean_loss;
+use crate::train_config::TrainConfig;
+
+/// How a run begins.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    /// New weights from `config.init_seed`.
+    Fresh,
+    /// Continue the run checkpointed under `<out_dir>/checkpoint` (its config is used; `steps`
+    /// may be raised to train longer).
+    Resume,
+    /// Fine-tune: weights from this checkpoint, fresh optimizer and schedule, the new `p`. The
+    /// checkpoint's model configuration replaces `config.model`.
+    InitFrom(PathBuf),
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Step just run (0-based).
+    pub step: u64,
+    /// Learning rate used.
+    pub learning_rate: f64,
+    /// Training loss of the step's batch.
+    pub train_loss: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Validation loss under the full plan, when validated at this step.
+    pub val_loss: Option<f64>,
+    /// Training throughput over the step.
+    pub tokens_per_second: f64,
+}
+
+/// What a call to [`train`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSummary {
+    /// The configuration the run used.
+    pub config: TrainConfig,
+    /// Steps run by this call.
+    pub steps_run: u64,
+    /// Every step's log entry.
+    pub log: Vec<LogEntry>,
+    /// Validation loss (full plan) at the end.
+    pub final_val_loss: f64,
+    /// Wall-clock seconds of this call's steps.
+    pub seconds: f64,
+}
+
+/// Where a run writes: `<out_dir>/checkpoint/` and `<out_dir>/metrics.jsonl`.
+pub fn checkpoint_dir(out_dir: &Path) -> PathBuf {
+    out_dir.join("checkpoint")
+}
+
+/// How a call to [`train`] behaves, besides what the run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunOptions {
+    /// Show a progress bar.
+    pub show_progress: bool,
+    /// Stop (with a checkpoint) once this many steps of the run are done, to resume later;
+    /// `None` runs to `config.steps`. The schedule still spans `config.steps`.
+    pub stop_at: Option<u64>,
+}
+
+/// Trains per `config` from `start`, checkpointing under `out_dir`.
+pub fn train<B: AutodiffBackend>(
+    config: TrainConfig,
+    start: Start,
+    out_dir: &Path,
+    options: RunOptions,
+    device: &B::Device,
+) -> Result<TrainSummary> {
+    let checkpoint = checkpoint_dir(out_dir);
+    let (config, mut state, mut model) = match &start {
+        Start::Fresh => {
+            config.validate()?;
+            let state = TrainState {
+                step: 0,
+                router: StochasticRouter::new(config.model.n_layers, config.p, config.route_seed)?,
+                elapsed_seconds: 0.0,
+            };
+            let model = config.model.init_seeded::<B>(config.init_seed, device)?;
+            (config, state, model)
+        }
+        Start::Resume => {
+            let (mut saved, model) = load_model::<B>(&checkpoint, device)?;
+            saved.steps = saved.steps.max(config.steps);
+            (saved, load_state(&checkpoint)?, model)
+        }
+        Start::InitFrom(source) => {
+            let (saved, model) = load_model::<B>(source, device)?;
+            let config = TrainConfig {
+                model: saved.model,
+                ..config
+            };
+            config.validate()?;
+            let state = TrainState {
+                step: 0,
+                router: StochasticRouter::new(config.model.n_layers, config.p, config.route_seed)?,
+                elapsed_seconds: 0.0,
+            };
+            (config, state, model)
+        }
+    };
+    if state.router.step() != state.step {
+        return Err(TrainError::checkpoint(
+            &checkpoint,
+            "router step and run step disagree",
+        ));
+    }
+    let dataset = Dataset::open(&config.data, config.seq_len)?;
+    let mut optimizer = AdamWConfig::new()
+        .with_weight_decay(config.weight_decay as f32)
+        .init::<B, RoutedTransformer<B>>();
+    if start == Start::Resume {
+        optimizer = load_optimizer(&checkpoint, optimizer, device)?;
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
+    let metrics_path = out_dir.join("metrics.jsonl");
+    let mut metrics = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(|e| TrainError::io(&metrics_path, e))?;
+
+    let full = CachePlan::full(config.model.n_layers)?.route();
+    let schedule = config.schedule();
+    let tokens_per_step = (config.batch_size * config.seq_len) as f64;
+    let end = options
+        .stop_at
+        .map_or(config.steps, |s| s.min(config.steps));
+    let progress = progress_bar(options.show_progress, state.step, end);
+    let first_step = state.step;
+    let mut log = Vec::new();
+    let run_start = Instant::now();
+    while state.step < end {
+        let step = state.step;
+        let step_start = Instant::now();
+        let route = state.router.next_route();
+        let batch = dataset.batch(
+            Split::Train,
+            step * config.batch_size as u64,
+            config.batch_size,
+        );
+        let loss = mean_loss(model.forward(&batch.inputs, &route)?, &batch.targets);
+        let train_loss: f64 = loss.clone().into_scalar().elem();
+        if !train_loss.is_finite() {
+            return Err(TrainError::Config(format!(
+                "training diverged at step {step} (loss {train_loss}); lower the learning rate"
+            )));
+        }
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let grad_norm = clip_global_norm(&model, &mut grads, config.grad_clip);
+        let learning_rate = schedule.at(step);
+        model = optimizer.step(learning_rate, model, grads);
+        state.step += 1;
+        state.elapsed_seconds += step_start.elapsed().as_secs_f64();
+
+        let last = state.step == end;
+        let validate = last || (config.eval_every > 0 && state.step % config.eval_every == 0);
+        let val_loss = if validate {
+            let metrics = validation_metrics(
+                &model.valid(),
+                &dataset,
+                &full,
+                config.eval_batches,
+                config.batch_size,
+            )?;
+            Some(metrics.loss)
+        } else {
+            None
+        };
+        let entry = LogEntry {
+            step,
+            learning_rate,
+            train_loss,
+            grad_norm,
+            val_loss,
+            tokens_per_second: tokens_per_step / step_start.elapsed().as_secs_f64(),
+        };
+        writeln!(
+            metrics,
+            "{}",
+            serde_json::to_string(&entry).expect("log entries serialize")
+        )
+        .map_err(|e| TrainError::io(&metrics_path, e))?;
+        progress.set_position(state.step);
+        progress.set_message(progress_message(&entry, &log));
+        log.push(entry);
+        if last || (config.checkpoint_every > 0 && state.step % config.checkpoint_every == 0) {
+            save_checkpoint(&checkpoint, &config, &state, &model, &optimizer)?;
+        }
+    }
+    progress.finish();
+    let final_val_loss = match log.iter().rev().find_map(|e| e.val_loss) {
+        Some(loss) => loss,
+        None => {
+            validation_metrics(
+                &model.valid(),
+                &dataset,
+                &full,
+                config.eval_batches,
+                config.batch_size,
+            )?
+            .loss
+        }
+    };
+    Ok(TrainSummary {
+        steps_run: state.step - first_step,
+        log,
+        final_val_loss,
+        seconds: run_start.elapsed().as_secs_f64(),
+        config,
+    })
+}
+
+fn progress_bar(show: bool, position: u64, total: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total).with_position(position);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn progress_message(entry: &LogEntry, log: &[LogEntry]) -> String {
+    // Smooth over the last 20 steps: single batches are noisy.
+    let recent: Vec<&LogEntry> = log
+        .iter()
+        .rev()
+        .take(19)
+        .chain(std::iter::once(entry))
+        .collect();
+    let loss = recent.iter().map(|e| e.train_loss).sum::<f64>() / recent.len() as f64;
+    let speed = recent.iter().map(|e| e.tokens_per_second).sum::<f64>() / recent.len() as f64;
+    let val = log
+        .iter()
+        .chain(std::iter::once(entry))
+        .rev()
+        .find_map(|e| e.val_loss)
+        .map(|v| format!(" val {v:.3}"))
+        .unwrap_or_default();
+    format!("loss {loss:.3}{val} | {speed:.0} tok/s")
+}
