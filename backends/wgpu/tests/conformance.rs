@@ -1,4 +1,33 @@
-//! The whole conformance suite on burn-wgpu (f32). CI runs it on Mesa's llvmpipe adapter with
-//! `CUBECL_WGPU_DEFAULT_DEVICE=Cpu`.
+//! The whole conformance suite on burn-wgpu (f32), and the cross-backend check: the same seed
+//! gives the same routes and the same logits on every backend compiled into this process
+//! (ndarray f64 as the reference; ndarray f32, flex and wgpu within the f32 tolerance). CI runs it
+//! on Mesa's llvmpipe adapter with `CUBECL_WGPU_DEFAULT_DEVICE=Cpu`.
+//!
+//! Both live in one test binary because monomorphizing the suite for the fusion backend takes
+//! minutes of compile time per binary.
 
 kv_routing_conformance::conformance_suite!(kv_routing_wgpu::Backend, kv_routing_wgpu::device());
+
+#[test]
+fn same_seed_same_routes_same_logits_on_every_backend() {
+    use kv_routing_conformance::cross_backend::{assert_same, fingerprint};
+    use kv_routing_conformance::support::Tolerance;
+
+    let reference =
+        fingerprint::<burn_ndarray::NdArray<f64>>("ndarray-f64", &burn_ndarray::NdArrayDevice::Cpu);
+    let others = [
+        fingerprint::<burn_ndarray::NdArray<f32>>("ndarray-f32", &burn_ndarray::NdArrayDevice::Cpu),
+        fingerprint::<burn_flex::Flex>("flex", &burn_flex::FlexDevice),
+        fingerprint::<kv_routing_wgpu::Backend>("wgpu", &kv_routing_wgpu::device()),
+    ];
+    for other in &others {
+        assert_same(
+            &reference,
+            other,
+            Tolerance {
+                abs: 5e-5,
+                rel: 5e-5,
+            },
+        );
+    }
+}

@@ -191,10 +191,8 @@ fn main() -> ExitCode {
 fn run_train(args: TrainArgs) -> Result<()> {
     let mut config = TrainConfig::small(args.layers, args.d_model, args.seq_len);
     let heads = args.heads.unwrap_or(config.model.n_heads);
-    config.model = config
-        .model
-        .with_n_heads(heads)
-        .with_n_kv_heads(Some(args.kv_heads.unwrap_or((heads / 2).max(1))));
+    config.model.n_heads = heads;
+    config.model.n_kv_heads = Some(args.kv_heads.unwrap_or((heads / 2).max(1)));
     config.p = args.p;
     config.route_seed = args.seed;
     config.init_seed = args.seed;

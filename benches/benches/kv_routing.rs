@@ -1,0 +1,291 @@
+//! Cross-backend benchmarks of kv-routing. The backend is the crate feature (default flex):
+//!
+//! ```text
+//! cargo bench -p kv-routing-benches                                   # flex, tiny + medium
+//! KV_BENCH_SIZES=tiny cargo bench -p kv-routing-benches --no-default-features --features wgpu
+//! cargo run --release -p kv-routing-benches --bin bench-report         # tables from the results
+//! ```
+//!
+//! Groups: `decode` (tokens/s per plan, context, batch), `prefill` (time to first token),
+//! `context_growth` (decode step vs context), `train_step` (per routing probability, and with
+//! every layer's K/V computed), `capacity` (aggregate decode at the largest batch a 1 GiB KV
+//! budget fits), `mha_baseline` (our cached attention vs burn-nn's `MhaCache`).
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use burn::module::Module;
+use burn::nn::attention::{
+    generate_autoregressive_mask, MhaCache, MhaInput, MultiHeadAttentionConfig,
+};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::{Distribution, Tensor};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use kv_routing::{
+    CachePlan, RotaryEmbeddingConfig, Route, StochasticKvAttentionConfig, StochasticRouter,
+};
+use kv_routing_backend::{device, AutodiffBackend, Backend};
+use kv_routing_benches::*;
+use kv_routing_train::loss::mean_loss;
+
+fn tokens(batch: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
+    (0..batch)
+        .map(|b| {
+            (0..len)
+                .map(|i| ((i * 31 + b * 7) % vocab) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+fn decode_benchmarks(c: &mut Criterion) {
+    let device = device();
+    for size in sizes() {
+        let model = size.config.init::<Backend>(&device).unwrap();
+        let mut group = c.benchmark_group("decode");
+        for (plan_name, plan) in plans(size.config.n_layers) {
+            for batch in DECODE_BATCHES {
+                for context in DECODE_CONTEXTS {
+                    let id = bench_id(size.name, batch, plan_name, context);
+                    group.bench_function(id, |b| {
+                        b.iter_batched_ref(
+                            || {
+                                let mut cache = model
+                                    .new_cache(batch, context + DECODE_STEPS, plan.route())
+                                    .unwrap();
+                                fill_cache(&mut cache, context, &device).unwrap();
+                                cache
+                            },
+                            |cache| decode(&model, cache, DECODE_STEPS).unwrap(),
+                            BatchSize::PerIteration,
+                        )
+                    });
+                }
+            }
+        }
+        group.finish();
+
+        let mut group = c.benchmark_group("context_growth");
+        let full = CachePlan::full(size.config.n_layers).unwrap();
+        for context in GROWTH_CONTEXTS {
+            group.bench_function(bench_id(size.name, 1, "full", context), |b| {
+                b.iter_batched_ref(
+                    || {
+                        let mut cache = model
+                            .new_cache(1, context + DECODE_STEPS, full.route())
+                            .unwrap();
+                        fill_cache(&mut cache, context, &device).unwrap();
+                        cache
+                    },
+                    |cache| decode(&model, cache, DECODE_STEPS).unwrap(),
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+        group.finish();
+    }
+}
+
+fn prefill_benchmarks(c: &mut Criterion) {
+    let device = device();
+    let mut group = c.benchmark_group("prefill");
+    for size in sizes() {
+        let model = size.config.init::<Backend>(&device).unwrap();
+        for (plan_name, plan) in plans(size.config.n_layers) {
+            for len in PREFILL_LENGTHS {
+                let prompt = tokens(1, len, size.config.vocab_size);
+                group.bench_function(bench_id(size.name, 1, plan_name, len), |b| {
+                    b.iter(|| {
+                        let mut cache = model.new_cache(1, len, plan.route()).unwrap();
+                        sync(model.forward_cached_last(&prompt, &mut cache).unwrap());
+                    })
+                });
+            }
+        }
+    }
+    group.finish();
+}
+
+fn train_benchmarks(c: &mut Criterion) {
+    let device = device();
+    let mut group = c.benchmark_group("train_step");
+    for size in sizes() {
+        let (batch, seq_len) = size.train_batch;
+        let inputs = tokens(batch, seq_len, size.config.vocab_size);
+        let targets = tokens(batch, seq_len, size.config.vocab_size);
+        let variants = TRAIN_PROBABILITIES
+            .iter()
+            .map(|&p| (format!("{}_p{}", size.name, p), p, false))
+            .chain(std::iter::once((
+                format!("{}_p0.5_all_kv", size.name),
+                0.5,
+                true,
+            )));
+        for (id, p, all_kv) in variants {
+            let model = RefCell::new(Some(size.config.init::<AutodiffBackend>(&device).unwrap()));
+            let mut optimizer = AdamWConfig::new().init::<AutodiffBackend, _>();
+            let mut router = StochasticRouter::new(size.config.n_layers, p, 0).unwrap();
+            group.bench_function(id, |b| {
+                b.iter(|| {
+                    let current = model.borrow_mut().take().unwrap();
+                    let route: Route = router.next_route();
+                    let logits = if all_kv {
+                        forward_computing_all_kv(&current, &inputs, &route).unwrap()
+                    } else {
+                        current.forward(&inputs, &route).unwrap()
+                    };
+                    let loss = mean_loss(logits, &targets);
+                    let grads = GradientsParams::from_grads(loss.backward(), &current);
+                    let updated = optimizer.step(1e-4, current, grads);
+                    sync(updated.lm_head.weight.val());
+                    *model.borrow_mut() = Some(updated);
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn capacity_benchmarks(c: &mut Criterion) {
+    let device = device();
+    let mut group = c.benchmark_group("capacity");
+    for size in sizes() {
+        let model = size.config.init::<Backend>(&device).unwrap();
+        for (plan_name, plan) in plans(size.config.n_layers) {
+            let batch = batch_within_budget(&size.config, &plan, CAPACITY_CONTEXT, KV_BUDGET);
+            // The cache holds the context plus the decoded tokens: stay inside the budget.
+            let context = CAPACITY_CONTEXT - DECODE_STEPS;
+            group.bench_function(
+                bench_id(size.name, batch, plan_name, CAPACITY_CONTEXT),
+                |b| {
+                    b.iter_batched_ref(
+                        || {
+                            let mut cache = model
+                                .new_cache(batch, CAPACITY_CONTEXT, plan.route())
+                                .unwrap();
+                            fill_cache(&mut cache, context, &device).unwrap();
+                            cache
+                        },
+                        |cache| decode(&model, cache, DECODE_STEPS).unwrap(),
+                        BatchSize::PerIteration,
+                    )
+                },
+            );
+        }
+    }
+    group.finish();
+}
+
+fn mha_baseline_benchmarks(c: &mut Criterion) {
+    let device = device();
+    let (d_model, heads) = (768, 12);
+    let ours = StochasticKvAttentionConfig::new(d_model, heads)
+        .init::<Backend>(&device)
+        .unwrap();
+    let rope = RotaryEmbeddingConfig::new(d_model / heads, 8192)
+        .init::<Backend>(&device)
+        .unwrap();
+    let burn_mha = MultiHeadAttentionConfig::new(d_model, heads).init::<Backend>(&device);
+    let mut group = c.benchmark_group("mha_baseline");
+    for (batch, contexts) in [(1, &[256, 1024, 4096][..]), (8, &[256, 1024][..])] {
+        for &context in contexts {
+            let hidden = Tensor::<Backend, 3>::random(
+                [batch, context + DECODE_STEPS, d_model],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            group.bench_function(format!("ours_b{batch}_c{context}"), |b| {
+                b.iter_batched_ref(
+                    || {
+                        let route = Route::identity(1).unwrap();
+                        let layout = kv_routing::KvCacheLayout {
+                            batch_size: batch,
+                            n_layers: 1,
+                            n_kv_heads: heads,
+                            head_dim: d_model / heads,
+                            capacity: context + DECODE_STEPS,
+                        };
+                        let mut cache =
+                            kv_routing::KvCacheManager::<Backend>::new(layout, route, &device)
+                                .unwrap();
+                        fill_cache(&mut cache, context, &device).unwrap();
+                        cache
+                    },
+                    |cache| {
+                        let mut output = None;
+                        for i in 0..DECODE_STEPS {
+                            let x = hidden.clone().slice([
+                                0..batch,
+                                context + i..context + i + 1,
+                                0..d_model,
+                            ]);
+                            let mut step = cache.begin_step(&vec![1; batch], 1).unwrap();
+                            let angles = rope.angles(step.positions(), batch, 1).unwrap();
+                            let mask = step.mask().unwrap();
+                            output = Some(
+                                ours.forward_routed(0, x, &angles, &mask, &mut step)
+                                    .unwrap(),
+                            );
+                            step.commit().unwrap();
+                        }
+                        sync(output.unwrap());
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+            group.bench_function(format!("burn_mhacache_b{batch}_c{context}"), |b| {
+                b.iter_batched_ref(
+                    || {
+                        let mut cache = MhaCache::autoregressive();
+                        let prefix = hidden.clone().slice([0..batch, 0..context, 0..d_model]);
+                        let mask = generate_autoregressive_mask::<Backend>(batch, context, &device);
+                        sync(
+                            burn_mha
+                                .forward_cache(
+                                    MhaInput::self_attn(prefix).mask_attn(mask),
+                                    &mut cache,
+                                )
+                                .context,
+                        );
+                        cache
+                    },
+                    |cache| {
+                        let mut output = None;
+                        for i in 0..DECODE_STEPS {
+                            let len = context + i + 1;
+                            let input = hidden.clone().slice([0..batch, 0..len, 0..d_model]);
+                            let mask = generate_autoregressive_mask::<Backend>(batch, len, &device);
+                            output = Some(
+                                burn_mha
+                                    .forward_cache(
+                                        MhaInput::self_attn(input).mask_attn(mask),
+                                        cache,
+                                    )
+                                    .context,
+                            );
+                        }
+                        sync(output.unwrap());
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+    }
+    group.finish();
+    drop(burn_mha.into_record());
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .without_plots()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = decode_benchmarks, prefill_benchmarks, train_benchmarks, capacity_benchmarks, mha_baseline_benchmarks
+}
+criterion_main!(benches);

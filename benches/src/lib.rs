@@ -1,0 +1,237 @@
+//! Workloads shared by the criterion benchmarks (`benches/kv_routing.rs`) and the report
+//! (`src/bin/bench_report.rs`): model sizes, plans, cache filling, decode loops, and the naive
+//! "compute every layer's K/V" forward that the training benchmark compares against.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use kv_routing::{
+    AttentionMask, CachePlan, KeyValue, KvCacheManager, KvStore, Route, RoutedTransformer,
+    RoutedTransformerConfig,
+};
+
+/// Decode steps timed per benchmark iteration (one step is too short to time on a GPU).
+pub const DECODE_STEPS: usize = 8;
+
+/// Contexts of the decode benchmark.
+pub const DECODE_CONTEXTS: [usize; 3] = [256, 1024, 4096];
+
+/// Batch sizes of the decode benchmark.
+pub const DECODE_BATCHES: [usize; 2] = [1, 8];
+
+/// Prompt lengths of the time-to-first-token benchmark.
+pub const PREFILL_LENGTHS: [usize; 2] = [512, 2048];
+
+/// Contexts of the cost-growth benchmark.
+pub const GROWTH_CONTEXTS: [usize; 7] = [128, 256, 512, 1024, 2048, 4096, 8192];
+
+/// Routing probabilities of the training benchmark.
+pub const TRAIN_PROBABILITIES: [f64; 4] = [0.0, 0.25, 0.5, 0.75];
+
+/// KV budget of the capacity benchmark, bytes (1 GiB).
+pub const KV_BUDGET: usize = 1 << 30;
+
+/// Context of the capacity benchmark.
+pub const CAPACITY_CONTEXT: usize = 1024;
+
+/// A benchmarked model shape.
+#[derive(Debug, Clone)]
+pub struct ModelSize {
+    /// `tiny` or `medium`.
+    pub name: &'static str,
+    /// The model.
+    pub config: RoutedTransformerConfig,
+    /// Sequences x tokens of one training step.
+    pub train_batch: (usize, usize),
+}
+
+/// 12 layers, d_model 128, 4 query / 2 KV heads, byte vocabulary: 2.4M parameters.
+pub fn tiny() -> ModelSize {
+    ModelSize {
+        name: "tiny",
+        config: RoutedTransformerConfig::new(256, 128, 12, 4, 344)
+            .with_n_kv_heads(Some(2))
+            .with_max_seq_len(8192 + 64),
+        train_batch: (16, 128),
+    }
+}
+
+/// Llama-shaped, 12 layers, d_model 768, 12 query / 4 KV heads (GQA), vocabulary 32000:
+/// about 122M parameters.
+pub fn medium() -> ModelSize {
+    ModelSize {
+        name: "medium",
+        config: RoutedTransformerConfig::new(32000, 768, 12, 12, 2048)
+            .with_n_kv_heads(Some(4))
+            .with_max_seq_len(8192 + 64),
+        train_batch: (2, 256),
+    }
+}
+
+/// The sizes to run: `KV_BENCH_SIZES=tiny` (comma-separated) restricts them; default both.
+pub fn sizes() -> Vec<ModelSize> {
+    let wanted = std::env::var("KV_BENCH_SIZES").unwrap_or_else(|_| "tiny,medium".into());
+    [tiny(), medium()]
+        .into_iter()
+        .filter(|s| wanted.split(',').any(|w| w.trim() == s.name))
+        .collect()
+}
+
+/// The paper's plans: every 1st/2nd/3rd/4th layer cached (100/50/33/25% of 12 layers).
+pub fn plans(n_layers: usize) -> Vec<(&'static str, CachePlan)> {
+    ["full", "every2", "every3", "every4"]
+        .into_iter()
+        .zip(1..)
+        .map(|(name, k)| (name, CachePlan::every_kth(n_layers, k).expect("k >= 1")))
+        .collect()
+}
+
+/// Benchmark id: `{size}_b{batch}_{plan}_c{context}`.
+pub fn bench_id(size: &str, batch: usize, plan: &str, context: usize) -> String {
+    format!("{size}_b{batch}_{plan}_c{context}")
+}
+
+/// Appends `len` random keys/values for every sequence to every source layer of `cache`,
+/// through the public step API (what a prefill would write, without running the model).
+pub fn fill_cache<B: Backend>(
+    cache: &mut KvCacheManager<B>,
+    len: usize,
+    device: &B::Device,
+) -> kv_routing::Result<()> {
+    let layout = cache.layout();
+    let sources = cache.route().sources();
+    let mut step = cache.begin_step(&vec![len; layout.batch_size], len)?;
+    let shape = [layout.batch_size, layout.n_kv_heads, len, layout.head_dim];
+    for layer in sources {
+        let random = || Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+        step.put(layer, KeyValue::new(random(), random()))?;
+    }
+    step.commit()
+}
+
+/// Runs `steps` decode steps of one token per sequence (fixed tokens: the benchmark measures
+/// the step, not the sampler) and waits for the device.
+pub fn decode<B: Backend>(
+    model: &RoutedTransformer<B>,
+    cache: &mut KvCacheManager<B>,
+    steps: usize,
+) -> kv_routing::Result<()> {
+    let batch = cache.layout().batch_size;
+    let tokens: Vec<Vec<u32>> = (0..batch).map(|b| vec![(b % 200) as u32 + 32]).collect();
+    let mut logits = None;
+    for _ in 0..steps {
+        logits = Some(model.forward_cached_last(&tokens, cache)?);
+    }
+    if let Some(logits) = logits {
+        sync(logits);
+    }
+    Ok(())
+}
+
+/// Waits for queued device work by reading one value back.
+pub fn sync<B: Backend, const D: usize>(tensor: Tensor<B, D>) {
+    let _ = tensor.flatten::<1>(0, D - 1).slice(0..1).into_data();
+}
+
+/// A full-sequence forward that projects K/V in **every** layer and then routes — what an
+/// implementation pays when it does not skip the projections nobody reads. Equal-length batches.
+pub fn forward_computing_all_kv<B: Backend>(
+    model: &RoutedTransformer<B>,
+    tokens: &[Vec<u32>],
+    route: &Route,
+) -> kv_routing::Result<Tensor<B, 3>> {
+    let (batch, seq_len) = (tokens.len(), tokens[0].len());
+    let device = model.lm_head.weight.device();
+    let ids: Vec<i64> = tokens.iter().flatten().map(|&t| t as i64).collect();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, seq_len]), &device);
+    let positions: Vec<usize> = (0..batch).flat_map(|_| 0..seq_len).collect();
+    let rope = model.rope.angles(&positions, batch, seq_len)?;
+    let mut x = model.embedding.forward(ids);
+    let mut all_kv: Vec<KeyValue<B>> = Vec::with_capacity(model.n_layers());
+    for (layer, block) in model.blocks.iter().enumerate() {
+        let normed = block.attention_norm.forward(x.clone());
+        all_kv.push(block.attention.project_kv(normed.clone(), &rope)?);
+        let kv = &all_kv[route.source_of(layer)];
+        x = x + block
+            .attention
+            .forward(normed, kv, &rope, &AttentionMask::Causal)?;
+        x = x.clone() + block.mlp.forward(block.mlp_norm.forward(x));
+    }
+    Ok(model.lm_head.forward(model.norm.forward(x)))
+}
+
+/// Largest batch of `context`-token sequences whose cache under `plan` fits `budget` bytes.
+pub fn batch_within_budget(
+    config: &RoutedTransformerConfig,
+    plan: &CachePlan,
+    context: usize,
+    budget: usize,
+) -> usize {
+    budget / (kv_bytes_per_token(config, plan, 4) * context)
+}
+
+/// `2 * |S| * n_kv_heads * head_dim * bytes_per_element`: KV bytes of one token of one sequence.
+pub fn kv_bytes_per_token(
+    config: &RoutedTransformerConfig,
+    plan: &CachePlan,
+    bytes_per_element: usize,
+) -> usize {
+    let attention = config.attention_config();
+    2 * plan.cached_layers().len()
+        * attention.kv_heads()
+        * attention.resolved_head_dim()
+        * bytes_per_element
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_routing_backend::{device, Backend};
+
+    #[test]
+    fn naive_forward_equals_the_routed_forward() {
+        let device = device();
+        let config = RoutedTransformerConfig::new(64, 32, 4, 2, 48).with_max_seq_len(32);
+        let model = config.init_seeded::<Backend>(1, &device).unwrap();
+        let tokens = vec![vec![1, 2, 3, 4, 5], vec![9, 8, 7, 6, 5]];
+        let route = Route::new(vec![0, 0, 1, 1]).unwrap();
+        let routed: Vec<f32> = model
+            .forward(&tokens, &route)
+            .unwrap()
+            .into_data()
+            .iter()
+            .collect();
+        let naive: Vec<f32> = forward_computing_all_kv(&model, &tokens, &route)
+            .unwrap()
+            .into_data()
+            .iter()
+            .collect();
+        let max_diff = routed
+            .iter()
+            .zip(&naive)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(max_diff < 1e-5, "{max_diff}");
+    }
+
+    #[test]
+    fn filled_cache_decodes_and_budget_matches_the_cache_manager() {
+        let device = device();
+        let size = tiny();
+        let model = size.config.init::<Backend>(&device).unwrap();
+        for (_, plan) in plans(12) {
+            let mut cache = model.new_cache(2, 20, plan.route()).unwrap();
+            fill_cache(&mut cache, 16, &device).unwrap();
+            decode(&model, &mut cache, 4).unwrap();
+            assert_eq!(cache.sequence_lengths(), &[20, 20]);
+            assert_eq!(
+                cache.bytes(),
+                kv_bytes_per_token(&size.config, &plan, 4) * 2 * 20
+            );
+        }
+        let full = CachePlan::full(12).unwrap();
+        let quarter = CachePlan::every_kth(12, 4).unwrap();
+        let ratio = batch_within_budget(&size.config, &quarter, 1024, KV_BUDGET) as f64
+            / batch_within_budget(&size.config, &full, 1024, KV_BUDGET) as f64;
+        assert!((ratio - 4.0).abs() < 0.01, "{ratio}");
+    }
+}
