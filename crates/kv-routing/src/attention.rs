@@ -137,9 +137,9 @@ impl<B: Backend> StochasticKvAttention<B> {
     /// - output: keys and values `[batch, n_kv_heads, seq_len, head_dim]`
     pub fn project_kv(&self, x: Tensor<B, 3>, rope: &RopeAngles<B>) -> crate::Result<KeyValue<B>> {
         self.check_input(&x, rope)?;
-        let key = self.split_heads(self.key.forward(x.clone()), self.n_kv_heads);
+        let key = rope.apply(self.split_heads(self.key.forward(x.clone()), self.n_kv_heads));
         let value = self.split_heads(self.value.forward(x), self.n_kv_heads);
-        Ok(KeyValue::new(rope.apply(key), value))
+        Ok(KeyValue::new(key.swap_dims(1, 2), value.swap_dims(1, 2)))
     }
 
     /// Attends with this layer's queries for `x` to `kv` (from this or an earlier layer).
@@ -181,7 +181,9 @@ impl<B: Backend> StochasticKvAttention<B> {
             }
         }
 
-        let query = rope.apply(self.split_heads(self.query.forward(x), self.n_heads));
+        let query = rope
+            .apply(self.split_heads(self.query.forward(x), self.n_heads))
+            .swap_dims(1, 2);
         let groups = self.n_heads / self.n_kv_heads;
         let context = if seq_len == 1 {
             // One query per sequence sees every valid key, so the query heads of a group can be
@@ -258,11 +260,10 @@ impl<B: Backend> StochasticKvAttention<B> {
         self.forward(x, &kv, rope, mask)
     }
 
-    /// `[batch, seq_len, heads * head_dim]` -> `[batch, heads, seq_len, head_dim]`.
+    /// `[batch, seq_len, heads * head_dim]` -> `[batch, seq_len, heads, head_dim]` (no copy).
     fn split_heads(&self, x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
         let [batch, seq_len, _] = x.dims();
         x.reshape([batch, seq_len, heads, self.head_dim])
-            .swap_dims(1, 2)
     }
 
     fn check_input(&self, x: &Tensor<B, 3>, rope: &RopeAngles<B>) -> crate::Result<()> {

@@ -5,6 +5,8 @@
 //! for the `i`-th pair. The angle table is computed once in f64 on the host, so every backend
 //! sees the same angles up to its float precision.
 
+use core::cell::RefCell;
+
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::backend::Backend;
@@ -117,46 +119,70 @@ impl<B: Backend> RotaryEmbedding<B> {
         let indices: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
         let indices =
             Tensor::<B, 1, Int>::from_data(TensorData::new(indices, [positions.len()]), &device);
-        let half = self.head_dim / 2;
-        let gather = |table: &Tensor<B, 2>| {
-            table
-                .clone()
-                .select(0, indices.clone())
-                .reshape([batch, 1, seq_len, half])
+        // Full-width tables: `[cos, cos]` and `[-sin, sin]`, so that applying them is two
+        // same-shape products and a sum (see `RopeAngles::apply`).
+        let gather = |table: &Tensor<B, 2>, sign: f64| {
+            let rows = table.clone().select(0, indices.clone());
+            Tensor::cat(vec![rows.clone().mul_scalar(sign), rows], 1).reshape([
+                batch,
+                seq_len,
+                1,
+                self.head_dim,
+            ])
         };
         Ok(RopeAngles {
-            cos: gather(&self.cos),
-            sin: gather(&self.sin),
+            cos: gather(&self.cos, 1.0),
+            sin: gather(&self.sin, -1.0),
+            per_heads: RefCell::new(Vec::new()),
         })
     }
 }
 
-/// The cos/sin of one step's positions, `[batch, 1, seq_len, head_dim / 2]` each.
+/// The rotation of one step's positions: `[cos, cos]` and `[-sin, sin]` per position,
+/// `[batch, seq_len, 1, head_dim]`, plus copies widened to each head count seen.
 #[derive(Debug, Clone)]
 pub struct RopeAngles<B: Backend> {
     cos: Tensor<B, 4>,
     sin: Tensor<B, 4>,
+    /// `(heads, cos, sin)` with the tables repeated to `[batch, seq_len, heads, head_dim]`:
+    /// elementwise ops on equal, contiguous shapes take every backend's fast path, where a
+    /// broadcast over heads falls back to strided loops on some CPU backends.
+    per_heads: RefCell<Vec<(usize, Tensor<B, 4>, Tensor<B, 4>)>>,
 }
 
 impl<B: Backend> RopeAngles<B> {
-    /// Rotates `x`.
+    /// Rotates `x`: `x * [cos, cos] + [x2, x1] * [-sin, sin]`, which is
+    /// `[x1 * cos - x2 * sin, x2 * cos + x1 * sin]`.
     ///
     /// # Shapes
-    /// - x: `[batch, heads, seq_len, head_dim]`
-    /// - output: `[batch, heads, seq_len, head_dim]`
+    /// - x: `[batch, seq_len, heads, head_dim]` (heads next to head_dim, as projections produce)
+    /// - output: `[batch, seq_len, heads, head_dim]`
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [batch, heads, seq_len, head_dim] = x.dims();
+        let [batch, seq_len, heads, head_dim] = x.dims();
         let half = head_dim / 2;
-        let x1 = x.clone().slice([0..batch, 0..heads, 0..seq_len, 0..half]);
-        let x2 = x.slice([0..batch, 0..heads, 0..seq_len, half..head_dim]);
-        let rotated_1 = x1.clone() * self.cos.clone() - x2.clone() * self.sin.clone();
-        let rotated_2 = x2 * self.cos.clone() + x1 * self.sin.clone();
-        Tensor::cat(vec![rotated_1, rotated_2], 3)
+        let (cos, sin) = self.widened(heads);
+        let x1 = x.clone().slice([0..batch, 0..seq_len, 0..heads, 0..half]);
+        let x2 = x
+            .clone()
+            .slice([0..batch, 0..seq_len, 0..heads, half..head_dim]);
+        let swapped = Tensor::cat(vec![x2, x1], 3);
+        x * cos + swapped * sin
+    }
+
+    fn widened(&self, heads: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let mut per_heads = self.per_heads.borrow_mut();
+        if let Some((_, cos, sin)) = per_heads.iter().find(|(h, _, _)| *h == heads) {
+            return (cos.clone(), sin.clone());
+        }
+        let cos = self.cos.clone().repeat_dim(2, heads);
+        let sin = self.sin.clone().repeat_dim(2, heads);
+        per_heads.push((heads, cos.clone(), sin.clone()));
+        (cos, sin)
     }
 
     /// Number of positions per sequence these angles cover.
     pub fn seq_len(&self) -> usize {
-        self.cos.dims()[2]
+        self.cos.dims()[1]
     }
 
     /// Batch size these angles cover.
