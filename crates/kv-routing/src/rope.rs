@@ -147,8 +147,11 @@ pub struct RopeAngles<B: Backend> {
     /// `(heads, cos, sin)` with the tables repeated to `[batch, seq_len, heads, head_dim]`:
     /// elementwise ops on equal, contiguous shapes take every backend's fast path, where a
     /// broadcast over heads falls back to strided loops on some CPU backends.
-    per_heads: RefCell<Vec<(usize, Tensor<B, 4>, Tensor<B, 4>)>>,
+    per_heads: RefCell<Vec<WidenedAngles<B>>>,
 }
+
+/// `(heads, cos, sin)`, the tables repeated over `heads`.
+type WidenedAngles<B> = (usize, Tensor<B, 4>, Tensor<B, 4>);
 
 impl<B: Backend> RopeAngles<B> {
     /// Rotates `x`: `x * [cos, cos] + [x2, x1] * [-sin, sin]`, which is
