@@ -24,6 +24,9 @@ run example cargo run --release -p kv-routing-examples --no-default-features --f
     --example shared_cache
 if [ -d benches ] && grep -q '^cuda' benches/Cargo.toml 2>/dev/null; then
     run benchmarks cargo bench -p kv-routing-benches --no-default-features --features cuda -- --quick
+    # Markdown tables of the run (same format as docs/benchmarks.md) in $log_dir/bench-report.log.
+    run bench-report cargo run --release -p kv-routing-benches --no-default-features \
+        --features cuda --bin bench-report -- --svg "$log_dir/benchmarks-decode.svg"
 fi
 
 echo

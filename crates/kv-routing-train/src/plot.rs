@@ -92,7 +92,8 @@ fn panel(left: f64, title: &str, lines: &[Vec<(f64, f64)>]) -> String {
     if !low.is_finite() {
         (low, high) = (0.0, 1.0);
     }
-    let pad = ((high - low) * 0.1).max(1e-3);
+    // A flat series still gets a readable axis: at least 2% of the value's size either side.
+    let pad = ((high - low) * 0.1).max(0.02 * high.abs().max(low.abs()).max(1e-3));
     let (low, high) = (low - pad, high + pad);
     let x = |retention: f64| left + retention / 100.0 * PANEL_WIDTH;
     let y = |v: f64| top + PANEL_HEIGHT - (v - low) / (high - low) * PANEL_HEIGHT;
@@ -129,7 +130,9 @@ fn panel(left: f64, title: &str, lines: &[Vec<(f64, f64)>]) -> String {
     for (i, line) in lines.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let mut sorted = line.clone();
-        sorted.sort_by(|a, b| a.0.total_cmp(&b.0));
+        // Plans keeping the same memory (every:3 and every:4 of 6 layers both keep 2) stack
+        // vertically, in value order.
+        sorted.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.total_cmp(&b.1)));
         let path: Vec<String> = sorted
             .iter()
             .map(|&(r, v)| format!("{:.1},{:.1}", x(r), y(v)))
