@@ -20,9 +20,13 @@ use burn::nn::attention::{
 };
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{Distribution, Tensor};
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, SamplingMode,
+};
 use kv_routing::{
-    CachePlan, RotaryEmbeddingConfig, Route, StochasticKvAttentionConfig, StochasticRouter,
+    CachePlan, RotaryEmbeddingConfig, Route, RoutedTransformer, StochasticKvAttentionConfig,
+    StochasticRouter,
 };
 use kv_routing_backend::{device, AutodiffBackend, Backend};
 use kv_routing_benches::*;
@@ -38,49 +42,51 @@ fn tokens(batch: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
+/// Times `DECODE_STEPS` decode steps of `model` from a cache of `batch` sequences holding
+/// `context` tokens (capacity `capacity`) under `plan`; the cache is rebuilt outside the timing.
+fn bench_cached_decode(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    id: String,
+    model: &RoutedTransformer<Backend>,
+    plan: &CachePlan,
+    (batch, context, capacity): (usize, usize, usize),
+) {
+    let device = device();
+    group.bench_function(id, |b| {
+        b.iter_batched_ref(
+            || {
+                let mut cache = model.new_cache(batch, capacity, plan.route()).unwrap();
+                fill_cache(&mut cache, context, &device).unwrap();
+                cache
+            },
+            |cache| decode(model, cache, DECODE_STEPS).unwrap(),
+            BatchSize::PerIteration,
+        )
+    });
+}
+
 fn decode_benchmarks(c: &mut Criterion) {
     let device = device();
     for size in sizes() {
         let model = size.config.init::<Backend>(&device).unwrap();
-        let mut group = c.benchmark_group("decode");
+        let mut group = slow_group(c, "decode");
         for (plan_name, plan) in plans(size.config.n_layers) {
             for batch in DECODE_BATCHES {
                 for context in DECODE_CONTEXTS {
                     let id = bench_id(size.name, batch, plan_name, context);
-                    group.bench_function(id, |b| {
-                        b.iter_batched_ref(
-                            || {
-                                let mut cache = model
-                                    .new_cache(batch, context + DECODE_STEPS, plan.route())
-                                    .unwrap();
-                                fill_cache(&mut cache, context, &device).unwrap();
-                                cache
-                            },
-                            |cache| decode(&model, cache, DECODE_STEPS).unwrap(),
-                            BatchSize::PerIteration,
-                        )
-                    });
+                    let shape = (batch, context, context + DECODE_STEPS);
+                    bench_cached_decode(&mut group, id, &model, &plan, shape);
                 }
             }
         }
         group.finish();
 
-        let mut group = c.benchmark_group("context_growth");
+        let mut group = slow_group(c, "context_growth");
         let full = CachePlan::full(size.config.n_layers).unwrap();
         for context in GROWTH_CONTEXTS {
-            group.bench_function(bench_id(size.name, 1, "full", context), |b| {
-                b.iter_batched_ref(
-                    || {
-                        let mut cache = model
-                            .new_cache(1, context + DECODE_STEPS, full.route())
-                            .unwrap();
-                        fill_cache(&mut cache, context, &device).unwrap();
-                        cache
-                    },
-                    |cache| decode(&model, cache, DECODE_STEPS).unwrap(),
-                    BatchSize::PerIteration,
-                )
-            });
+            let id = bench_id(size.name, 1, "full", context);
+            let shape = (1, context, context + DECODE_STEPS);
+            bench_cached_decode(&mut group, id, &model, &full, shape);
         }
         group.finish();
     }
@@ -88,7 +94,7 @@ fn decode_benchmarks(c: &mut Criterion) {
 
 fn prefill_benchmarks(c: &mut Criterion) {
     let device = device();
-    let mut group = c.benchmark_group("prefill");
+    let mut group = slow_group(c, "prefill");
     for size in sizes() {
         let model = size.config.init::<Backend>(&device).unwrap();
         for (plan_name, plan) in plans(size.config.n_layers) {
@@ -108,7 +114,7 @@ fn prefill_benchmarks(c: &mut Criterion) {
 
 fn train_benchmarks(c: &mut Criterion) {
     let device = device();
-    let mut group = c.benchmark_group("train_step");
+    let mut group = slow_group(c, "train_step");
     for size in sizes() {
         let (batch, seq_len) = size.train_batch;
         let inputs = tokens(batch, seq_len, size.config.vocab_size);
@@ -148,29 +154,15 @@ fn train_benchmarks(c: &mut Criterion) {
 
 fn capacity_benchmarks(c: &mut Criterion) {
     let device = device();
-    let mut group = c.benchmark_group("capacity");
+    let mut group = slow_group(c, "capacity");
     for size in sizes() {
         let model = size.config.init::<Backend>(&device).unwrap();
         for (plan_name, plan) in plans(size.config.n_layers) {
             let batch = batch_within_budget(&size.config, &plan, CAPACITY_CONTEXT, KV_BUDGET);
             // The cache holds the context plus the decoded tokens: stay inside the budget.
-            let context = CAPACITY_CONTEXT - DECODE_STEPS;
-            group.bench_function(
-                bench_id(size.name, batch, plan_name, CAPACITY_CONTEXT),
-                |b| {
-                    b.iter_batched_ref(
-                        || {
-                            let mut cache = model
-                                .new_cache(batch, CAPACITY_CONTEXT, plan.route())
-                                .unwrap();
-                            fill_cache(&mut cache, context, &device).unwrap();
-                            cache
-                        },
-                        |cache| decode(&model, cache, DECODE_STEPS).unwrap(),
-                        BatchSize::PerIteration,
-                    )
-                },
-            );
+            let shape = (batch, CAPACITY_CONTEXT - DECODE_STEPS, CAPACITY_CONTEXT);
+            let id = bench_id(size.name, batch, plan_name, CAPACITY_CONTEXT);
+            bench_cached_decode(&mut group, id, &model, &plan, shape);
         }
     }
     group.finish();
@@ -186,7 +178,7 @@ fn mha_baseline_benchmarks(c: &mut Criterion) {
         .init::<Backend>(&device)
         .unwrap();
     let burn_mha = MultiHeadAttentionConfig::new(d_model, heads).init::<Backend>(&device);
-    let mut group = c.benchmark_group("mha_baseline");
+    let mut group = slow_group(c, "mha_baseline");
     for (batch, contexts) in [(1, &[256, 1024, 4096][..]), (8, &[256, 1024][..])] {
         for &context in contexts {
             let hidden = Tensor::<Backend, 3>::random(
@@ -273,6 +265,15 @@ fn mha_baseline_benchmarks(c: &mut Criterion) {
     }
     group.finish();
     drop(burn_mha.into_record());
+}
+
+/// A group in flat sampling mode: every sample runs the same number of iterations, so a
+/// benchmark whose iteration takes seconds (medium prefill, training) needs 10 iterations, not
+/// the 55 of criterion's default linear mode.
+fn slow_group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut group = c.benchmark_group(name);
+    group.sampling_mode(SamplingMode::Flat);
+    group
 }
 
 fn config() -> Criterion {

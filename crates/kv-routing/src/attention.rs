@@ -9,6 +9,7 @@
 use burn::config::Config;
 use burn::module::{Initializer, Module};
 use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -186,28 +187,28 @@ impl<B: Backend> StochasticKvAttention<B> {
             .swap_dims(1, 2);
         let groups = self.n_heads / self.n_kv_heads;
         let context = if seq_len == 1 {
-            // One query per sequence sees every valid key, so the query heads of a group can be
-            // stacked as rows against the shared key/value head: no copy of the history.
+            // One query per sequence sees every valid key, so the query heads of a group are
+            // stacked as rows against their shared key/value head. Plain matmuls read the cache
+            // view in place through its strides; a fused attention op may first copy the
+            // visible keys/values to contiguous buffers (flex does), i.e. a second read and a
+            // write of the whole history every step.
             let query = query.reshape([batch, self.n_kv_heads, groups, self.head_dim]);
-            let mask = match mask {
-                AttentionMask::Causal => None,
-                AttentionMask::Explicit(mask) => {
-                    Some(mask.clone().reshape([batch, 1, 1, kv_len]).expand([
+            let scores = query
+                .matmul(kv.key.clone().swap_dims(2, 3))
+                .mul_scalar((self.head_dim as f64).powf(-0.5));
+            let scores = match mask {
+                AttentionMask::Causal => scores,
+                AttentionMask::Explicit(mask) => scores.mask_fill(
+                    mask.clone().reshape([batch, 1, 1, kv_len]).expand([
                         batch,
                         self.n_kv_heads,
                         groups,
                         kv_len,
-                    ]))
-                }
+                    ]),
+                    f32::NEG_INFINITY,
+                ),
             };
-            attention(
-                query,
-                kv.key.clone(),
-                kv.value.clone(),
-                mask,
-                None,
-                AttentionModuleOptions::default(),
-            )
+            softmax(scores, 3).matmul(kv.value.clone())
         } else {
             let key = repeat_kv_heads(kv.key.clone(), groups);
             let value = repeat_kv_heads(kv.value.clone(), groups);
