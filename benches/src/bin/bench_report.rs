@@ -3,7 +3,7 @@
 //! and the machine's memory bandwidth measured here.
 //!
 //! ```text
-//! cargo run --release -p kv-routing-benches --bin bench-report -- --svg docs/benchmarks-decode.svg > tables.md
+//! cargo bench-report -- --svg docs/benchmarks-decode.svg > tables.md   # alias in .cargo/config.toml
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -35,10 +35,16 @@ fn estimate(root: &Path, group: &str, id: &str) -> Option<Estimate> {
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let mut criterion_dir = std::env::var("CARGO_TARGET_DIR")
+    // Where criterion wrote: $CRITERION_HOME when set (one directory per backend), else
+    // $CARGO_TARGET_DIR/criterion.
+    let mut criterion_dir = std::env::var("CRITERION_HOME")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("target"))
-        .join("criterion");
+        .unwrap_or_else(|_| {
+            std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| PathBuf::from("target"))
+                .join("criterion")
+        });
     let mut svg_path = None;
     while let Some(arg) = args.next() {
         match arg.as_str() {
