@@ -1,0 +1,260 @@
+//! Ratios to the full plan (and to p = 0) measured in **interleaved rounds**, the figures of
+//! docs/benchmarks.md that survive a noisy machine.
+//!
+//! Criterion times one benchmark after another, so a ratio of two of its medians compares
+//! minutes that may differ in how much CPU the hypervisor took away (steal time on the shared
+//! 2-core machines was 30-45% of busy time). Here every round runs each variant once, in an
+//! order rotated per round, and the ratio is taken inside the round; the table reports the
+//! median of the per-round ratios and their range.
+//!
+//! ```text
+//! cargo run --release -p kv-routing-benches --bin bench-paired -- --rounds 9 [--groups decode,prefill,train]
+//! KV_BENCH_SIZES=tiny cargo run --release -p kv-routing-benches --bin bench-paired --no-default-features --features wgpu
+//! ```
+
+use std::time::Instant;
+
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use kv_routing::{CachePlan, RoutedTransformer, StochasticRouter};
+use kv_routing_backend::{device, AutodiffBackend, Backend, NAME};
+use kv_routing_benches::*;
+use kv_routing_train::loss::mean_loss;
+
+/// Seconds of each variant (index) in each round.
+struct Rounds {
+    names: Vec<String>,
+    seconds: Vec<Vec<f64>>,
+}
+
+impl Rounds {
+    /// Runs `rounds` rounds of `variants` (each returns the seconds of its timed part), starting
+    /// each round at the next variant so no variant always runs first.
+    fn run(names: Vec<String>, rounds: usize, mut time: impl FnMut(usize) -> f64) -> Self {
+        let n = names.len();
+        let mut seconds = vec![vec![0.0; n]; rounds];
+        for (round, row) in seconds.iter_mut().enumerate() {
+            for i in 0..n {
+                let variant = (round + i) % n;
+                row[variant] = time(variant);
+            }
+        }
+        Self { names, seconds }
+    }
+
+    /// (name, median seconds, median per-round ratio to variant 0, lowest, highest ratio).
+    fn summary(&self) -> Vec<(String, f64, f64, f64, f64)> {
+        (0..self.names.len())
+            .map(|v| {
+                let times: Vec<f64> = self.seconds.iter().map(|r| r[v]).collect();
+                let ratios: Vec<f64> = self.seconds.iter().map(|r| r[0] / r[v]).collect();
+                let (low, high) = ratios
+                    .iter()
+                    .fold((f64::INFINITY, 0.0f64), |(l, h), &r| (l.min(r), h.max(r)));
+                (
+                    self.names[v].clone(),
+                    median(times),
+                    median(ratios),
+                    low,
+                    high,
+                )
+            })
+            .collect()
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn timed(f: impl FnOnce()) -> f64 {
+    let start = Instant::now();
+    f();
+    start.elapsed().as_secs_f64()
+}
+
+fn plan_names(model: &RoutedTransformer<Backend>) -> (Vec<String>, Vec<CachePlan>) {
+    plans(model.n_layers())
+        .into_iter()
+        .map(|(name, plan)| (name.to_string(), plan))
+        .unzip()
+}
+
+fn decode_rounds(size: &ModelSize, model: &RoutedTransformer<Backend>, rounds: usize) {
+    let device = device();
+    let (names, plans) = plan_names(model);
+    for batch in DECODE_BATCHES {
+        for context in DECODE_CONTEXTS {
+            let result = Rounds::run(names.clone(), rounds, |v| {
+                let mut cache = model
+                    .new_cache(batch, context + DECODE_STEPS, plans[v].route())
+                    .unwrap();
+                fill_cache(&mut cache, context, &device).unwrap();
+                timed(|| decode(model, &mut cache, DECODE_STEPS).unwrap())
+            });
+            for (plan, seconds, ratio, low, high) in result.summary() {
+                let tokens_per_second = (batch * DECODE_STEPS) as f64 / seconds;
+                println!(
+                    "| {} | {batch} | {context} | {plan} | {tokens_per_second:.1} | {ratio:.2}x | {low:.2}-{high:.2} |",
+                    size.name
+                );
+            }
+        }
+    }
+}
+
+fn prefill_rounds(size: &ModelSize, model: &RoutedTransformer<Backend>, rounds: usize) {
+    let (names, plans) = plan_names(model);
+    for len in PREFILL_LENGTHS {
+        let prompt = vec![(0..len)
+            .map(|i| (i * 31 % size.config.vocab_size) as u32)
+            .collect()];
+        let result = Rounds::run(names.clone(), rounds, |v| {
+            timed(|| {
+                let mut cache = model.new_cache(1, len, plans[v].route()).unwrap();
+                sync(model.forward_cached_last(&prompt, &mut cache).unwrap());
+            })
+        });
+        for (plan, seconds, ratio, low, high) in result.summary() {
+            // Time ratio (lower is faster): prefill must never be slower than full.
+            println!(
+                "| {} | {len} | {plan} | {:.1} ms | {:.2}x | {:.2}-{:.2} |",
+                size.name,
+                seconds * 1e3,
+                1.0 / ratio,
+                1.0 / high,
+                1.0 / low
+            );
+        }
+    }
+}
+
+fn train_rounds(size: &ModelSize, rounds: usize) {
+    let device = device();
+    let (batch, seq_len) = size.train_batch;
+    let tokens: Vec<Vec<u32>> = (0..batch)
+        .map(|b| {
+            (0..seq_len)
+                .map(|i| ((i * 31 + b * 7) % size.config.vocab_size) as u32)
+                .collect()
+        })
+        .collect();
+    let names: Vec<String> = TRAIN_PROBABILITIES
+        .iter()
+        .map(|p| format!("p{p}"))
+        .collect();
+    let mut models: Vec<Option<RoutedTransformer<AutodiffBackend>>> = TRAIN_PROBABILITIES
+        .iter()
+        .map(|_| Some(size.config.init::<AutodiffBackend>(&device).unwrap()))
+        .collect();
+    let mut optimizers: Vec<_> = TRAIN_PROBABILITIES
+        .iter()
+        .map(|_| AdamWConfig::new().init::<AutodiffBackend, RoutedTransformer<_>>())
+        .collect();
+    let mut routers: Vec<StochasticRouter> = TRAIN_PROBABILITIES
+        .iter()
+        .map(|&p| StochasticRouter::new(size.config.n_layers, p, 0).unwrap())
+        .collect();
+    // Rounds of several steps each: one step's route is random, so single-step ratios mostly
+    // measure which layers the draw happened to share.
+    const STEPS: usize = 4;
+    let result = Rounds::run(names, rounds, |v| {
+        timed(|| {
+            for _ in 0..STEPS {
+                let model = models[v].take().unwrap();
+                let route = routers[v].next_route();
+                let loss = mean_loss(model.forward(&tokens, &route).unwrap(), &tokens);
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                let model = optimizers[v].step(1e-4, model, grads);
+                sync(model.lm_head.weight.val());
+                models[v] = Some(model);
+            }
+        }) / STEPS as f64
+    });
+    for (variant, seconds, ratio, low, high) in result.summary() {
+        println!(
+            "| {} | {variant} | {} ms | {:.3}x | {:.3}-{:.3} |",
+            size.name,
+            (seconds * 1e3).round(),
+            1.0 / ratio,
+            1.0 / high,
+            1.0 / low
+        );
+    }
+}
+
+/// (busy, steal) jiffies of all CPUs so far, from /proc/stat.
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    Some((fields[0] + fields[1] + fields[2], *fields.get(7)?))
+}
+
+fn main() {
+    let mut rounds = 9;
+    let mut groups = "decode,prefill,train".to_string();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next()) {
+            ("--rounds", Some(n)) if n.parse::<usize>().is_ok_and(|n| n > 0) => {
+                rounds = n.parse().unwrap()
+            }
+            ("--groups", Some(g)) => groups = g,
+            _ => {
+                eprintln!("usage: bench-paired [--rounds N>0] [--groups decode,prefill,train]");
+                std::process::exit(2);
+            }
+        }
+    }
+    let wants = |g: &str| groups.split(',').any(|w| w.trim() == g);
+    let device = device();
+    let start = cpu_jiffies();
+    println!("## Interleaved ratios ({NAME}, {rounds} rounds)\n");
+    if wants("decode") {
+        println!("### Decode: tokens/s and speed vs full, ratio per round\n");
+        println!("| model | batch | context | plan | tokens/s (median) | vs full (median) | range over rounds |");
+        println!("|---|---|---|---|---|---|---|");
+        for size in sizes() {
+            let model = size.config.init::<Backend>(&device).unwrap();
+            decode_rounds(&size, &model, rounds);
+        }
+        println!();
+    }
+    if wants("prefill") {
+        println!("### Time to first token: time vs full (lower is faster), ratio per round\n");
+        println!("| model | prompt | plan | median | time vs full (median) | range over rounds |");
+        println!("|---|---|---|---|---|---|");
+        for size in sizes() {
+            let model = size.config.init::<Backend>(&device).unwrap();
+            prefill_rounds(&size, &model, rounds);
+        }
+        println!();
+    }
+    if wants("train") {
+        println!("### Training step: time vs p = 0 (lower is faster), 4 steps per round\n");
+        println!("| model | p | median step | time vs p = 0 (median) | range over rounds |");
+        println!("|---|---|---|---|---|");
+        for size in sizes() {
+            train_rounds(&size, rounds);
+        }
+        println!();
+    }
+    if let (Some((busy0, steal0)), Some((busy1, steal1))) = (start, cpu_jiffies()) {
+        let busy = (busy1 - busy0) as f64;
+        println!(
+            "CPU time stolen by the hypervisor during this run: {:.0}% of busy time.\n",
+            100.0 * (steal1 - steal0) as f64 / busy.max(1.0)
+        );
+    }
+}
