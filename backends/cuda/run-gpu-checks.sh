@@ -27,6 +27,9 @@ if [ -d benches ] && grep -q '^cuda' benches/Cargo.toml 2>/dev/null; then
     # Markdown tables of the run (same format as docs/benchmarks.md) in $log_dir/bench-report.log.
     run bench-report cargo run --release -p kv-routing-benches --no-default-features \
         --features cuda --bin bench-report -- --svg "$log_dir/benchmarks-decode.svg"
+    # Ratios to the full plan measured inside interleaved rounds, in $log_dir/bench-paired.log.
+    run bench-paired cargo run --release -p kv-routing-benches --no-default-features \
+        --features cuda --bin bench-paired -- --rounds 5
 fi
 
 echo

@@ -2,10 +2,10 @@
 //! docs/benchmarks.md that survive a noisy machine.
 //!
 //! Criterion times one benchmark after another, so a ratio of two of its medians compares
-//! minutes that may differ in how much CPU the hypervisor took away (steal time on the shared
-//! 2-core machines was 30-45% of busy time). Here every round runs each variant once, in an
-//! order rotated per round, and the ratio is taken inside the round; the table reports the
-//! median of the per-round ratios and their range.
+//! minutes that may differ in how much CPU the hypervisor or a neighbour took away (steal time
+//! on the shared 2-core machines reached 44% of busy time in bursts). Here every round runs each
+//! variant once, in an order rotated per round, and the ratio is taken inside the round; the
+//! table reports the median of the per-round ratios and their range.
 //!
 //! ```text
 //! cargo run --release -p kv-routing-benches --bin bench-paired -- --rounds 9 [--groups decode,prefill,train]
@@ -27,10 +27,14 @@ struct Rounds {
 }
 
 impl Rounds {
-    /// Runs `rounds` rounds of `variants` (each returns the seconds of its timed part), starting
-    /// each round at the next variant so no variant always runs first.
+    /// Runs a warm-up round, then `rounds` rounds of `variants` (each returns the seconds of its
+    /// timed part), starting each round at the next variant so no variant always runs first.
     fn run(names: Vec<String>, rounds: usize, mut time: impl FnMut(usize) -> f64) -> Self {
         let n = names.len();
+        // A discarded first round: the first runs pay for allocator and thread-pool warm-up.
+        (0..n).for_each(|variant| {
+            time(variant);
+        });
         let mut seconds = vec![vec![0.0; n]; rounds];
         for (round, row) in seconds.iter_mut().enumerate() {
             for i in 0..n {
