@@ -1,3 +1,7 @@
+//! Cost of one cache write (`CacheStep::put` of one token) at a small and a large capacity.
+//! With a backend that writes in place the two are equal; a backend that copies the destination
+//! on `slice_assign` (unpatched burn-flex 0.21.0) pays O(capacity) per step. See
+//! patches/README.md and docs/benchmarks.md.
 use burn::tensor::{Distribution, Tensor};
 use kv_routing::{KeyValue, KvCacheLayout, KvCacheManager, KvStore, Route};
 use kv_routing_backend::{device, Backend};
