@@ -143,7 +143,7 @@ fn train_benchmarks(c: &mut Criterion) {
                     let loss = mean_loss(logits, &targets);
                     let grads = GradientsParams::from_grads(loss.backward(), &current);
                     let updated = optimizer.step(1e-4, current, grads);
-                    sync(updated.lm_head.weight.val());
+                    sync(updated.embedding.weight.val());
                     *model.borrow_mut() = Some(updated);
                 })
             });

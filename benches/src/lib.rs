@@ -154,7 +154,7 @@ pub fn forward_computing_all_kv<B: Backend>(
     route: &Route,
 ) -> kv_routing::Result<Tensor<B, 3>> {
     let (batch, seq_len) = (tokens.len(), tokens[0].len());
-    let device = model.lm_head.weight.device();
+    let device = model.device();
     let ids: Vec<i64> = tokens.iter().flatten().map(|&t| t as i64).collect();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, seq_len]), &device);
     let positions: Vec<usize> = (0..batch).flat_map(|_| 0..seq_len).collect();
@@ -170,7 +170,7 @@ pub fn forward_computing_all_kv<B: Backend>(
             .forward(normed, kv, &rope, &AttentionMask::Causal)?;
         x = x.clone() + block.mlp.forward(block.mlp_norm.forward(x));
     }
-    Ok(model.lm_head.forward(model.norm.forward(x)))
+    Ok(model.vocab_logits(x))
 }
 
 /// Largest batch of `context`-token sequences whose cache under `plan` fits `budget` bytes.

@@ -175,7 +175,7 @@ fn train_rounds(size: &ModelSize, rounds: usize) {
                 let loss = mean_loss(model.forward(&tokens, &route).unwrap(), &tokens);
                 let grads = GradientsParams::from_grads(loss.backward(), &model);
                 let model = optimizers[v].step(1e-4, model, grads);
-                sync(model.lm_head.weight.val());
+                sync(model.embedding.weight.val());
                 models[v] = Some(model);
             }
         }) / STEPS as f64

@@ -27,6 +27,7 @@ macro_rules! conformance_suite {
             routes::plans_induce_nearest_cached_layer_below,
             oracle_agreement::attention_module_matches_oracle,
             oracle_agreement::model_logits_match_oracle_for_every_route,
+            oracle_agreement::model_variants_match_oracle,
             oracle_agreement::padded_batch_matches_oracle,
             oracle_agreement::routes_change_the_logits,
             cached::cached_prefill_then_decode_matches_uncached,

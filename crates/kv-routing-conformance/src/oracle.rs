@@ -2,38 +2,66 @@
 //!
 //! Written from the semantics in `docs/routing.md`, not from the library code: plain loops over
 //! `Vec<f64>`, rotate-half rotary embedding computed per position, a causal softmax over the
-//! keys of the source layer. It also accepts a route per position, which describes a cache that
+//! keys of the source layer; optional projection biases, per-head query/key norms (Qwen3), rotary
+//! frequency scaling (Llama 3.1) and a tied LM head. It also accepts a route per position, which describes a cache that
 //! was retargeted mid-generation: the token at position `p` was processed under `route_at(p)`.
 
 use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use kv_routing::{Route, RoutedTransformer, RoutedTransformerConfig, StochasticKvAttention};
+use kv_routing::{
+    RopeScaling, Route, RoutedTransformer, RoutedTransformerConfig, StochasticKvAttention,
+};
 
-/// A row-major matrix `[rows, cols]`, applied as `y = x · W` (Burn's linear layout).
+/// A row-major matrix `[rows, cols]` and optional bias, applied as `y = x · W + b` (Burn's linear
+/// layout).
 #[derive(Debug, Clone)]
 pub struct Matrix {
     rows: usize,
     cols: usize,
     values: Vec<f64>,
+    bias: Option<Vec<f64>>,
 }
 
 impl Matrix {
     fn from_tensor<B: Backend>(tensor: Tensor<B, 2>) -> Self {
         let [rows, cols] = tensor.dims();
         let values = tensor.into_data().iter::<f64>().collect();
-        Self { rows, cols, values }
+        Self {
+            rows,
+            cols,
+            values,
+            bias: None,
+        }
     }
 
     fn from_linear<B: Backend>(linear: &Linear<B>) -> Self {
-        Self::from_tensor(linear.weight.val())
+        let mut matrix = Self::from_tensor(linear.weight.val());
+        matrix.bias = linear.bias.as_ref().map(vector);
+        matrix
     }
 
-    /// `x · W` for one row vector.
+    /// `W` transposed, without bias (a tied LM head from the embedding).
+    fn transposed(&self) -> Self {
+        let mut values = vec![0.0; self.values.len()];
+        for r in 0..self.rows {
+            for c in 0..self.cols {
+                values[c * self.rows + r] = self.values[r * self.cols + c];
+            }
+        }
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            values,
+            bias: None,
+        }
+    }
+
+    /// `x · W (+ b)` for one row vector.
     fn apply(&self, x: &[f64]) -> Vec<f64> {
         assert_eq!(x.len(), self.rows, "oracle matrix input width");
-        let mut y = vec![0.0; self.cols];
+        let mut y = self.bias.clone().unwrap_or_else(|| vec![0.0; self.cols]);
         for (i, &xi) in x.iter().enumerate() {
             let row = &self.values[i * self.cols..(i + 1) * self.cols];
             for (yj, &w) in y.iter_mut().zip(row) {
@@ -59,31 +87,59 @@ pub struct OracleAttention {
     wk: Matrix,
     wv: Matrix,
     wo: Matrix,
+    /// `(gamma, eps)` of the per-head query and key norms.
+    query_norm: Option<(Vec<f64>, f64)>,
+    key_norm: Option<(Vec<f64>, f64)>,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
-    rope_theta: f64,
+    /// Rotation frequency of each pair.
+    frequencies: Vec<f64>,
 }
 
 impl OracleAttention {
-    /// Copies the weights of `attention`.
+    /// Copies the weights of `attention`, with unscaled rotary frequencies of base `rope_theta`.
     pub fn from_module<B: Backend>(attention: &StochasticKvAttention<B>, rope_theta: f64) -> Self {
+        Self::with_scaling(attention, rope_theta, None)
+    }
+
+    fn with_scaling<B: Backend>(
+        attention: &StochasticKvAttention<B>,
+        rope_theta: f64,
+        scaling: Option<&RopeScaling>,
+    ) -> Self {
+        let head_norm = |norm: &Option<burn::nn::RmsNorm<B>>| {
+            norm.as_ref().map(|n| (vector(&n.gamma), n.epsilon))
+        };
         Self {
             wq: Matrix::from_linear(&attention.query),
             wk: Matrix::from_linear(&attention.key),
             wv: Matrix::from_linear(&attention.value),
             wo: Matrix::from_linear(&attention.output),
+            query_norm: head_norm(&attention.query_norm),
+            key_norm: head_norm(&attention.key_norm),
             n_heads: attention.n_heads,
             n_kv_heads: attention.n_kv_heads,
             head_dim: attention.head_dim,
-            rope_theta,
+            frequencies: rotary_frequencies(attention.head_dim, rope_theta, scaling),
         }
     }
 
     /// Rotated key and value of input row `x` at `position`, `[n_kv_heads * head_dim]` each.
     pub fn key_value(&self, x: &[f64], position: usize) -> (Vec<f64>, Vec<f64>) {
-        let key = self.rotate(self.wk.apply(x), self.n_kv_heads, position);
+        let key = self.head_norm(&self.key_norm, self.wk.apply(x));
+        let key = self.rotate(key, self.n_kv_heads, position);
         (key, self.wv.apply(x))
+    }
+
+    fn head_norm(&self, norm: &Option<(Vec<f64>, f64)>, x: Vec<f64>) -> Vec<f64> {
+        match norm {
+            Some((gamma, eps)) => x
+                .chunks(self.head_dim)
+                .flat_map(|head| rms_norm(head, gamma, *eps))
+                .collect(),
+            None => x,
+        }
     }
 
     /// Output for query input `x` at `position`, attending to `keys[..]`/`values[..]` (all
@@ -95,7 +151,8 @@ impl OracleAttention {
         keys: &[&[f64]],
         values: &[&[f64]],
     ) -> Vec<f64> {
-        let query = self.rotate(self.wq.apply(x), self.n_heads, position);
+        let query = self.head_norm(&self.query_norm, self.wq.apply(x));
+        let query = self.rotate(query, self.n_heads, position);
         let hd = self.head_dim;
         let group = self.n_heads / self.n_kv_heads;
         let scale = 1.0 / (hd as f64).sqrt();
@@ -130,7 +187,7 @@ impl OracleAttention {
         for head in 0..heads {
             let h = &mut x[head * hd..(head + 1) * hd];
             for i in 0..half {
-                let angle = position as f64 * self.rope_theta.powf(-2.0 * i as f64 / hd as f64);
+                let angle = position as f64 * self.frequencies[i];
                 let (sin, cos) = angle.sin_cos();
                 let (a, b) = (h[i], h[i + half]);
                 h[i] = a * cos - b * sin;
@@ -172,18 +229,27 @@ impl OracleModel {
             .iter()
             .map(|block| OracleBlock {
                 attention_norm: vector(&block.attention_norm.gamma),
-                attention: OracleAttention::from_module(&block.attention, config.rope_theta),
+                attention: OracleAttention::with_scaling(
+                    &block.attention,
+                    config.rope_theta,
+                    config.rope_scaling.as_ref(),
+                ),
                 mlp_norm: vector(&block.mlp_norm.gamma),
                 gate: Matrix::from_linear(&block.mlp.gate),
                 up: Matrix::from_linear(&block.mlp.up),
                 down: Matrix::from_linear(&block.mlp.down),
             })
             .collect();
+        let embedding = Matrix::from_tensor(model.embedding.weight.val());
+        let lm_head = match &model.lm_head {
+            Some(head) => Matrix::from_linear(head),
+            None => embedding.transposed(),
+        };
         Self {
-            embedding: Matrix::from_tensor(model.embedding.weight.val()),
+            embedding,
             blocks,
             norm: vector(&model.norm.gamma),
-            lm_head: Matrix::from_linear(&model.lm_head),
+            lm_head,
             norm_eps: config.norm_eps,
         }
     }
@@ -248,6 +314,39 @@ impl OracleModel {
             .iter()
             .map(|h| self.lm_head.apply(&rms_norm(h, &self.norm, self.norm_eps)))
             .collect()
+    }
+}
+
+/// `theta^(-2i / head_dim)` per pair, then the scaling's rule per frequency (Hugging Face's
+/// `_compute_llama3_parameters` for Llama 3.1).
+fn rotary_frequencies(head_dim: usize, theta: f64, scaling: Option<&RopeScaling>) -> Vec<f64> {
+    let base = (0..head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f64 / head_dim as f64));
+    match scaling {
+        None => base.collect(),
+        Some(RopeScaling::Linear { factor }) => base.map(|f| f / factor).collect(),
+        Some(&RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        }) => {
+            let old_context = original_max_position_embeddings as f64;
+            let low_freq_wavelen = old_context / low_freq_factor;
+            let high_freq_wavelen = old_context / high_freq_factor;
+            base.map(|f| {
+                let wavelen = 2.0 * std::f64::consts::PI / f;
+                if wavelen > low_freq_wavelen {
+                    f / factor
+                } else if wavelen < high_freq_wavelen {
+                    f
+                } else {
+                    let smooth = (old_context / wavelen - low_freq_factor)
+                        / (high_freq_factor - low_freq_factor);
+                    (1.0 - smooth) * f / factor + smooth * f
+                }
+            })
+            .collect()
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Helpers shared by the conformance tests: tolerances, comparisons, small models.
 
+use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Tensor, TensorData};
 use kv_routing::{RoutedTransformer, RoutedTransformerConfig};
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -109,4 +110,26 @@ pub fn random_tokens(seed: u64, len: usize, vocab: usize) -> Vec<u32> {
     (0..len)
         .map(|_| rng.random_range(0..vocab as u32))
         .collect()
+}
+
+/// Redraws every rank-1 parameter (biases, norm gains) of `module` uniformly from `[0.5, 1.5)`
+/// on the host: initialization leaves them at 0 or 1, where a mapping or formula error in them
+/// would not show.
+pub fn randomize_vectors<B: Backend, M: Module<B>>(module: M, seed: u64) -> M {
+    struct Vectors(ChaCha8Rng);
+    impl<B: Backend> ModuleMapper<B> for Vectors {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            if D != 1 {
+                return param;
+            }
+            param.map(|tensor| {
+                let shape = tensor.shape();
+                let values: Vec<f64> = (0..shape.num_elements())
+                    .map(|_| self.0.random_range(0.5..1.5))
+                    .collect();
+                Tensor::from_data(TensorData::new(values, shape), &tensor.device())
+            })
+        }
+    }
+    module.map(&mut Vectors(ChaCha8Rng::seed_from_u64(seed)))
 }

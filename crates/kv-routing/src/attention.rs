@@ -7,8 +7,9 @@
 //! queries to keys/values handed to it, whichever layer computed them.
 
 use burn::config::Config;
+use burn::module::Param;
 use burn::module::{Initializer, Module};
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
@@ -38,6 +39,20 @@ pub struct StochasticKvAttentionConfig {
     /// Initializer of the four projection matrices. Default: normal with std 0.02.
     #[config(default = "Initializer::Normal{mean:0.0, std:0.02}")]
     pub initializer: Initializer,
+    /// Learned biases on the query, key and value projections (Qwen2), initialized to zero.
+    /// Default: false.
+    #[config(default = false)]
+    pub qkv_bias: bool,
+    /// A learned bias on the output projection, initialized to zero. Default: false.
+    #[config(default = false)]
+    pub output_bias: bool,
+    /// RMSNorm over `head_dim` of every query and key head before the rotation (Qwen3).
+    /// Default: false.
+    #[config(default = false)]
+    pub qk_norm: bool,
+    /// Epsilon of the query/key norms. Default: 1e-6.
+    #[config(default = 1e-6)]
+    pub qk_norm_eps: f64,
 }
 
 impl StochasticKvAttentionConfig {
@@ -78,6 +93,12 @@ impl StochasticKvAttentionConfig {
                 "head_dim must be even and non-zero for rotary embeddings, got {head_dim}"
             )));
         }
+        if self.qk_norm && !(self.qk_norm_eps > 0.0 && self.qk_norm_eps.is_finite()) {
+            return Err(KvRoutingError::InvalidConfig(format!(
+                "qk_norm_eps must be positive, got {}",
+                self.qk_norm_eps
+            )));
+        }
         Ok(())
     }
 
@@ -86,17 +107,30 @@ impl StochasticKvAttentionConfig {
         self.validate()?;
         let head_dim = self.resolved_head_dim();
         let kv_heads = self.kv_heads();
-        let projection = |d_input, d_output| {
-            LinearConfig::new(d_input, d_output)
+        let projection = |d_input, d_output, bias: bool| {
+            let mut linear = LinearConfig::new(d_input, d_output)
                 .with_bias(false)
                 .with_initializer(self.initializer.clone())
-                .init(device)
+                .init(device);
+            // Zero biases, as checkpoints are initialized; drawing them from the backend's RNG
+            // would also make seeded models differ across backends.
+            linear.bias = bias.then(|| Param::from_tensor(Tensor::zeros([d_output], device)));
+            linear
+        };
+        let head_norm = || {
+            self.qk_norm.then(|| {
+                RmsNormConfig::new(head_dim)
+                    .with_epsilon(self.qk_norm_eps)
+                    .init(device)
+            })
         };
         Ok(StochasticKvAttention {
-            query: projection(self.d_model, self.n_heads * head_dim),
-            key: projection(self.d_model, kv_heads * head_dim),
-            value: projection(self.d_model, kv_heads * head_dim),
-            output: projection(self.n_heads * head_dim, self.d_model),
+            query: projection(self.d_model, self.n_heads * head_dim, self.qkv_bias),
+            key: projection(self.d_model, kv_heads * head_dim, self.qkv_bias),
+            value: projection(self.d_model, kv_heads * head_dim, self.qkv_bias),
+            output: projection(self.n_heads * head_dim, self.d_model, self.output_bias),
+            query_norm: head_norm(),
+            key_norm: head_norm(),
             n_heads: self.n_heads,
             n_kv_heads: kv_heads,
             head_dim,
@@ -117,6 +151,10 @@ pub struct StochasticKvAttention<B: Backend> {
     pub value: Linear<B>,
     /// Output projection, `[n_heads * head_dim, d_model]`.
     pub output: Linear<B>,
+    /// RMSNorm of each query head before the rotation, `[head_dim]` (Qwen3), if any.
+    pub query_norm: Option<RmsNorm<B>>,
+    /// RMSNorm of each key head before the rotation, `[head_dim]` (Qwen3), if any.
+    pub key_norm: Option<RmsNorm<B>>,
     /// Number of query heads.
     pub n_heads: usize,
     /// Number of key/value heads.
@@ -138,7 +176,8 @@ impl<B: Backend> StochasticKvAttention<B> {
     /// - output: keys and values `[batch, n_kv_heads, seq_len, head_dim]`
     pub fn project_kv(&self, x: Tensor<B, 3>, rope: &RopeAngles<B>) -> crate::Result<KeyValue<B>> {
         self.check_input(&x, rope)?;
-        let key = rope.apply(self.split_heads(self.key.forward(x.clone()), self.n_kv_heads));
+        let key = self.split_heads(self.key.forward(x.clone()), self.n_kv_heads);
+        let key = rope.apply(normalize_heads(&self.key_norm, key));
         let value = self.split_heads(self.value.forward(x), self.n_kv_heads);
         Ok(KeyValue::new(key.swap_dims(1, 2), value.swap_dims(1, 2)))
     }
@@ -182,8 +221,9 @@ impl<B: Backend> StochasticKvAttention<B> {
             }
         }
 
+        let query = self.split_heads(self.query.forward(x), self.n_heads);
         let query = rope
-            .apply(self.split_heads(self.query.forward(x), self.n_heads))
+            .apply(normalize_heads(&self.query_norm, query))
             .swap_dims(1, 2);
         let groups = self.n_heads / self.n_kv_heads;
         let context = if seq_len == 1 {
@@ -284,6 +324,14 @@ impl<B: Backend> StochasticKvAttention<B> {
             });
         }
         Ok(())
+    }
+}
+
+/// Applies a per-head norm over the last (head_dim) axis, when there is one.
+fn normalize_heads<B: Backend>(norm: &Option<RmsNorm<B>>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    match norm {
+        Some(norm) => norm.forward(x),
+        None => x,
     }
 }
 

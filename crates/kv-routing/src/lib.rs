@@ -43,7 +43,7 @@ pub use generation::{logits_rows, Generation, GenerationConfig, Sampler};
 pub use key_value::KeyValue;
 pub use kv_cache::{CacheStep, KvCacheLayout, KvCacheManager};
 pub use kv_store::{KvStore, SequenceKv};
-pub use rope::{RopeAngles, RotaryEmbedding, RotaryEmbeddingConfig};
+pub use rope::{RopeAngles, RopeScaling, RotaryEmbedding, RotaryEmbeddingConfig};
 pub use route::Route;
 pub use routed_transformer::{RoutedTransformer, RoutedTransformerConfig};
 pub use router::StochasticRouter;

@@ -2,8 +2,10 @@
 //!
 //! For a head vector `x = [x1, x2]` (two halves of `head_dim / 2`) at position `p`:
 //! `rope(x) = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]` with angle `p * theta^(-2i / head_dim)`
-//! for the `i`-th pair. The angle table is computed once in f64 on the host, so every backend
-//! sees the same angles up to its float precision.
+//! for the `i`-th pair (before an optional [`RopeScaling`]). This is the rotation of Hugging
+//! Face's `rotate_half`, so Llama-family checkpoints load without permuting their q/k weights.
+//! The angle table is computed once in f64 on the host, so every backend sees the same angles up
+//! to its float precision.
 
 use core::cell::RefCell;
 
@@ -12,7 +14,87 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::KvRoutingError;
+
+/// Frequency scaling of rotary embeddings for context extension, as in Hugging Face's
+/// `rope_scaling` (`rope_type` names the variant).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rope_type", rename_all = "snake_case")]
+pub enum RopeScaling {
+    /// Every frequency divided by `factor` (position interpolation).
+    Linear {
+        /// Divisor of the frequencies, >= 1.
+        factor: f64,
+    },
+    /// Llama 3.1's scaling: long wavelengths divided by `factor`, short ones kept, a smooth
+    /// blend between `low_freq_factor` and `high_freq_factor`.
+    Llama3 {
+        /// Divisor of the low frequencies.
+        factor: f64,
+        /// Wavelengths above `original_max_position_embeddings / low_freq_factor` are scaled.
+        low_freq_factor: f64,
+        /// Wavelengths below `original_max_position_embeddings / high_freq_factor` are kept.
+        high_freq_factor: f64,
+        /// Context length of the original training.
+        original_max_position_embeddings: usize,
+    },
+}
+
+impl RopeScaling {
+    fn validate(&self) -> crate::Result<()> {
+        let valid = match *self {
+            RopeScaling::Linear { factor } => factor.is_finite() && factor >= 1.0,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                factor.is_finite()
+                    && factor >= 1.0
+                    && low_freq_factor > 0.0
+                    && high_freq_factor.is_finite()
+                    && high_freq_factor > low_freq_factor
+                    && original_max_position_embeddings > 0
+            }
+        };
+        if valid {
+            Ok(())
+        } else {
+            Err(KvRoutingError::InvalidConfig(format!(
+                "invalid rope scaling {self:?}: factors must be finite, factor >= 1, \
+                 0 < low_freq_factor < high_freq_factor"
+            )))
+        }
+    }
+
+    /// The scaled version of one inverse frequency (radians per position).
+    fn scale(&self, frequency: f64) -> f64 {
+        match *self {
+            RopeScaling::Linear { factor } => frequency / factor,
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                let original = original_max_position_embeddings as f64;
+                let wavelength = 2.0 * std::f64::consts::PI / frequency;
+                if wavelength < original / high_freq_factor {
+                    frequency
+                } else if wavelength > original / low_freq_factor {
+                    frequency / factor
+                } else {
+                    let smooth = (original / wavelength - low_freq_factor)
+                        / (high_freq_factor - low_freq_factor);
+                    (1.0 - smooth) * frequency / factor + smooth * frequency
+                }
+            }
+        }
+    }
+}
 
 /// Configuration of a [`RotaryEmbedding`].
 #[derive(Config, Debug)]
@@ -24,9 +106,26 @@ pub struct RotaryEmbeddingConfig {
     /// Base of the rotation frequencies. Default: 10000.
     #[config(default = 10000.0)]
     pub theta: f64,
+    /// Frequency scaling for context extension. Default: none.
+    #[config(default = "None")]
+    pub scaling: Option<RopeScaling>,
 }
 
 impl RotaryEmbeddingConfig {
+    /// The rotation frequency of each of the `head_dim / 2` pairs: `theta^(-2i / head_dim)`,
+    /// then scaled.
+    pub fn inverse_frequencies(&self) -> Vec<f64> {
+        (0..self.head_dim / 2)
+            .map(|i| {
+                let frequency = self.theta.powf(-2.0 * i as f64 / self.head_dim as f64);
+                match &self.scaling {
+                    Some(scaling) => scaling.scale(frequency),
+                    None => frequency,
+                }
+            })
+            .collect()
+    }
+
     /// Builds the cos/sin tables on `device`.
     pub fn init<B: Backend>(&self, device: &B::Device) -> crate::Result<RotaryEmbedding<B>> {
         if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
@@ -46,12 +145,15 @@ impl RotaryEmbeddingConfig {
                 self.theta
             )));
         }
+        if let Some(scaling) = &self.scaling {
+            scaling.validate()?;
+        }
         let half = self.head_dim / 2;
+        let frequencies = self.inverse_frequencies();
         let mut cos = Vec::with_capacity(self.max_seq_len * half);
         let mut sin = Vec::with_capacity(self.max_seq_len * half);
         for position in 0..self.max_seq_len {
-            for i in 0..half {
-                let frequency = self.theta.powf(-2.0 * i as f64 / self.head_dim as f64);
+            for &frequency in &frequencies {
                 let angle = position as f64 * frequency;
                 cos.push(angle.cos());
                 sin.push(angle.sin());

@@ -18,7 +18,7 @@ use crate::error::KvRoutingError;
 use crate::feed_forward::SwiGluFeedForwardConfig;
 use crate::kv_cache::{KvCacheLayout, KvCacheManager};
 use crate::kv_store::{KvStore, SequenceKv};
-use crate::rope::{RopeAngles, RotaryEmbedding, RotaryEmbeddingConfig};
+use crate::rope::{RopeAngles, RopeScaling, RotaryEmbedding, RotaryEmbeddingConfig};
 use crate::route::Route;
 use crate::seeded_init::reinit_seeded;
 
@@ -47,9 +47,29 @@ pub struct RoutedTransformerConfig {
     /// RMSNorm epsilon. Default: 1e-5.
     #[config(default = 1e-5)]
     pub norm_eps: f64,
-    /// Standard deviation of the normal initialization of weight matrices. Default: 0.02.
+    /// Standard deviation of the normal initialization of weight matrices; 0 initializes them
+    /// to zero (for weights about to be loaded). Default: 0.02.
     #[config(default = 0.02)]
     pub init_std: f64,
+    /// Size of one attention head. Default: `d_model / n_heads`.
+    #[config(default = "None")]
+    pub head_dim: Option<usize>,
+    /// Biases on the query/key/value projections (Qwen2). Default: false.
+    #[config(default = false)]
+    pub qkv_bias: bool,
+    /// Bias on the attention output projection. Default: false.
+    #[config(default = false)]
+    pub output_bias: bool,
+    /// RMSNorm of every query and key head before the rotation (Qwen3), with `norm_eps`.
+    /// Default: false.
+    #[config(default = false)]
+    pub qk_norm: bool,
+    /// The LM head is the transposed token embedding (one shared matrix). Default: false.
+    #[config(default = false)]
+    pub tie_embeddings: bool,
+    /// Rotary frequency scaling (Llama 3.1's, or linear). Default: none.
+    #[config(default = "None")]
+    pub rope_scaling: Option<RopeScaling>,
 }
 
 impl RoutedTransformerConfig {
@@ -93,13 +113,32 @@ impl RoutedTransformerConfig {
     pub fn attention_config(&self) -> StochasticKvAttentionConfig {
         StochasticKvAttentionConfig::new(self.d_model, self.n_heads)
             .with_n_kv_heads(self.n_kv_heads)
+            .with_head_dim(self.head_dim)
             .with_initializer(self.initializer())
+            .with_qkv_bias(self.qkv_bias)
+            .with_output_bias(self.output_bias)
+            .with_qk_norm(self.qk_norm)
+            .with_qk_norm_eps(self.norm_eps)
+    }
+
+    /// The configuration of the rotary tables.
+    pub fn rotary_config(&self) -> RotaryEmbeddingConfig {
+        RotaryEmbeddingConfig::new(
+            self.attention_config().resolved_head_dim(),
+            self.max_seq_len,
+        )
+        .with_theta(self.rope_theta)
+        .with_scaling(self.rope_scaling.clone())
     }
 
     fn initializer(&self) -> burn::module::Initializer {
-        burn::module::Initializer::Normal {
-            mean: 0.0,
-            std: self.init_std,
+        if self.init_std == 0.0 {
+            burn::module::Initializer::Zeros
+        } else {
+            burn::module::Initializer::Normal {
+                mean: 0.0,
+                std: self.init_std,
+            }
         }
     }
 
@@ -107,7 +146,6 @@ impl RoutedTransformerConfig {
     pub fn init<B: Backend>(&self, device: &B::Device) -> crate::Result<RoutedTransformer<B>> {
         self.validate()?;
         let attention = self.attention_config();
-        let head_dim = attention.resolved_head_dim();
         let norm = || {
             RmsNormConfig::new(self.d_model)
                 .with_epsilon(self.norm_eps)
@@ -131,13 +169,13 @@ impl RoutedTransformerConfig {
                 .init(device),
             blocks,
             norm: norm(),
-            lm_head: LinearConfig::new(self.d_model, self.vocab_size)
-                .with_bias(false)
-                .with_initializer(self.initializer())
-                .init(device),
-            rope: RotaryEmbeddingConfig::new(head_dim, self.max_seq_len)
-                .with_theta(self.rope_theta)
-                .init(device)?,
+            lm_head: (!self.tie_embeddings).then(|| {
+                LinearConfig::new(self.d_model, self.vocab_size)
+                    .with_bias(false)
+                    .with_initializer(self.initializer())
+                    .init(device)
+            }),
+            rope: self.rotary_config().init(device)?,
             vocab_size: self.vocab_size,
         })
     }
@@ -162,8 +200,8 @@ pub struct RoutedTransformer<B: Backend> {
     pub blocks: Vec<DecoderBlock<B>>,
     /// Final norm.
     pub norm: RmsNorm<B>,
-    /// Output projection, `[d_model, vocab_size]`.
-    pub lm_head: Linear<B>,
+    /// Output projection, `[d_model, vocab_size]`; `None` when tied to the embedding.
+    pub lm_head: Option<Linear<B>>,
     /// Rotary tables shared by all blocks.
     pub rope: RotaryEmbedding<B>,
     vocab_size: usize,
@@ -226,7 +264,7 @@ impl<B: Backend> RoutedTransformer<B> {
             &self.device(),
         )?;
         let hidden = self.run_blocks(ids, &rope, &mask, &mut SequenceKv::new(route.clone()))?;
-        Ok(self.lm_head.forward(self.norm.forward(hidden)))
+        Ok(self.vocab_logits(hidden))
     }
 
     /// A cache for `batch_size` sequences of up to `capacity` slots under `route`.
@@ -263,7 +301,7 @@ impl<B: Backend> RoutedTransformer<B> {
         cache: &mut KvCacheManager<B>,
     ) -> crate::Result<Tensor<B, 3>> {
         let hidden = self.hidden_cached(tokens, cache)?;
-        Ok(self.lm_head.forward(self.norm.forward(hidden)))
+        Ok(self.vocab_logits(hidden))
     }
 
     /// Like [`RoutedTransformer::forward_cached`] but returns only the logits of each sequence's
@@ -286,7 +324,21 @@ impl<B: Backend> RoutedTransformer<B> {
             .collect();
         let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [batch]), &self.device());
         let last = hidden.reshape([batch * step_len, d_model]).select(0, rows);
-        Ok(self.lm_head.forward(self.norm.forward(last)))
+        Ok(self.vocab_logits(last))
+    }
+
+    /// Final norm and projection onto the vocabulary (the LM head, or the transposed embedding
+    /// when tied) of the last blocks' output.
+    ///
+    /// # Shapes
+    /// - hidden: `[..., d_model]`
+    /// - output: `[..., vocab_size]`
+    pub fn vocab_logits<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
+        let normed = self.norm.forward(hidden);
+        match &self.lm_head {
+            Some(head) => head.forward(normed),
+            None => normed.matmul(self.embedding.weight.val().transpose().unsqueeze()),
+        }
     }
 
     fn hidden_cached(
@@ -360,7 +412,8 @@ impl<B: Backend> RoutedTransformer<B> {
         Ok((ids, batch, seq_len))
     }
 
-    fn device(&self) -> B::Device {
-        self.lm_head.weight.device()
+    /// The device holding the weights.
+    pub fn device(&self) -> B::Device {
+        self.embedding.weight.device()
     }
 }

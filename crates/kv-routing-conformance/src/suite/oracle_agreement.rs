@@ -4,14 +4,14 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use kv_routing::{
-    reinit_seeded, AttentionMask, CachePlan, RotaryEmbeddingConfig, Route,
-    StochasticKvAttentionConfig, StochasticRouter,
+    reinit_seeded, AttentionMask, CachePlan, RopeScaling, RotaryEmbeddingConfig, Route,
+    RoutedTransformerConfig, StochasticKvAttentionConfig, StochasticRouter,
 };
 
 use crate::oracle::{OracleAttention, OracleModel};
 use crate::support::{
-    assert_close, logits_to_host, max_abs_diff, random_tokens, tiny_config, tiny_model, to_host,
-    tolerance,
+    assert_close, logits_to_host, max_abs_diff, random_tokens, randomize_vectors, tiny_config,
+    tiny_model, to_host, tolerance,
 };
 
 /// Every route kind the suite exercises on a 6-layer model.
@@ -145,6 +145,93 @@ pub fn model_logits_match_oracle_for_every_route<B: Backend>(device: &B::Device)
                     );
                 }
             }
+        }
+    }
+}
+
+/// The architecture variants of pretrained families match the oracle under every route: q/k/v
+/// and output biases (Llama with `attention_bias`, Qwen2), per-head q/k norms (Qwen3), a tied LM
+/// head, a head size other than `d_model / n_heads`, and scaled rotary frequencies (Llama 3.1's
+/// rule with wavelengths on both sides of its band, and linear). Biases and norm gains are
+/// random, so a dropped or misplaced one shows.
+pub fn model_variants_match_oracle<B: Backend>(device: &B::Device) {
+    let tolerance = tolerance::<B>(device);
+    let llama3 = RopeScaling::Llama3 {
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 16,
+    };
+    let variants: Vec<(&str, RoutedTransformerConfig)> = vec![
+        (
+            "qkv+output bias, llama3 rope",
+            tiny_config(2)
+                .with_qkv_bias(true)
+                .with_output_bias(true)
+                .with_rope_scaling(Some(llama3)),
+        ),
+        (
+            "qkv bias, tied head (Qwen2-like)",
+            tiny_config(2).with_qkv_bias(true).with_tie_embeddings(true),
+        ),
+        (
+            "qk norm, head_dim 12, linear rope (Qwen3-like)",
+            tiny_config(1)
+                .with_qk_norm(true)
+                .with_head_dim(Some(12))
+                .with_rope_scaling(Some(RopeScaling::Linear { factor: 4.0 })),
+        ),
+    ];
+    for (variant, config) in variants {
+        let model = randomize_vectors(tiny_model::<B>(&config, device), 7);
+        let oracle = OracleModel::from_model(&model, &config);
+        let batch = vec![
+            random_tokens(3, 13, config.vocab_size),
+            random_tokens(4, 13, config.vocab_size),
+        ];
+        for (name, route) in route_kinds(config.n_layers) {
+            let logits = logits_to_host(model.forward(&batch, &route).unwrap());
+            for (b, tokens) in batch.iter().enumerate() {
+                for (p, row) in oracle.logits(tokens, &route).iter().enumerate() {
+                    assert_close(
+                        &logits[b][p],
+                        row,
+                        tolerance,
+                        &format!("{variant}, route {name}, sequence {b}, position {p}"),
+                    );
+                }
+            }
+        }
+        // Cached prefill and decode of the variant agree with the oracle too.
+        let route = CachePlan::every_kth(config.n_layers, 2).unwrap().route();
+        let mut cache = model.new_cache(1, 16, route.clone()).unwrap();
+        let tokens = &batch[0];
+        let expected = oracle.logits(tokens, &route);
+        let prefill = logits_to_host(
+            model
+                .forward_cached(&[tokens[..9].to_vec()], &mut cache)
+                .unwrap(),
+        );
+        for p in 0..9 {
+            assert_close(
+                &prefill[0][p],
+                &expected[p],
+                tolerance,
+                &format!("{variant}, cached prefill position {p}"),
+            );
+        }
+        for p in 9..tokens.len() {
+            let step = logits_to_host(
+                model
+                    .forward_cached(&[vec![tokens[p]]], &mut cache)
+                    .unwrap(),
+            );
+            assert_close(
+                &step[0][0],
+                &expected[p],
+                tolerance,
+                &format!("{variant}, cached decode position {p}"),
+            );
         }
     }
 }
