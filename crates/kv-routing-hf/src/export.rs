@@ -1,0 +1,290 @@
+//! Saving a [`RoutedTransformer`] as a Hugging Face checkpoint that `transformers` loads with
+//! `AutoModelForCausalLM.from_pretrained`.
+//!
+//! The directory is written next to the target (`<dir>.tmp`) and swapped into place, so an
+//! interrupted export never leaves a half-written checkpoint under `dir`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use burn::tensor::backend::Backend;
+use half::{bf16, f16};
+use kv_routing::{RoutedTransformer, RoutedTransformerConfig};
+use safetensors::tensor::{Dtype, TensorView};
+use serde_json::{json, Value};
+
+use crate::error::{HfError, Result};
+use crate::hf_config::HfConfig;
+use crate::load::{transpose, CONFIG_FILE};
+use crate::parameter_map::{matrix, parameter_names, vector, Layout, Slot};
+use crate::routing_metadata::RoutingMetadata;
+use crate::safetensors_files::{INDEX_FILE, SINGLE_FILE};
+use crate::tokenizer::TOKENIZER_FILES;
+
+/// Element type of exported weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExportDtype {
+    /// 32-bit floats: exact.
+    #[default]
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16 (the usual type of Llama-family releases).
+    BF16,
+}
+
+impl ExportDtype {
+    fn bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+        }
+    }
+
+    fn safetensors(self) -> Dtype {
+        match self {
+            Self::F32 => Dtype::F32,
+            Self::F16 => Dtype::F16,
+            Self::BF16 => Dtype::BF16,
+        }
+    }
+
+    /// The `torch_dtype` name written to `config.json`.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            Self::F32 => "float32",
+            Self::F16 => "float16",
+            Self::BF16 => "bfloat16",
+        }
+    }
+
+    fn encode(self, values: &[f32]) -> Vec<u8> {
+        match self {
+            Self::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            Self::F16 => values
+                .iter()
+                .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+                .collect(),
+            Self::BF16 => values
+                .iter()
+                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+                .collect(),
+        }
+    }
+}
+
+impl FromStr for ExportDtype {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(Self::F32),
+            "f16" | "float16" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::BF16),
+            _ => Err(format!("unknown dtype `{s}` (f32, f16, bf16)")),
+        }
+    }
+}
+
+/// How to export.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportOptions {
+    /// Element type of the weights. Default: f32.
+    pub dtype: ExportDtype,
+    /// Largest shard; a model that fits is written as one `model.safetensors`, a larger one as
+    /// `model-0000i-of-0000n.safetensors` with `model.safetensors.index.json`. Default: 5 GB
+    /// (as `transformers` saves). A tensor larger than this gets a shard of its own.
+    pub max_shard_bytes: u64,
+    /// The `kv_routing` block of `config.json`.
+    pub routing: Option<RoutingMetadata>,
+    /// A directory whose tokenizer and generation files (see [`TOKENIZER_FILES`]) are copied.
+    pub copy_files_from: Option<PathBuf>,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            dtype: ExportDtype::F32,
+            max_shard_bytes: 5_000_000_000,
+            routing: None,
+            copy_files_from: None,
+        }
+    }
+}
+
+/// Writes `model` (configured by `model_config`) to `dir` in Hugging Face layout and returns the
+/// `config.json` written. `base` is the config the weights were loaded from, if any: its other
+/// fields (token ids, chat settings...) are kept. `dir` is replaced if it exists.
+pub fn save_pretrained<B: Backend>(
+    model: &RoutedTransformer<B>,
+    model_config: &RoutedTransformerConfig,
+    base: Option<&HfConfig>,
+    dir: &Path,
+    options: &ExportOptions,
+) -> Result<HfConfig> {
+    let structure = [
+        model.n_layers(),
+        model.vocab_size(),
+        model.n_kv_heads(),
+        model.head_dim(),
+    ];
+    let configured = [
+        model_config.n_layers,
+        model_config.vocab_size,
+        model_config.attention_config().kv_heads(),
+        model_config.attention_config().resolved_head_dim(),
+    ];
+    if structure != configured || model.lm_head.is_none() != model_config.tie_embeddings {
+        return Err(HfError::Unsupported(format!(
+            "the model (layers, vocab, kv heads, head_dim = {structure:?}) does not match its config {configured:?}"
+        )));
+    }
+    if options.max_shard_bytes == 0 {
+        return Err(HfError::Unsupported("max_shard_bytes must be >= 1".into()));
+    }
+    let mut config = HfConfig::describing(model_config, base)?;
+    config.kv_routing = options.routing.clone();
+    let torch_dtype = Value::from(options.dtype.torch_name());
+    config
+        .extra
+        .insert("torch_dtype".into(), torch_dtype.clone());
+    if config.extra.contains_key("dtype") {
+        config.extra.insert("dtype".into(), torch_dtype);
+    }
+
+    let staging = sibling(dir, "tmp");
+    if staging.exists() {
+        fs::remove_dir_all(&staging).map_err(|e| HfError::io(&staging, e))?;
+    }
+    fs::create_dir_all(&staging).map_err(|e| HfError::io(&staging, e))?;
+    write_weights(model, &staging, options)?;
+    config.write(&staging.join(CONFIG_FILE))?;
+    if let Some(source) = &options.copy_files_from {
+        for name in TOKENIZER_FILES {
+            let from = source.join(name);
+            if from.is_file() {
+                fs::copy(&from, staging.join(name)).map_err(|e| HfError::io(&from, e))?;
+            }
+        }
+    }
+    let previous = sibling(dir, "old");
+    if dir.exists() {
+        if previous.exists() {
+            fs::remove_dir_all(&previous).map_err(|e| HfError::io(&previous, e))?;
+        }
+        fs::rename(dir, &previous).map_err(|e| HfError::io(dir, e))?;
+    }
+    fs::rename(&staging, dir).map_err(|e| HfError::io(dir, e))?;
+    if previous.exists() {
+        fs::remove_dir_all(&previous).map_err(|e| HfError::io(&previous, e))?;
+    }
+    Ok(config)
+}
+
+/// Plans shards by size, then converts and writes one shard at a time (peak host memory: one
+/// shard).
+fn write_weights<B: Backend>(
+    model: &RoutedTransformer<B>,
+    dir: &Path,
+    options: &ExportOptions,
+) -> Result<()> {
+    let mut model = model.clone();
+    let names = parameter_names(&model);
+    let mut shards: Vec<Vec<(String, Slot)>> = vec![Vec::new()];
+    let mut shard_bytes = 0u64;
+    let mut total_bytes = 0u64;
+    for (name, slot) in names {
+        let bytes = (numel(&mut model, slot) * options.dtype.bytes()) as u64;
+        if shard_bytes + bytes > options.max_shard_bytes && !shards.last().unwrap().is_empty() {
+            shards.push(Vec::new());
+            shard_bytes = 0;
+        }
+        shard_bytes += bytes;
+        total_bytes += bytes;
+        shards.last_mut().unwrap().push((name, slot));
+    }
+    let count = shards.len();
+    let file_name = |i: usize| {
+        if count == 1 {
+            SINGLE_FILE.to_string()
+        } else {
+            format!("model-{:05}-of-{count:05}.safetensors", i + 1)
+        }
+    };
+    let mut weight_map = BTreeMap::new();
+    for (i, shard) in shards.iter().enumerate() {
+        let tensors = shard
+            .iter()
+            .map(|(name, slot)| {
+                let (shape, values) = hf_tensor(&mut model, *slot);
+                (name.clone(), shape, options.dtype.encode(&values))
+            })
+            .collect::<Vec<_>>();
+        let views = tensors
+            .iter()
+            .map(|(name, shape, bytes)| {
+                TensorView::new(options.dtype.safetensors(), shape.clone(), bytes)
+                    .map(|view| (name.clone(), view))
+                    .map_err(|e| HfError::Unsupported(format!("tensor `{name}`: {e}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let path = dir.join(file_name(i));
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::serialize_to_file(views, Some(metadata), &path).map_err(|e| {
+            HfError::Safetensors {
+                path: path.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        for (name, _) in shard {
+            weight_map.insert(name.clone(), file_name(i));
+        }
+    }
+    if count > 1 {
+        let index = json!({ "metadata": { "total_size": total_bytes }, "weight_map": weight_map });
+        let path = dir.join(INDEX_FILE);
+        let text = serde_json::to_string_pretty(&index).expect("index serializes");
+        fs::write(&path, text + "\n").map_err(|e| HfError::io(&path, e))?;
+    }
+    Ok(())
+}
+
+fn numel<B: Backend>(model: &mut RoutedTransformer<B>, slot: Slot) -> usize {
+    match slot.layout() {
+        Layout::Vector => vector(model, slot).lazy_shape().num_elements(),
+        _ => matrix(model, slot).lazy_shape().num_elements(),
+    }
+}
+
+/// The parameter at `slot` in checkpoint layout: shape and f32 values.
+fn hf_tensor<B: Backend>(model: &mut RoutedTransformer<B>, slot: Slot) -> (Vec<usize>, Vec<f32>) {
+    let host = |data: burn::tensor::TensorData| {
+        data.convert::<f32>()
+            .into_vec::<f32>()
+            .expect("converted to f32")
+    };
+    match slot.layout() {
+        Layout::Vector => {
+            let tensor = vector(model, slot).val();
+            (tensor.dims().to_vec(), host(tensor.into_data()))
+        }
+        layout => {
+            let tensor = matrix(model, slot).val();
+            let [rows, cols] = tensor.dims();
+            let values = host(tensor.into_data());
+            if layout == Layout::LinearWeight {
+                (vec![cols, rows], transpose(&values, rows, cols))
+            } else {
+                (vec![rows, cols], values)
+            }
+        }
+    }
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{suffix}"));
+    dir.with_file_name(name)
+}

@@ -1,0 +1,86 @@
+//! [`HfTokenizer`]: a checkpoint's `tokenizer.json`, through the `tokenizers` crate.
+
+use std::path::Path;
+
+use crate::error::{HfError, Result};
+
+/// Name of the tokenizer file in a checkpoint directory.
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+/// Files of a checkpoint's tokenizer and generation defaults, copied along on export.
+pub const TOKENIZER_FILES: [&str; 6] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "generation_config.json",
+    "chat_template.jinja",
+];
+
+/// A Hugging Face tokenizer (BPE, WordPiece, Unigram... whatever `tokenizer.json` describes).
+#[derive(Clone)]
+pub struct HfTokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl std::fmt::Debug for HfTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HfTokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .finish()
+    }
+}
+
+impl HfTokenizer {
+    /// Reads `path` (a `tokenizer.json`).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| HfError::Tokenizer(format!("{}: {e}", path.display())))?;
+        Ok(Self { inner })
+    }
+
+    /// The tokenizer of the checkpoint in `dir`, if it has a `tokenizer.json`.
+    pub fn from_dir(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(TOKENIZER_FILE);
+        if path.is_file() {
+            Self::from_file(&path).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Token ids of `text`, with the special tokens the tokenizer adds (e.g. BOS).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| HfError::Tokenizer(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Token ids of `text` without special tokens (for training corpora).
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| HfError::Tokenizer(e.to_string()))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Text of `ids`, special tokens left out.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| HfError::Tokenizer(e.to_string()))
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Id of `token` (e.g. `"</s>"`), if it is in the vocabulary.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+}
