@@ -7,13 +7,13 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use kv_routing::{GenerationConfig, Sampler};
 use kv_routing_backend::{device, AutodiffBackend, Backend, NAME};
-use kv_routing_train::checkpoint::load_model;
+use kv_routing_hf::{ExportDtype, ExportOptions};
 use kv_routing_train::data::{DataSource, Dataset};
 use kv_routing_train::evaluate::{evaluate_plans, EvalSettings};
 use kv_routing_train::plan_spec::parse_plan;
 use kv_routing_train::plot::quality_vs_memory_svg;
+use kv_routing_train::pretrained::{export_model, load_model_dir, LoadedModel};
 use kv_routing_train::report::{format_table, ModelEvaluation};
-use kv_routing_train::tokenizer::{decode, encode};
 use kv_routing_train::train_config::TrainConfig;
 use kv_routing_train::trainer::{checkpoint_dir, train, RunOptions, Start};
 use kv_routing_train::{Result, TrainError};
@@ -29,7 +29,12 @@ use kv_routing_train::{Result, TrainError};
         Typical session:\n  \
         kv-routing train --out runs/p0.5 --p 0.5\n  \
         kv-routing eval --checkpoint runs/p0.5 --out results\n  \
-        kv-routing generate --checkpoint runs/p0.5 --plan every:2 --prompt '{ab:X7 cd:Q2} cd?'"
+        kv-routing generate --checkpoint runs/p0.5 --plan every:2 --prompt '{ab:X7 cd:Q2} cd?'\n\n\
+        A Hugging Face Llama/Mistral/Qwen2/Qwen3 checkpoint directory works wherever a checkpoint \
+        does:\n  \
+        kv-routing train --init-from ./Qwen2.5-0.5B --data corpus.txt --p 0.5 --seq-len 512 --out runs/qwen\n  \
+        kv-routing export --checkpoint runs/qwen --plan every:2 --dtype bf16 --out qwen-rcla\n  \
+        kv-routing generate --checkpoint qwen-rcla --prompt 'The capital of France is'"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -44,6 +49,8 @@ enum Command {
     Eval(EvalArgs),
     /// Generate text from a prompt with a checkpoint under a sharing plan.
     Generate(GenerateArgs),
+    /// Write a checkpoint in Hugging Face layout (config.json + safetensors + tokenizer).
+    Export(ExportArgs),
 }
 
 #[derive(Args, Debug)]
@@ -108,7 +115,9 @@ struct TrainArgs {
     /// Continue the run in <OUT> (its settings are kept; --steps may extend it).
     #[arg(long, conflicts_with = "init_from")]
     resume: bool,
-    /// Fine-tune from this checkpoint directory (its model shape is kept; new p, fresh optimizer).
+    /// Fine-tune from this checkpoint directory: a run's checkpoint or a Hugging Face checkpoint
+    /// (config.json + safetensors). Its model shape is kept (the shape options are ignored); new
+    /// p, fresh optimizer. A --data file is tokenized with the checkpoint's tokenizer.json.
     #[arg(long)]
     init_from: Option<PathBuf>,
     /// Stop after this step (with a checkpoint) and resume later with --resume.
@@ -121,9 +130,18 @@ struct TrainArgs {
 
 #[derive(Args, Debug)]
 struct EvalArgs {
-    /// Checkpoint directory (a run directory works too); repeat to compare models.
+    /// Checkpoint directory (a run directory or a Hugging Face checkpoint works too); repeat to
+    /// compare models.
     #[arg(long, required = true)]
     checkpoint: Vec<PathBuf>,
+    /// Evaluate on this UTF-8 text file (tokenized with the model's tokenizer.json if it has
+    /// one) instead of each run's own data; Hugging Face checkpoints default to the synthetic
+    /// corpus.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Tokens per validation sequence for Hugging Face checkpoints (runs use their own).
+    #[arg(long, default_value_t = 256)]
+    seq_len: usize,
     /// Comma-separated plans: full, every:K, retention:F, layers:0,3,5.
     #[arg(
         long,
@@ -147,15 +165,16 @@ struct EvalArgs {
 
 #[derive(Args, Debug)]
 struct GenerateArgs {
-    /// Checkpoint directory (a run directory works too).
+    /// Checkpoint directory (a run directory or a Hugging Face checkpoint works too).
     #[arg(long)]
     checkpoint: PathBuf,
     /// Prompt text.
     #[arg(long)]
     prompt: String,
-    /// Plan: full, every:K, retention:F, layers:0,3,5.
-    #[arg(long, default_value = "full")]
-    plan: String,
+    /// Plan: full, every:K, retention:F, layers:0,3,5. Default: the plan stored with an
+    /// exported model (kv_routing.serve_cached_layers), else full.
+    #[arg(long)]
+    plan: Option<String>,
     /// New tokens (bytes) at most.
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
@@ -170,6 +189,26 @@ struct GenerateArgs {
     seed: u64,
 }
 
+#[derive(Args, Debug)]
+struct ExportArgs {
+    /// Checkpoint directory (a run directory or a Hugging Face checkpoint works too).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Output directory (replaced if it exists).
+    #[arg(long)]
+    out: PathBuf,
+    /// Weight type: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: ExportDtype,
+    /// Plan to serve the model with, stored under kv_routing in config.json (full, every:K,
+    /// retention:F, layers:0,3,5).
+    #[arg(long)]
+    plan: Option<String>,
+    /// Largest safetensors shard in MB; bigger models are sharded with an index.
+    #[arg(long, default_value_t = 5000)]
+    max_shard_mb: u64,
+}
+
 fn main() -> ExitCode {
     // Errors are one line; a bug should be one line too, not a trace.
     std::panic::set_hook(Box::new(|info| eprintln!("internal error: {info}")));
@@ -178,6 +217,7 @@ fn main() -> ExitCode {
         Command::Train(args) => run_train(args),
         Command::Eval(args) => run_eval(args),
         Command::Generate(args) => run_generate(args),
+        Command::Export(args) => run_export(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -200,6 +240,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
         Some(path) => DataSource::TextFile {
             path,
             seed: args.seed,
+            tokenizer: None,
         },
         None => DataSource::Synthetic { seed: args.seed },
     };
@@ -249,21 +290,39 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     let mut evaluations = Vec::new();
     for path in &args.checkpoint {
         let dir = resolve_checkpoint(path);
-        let (config, model) = load_model::<Backend>(&dir, &device)?;
+        let loaded = load_model_dir::<Backend>(&dir, &device)?;
         let plans = args
             .plans
             .iter()
-            .map(|spec| Ok((spec.clone(), parse_plan(spec, config.model.n_layers)?)))
+            .map(|spec| {
+                Ok((
+                    spec.clone(),
+                    parse_plan(spec, loaded.model_config.n_layers)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
-        let dataset = Dataset::open(&config.data, config.seq_len)?;
+        let (p, steps) = routing_history(&loaded);
+        let (data, seq_len) = match (&args.data, &loaded.train_config) {
+            (Some(file), run) => (
+                DataSource::TextFile {
+                    path: file.clone(),
+                    seed: 0,
+                    tokenizer: tokenizer_file(&loaded),
+                },
+                run.as_ref().map_or(args.seq_len, |r| r.seq_len),
+            ),
+            (None, Some(run)) => (run.data.clone(), run.seq_len),
+            (None, None) => (DataSource::Synthetic { seed: 0 }, args.seq_len),
+        };
+        let dataset = Dataset::open(&data, seq_len)?;
         evaluations.push(ModelEvaluation {
             name: run_name(path),
             checkpoint: dir.clone(),
-            p: config.p,
-            steps: config.steps,
+            p,
+            steps,
             backend: NAME.to_string(),
             settings,
-            plans: evaluate_plans(&model, &dataset, &plans, &settings)?,
+            plans: evaluate_plans(&loaded.model, &dataset, &plans, &settings)?,
         });
     }
     print!("{}", format_table(&evaluations));
@@ -292,9 +351,14 @@ fn run_eval(args: EvalArgs) -> Result<()> {
 
 fn run_generate(args: GenerateArgs) -> Result<()> {
     let device = device();
-    let (config, model) = load_model::<Backend>(&resolve_checkpoint(&args.checkpoint), &device)?;
-    let plan = parse_plan(&args.plan, config.model.n_layers)?;
-    let prompt = encode(&args.prompt);
+    let loaded = load_model_dir::<Backend>(&resolve_checkpoint(&args.checkpoint), &device)?;
+    let n_layers = loaded.model_config.n_layers;
+    let (plan_name, plan) = match (&args.plan, loaded.stored_plan()?) {
+        (Some(spec), _) => (spec.clone(), parse_plan(spec, n_layers)?),
+        (None, Some(stored)) => ("stored with the model".to_string(), stored),
+        (None, None) => ("full".to_string(), parse_plan("full", n_layers)?),
+    };
+    let prompt = loaded.codec.encode(&args.prompt)?;
     if prompt.is_empty() {
         return Err(TrainError::Config("the prompt is empty".into()));
     }
@@ -306,24 +370,86 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     } else {
         Sampler::Greedy
     };
-    let generation = model.generate(
-        &[prompt],
+    let generation = loaded.model.generate(
+        std::slice::from_ref(&prompt),
         &plan.route(),
         &GenerationConfig {
             max_new_tokens: args.max_new_tokens,
             sampler,
             seed: args.seed,
-            stop_token: None,
+            stop_token: eos_token(&loaded),
         },
     )?;
-    println!("{}{}", args.prompt, decode(&generation.tokens[0]));
+    // Decoding the continuation alone would lose the space a tokenizer folds into its first
+    // token; decode prompt + continuation and print what follows the decoded prompt.
+    let prompt_text = loaded.codec.decode(&prompt)?;
+    let full_text = loaded
+        .codec
+        .decode(&[prompt.as_slice(), &generation.tokens[0]].concat())?;
+    match full_text.strip_prefix(&prompt_text) {
+        Some(continuation) => println!("{}{continuation}", args.prompt),
+        None => println!("{full_text}"),
+    }
     eprintln!(
-        "[{NAME}, plan {} caching layers {:?}: {} bytes of KV cache]",
-        args.plan,
+        "[{NAME}, {} tokens, plan {plan_name} caching layers {:?}: {} bytes of KV cache]",
+        loaded.codec.name(),
         plan.cached_layers(),
         generation.kv_bytes()
     );
     Ok(())
+}
+
+fn run_export(args: ExportArgs) -> Result<()> {
+    let device = device();
+    let loaded = load_model_dir::<Backend>(&resolve_checkpoint(&args.checkpoint), &device)?;
+    let plan = args
+        .plan
+        .as_deref()
+        .map(|spec| parse_plan(spec, loaded.model_config.n_layers))
+        .transpose()?;
+    let options = ExportOptions {
+        dtype: args.dtype,
+        max_shard_bytes: args.max_shard_mb.max(1) * 1_000_000,
+        ..ExportOptions::default()
+    };
+    let config = export_model(&loaded, &args.out, plan.as_ref(), options)?;
+    println!(
+        "wrote {} ({}, {} layers, {}{})",
+        args.out.display(),
+        config.architectures.join(","),
+        config.num_hidden_layers,
+        args.dtype.torch_name(),
+        plan.map(|p| format!(", serve caching layers {:?}", p.cached_layers()))
+            .unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// Routing probability and steps the weights were trained with (0, 0 if never).
+fn routing_history(loaded: &LoadedModel<Backend>) -> (f64, u64) {
+    match (&loaded.train_config, &loaded.hf_config) {
+        (Some(run), _) => (run.p, run.steps),
+        (None, Some(config)) => config
+            .kv_routing
+            .as_ref()
+            .map_or((0.0, 0), |r| (r.routing_p, r.routed_steps)),
+        (None, None) => (0.0, 0),
+    }
+}
+
+/// The model's tokenizer.json, if it has one.
+fn tokenizer_file(loaded: &LoadedModel<Backend>) -> Option<PathBuf> {
+    let path = loaded.dir.join(kv_routing_hf::TOKENIZER_FILE);
+    path.is_file().then_some(path)
+}
+
+/// The end-of-sequence token of a Hugging Face model (`eos_token_id`, the first if a list).
+fn eos_token(loaded: &LoadedModel<Backend>) -> Option<u32> {
+    let value = loaded.hf_config.as_ref()?.extra.get("eos_token_id")?;
+    let id = value
+        .as_u64()
+        .or_else(|| value.as_array()?.first()?.as_u64())?;
+    u32::try_from(id).ok()
 }
 
 /// A run directory stands for its checkpoint.

@@ -5,6 +5,8 @@
 //! <dir>/state.json      TrainState: the next step and the router (seed, p, step)
 //! <dir>/model.mpk       model weights (Burn named MessagePack, full precision)
 //! <dir>/optimizer.mpk   AdamW moments
+//! <dir>/tokenizer.json  (and the other tokenizer files) when the run started from a Hugging
+//!                       Face checkpoint that has them
 //! ```
 //!
 //! A checkpoint is written to `<dir>.tmp` and renamed into place, so an interrupted save never
@@ -22,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::pretrained::copy_tokenizer_files;
 use crate::train_config::TrainConfig;
 
 const CONFIG: &str = "config.json";
@@ -69,6 +72,15 @@ where
         .map_err(|e| TrainError::io(staging.join(MODEL), e))?;
     Recorder::<B>::record(&recorder(), optimizer.to_record(), staging.join(OPTIMIZER))
         .map_err(|e| TrainError::io(staging.join(OPTIMIZER), e))?;
+    if let Some(base) = &config.base {
+        // The base's files, or the previous checkpoint's copy if the base has moved since.
+        let from = if base.source.is_dir() {
+            base.source.as_path()
+        } else {
+            dir
+        };
+        copy_tokenizer_files(from, &staging)?;
+    }
     let previous = sibling(dir, "old");
     if dir.exists() {
         if previous.exists() {

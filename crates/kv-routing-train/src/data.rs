@@ -1,5 +1,5 @@
 //! Training data: the built-in synthetic corpus or a user's UTF-8 text file, served as
-//! deterministic batches of byte tokens.
+//! deterministic batches of tokens (bytes, or a Hugging Face tokenizer's ids).
 //!
 //! Every sample is a pure function of `(seed, split, index)`, so a run is reproducible and a
 //! resumed run sees exactly the batches the uninterrupted run would have seen.
@@ -22,12 +22,15 @@ pub enum DataSource {
         /// Seed of the generator.
         seed: u64,
     },
-    /// A UTF-8 text file: the first 90% of its bytes train, the last 10% validate.
+    /// A UTF-8 text file: the first 90% of its tokens train, the last 10% validate.
     TextFile {
         /// Path of the file.
         path: PathBuf,
         /// Seed of the window offsets.
         seed: u64,
+        /// A `tokenizer.json` to tokenize with; `None`: byte tokens.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tokenizer: Option<PathBuf>,
     },
 }
 
@@ -72,7 +75,7 @@ pub struct Batch {
 pub struct Dataset {
     source: DataSource,
     seq_len: usize,
-    text: Option<Vec<u8>>,
+    text: Option<Vec<u32>>,
 }
 
 impl Dataset {
@@ -85,7 +88,9 @@ impl Dataset {
         }
         let text = match source {
             DataSource::Synthetic { .. } => None,
-            DataSource::TextFile { path, .. } => Some(read_text(path, seq_len)?),
+            DataSource::TextFile {
+                path, tokenizer, ..
+            } => Some(read_text(path, tokenizer.as_deref(), seq_len)?),
         };
         Ok(Self {
             source: source.clone(),
@@ -121,10 +126,7 @@ impl Dataset {
                 rng.set_stream(split.stream(index));
                 let offset = start + rng.random_range(0..=(end - start - window) as u64) as usize;
                 Sample {
-                    tokens: text[offset..offset + window]
-                        .iter()
-                        .map(|&b| u32::from(b))
-                        .collect(),
+                    tokens: text[offset..offset + window].to_vec(),
                     recall: vec![false; self.seq_len],
                 }
             }
@@ -148,22 +150,33 @@ impl Dataset {
     }
 }
 
-fn read_text(path: &Path, seq_len: usize) -> Result<Vec<u8>> {
+/// The tokens of a text file: its bytes, or its ids under `tokenizer` (a `tokenizer.json`).
+fn read_text(path: &Path, tokenizer: Option<&Path>, seq_len: usize) -> Result<Vec<u32>> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
-    if let Err(error) = std::str::from_utf8(&bytes) {
-        return Err(TrainError::Data(format!(
-            "{} is not UTF-8 text ({error})",
-            path.display()
-        )));
-    }
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) => text,
+        Err(error) => {
+            return Err(TrainError::Data(format!(
+                "{} is not UTF-8 text ({error})",
+                path.display()
+            )))
+        }
+    };
+    let (tokens, unit) = match tokenizer {
+        Some(tokenizer) => (
+            kv_routing_hf::HfTokenizer::from_file(tokenizer)?.encode_plain(text)?,
+            "tokens",
+        ),
+        None => (bytes.iter().map(|&b| u32::from(b)).collect(), "bytes"),
+    };
     // Both splits need at least one full window.
     let needed = 10 * (seq_len + 1);
-    if bytes.len() < needed {
+    if tokens.len() < needed {
         return Err(TrainError::Data(format!(
-            "{} has {} bytes; sequences of {seq_len} need at least {needed} (10% of it validates)",
+            "{} has {} {unit}; sequences of {seq_len} need at least {needed} (10% of it validates)",
             path.display(),
-            bytes.len()
+            tokens.len()
         )));
     }
-    Ok(bytes)
+    Ok(tokens)
 }

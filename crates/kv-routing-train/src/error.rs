@@ -33,6 +33,9 @@ pub enum TrainError {
     /// The model rejected its input or configuration.
     #[error(transparent)]
     Model(#[from] KvRoutingError),
+    /// A Hugging Face checkpoint or tokenizer could not be read or written.
+    #[error(transparent)]
+    Pretrained(#[from] kv_routing_hf::HfError),
 }
 
 impl TrainError {

@@ -6,6 +6,8 @@
 //!   validation, checkpoints and exact resume; fine-tuning from a checkpoint with a new `p`.
 //! - [`evaluate`]: loss, perplexity, recall accuracy, KV bytes per token and decode throughput
 //!   under each sharing plan; [`report`] and [`plot`] present them.
+//! - [`pretrained`]: one loader for training checkpoints and Hugging Face checkpoints (to
+//!   fine-tune, evaluate or serve), and export to Hugging Face layout.
 //!
 //! Generic over Burn backends; the `kv-routing` command-line program drives it.
 
@@ -19,6 +21,7 @@ pub mod grad_clip;
 pub mod loss;
 pub mod plan_spec;
 pub mod plot;
+pub mod pretrained;
 pub mod report;
 pub mod schedule;
 mod synthetic;

@@ -1,4 +1,50 @@
-//! The byte-level tokenizer: token `i` is byte `i`, vocabulary 256.
+//! Text to tokens: the byte-level tokenizer (token `i` is byte `i`, vocabulary 256) of models
+//! trained here, or a pretrained model's Hugging Face tokenizer, behind [`TextCodec`].
+
+use kv_routing_hf::HfTokenizer;
+
+use crate::error::Result;
+
+/// How a model's text maps to tokens.
+#[derive(Debug, Clone)]
+pub enum TextCodec {
+    /// One token per UTF-8 byte.
+    Bytes,
+    /// A `tokenizer.json` (boxed: a tokenizer is large, and models without one are common).
+    Hf(Box<HfTokenizer>),
+}
+
+impl From<Option<HfTokenizer>> for TextCodec {
+    fn from(tokenizer: Option<HfTokenizer>) -> Self {
+        tokenizer.map_or(TextCodec::Bytes, |t| TextCodec::Hf(Box::new(t)))
+    }
+}
+
+impl TextCodec {
+    /// Tokens of a prompt (with the special tokens a Hugging Face tokenizer adds, e.g. BOS).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match self {
+            TextCodec::Bytes => Ok(encode(text)),
+            TextCodec::Hf(tokenizer) => Ok(tokenizer.encode(text)?),
+        }
+    }
+
+    /// Text of generated tokens.
+    pub fn decode(&self, tokens: &[u32]) -> Result<String> {
+        match self {
+            TextCodec::Bytes => Ok(decode(tokens)),
+            TextCodec::Hf(tokenizer) => Ok(tokenizer.decode(tokens)?),
+        }
+    }
+
+    /// `bytes` or `tokenizer.json`, for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TextCodec::Bytes => "bytes",
+            TextCodec::Hf(_) => "tokenizer.json",
+        }
+    }
+}
 
 /// Vocabulary size of the byte tokenizer.
 pub const BYTE_VOCAB_SIZE: usize = 256;

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::DataSource;
 use crate::error::{Result, TrainError};
+use crate::pretrained::PretrainedBase;
 use crate::schedule::WarmupCosine;
 use crate::tokenizer::BYTE_VOCAB_SIZE;
 
@@ -43,6 +44,9 @@ pub struct TrainConfig {
     pub eval_batches: usize,
     /// Save a checkpoint every this many steps (0: only at the end).
     pub checkpoint_every: u64,
+    /// The Hugging Face checkpoint the weights were initialized from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<PretrainedBase>,
 }
 
 impl TrainConfig {
@@ -74,6 +78,7 @@ impl TrainConfig {
             eval_every: 250,
             eval_batches: 8,
             checkpoint_every: 500,
+            base: None,
         }
     }
 
@@ -96,7 +101,14 @@ impl TrainConfig {
                 self.p
             )));
         }
-        if self.model.vocab_size < BYTE_VOCAB_SIZE {
+        let byte_tokens = !matches!(
+            self.data,
+            DataSource::TextFile {
+                tokenizer: Some(_),
+                ..
+            }
+        );
+        if byte_tokens && self.model.vocab_size < BYTE_VOCAB_SIZE {
             return Err(TrainError::Config(format!(
                 "the byte tokenizer needs vocab_size >= {BYTE_VOCAB_SIZE}, got {}",
                 self.model.vocab_size

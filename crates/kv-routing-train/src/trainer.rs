@@ -12,14 +12,16 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ElementConversion;
 use indicatif::{ProgressBar, ProgressStyle};
 use kv_routing::{CachePlan, RoutedTransformer, StochasticRouter};
+use kv_routing_hf::{is_hf_checkpoint, load_pretrained, LoadOptions, TOKENIZER_FILE};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{load_model, load_optimizer, load_state, save_checkpoint, TrainState};
-use crate::data::{Dataset, Split};
+use crate::data::{DataSource, Dataset, Split};
 use crate::error::{Result, TrainError};
 use crate::evaluate::validation_metrics;
 use crate::grad_clip::clip_global_norm;
 use crate::loss::mean_loss;
+use crate::pretrained::PretrainedBase;
 use crate::train_config::TrainConfig;
 
 /// How a run begins.
@@ -30,8 +32,10 @@ pub enum Start {
     /// Continue the run checkpointed under `<out_dir>/checkpoint` (its config is used; `steps`
     /// may be raised to train longer).
     Resume,
-    /// Fine-tune: weights from this checkpoint, fresh optimizer and schedule, the new `p`. The
-    /// checkpoint's model configuration replaces `config.model`.
+    /// Fine-tune: weights from this checkpoint (a training checkpoint or a Hugging Face
+    /// checkpoint directory), fresh optimizer and schedule, the new `p`. The checkpoint's model
+    /// configuration replaces `config.model`. From a Hugging Face checkpoint with a
+    /// `tokenizer.json`, a text corpus without a tokenizer is tokenized with it.
     InitFrom(PathBuf),
 }
 
@@ -107,10 +111,45 @@ pub fn train<B: AutodiffBackend>(
             saved.steps = saved.steps.max(config.steps);
             (saved, load_state(&checkpoint)?, model)
         }
+        Start::InitFrom(source) if is_hf_checkpoint(source) => {
+            let loaded = load_pretrained::<B>(source, &LoadOptions::default(), device)?;
+            let mut data = config.data.clone();
+            if let DataSource::TextFile { tokenizer, .. } = &mut data {
+                if tokenizer.is_none() && loaded.tokenizer.is_some() {
+                    *tokenizer = Some(source.join(TOKENIZER_FILE));
+                }
+            }
+            let source = std::path::absolute(source).map_err(|e| TrainError::io(source, e))?;
+            let config = TrainConfig {
+                model: loaded.model_config,
+                data,
+                base: Some(PretrainedBase {
+                    source,
+                    hf_config: loaded.hf_config,
+                }),
+                ..config
+            };
+            config.validate()?;
+            let state = TrainState {
+                step: 0,
+                router: StochasticRouter::new(config.model.n_layers, config.p, config.route_seed)?,
+                elapsed_seconds: 0.0,
+            };
+            (config, state, loaded.model)
+        }
         Start::InitFrom(source) => {
             let (saved, model) = load_model::<B>(source, device)?;
+            let mut data = config.data.clone();
+            if let DataSource::TextFile { tokenizer, .. } = &mut data {
+                let copied = source.join(TOKENIZER_FILE);
+                if tokenizer.is_none() && copied.is_file() {
+                    *tokenizer = Some(copied);
+                }
+            }
             let config = TrainConfig {
                 model: saved.model,
+                base: saved.base,
+                data,
                 ..config
             };
             config.validate()?;

@@ -240,6 +240,7 @@ fn bad_settings_and_data_are_clear_errors() {
         &DataSource::TextFile {
             path: short,
             seed: 0,
+            tokenizer: None,
         },
         32,
     )
@@ -251,6 +252,7 @@ fn bad_settings_and_data_are_clear_errors() {
         &DataSource::TextFile {
             path: binary,
             seed: 0,
+            tokenizer: None,
         },
         32,
     )
@@ -260,6 +262,7 @@ fn bad_settings_and_data_are_clear_errors() {
         &DataSource::TextFile {
             path: dir.path().join("none.txt"),
             seed: 0,
+            tokenizer: None,
         },
         32,
     )
@@ -275,7 +278,15 @@ fn text_file_batches_are_deterministic_windows_of_the_right_split() {
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
     std::fs::write(&path, &text).unwrap();
-    let dataset = Dataset::open(&DataSource::TextFile { path, seed: 3 }, 16).unwrap();
+    let dataset = Dataset::open(
+        &DataSource::TextFile {
+            path,
+            seed: 3,
+            tokenizer: None,
+        },
+        16,
+    )
+    .unwrap();
     let batch = dataset.batch(kv_routing_train::data::Split::Train, 5, 4);
     assert_eq!(
         batch,

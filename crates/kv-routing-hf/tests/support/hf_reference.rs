@@ -139,7 +139,7 @@ impl<'a> HfReference<'a> {
             .collect();
         let mut keys: Vec<Vec<Vec<f64>>> = Vec::new();
         let mut values: Vec<Vec<Vec<f64>>> = Vec::new();
-        for l in 0..n_layers {
+        for (l, &source) in sources.iter().enumerate().take(n_layers) {
             let p = format!("model.layers.{l}");
             let normed: Vec<Vec<f64>> = hidden
                 .iter()
@@ -163,7 +163,7 @@ impl<'a> HfReference<'a> {
             }
             keys.push(layer_keys);
             values.push(layer_values);
-            let source = sources[l];
+
             for (pos, h) in hidden.iter_mut().enumerate() {
                 let mut context = vec![0.0; heads * head_dim];
                 for head in 0..heads {

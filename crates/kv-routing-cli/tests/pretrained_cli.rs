@@ -1,0 +1,261 @@
+//! The command-line program with a Hugging Face checkpoint end to end, offline: a small random
+//! Llama checkpoint with a word-level `tokenizer.json` is fine-tuned with routing, exported with
+//! a serving plan, reloaded for generation (text in, text out) and evaluation.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use rand::{RngExt, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use safetensors::tensor::{Dtype, TensorView};
+use serde_json::json;
+
+const WORDS: [&str; 15] = [
+    "[UNK]", "<s>", "</s>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "to", "park",
+    "and", "slept",
+];
+const LAYERS: usize = 4;
+const HIDDEN: usize = 32;
+
+fn run(args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_kv-routing"))
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    assert!(
+        output.status.success(),
+        "kv-routing {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// A random 4-layer Llama (GQA) checkpoint whose vocabulary is `WORDS`, plus its tokenizer.
+fn write_checkpoint(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let vocab = WORDS.len();
+    let config = json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab,
+        "hidden_size": HIDDEN, "intermediate_size": 64, "num_hidden_layers": LAYERS,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128,
+        "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": false,
+        "hidden_act": "silu", "bos_token_id": 1, "eos_token_id": 2
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut shapes = vec![("model.embed_tokens.weight".to_string(), vec![vocab, HIDDEN])];
+    for l in 0..LAYERS {
+        for (name, shape) in [
+            ("input_layernorm.weight", vec![HIDDEN]),
+            ("self_attn.q_proj.weight", vec![32, HIDDEN]),
+            ("self_attn.k_proj.weight", vec![16, HIDDEN]),
+            ("self_attn.v_proj.weight", vec![16, HIDDEN]),
+            ("self_attn.o_proj.weight", vec![HIDDEN, 32]),
+            ("post_attention_layernorm.weight", vec![HIDDEN]),
+            ("mlp.gate_proj.weight", vec![64, HIDDEN]),
+            ("mlp.up_proj.weight", vec![64, HIDDEN]),
+            ("mlp.down_proj.weight", vec![HIDDEN, 64]),
+        ] {
+            shapes.push((format!("model.layers.{l}.{name}"), shape));
+        }
+    }
+    shapes.push(("model.norm.weight".into(), vec![HIDDEN]));
+    shapes.push(("lm_head.weight".into(), vec![vocab, HIDDEN]));
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let norm = name.contains("norm");
+            let data = (0..shape.iter().product::<usize>())
+                .flat_map(|_| {
+                    let v: f32 = rng.random_range(-0.1..0.1);
+                    (if norm { 1.0 + v } else { v }).to_le_bytes()
+                })
+                .collect();
+            (name, shape, data)
+        })
+        .collect();
+    let views: Vec<(String, TensorView)> = bytes
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+    let vocab: HashMap<&str, usize> = WORDS.iter().enumerate().map(|(i, w)| (*w, i)).collect();
+    let tokenizer = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+}
+
+#[test]
+fn fine_tune_export_generate_and_eval_a_hugging_face_checkpoint() {
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().join("llama");
+    write_checkpoint(&base);
+    let corpus = root.path().join("corpus.txt");
+    let text = "the cat sat on the mat and the dog ran to the park and slept . ".repeat(40);
+    std::fs::write(&corpus, text).unwrap();
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+
+    // The pretrained checkpoint generates as is, with its tokenizer.
+    let output = run(&[
+        "generate",
+        "--checkpoint",
+        &path(&base),
+        "--prompt",
+        "the cat",
+        "--max-new-tokens",
+        "3",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("tokenizer.json tokens, plan full"),
+        "{stderr}"
+    );
+
+    let runs = root.path().join("run");
+    run(&[
+        "train",
+        "--init-from",
+        &path(&base),
+        "--data",
+        &path(&corpus),
+        "--p",
+        "0.5",
+        "--steps",
+        "3",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "2",
+        "--warmup",
+        "1",
+        "--eval-every",
+        "0",
+        "--eval-batches",
+        "1",
+        "--checkpoint-every",
+        "0",
+        "--quiet",
+        "--out",
+        &path(&runs),
+    ]);
+    let checkpoint = runs.join("checkpoint");
+    assert!(
+        checkpoint.join("tokenizer.json").is_file(),
+        "the run keeps the tokenizer"
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(checkpoint.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["model"]["n_layers"], LAYERS);
+    assert!(
+        saved["data"]["text_file"]["tokenizer"].is_string(),
+        "the corpus was tokenized: {saved}"
+    );
+
+    let exported = root.path().join("exported");
+    let output = run(&[
+        "export",
+        "--checkpoint",
+        &path(&runs),
+        "--plan",
+        "every:2",
+        "--dtype",
+        "bf16",
+        "--out",
+        &path(&exported),
+    ]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("LlamaForCausalLM"));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exported.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["kv_routing"]["routing_p"], 0.5);
+    assert_eq!(config["kv_routing"]["routed_steps"], 3);
+    assert_eq!(config["kv_routing"]["serve_cached_layers"], json!([0, 2]));
+    assert_eq!(config["torch_dtype"], "bfloat16");
+    assert_eq!(config["eos_token_id"], 2);
+    assert!(exported.join("tokenizer.json").is_file());
+
+    // Served with the stored plan by default: text in, text out.
+    let output = run(&[
+        "generate",
+        "--checkpoint",
+        &path(&exported),
+        "--prompt",
+        "the dog",
+        "--max-new-tokens",
+        "4",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("generate: {stdout}{stderr}");
+    assert!(stdout.starts_with("the dog"), "{stdout}");
+    let generated = stdout.trim_start_matches("the dog").trim();
+    assert!(
+        generated.split_whitespace().all(|w| WORDS.contains(&w)),
+        "generated text is made of vocabulary words: {stdout}"
+    );
+    assert!(
+        stderr.contains("plan stored with the model caching layers [0, 2]"),
+        "{stderr}"
+    );
+
+    let output = run(&[
+        "eval",
+        "--checkpoint",
+        &path(&exported),
+        "--data",
+        &path(&corpus),
+        "--seq-len",
+        "16",
+        "--plans",
+        "full,every:2",
+        "--batches",
+        "1",
+        "--batch-size",
+        "2",
+        "--decode-tokens",
+        "2",
+    ]);
+    let table = String::from_utf8_lossy(&output.stdout);
+    eprintln!("eval:\n{table}");
+    assert!(table.contains("every:2"), "{table}");
+}
+
+#[test]
+fn a_damaged_checkpoint_is_a_one_line_error() {
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().join("llama");
+    write_checkpoint(&base);
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(base.join("config.json")).unwrap()).unwrap();
+    config["num_key_value_heads"] = json!(4);
+    std::fs::write(base.join("config.json"), config.to_string()).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_kv-routing"))
+        .args([
+            "generate",
+            "--checkpoint",
+            base.to_str().unwrap(),
+            "--prompt",
+            "the",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(
+            "model.layers.0.self_attn.k_proj.weight` has shape [16, 32], the config needs [32, 32]"
+        ),
+        "{stderr}"
+    );
+}
