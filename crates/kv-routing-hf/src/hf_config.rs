@@ -229,7 +229,7 @@ impl HfConfig {
         .with_n_kv_heads(self.num_key_value_heads)
         .with_head_dim(self.head_dim)
         .with_max_seq_len(max_seq_len)
-        .with_rope_theta(self.rope_theta)
+        .with_rope_theta(self.rope_base()?)
         .with_rope_scaling(self.parse_rope_scaling()?)
         .with_norm_eps(self.rms_norm_eps)
         .with_init_std(0.0)
@@ -314,8 +314,27 @@ impl HfConfig {
         Ok(config)
     }
 
+    /// `transformers` 5 writes `rope_parameters` (theta and scaling in one object) instead of
+    /// `rope_theta` and `rope_scaling`.
+    fn rope_parameters(&self) -> Option<&Value> {
+        self.extra.get("rope_parameters").filter(|v| v.is_object())
+    }
+
+    fn rope_base(&self) -> Result<f64> {
+        match self.rope_parameters() {
+            Some(parameters) => parameters
+                .get("rope_theta")
+                .and_then(Value::as_f64)
+                .ok_or_else(|| {
+                    HfError::Unsupported("rope_parameters.rope_theta is missing".into())
+                }),
+            None => Ok(self.rope_theta),
+        }
+    }
+
     fn parse_rope_scaling(&self) -> Result<Option<RopeScaling>> {
-        let Some(scaling) = self.rope_scaling.as_ref().filter(|v| !v.is_null()) else {
+        let scaling = self.rope_parameters().or(self.rope_scaling.as_ref());
+        let Some(scaling) = scaling.filter(|v| !v.is_null()) else {
             return Ok(None);
         };
         let kind = scaling

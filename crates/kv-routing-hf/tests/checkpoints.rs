@@ -476,3 +476,23 @@ fn config_round_trips_through_serde_with_unknown_fields() {
     let again: HfConfig = serde_json::from_value(serde_json::to_value(&config).unwrap()).unwrap();
     assert_eq!(again, config);
 }
+
+#[test]
+fn transformers_5_rope_parameters_are_read() {
+    let mut json = Spec::llama().config_json();
+    let object = json.as_object_mut().unwrap();
+    object.remove("rope_theta");
+    object.remove("rope_scaling");
+    object.insert(
+        "rope_parameters".into(),
+        json!({"rope_theta": 1e6, "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    );
+    let config: HfConfig = serde_json::from_value(json).unwrap();
+    let model = config.model_config(None).unwrap();
+    assert_eq!(model.rope_theta, 1e6);
+    assert!(matches!(
+        model.rope_scaling,
+        Some(kv_routing::RopeScaling::Llama3 { factor, .. }) if factor == 8.0
+    ));
+}
