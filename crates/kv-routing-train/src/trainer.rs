@@ -86,6 +86,28 @@ pub struct RunOptions {
     pub stop_at: Option<u64>,
 }
 
+/// Step 0 of a new run: a router for the run's `p` and seed.
+fn fresh_state(config: &TrainConfig) -> Result<TrainState> {
+    Ok(TrainState {
+        step: 0,
+        router: StochasticRouter::new(config.model.n_layers, config.p, config.route_seed)?,
+        elapsed_seconds: 0.0,
+    })
+}
+
+/// A text corpus without a tokenizer is tokenized with the `tokenizer.json` of the checkpoint
+/// in `dir` (a Hugging Face checkpoint, or a run that started from one), when it has one.
+fn tokenized_with_tokenizer_of(data: &DataSource, dir: &Path) -> DataSource {
+    let mut data = data.clone();
+    if let DataSource::TextFile { tokenizer, .. } = &mut data {
+        let file = dir.join(TOKENIZER_FILE);
+        if tokenizer.is_none() && file.is_file() {
+            *tokenizer = Some(file);
+        }
+    }
+    data
+}
+
 /// Trains per `config` from `start`, checkpointing under `out_dir`.
 pub fn train<B: AutodiffBackend>(
     config: TrainConfig,
@@ -95,70 +117,37 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<TrainSummary> {
     let checkpoint = checkpoint_dir(out_dir);
-    let (config, mut state, mut model) = match &start {
+    let (mut state, mut model, config) = match &start {
         Start::Fresh => {
             config.validate()?;
-            let state = TrainState {
-                step: 0,
-                router: StochasticRouter::new(config.model.n_layers, config.p, config.route_seed)?,
-                elapsed_seconds: 0.0,
-            };
             let model = config.model.init_seeded::<B>(config.init_seed, device)?;
-            (config, state, model)
+            (fresh_state(&config)?, model, config)
         }
         Start::Resume => {
             let (mut saved, model) = load_model::<B>(&checkpoint, device)?;
             saved.steps = saved.steps.max(config.steps);
-            (saved, load_state(&checkpoint)?, model)
-        }
-        Start::InitFrom(source) if is_hf_checkpoint(source) => {
-            let loaded = load_pretrained::<B>(source, &LoadOptions::default(), device)?;
-            let mut data = config.data.clone();
-            if let DataSource::TextFile { tokenizer, .. } = &mut data {
-                if tokenizer.is_none() && loaded.tokenizer.is_some() {
-                    *tokenizer = Some(source.join(TOKENIZER_FILE));
-                }
-            }
-            let source = std::path::absolute(source).map_err(|e| TrainError::io(source, e))?;
-            let config = TrainConfig {
-                model: loaded.model_config,
-                data,
-                base: Some(PretrainedBase {
-                    source,
-                    hf_config: loaded.hf_config,
-                }),
-                ..config
-            };
-            config.validate()?;
-            let state = TrainState {
-                step: 0,
-                router: StochasticRouter::new(config.model.n_layers, config.p, config.route_seed)?,
-                elapsed_seconds: 0.0,
-            };
-            (config, state, loaded.model)
+            (load_state(&checkpoint)?, model, saved)
         }
         Start::InitFrom(source) => {
-            let (saved, model) = load_model::<B>(source, device)?;
-            let mut data = config.data.clone();
-            if let DataSource::TextFile { tokenizer, .. } = &mut data {
-                let copied = source.join(TOKENIZER_FILE);
-                if tokenizer.is_none() && copied.is_file() {
-                    *tokenizer = Some(copied);
-                }
-            }
+            let (model_config, base, model) = if is_hf_checkpoint(source) {
+                let loaded = load_pretrained::<B>(source, &LoadOptions::default(), device)?;
+                let base = PretrainedBase {
+                    source: std::path::absolute(source).map_err(|e| TrainError::io(source, e))?,
+                    hf_config: loaded.hf_config,
+                };
+                (loaded.model_config, Some(base), loaded.model)
+            } else {
+                let (saved, model) = load_model::<B>(source, device)?;
+                (saved.model, saved.base, model)
+            };
             let config = TrainConfig {
-                model: saved.model,
-                base: saved.base,
-                data,
+                model: model_config,
+                base,
+                data: tokenized_with_tokenizer_of(&config.data, source),
                 ..config
             };
             config.validate()?;
-            let state = TrainState {
-                step: 0,
-                router: StochasticRouter::new(config.model.n_layers, config.p, config.route_seed)?,
-                elapsed_seconds: 0.0,
-            };
-            (config, state, model)
+            (fresh_state(&config)?, model, config)
         }
     };
     if state.router.step() != state.step {

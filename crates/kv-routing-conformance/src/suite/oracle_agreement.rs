@@ -5,13 +5,13 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use kv_routing::{
     reinit_seeded, AttentionMask, CachePlan, RopeScaling, RotaryEmbeddingConfig, Route,
-    RoutedTransformerConfig, StochasticKvAttentionConfig, StochasticRouter,
+    RoutedTransformer, RoutedTransformerConfig, StochasticKvAttentionConfig, StochasticRouter,
 };
 
 use crate::oracle::{OracleAttention, OracleModel};
 use crate::support::{
     assert_close, logits_to_host, max_abs_diff, random_tokens, randomize_vectors, tiny_config,
-    tiny_model, to_host, tolerance,
+    tiny_model, to_host, tolerance, Tolerance,
 };
 
 /// Every route kind the suite exercises on a 6-layer model.
@@ -132,18 +132,34 @@ pub fn model_logits_match_oracle_for_every_route<B: Backend>(device: &B::Device)
             random_tokens(1, 12, config.vocab_size),
             random_tokens(2, 12, config.vocab_size),
         ];
-        for (name, route) in route_kinds(config.n_layers) {
-            let logits = logits_to_host(model.forward(&batch, &route).unwrap());
-            for (b, tokens) in batch.iter().enumerate() {
-                let expected = oracle.logits(tokens, &route);
-                for (p, row) in expected.iter().enumerate() {
-                    assert_close(
-                        &logits[b][p],
-                        row,
-                        tolerance,
-                        &format!("{n_kv_heads} kv heads, route {name} {route}, sequence {b}, position {p}"),
-                    );
-                }
+        assert_every_route_matches_oracle(
+            &model,
+            &oracle,
+            &batch,
+            tolerance,
+            &format!("{n_kv_heads} kv heads"),
+        );
+    }
+}
+
+/// Logits of `batch` under every route kind equal the oracle's, sequence by sequence.
+fn assert_every_route_matches_oracle<B: Backend>(
+    model: &RoutedTransformer<B>,
+    oracle: &OracleModel,
+    batch: &[Vec<u32>],
+    tolerance: Tolerance,
+    context: &str,
+) {
+    for (name, route) in route_kinds(model.n_layers()) {
+        let logits = logits_to_host(model.forward(batch, &route).unwrap());
+        for (b, tokens) in batch.iter().enumerate() {
+            for (p, row) in oracle.logits(tokens, &route).iter().enumerate() {
+                assert_close(
+                    &logits[b][p],
+                    row,
+                    tolerance,
+                    &format!("{context}, route {name} {route}, sequence {b}, position {p}"),
+                );
             }
         }
     }
@@ -189,19 +205,7 @@ pub fn model_variants_match_oracle<B: Backend>(device: &B::Device) {
             random_tokens(3, 13, config.vocab_size),
             random_tokens(4, 13, config.vocab_size),
         ];
-        for (name, route) in route_kinds(config.n_layers) {
-            let logits = logits_to_host(model.forward(&batch, &route).unwrap());
-            for (b, tokens) in batch.iter().enumerate() {
-                for (p, row) in oracle.logits(tokens, &route).iter().enumerate() {
-                    assert_close(
-                        &logits[b][p],
-                        row,
-                        tolerance,
-                        &format!("{variant}, route {name}, sequence {b}, position {p}"),
-                    );
-                }
-            }
-        }
+        assert_every_route_matches_oracle(&model, &oracle, &batch, tolerance, variant);
         // Cached prefill and decode of the variant agree with the oracle too.
         let route = CachePlan::every_kth(config.n_layers, 2).unwrap().route();
         let mut cache = model.new_cache(1, 16, route.clone()).unwrap();
