@@ -1,8 +1,8 @@
 //! Saving a [`RoutedTransformer`] as a Hugging Face checkpoint that `transformers` loads with
 //! `AutoModelForCausalLM.from_pretrained`.
 //!
-//! The directory is written next to the target (`<dir>.tmp`) and swapped into place, so an
-//! interrupted export never leaves a half-written checkpoint under `dir`.
+//! The directory is written through a [`StagedDir`], so an interrupted export never leaves a
+//! half-written checkpoint under `dir`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
@@ -21,7 +21,7 @@ use crate::load::{transpose, CONFIG_FILE};
 use crate::parameter_map::{matrix, parameter_names, vector, Layout, Slot};
 use crate::routing_metadata::RoutingMetadata;
 use crate::safetensors_files::{INDEX_FILE, SINGLE_FILE};
-use crate::tokenizer::TOKENIZER_FILES;
+use crate::staged_dir::{copy_tokenizer_files, StagedDir};
 
 /// Element type of exported weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -99,7 +99,8 @@ pub struct ExportOptions {
     pub max_shard_bytes: u64,
     /// The `kv_routing` block of `config.json`.
     pub routing: Option<RoutingMetadata>,
-    /// A directory whose tokenizer and generation files (see [`TOKENIZER_FILES`]) are copied.
+    /// A directory whose tokenizer and generation files are copied (see
+    /// [`TOKENIZER_FILES`](crate::TOKENIZER_FILES)).
     pub copy_files_from: Option<PathBuf>,
 }
 
@@ -154,32 +155,13 @@ pub fn save_pretrained<B: Backend>(
         config.extra.insert("dtype".into(), torch_dtype);
     }
 
-    let staging = sibling(dir, "tmp");
-    if staging.exists() {
-        fs::remove_dir_all(&staging).map_err(|e| HfError::io(&staging, e))?;
-    }
-    fs::create_dir_all(&staging).map_err(|e| HfError::io(&staging, e))?;
-    write_weights(model, &staging, options)?;
-    config.write(&staging.join(CONFIG_FILE))?;
+    let staged = StagedDir::begin(dir)?;
+    write_weights(model, staged.path(), options)?;
+    config.write(&staged.path().join(CONFIG_FILE))?;
     if let Some(source) = &options.copy_files_from {
-        for name in TOKENIZER_FILES {
-            let from = source.join(name);
-            if from.is_file() {
-                fs::copy(&from, staging.join(name)).map_err(|e| HfError::io(&from, e))?;
-            }
-        }
+        copy_tokenizer_files(source, staged.path())?;
     }
-    let previous = sibling(dir, "old");
-    if dir.exists() {
-        if previous.exists() {
-            fs::remove_dir_all(&previous).map_err(|e| HfError::io(&previous, e))?;
-        }
-        fs::rename(dir, &previous).map_err(|e| HfError::io(dir, e))?;
-    }
-    fs::rename(&staging, dir).map_err(|e| HfError::io(dir, e))?;
-    if previous.exists() {
-        fs::remove_dir_all(&previous).map_err(|e| HfError::io(&previous, e))?;
-    }
+    staged.commit()?;
     Ok(config)
 }
 
@@ -281,10 +263,4 @@ fn hf_tensor<B: Backend>(model: &mut RoutedTransformer<B>, slot: Slot) -> (Vec<u
             }
         }
     }
-}
-
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let mut name = dir.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{suffix}"));
-    dir.with_file_name(name)
 }

@@ -19,6 +19,7 @@ mod load;
 pub mod parameter_map;
 mod routing_metadata;
 mod safetensors_files;
+mod staged_dir;
 mod tokenizer;
 
 pub use error::{HfError, Result};
@@ -27,4 +28,5 @@ pub use hf_config::{Architecture, HfConfig};
 pub use load::{is_hf_checkpoint, load_pretrained, LoadOptions, PretrainedModel, CONFIG_FILE};
 pub use routing_metadata::{RoutingMetadata, ROUTING_METADATA_VERSION};
 pub use safetensors_files::{SafetensorsFiles, INDEX_FILE, SINGLE_FILE};
+pub use staged_dir::{copy_tokenizer_files, StagedDir};
 pub use tokenizer::{HfTokenizer, TOKENIZER_FILE, TOKENIZER_FILES};

@@ -9,11 +9,11 @@
 //!                       Face checkpoint that has them
 //! ```
 //!
-//! A checkpoint is written to `<dir>.tmp` and renamed into place, so an interrupted save never
-//! leaves a half-written checkpoint under `<dir>`.
+//! A checkpoint is written through a [`StagedDir`] (`<dir>.tmp`, renamed into place), so an
+//! interrupted save never leaves a half-written checkpoint under `<dir>`.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::Optimizer;
@@ -24,8 +24,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
-use crate::pretrained::copy_tokenizer_files;
 use crate::train_config::TrainConfig;
+use kv_routing_hf::{copy_tokenizer_files, StagedDir};
 
 const CONFIG: &str = "config.json";
 const STATE: &str = "state.json";
@@ -59,11 +59,8 @@ where
     B: AutodiffBackend,
     O: Optimizer<RoutedTransformer<B>, B>,
 {
-    let staging = sibling(dir, "tmp");
-    if staging.exists() {
-        fs::remove_dir_all(&staging).map_err(|e| TrainError::io(&staging, e))?;
-    }
-    fs::create_dir_all(&staging).map_err(|e| TrainError::io(&staging, e))?;
+    let staged = StagedDir::begin(dir)?;
+    let staging = staged.path();
     write_json(&staging.join(CONFIG), config)?;
     write_json(&staging.join(STATE), state)?;
     model
@@ -79,19 +76,9 @@ where
         } else {
             dir
         };
-        copy_tokenizer_files(from, &staging)?;
+        copy_tokenizer_files(from, staging)?;
     }
-    let previous = sibling(dir, "old");
-    if dir.exists() {
-        if previous.exists() {
-            fs::remove_dir_all(&previous).map_err(|e| TrainError::io(&previous, e))?;
-        }
-        fs::rename(dir, &previous).map_err(|e| TrainError::io(dir, e))?;
-    }
-    fs::rename(&staging, dir).map_err(|e| TrainError::io(dir, e))?;
-    if previous.exists() {
-        fs::remove_dir_all(&previous).map_err(|e| TrainError::io(&previous, e))?;
-    }
+    staged.commit()?;
     Ok(())
 }
 
@@ -152,12 +139,6 @@ fn check_dir(dir: &Path) -> Result<()> {
     } else {
         Err(TrainError::checkpoint(dir, "no such checkpoint directory"))
     }
-}
-
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let mut name = dir.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{suffix}"));
-    dir.with_file_name(name)
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {

@@ -7,7 +7,7 @@ use burn::tensor::backend::Backend;
 use kv_routing::{CachePlan, RoutedTransformer, RoutedTransformerConfig};
 use kv_routing_hf::{
     is_hf_checkpoint, load_pretrained, save_pretrained, ExportOptions, HfConfig, HfTokenizer,
-    LoadOptions, RoutingMetadata, ROUTING_METADATA_VERSION, TOKENIZER_FILES,
+    LoadOptions, RoutingMetadata, ROUTING_METADATA_VERSION,
 };
 use serde::{Deserialize, Serialize};
 
@@ -136,15 +136,4 @@ pub fn export_model<B: Backend>(
         out,
         &options,
     )?)
-}
-
-/// Copies the tokenizer and generation files present in `from` into `to`.
-pub(crate) fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
-    for name in TOKENIZER_FILES {
-        let source = from.join(name);
-        if source.is_file() {
-            std::fs::copy(&source, to.join(name)).map_err(|e| TrainError::io(&source, e))?;
-        }
-    }
-    Ok(())
 }
