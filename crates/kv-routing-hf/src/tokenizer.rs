@@ -51,18 +51,18 @@ impl HfTokenizer {
 
     /// Token ids of `text`, with the special tokens the tokenizer adds (e.g. BOS).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| HfError::Tokenizer(e.to_string()))?;
-        Ok(encoding.get_ids().to_vec())
+        self.ids(text, true)
     }
 
     /// Token ids of `text` without special tokens (for training corpora).
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        self.ids(text, false)
+    }
+
+    fn ids(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
         let encoding = self
             .inner
-            .encode(text, false)
+            .encode(text, add_special_tokens)
             .map_err(|e| HfError::Tokenizer(e.to_string()))?;
         Ok(encoding.get_ids().to_vec())
     }

@@ -252,22 +252,13 @@ pub fn padded_batch_matches_oracle<B: Backend>(device: &B::Device) {
         .enumerate()
         .map(|(i, &n)| random_tokens(20 + i as u64, n, config.vocab_size))
         .collect();
-    for (name, route) in route_kinds(config.n_layers) {
-        let logits = logits_to_host(model.forward(&batch, &route).unwrap());
-        for (b, tokens) in batch.iter().enumerate() {
-            for (p, row) in oracle.logits(tokens, &route).iter().enumerate() {
-                assert_close(
-                    &logits[b][p],
-                    row,
-                    tolerance,
-                    &format!(
-                        "route {name}, padded sequence {b} (length {}), position {p}",
-                        tokens.len()
-                    ),
-                );
-            }
-        }
-    }
+    assert_every_route_matches_oracle(
+        &model,
+        &oracle,
+        &batch,
+        tolerance,
+        "padded batch of lengths 9, 3, 14, 1",
+    );
 }
 
 /// Guards the suite against vacuous passes: different routes give clearly different logits, so
