@@ -9,16 +9,14 @@
 //! Groups: `decode` (tokens/s per plan, context, batch), `prefill` (time to first token),
 //! `context_growth` (decode step vs context), `train_step` (per routing probability, and with
 //! every layer's K/V computed), `capacity` (aggregate decode at the largest batch a 1 GiB KV
-//! budget fits), `mha_baseline` (our cached attention vs burn-nn's `MhaCache`).
+//! budget fits; `KV_BENCH_BUDGET_MIB` sets another budget), `mha_baseline` (our cached attention vs burn-nn's `MhaCache`).
 
-use std::cell::RefCell;
 use std::time::Duration;
 
 use burn::module::Module;
 use burn::nn::attention::{
     generate_autoregressive_mask, MhaCache, MhaInput, MultiHeadAttentionConfig,
 };
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::{Distribution, Tensor};
 use criterion::measurement::WallTime;
 use criterion::{
@@ -26,21 +24,9 @@ use criterion::{
 };
 use kv_routing::{
     CachePlan, RotaryEmbeddingConfig, Route, RoutedTransformer, StochasticKvAttentionConfig,
-    StochasticRouter,
 };
 use kv_routing_backend::{device, AutodiffBackend, Backend};
 use kv_routing_benches::*;
-use kv_routing_train::loss::mean_loss;
-
-fn tokens(batch: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
-    (0..batch)
-        .map(|b| {
-            (0..len)
-                .map(|i| ((i * 31 + b * 7) % vocab) as u32)
-                .collect()
-        })
-        .collect()
-}
 
 /// Times `DECODE_STEPS` decode steps of `model` from a cache of `batch` sequences holding
 /// `context` tokens (capacity `capacity`) under `plan`; the cache is rebuilt outside the timing.
@@ -99,7 +85,7 @@ fn prefill_benchmarks(c: &mut Criterion) {
         let model = size.config.init::<Backend>(&device).unwrap();
         for (plan_name, plan) in plans(size.config.n_layers) {
             for len in PREFILL_LENGTHS {
-                let prompt = tokens(1, len, size.config.vocab_size);
+                let prompt = synthetic_tokens(1, len, size.config.vocab_size);
                 group.bench_function(bench_id(size.name, 1, plan_name, len), |b| {
                     b.iter(|| {
                         let mut cache = model.new_cache(1, len, plan.route()).unwrap();
@@ -117,8 +103,7 @@ fn train_benchmarks(c: &mut Criterion) {
     let mut group = slow_group(c, "train_step");
     for size in sizes() {
         let (batch, seq_len) = size.train_batch;
-        let inputs = tokens(batch, seq_len, size.config.vocab_size);
-        let targets = tokens(batch, seq_len, size.config.vocab_size);
+        let tokens = synthetic_tokens(batch, seq_len, size.config.vocab_size);
         let variants = TRAIN_PROBABILITIES
             .iter()
             .map(|&p| (format!("{}_p{}", size.name, p), p, false))
@@ -128,25 +113,8 @@ fn train_benchmarks(c: &mut Criterion) {
                 true,
             )));
         for (id, p, all_kv) in variants {
-            let model = RefCell::new(Some(size.config.init::<AutodiffBackend>(&device).unwrap()));
-            let mut optimizer = AdamWConfig::new().init::<AutodiffBackend, _>();
-            let mut router = StochasticRouter::new(size.config.n_layers, p, 0).unwrap();
-            group.bench_function(id, |b| {
-                b.iter(|| {
-                    let current = model.borrow_mut().take().unwrap();
-                    let route: Route = router.next_route();
-                    let logits = if all_kv {
-                        forward_computing_all_kv(&current, &inputs, &route).unwrap()
-                    } else {
-                        current.forward(&inputs, &route).unwrap()
-                    };
-                    let loss = mean_loss(logits, &targets);
-                    let grads = GradientsParams::from_grads(loss.backward(), &current);
-                    let updated = optimizer.step(1e-4, current, grads);
-                    sync(updated.embedding.weight.val());
-                    *model.borrow_mut() = Some(updated);
-                })
-            });
+            let mut training = TrainLoop::<AutodiffBackend>::new(&size.config, p, &device).unwrap();
+            group.bench_function(id, |b| b.iter(|| training.step(&tokens, all_kv).unwrap()));
         }
     }
     group.finish();
@@ -158,7 +126,7 @@ fn capacity_benchmarks(c: &mut Criterion) {
     for size in sizes() {
         let model = size.config.init::<Backend>(&device).unwrap();
         for (plan_name, plan) in plans(size.config.n_layers) {
-            let batch = batch_within_budget(&size.config, &plan, CAPACITY_CONTEXT, KV_BUDGET);
+            let batch = capacity_batch(&size.config, &plan);
             // The cache holds the context plus the decoded tokens: stay inside the budget.
             let shape = (batch, CAPACITY_CONTEXT - DECODE_STEPS, CAPACITY_CONTEXT);
             let id = bench_id(size.name, batch, plan_name, CAPACITY_CONTEXT);

@@ -2,11 +2,13 @@
 //! (`src/bin/bench_report.rs`): model sizes, plans, cache filling, decode loops, and the naive
 //! "compute every layer's K/V" forward that the training benchmark compares against.
 
-use burn::tensor::backend::Backend;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use kv_routing::{
     AttentionMask, CachePlan, KeyValue, KvCacheManager, KvStore, Route, RoutedTransformer,
-    RoutedTransformerConfig,
+    RoutedTransformerConfig, StochasticRouter,
 };
 
 /// Decode steps timed per benchmark iteration (one step is too short to time on a GPU).
@@ -27,8 +29,34 @@ pub const GROWTH_CONTEXTS: [usize; 7] = [128, 256, 512, 1024, 2048, 4096, 8192];
 /// Routing probabilities of the training benchmark.
 pub const TRAIN_PROBABILITIES: [f64; 4] = [0.0, 0.25, 0.5, 0.75];
 
-/// KV budget of the capacity benchmark, bytes (1 GiB).
+/// Default KV budget of the capacity benchmark, bytes (1 GiB).
 pub const KV_BUDGET: usize = 1 << 30;
+
+/// KV budget of the capacity benchmark in bytes: `KV_BENCH_BUDGET_MIB` when set (the slow
+/// backends need a smaller one: one decode step of the 1 GiB batches takes minutes on ndarray),
+/// [`KV_BUDGET`] otherwise. Plans are compared under the same budget, so their ratios hold at
+/// any budget the machine can run; `bench-report` reads the same variable to find the batches.
+///
+/// # Panics
+/// On a value that is not a positive number of MiB (a benchmark misconfiguration).
+pub fn kv_budget() -> usize {
+    match std::env::var("KV_BENCH_BUDGET_MIB") {
+        Ok(mib) => match mib.trim().parse::<usize>() {
+            Ok(mib) if mib > 0 => mib << 20,
+            _ => panic!("KV_BENCH_BUDGET_MIB must be a positive whole number of MiB, got {mib:?}"),
+        },
+        Err(_) => KV_BUDGET,
+    }
+}
+
+/// A byte count as `1 GiB` / `256 MiB`, for table titles.
+pub fn budget_label(bytes: usize) -> String {
+    if bytes % (1 << 30) == 0 {
+        format!("{} GiB", bytes >> 30)
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
+}
 
 /// Context of the capacity benchmark.
 pub const CAPACITY_CONTEXT: usize = 1024;
@@ -173,6 +201,78 @@ pub fn forward_computing_all_kv<B: Backend>(
     Ok(model.vocab_logits(x))
 }
 
+/// Training steps (forward, backward, AdamW) of a freshly initialized model under routes drawn
+/// with probability `p`: the workload of the training benchmarks.
+pub struct TrainLoop<B: AutodiffBackend> {
+    // `Option` because the optimizer consumes the model and returns the updated one.
+    model: Option<RoutedTransformer<B>>,
+    optimizer: OptimizerAdaptor<AdamW, RoutedTransformer<B>, B>,
+    router: StochasticRouter,
+}
+
+impl<B: AutodiffBackend> TrainLoop<B> {
+    /// A model from `config` and a router drawing with probability `p` (seed 0).
+    pub fn new(
+        config: &RoutedTransformerConfig,
+        p: f64,
+        device: &B::Device,
+    ) -> kv_routing::Result<Self> {
+        Ok(Self {
+            model: Some(config.init::<B>(device)?),
+            optimizer: AdamWConfig::new().init(),
+            router: StochasticRouter::new(config.n_layers, p, 0)?,
+        })
+    }
+
+    /// One step on `tokens` (inputs and targets alike: the cost does not depend on them), waiting
+    /// for the device; returns the route it drew. With `all_kv`, every layer's K/V is computed
+    /// and the unused ones dropped (the naive implementation the benchmark compares against).
+    pub fn step(&mut self, tokens: &[Vec<u32>], all_kv: bool) -> kv_routing::Result<Route> {
+        let route = self.router.next_route();
+        self.step_on(tokens, &route, all_kv)?;
+        Ok(route)
+    }
+
+    /// One step like [`Self::step`], on a given `route` instead of a drawn one.
+    pub fn step_on(
+        &mut self,
+        tokens: &[Vec<u32>],
+        route: &Route,
+        all_kv: bool,
+    ) -> kv_routing::Result<()> {
+        let model = self.model.take().expect("a model between steps");
+        let logits = if all_kv {
+            forward_computing_all_kv(&model, tokens, route)
+        } else {
+            model.forward(tokens, route)
+        };
+        let logits = match logits {
+            Ok(logits) => logits,
+            Err(error) => {
+                self.model = Some(model);
+                return Err(error);
+            }
+        };
+        let loss = kv_routing_train::loss::mean_loss(logits, tokens);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = self.optimizer.step(1e-4, model, grads);
+        sync(model.embedding.weight.val());
+        self.model = Some(model);
+        Ok(())
+    }
+}
+
+/// Token ids `(i * 31 + b * 7) % vocab` for `batch` sequences of `len` tokens.
+pub fn synthetic_tokens(batch: usize, len: usize, vocab: usize) -> Vec<Vec<u32>> {
+    (0..batch)
+        .map(|b| {
+            (0..len)
+                .map(|i| ((i * 31 + b * 7) % vocab) as u32)
+                .collect()
+        })
+        .collect()
+}
+
 /// Largest batch of `context`-token sequences whose cache under `plan` fits `budget` bytes.
 pub fn batch_within_budget(
     config: &RoutedTransformerConfig,
@@ -181,6 +281,22 @@ pub fn batch_within_budget(
     budget: usize,
 ) -> usize {
     budget / (kv_bytes_per_token(config, plan, 4) * context)
+}
+
+/// Batch of the capacity benchmark: the largest batch of [`CAPACITY_CONTEXT`]-token sequences
+/// whose cache under `plan` fits [`kv_budget`].
+///
+/// # Panics
+/// When the budget does not hold one sequence (a benchmark misconfiguration).
+pub fn capacity_batch(config: &RoutedTransformerConfig, plan: &CachePlan) -> usize {
+    let budget = kv_budget();
+    let batch = batch_within_budget(config, plan, CAPACITY_CONTEXT, budget);
+    assert!(
+        batch > 0,
+        "a KV budget of {} does not hold one sequence of {CAPACITY_CONTEXT} tokens",
+        budget_label(budget)
+    );
+    batch
 }
 
 /// `2 * |S| * n_kv_heads * head_dim * bytes_per_element`: KV bytes of one token of one sequence.

@@ -8,17 +8,15 @@
 //! table reports the median of the per-round ratios and their range.
 //!
 //! ```text
-//! cargo run --release -p kv-routing-benches --bin bench-paired -- --rounds 9 [--groups decode,prefill,train]
+//! cargo run --release -p kv-routing-benches --bin bench-paired -- --rounds 9 [--groups decode,prefill,train,capacity]
 //! KV_BENCH_SIZES=tiny cargo run --release -p kv-routing-benches --bin bench-paired --no-default-features --features wgpu
 //! ```
 
 use std::time::Instant;
 
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use kv_routing::{CachePlan, RoutedTransformer, StochasticRouter};
-use kv_routing_backend::{device, AutodiffBackend, Backend, NAME};
+use kv_routing::{CachePlan, RoutedTransformer};
+use kv_routing_backend::{device, AutodiffBackend, Backend, Device, NAME};
 use kv_routing_benches::*;
-use kv_routing_train::loss::mean_loss;
 
 /// Seconds of each variant (index) in each round.
 struct Rounds {
@@ -95,11 +93,7 @@ fn decode_rounds(size: &ModelSize, model: &RoutedTransformer<Backend>, rounds: u
     for batch in DECODE_BATCHES {
         for context in DECODE_CONTEXTS {
             let result = Rounds::run(names.clone(), rounds, |v| {
-                let mut cache = model
-                    .new_cache(batch, context + DECODE_STEPS, plans[v].route())
-                    .unwrap();
-                fill_cache(&mut cache, context, &device).unwrap();
-                timed(|| decode(model, &mut cache, DECODE_STEPS).unwrap())
+                time_decode(model, &plans[v], batch, context, &device)
             });
             for (plan, seconds, ratio, low, high) in result.summary() {
                 let tokens_per_second = (batch * DECODE_STEPS) as f64 / seconds;
@@ -112,12 +106,52 @@ fn decode_rounds(size: &ModelSize, model: &RoutedTransformer<Backend>, rounds: u
     }
 }
 
+/// Seconds of `DECODE_STEPS` decode steps of `batch` sequences after `context` tokens (the
+/// cache is filled outside the timing).
+fn time_decode(
+    model: &RoutedTransformer<Backend>,
+    plan: &CachePlan,
+    batch: usize,
+    context: usize,
+    device: &Device,
+) -> f64 {
+    let mut cache = model
+        .new_cache(batch, context + DECODE_STEPS, plan.route())
+        .unwrap();
+    fill_cache(&mut cache, context, device).unwrap();
+    timed(|| decode(model, &mut cache, DECODE_STEPS).unwrap())
+}
+
+/// Aggregate decode tokens/s of each plan at the largest batch its cache fits in the KV budget.
+fn capacity_rounds(size: &ModelSize, model: &RoutedTransformer<Backend>, rounds: usize) {
+    let device = device();
+    let (names, plans) = plan_names(model);
+    let batches: Vec<usize> = plans
+        .iter()
+        .map(|plan| capacity_batch(&size.config, plan))
+        .collect();
+    let context = CAPACITY_CONTEXT - DECODE_STEPS;
+    let result = Rounds::run(names, rounds, |v| {
+        time_decode(model, &plans[v], batches[v], context, &device)
+    });
+    for ((plan, seconds, ratio, low, high), batch) in result.summary().into_iter().zip(&batches) {
+        // Throughput ratio: the per-round time ratio scaled by the batch each plan fits.
+        let scale = *batch as f64 / batches[0] as f64;
+        println!(
+            "| {} | {plan} | {batch} | {:.1} | {:.2}x | {:.2}-{:.2} |",
+            size.name,
+            (batch * DECODE_STEPS) as f64 / seconds,
+            ratio * scale,
+            low * scale,
+            high * scale
+        );
+    }
+}
+
 fn prefill_rounds(size: &ModelSize, model: &RoutedTransformer<Backend>, rounds: usize) {
     let (names, plans) = plan_names(model);
     for len in PREFILL_LENGTHS {
-        let prompt = vec![(0..len)
-            .map(|i| (i * 31 % size.config.vocab_size) as u32)
-            .collect()];
+        let prompt = synthetic_tokens(1, len, size.config.vocab_size);
         let result = Rounds::run(names.clone(), rounds, |v| {
             timed(|| {
                 let mut cache = model.new_cache(1, len, plans[v].route()).unwrap();
@@ -141,28 +175,14 @@ fn prefill_rounds(size: &ModelSize, model: &RoutedTransformer<Backend>, rounds: 
 fn train_rounds(size: &ModelSize, rounds: usize) {
     let device = device();
     let (batch, seq_len) = size.train_batch;
-    let tokens: Vec<Vec<u32>> = (0..batch)
-        .map(|b| {
-            (0..seq_len)
-                .map(|i| ((i * 31 + b * 7) % size.config.vocab_size) as u32)
-                .collect()
-        })
-        .collect();
+    let tokens = synthetic_tokens(batch, seq_len, size.config.vocab_size);
     let names: Vec<String> = TRAIN_PROBABILITIES
         .iter()
         .map(|p| format!("p{p}"))
         .collect();
-    let mut models: Vec<Option<RoutedTransformer<AutodiffBackend>>> = TRAIN_PROBABILITIES
+    let mut loops: Vec<TrainLoop<AutodiffBackend>> = TRAIN_PROBABILITIES
         .iter()
-        .map(|_| Some(size.config.init::<AutodiffBackend>(&device).unwrap()))
-        .collect();
-    let mut optimizers: Vec<_> = TRAIN_PROBABILITIES
-        .iter()
-        .map(|_| AdamWConfig::new().init::<AutodiffBackend, RoutedTransformer<_>>())
-        .collect();
-    let mut routers: Vec<StochasticRouter> = TRAIN_PROBABILITIES
-        .iter()
-        .map(|&p| StochasticRouter::new(size.config.n_layers, p, 0).unwrap())
+        .map(|&p| TrainLoop::new(&size.config, p, &device).unwrap())
         .collect();
     // Rounds of several steps each: one step's route is random, so single-step ratios mostly
     // measure which layers the draw happened to share.
@@ -170,13 +190,7 @@ fn train_rounds(size: &ModelSize, rounds: usize) {
     let result = Rounds::run(names, rounds, |v| {
         timed(|| {
             for _ in 0..STEPS {
-                let model = models[v].take().unwrap();
-                let route = routers[v].next_route();
-                let loss = mean_loss(model.forward(&tokens, &route).unwrap(), &tokens);
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                let model = optimizers[v].step(1e-4, model, grads);
-                sync(model.embedding.weight.val());
-                models[v] = Some(model);
+                loops[v].step(&tokens, false).unwrap();
             }
         }) / STEPS as f64
     });
@@ -216,7 +230,9 @@ fn main() {
             }
             ("--groups", Some(g)) => groups = g,
             _ => {
-                eprintln!("usage: bench-paired [--rounds N>0] [--groups decode,prefill,train]");
+                eprintln!(
+                    "usage: bench-paired [--rounds N>0] [--groups decode,prefill,train,capacity]"
+                );
                 std::process::exit(2);
             }
         }
@@ -251,6 +267,21 @@ fn main() {
         println!("|---|---|---|---|---|");
         for size in sizes() {
             train_rounds(&size, rounds);
+        }
+        println!();
+    }
+    if wants("capacity") {
+        println!(
+            "### Capacity: aggregate decode at the largest batch a {} KV budget holds (context {CAPACITY_CONTEXT}), throughput vs full per round\n",
+            budget_label(kv_budget())
+        );
+        println!(
+            "| model | plan | batch | tokens/s (median) | vs full (median) | range over rounds |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for size in sizes() {
+            let model = size.config.init::<Backend>(&device).unwrap();
+            capacity_rounds(&size, &model, rounds);
         }
         println!();
     }

@@ -310,13 +310,16 @@ fn train_section(root: &Path) {
 }
 
 fn capacity_section(root: &Path) {
-    println!("## Capacity: aggregate decode at the largest batch a {} GiB KV budget holds (context {CAPACITY_CONTEXT})\n", KV_BUDGET >> 30);
+    println!(
+        "## Capacity: aggregate decode at the largest batch a {} KV budget holds (context {CAPACITY_CONTEXT})\n",
+        budget_label(kv_budget())
+    );
     println!("| model | plan | batch | tokens/s | spread | vs full |");
     println!("|---|---|---|---|---|---|");
     for size in [tiny(), medium()] {
         let mut full = None;
         for (name, plan) in plans(size.config.n_layers) {
-            let batch = batch_within_budget(&size.config, &plan, CAPACITY_CONTEXT, KV_BUDGET);
+            let batch = capacity_batch(&size.config, &plan);
             let Some(e) = estimate(
                 root,
                 "capacity",

@@ -1,0 +1,52 @@
+//! Times single training steps of the tiny model (no criterion), interleaving three loops step
+//! by step: p = 0, p = `p` with a fresh route every step, and p = `p` repeating its first route.
+//! A steady cost of routing shows in both routed loops; a one-off cost per new route (a backend
+//! compiling kernels for a new op pattern) only in the fresh-route loop.
+//!
+//! ```text
+//! cargo run --release -p kv-routing-benches --example train_probe -- <p> <steps>
+//! ```
+use kv_routing_backend::{device, AutodiffBackend};
+use kv_routing_benches::*;
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(p), Some(steps)) = (
+        args.first().and_then(|a| a.parse::<f64>().ok()),
+        args.get(1).and_then(|a| a.parse::<usize>().ok()),
+    ) else {
+        eprintln!("usage: train_probe <p> <steps>");
+        std::process::exit(2);
+    };
+    let size = tiny();
+    let (batch, seq_len) = size.train_batch;
+    let tokens = synthetic_tokens(batch, seq_len, size.config.vocab_size);
+    let device = device();
+    let new_loop = |p| TrainLoop::<AutodiffBackend>::new(&size.config, p, &device).unwrap();
+    let (mut unrouted, mut fresh, mut repeated) = (new_loop(0.0), new_loop(p), new_loop(p));
+    let fixed = repeated.step(&tokens, false).unwrap();
+    let shared = |route: &kv_routing::Route| {
+        (0..route.n_layers())
+            .filter(|&layer| route.source_of(layer) != layer)
+            .count()
+    };
+    println!("repeated route: {:?}", fixed.src());
+    let ms = |start: Instant| start.elapsed().as_secs_f64() * 1e3;
+    for step in 0..steps {
+        let start = Instant::now();
+        unrouted.step(&tokens, false).unwrap();
+        let t_unrouted = ms(start);
+        let start = Instant::now();
+        let route = fresh.step(&tokens, false).unwrap();
+        let t_fresh = ms(start);
+        let start = Instant::now();
+        repeated.step_on(&tokens, &fixed, false).unwrap();
+        let t_repeated = ms(start);
+        println!(
+            "step {step}: p0 {t_unrouted:.0} ms | p{p} fresh {t_fresh:.0} ms ({} shared) | p{p} repeated {t_repeated:.0} ms ({} shared)",
+            shared(&route),
+            shared(&fixed)
+        );
+    }
+}
