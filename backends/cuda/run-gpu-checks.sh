@@ -29,7 +29,7 @@ if [ -d benches ] && grep -q '^cuda' benches/Cargo.toml 2>/dev/null; then
         --features cuda --bin bench-report -- --svg "$log_dir/benchmarks-decode.svg"
     # Ratios to the full plan measured inside interleaved rounds, in $log_dir/bench-paired.log.
     run bench-paired cargo run --release -p kv-routing-benches --no-default-features \
-        --features cuda --bin bench-paired -- --rounds 5
+        --features cuda --bin bench-paired -- --rounds 5 --groups decode,prefill,train,capacity
 fi
 
 echo

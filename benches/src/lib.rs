@@ -51,7 +51,7 @@ pub fn kv_budget() -> usize {
 
 /// A byte count as `1 GiB` / `256 MiB`, for table titles.
 pub fn budget_label(bytes: usize) -> String {
-    if bytes % (1 << 30) == 0 {
+    if bytes.is_multiple_of(1 << 30) {
         format!("{} GiB", bytes >> 30)
     } else {
         format!("{} MiB", bytes >> 20)
