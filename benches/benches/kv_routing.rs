@@ -9,7 +9,8 @@
 //! Groups: `decode` (tokens/s per plan, context, batch), `prefill` (time to first token),
 //! `context_growth` (decode step vs context), `train_step` (per routing probability, and with
 //! every layer's K/V computed), `capacity` (aggregate decode at the largest batch a 1 GiB KV
-//! budget fits; `KV_BENCH_BUDGET_MIB` sets another budget), `mha_baseline` (our cached attention vs burn-nn's `MhaCache`).
+//! budget fits; `KV_BENCH_BUDGET_MIB` sets another budget), `mha_baseline` (our cached
+//! attention vs burn-nn's `MhaCache`).
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
-//! Times single training steps of the tiny (or medium) model (no criterion), interleaving three loops step
-//! by step: p = 0, p = `p` with a fresh route every step, and p = `p` repeating its first route.
+//! Times single training steps of the tiny (or medium) model (no criterion), interleaving three
+//! loops step by step: p = 0, p = `p` with a fresh route every step, and p = `p` repeating its
+//! first route.
 //! A steady cost of routing shows in both routed loops; a one-off cost per new route (a backend
 //! compiling kernels for a new op pattern) only in the fresh-route loop.
 //!
@@ -36,6 +37,7 @@ fn main() {
             .count()
     };
     let new_loop = |p| TrainLoop::<AutodiffBackend>::new(&size.config, p, &device).unwrap();
+    let ms = |start: Instant| start.elapsed().as_secs_f64() * 1e3;
     if args.get(3).map(String::as_str) == Some("single") {
         let mut training = new_loop(p);
         for step in 0..steps {
@@ -43,7 +45,7 @@ fn main() {
             let route = training.step(&tokens, false).unwrap();
             println!(
                 "step {step}: p{p} {:.0} ms ({} shared)",
-                start.elapsed().as_secs_f64() * 1e3,
+                ms(start),
                 shared(&route)
             );
         }
@@ -52,7 +54,6 @@ fn main() {
     let (mut unrouted, mut fresh, mut repeated) = (new_loop(0.0), new_loop(p), new_loop(p));
     let fixed = repeated.step(&tokens, false).unwrap();
     println!("repeated route: {:?}", fixed.src());
-    let ms = |start: Instant| start.elapsed().as_secs_f64() * 1e3;
     for step in 0..steps {
         let start = Instant::now();
         unrouted.step(&tokens, false).unwrap();
