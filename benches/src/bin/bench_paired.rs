@@ -222,19 +222,20 @@ fn cpu_jiffies() -> Option<(u64, u64)> {
 fn main() {
     let mut rounds = 9;
     let mut groups = "decode,prefill,train".to_string();
+    const GROUPS: [&str; 4] = ["decode", "prefill", "train", "capacity"];
+    let usage = || -> ! {
+        eprintln!("usage: bench-paired [--rounds N>0] [--groups decode,prefill,train,capacity]");
+        std::process::exit(2);
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next()) {
             ("--rounds", Some(n)) if n.parse::<usize>().is_ok_and(|n| n > 0) => {
                 rounds = n.parse().unwrap()
             }
-            ("--groups", Some(g)) => groups = g,
-            _ => {
-                eprintln!(
-                    "usage: bench-paired [--rounds N>0] [--groups decode,prefill,train,capacity]"
-                );
-                std::process::exit(2);
-            }
+            // A misspelt group would otherwise run nothing and print empty tables.
+            ("--groups", Some(g)) if g.split(',').all(|w| GROUPS.contains(&w.trim())) => groups = g,
+            _ => usage(),
         }
     }
     let wants = |g: &str| groups.split(',').any(|w| w.trim() == g);
