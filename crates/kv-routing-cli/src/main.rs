@@ -437,10 +437,9 @@ fn routing_history(loaded: &LoadedModel<Backend>) -> (f64, u64) {
     }
 }
 
-/// The model's tokenizer.json, if it has one.
+/// The model's tokenizer (its tokenizer.json, or the GGUF file), if it has one.
 fn tokenizer_file(loaded: &LoadedModel<Backend>) -> Option<PathBuf> {
-    let path = loaded.dir.join(kv_routing_hf::TOKENIZER_FILE);
-    path.is_file().then_some(path)
+    kv_routing_train::pretrained::tokenizer_file(&loaded.dir)
 }
 
 /// The end-of-sequence token of a Hugging Face model (`eos_token_id`, the first if a list).

@@ -72,6 +72,26 @@ pub enum HfError {
         /// The parser's message.
         message: String,
     },
+    /// A GGUF file is malformed.
+    #[error("{path}: not a valid GGUF file: {message}")]
+    Gguf {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A GGUF tensor has an element type this crate does not dequantize.
+    #[error(
+        "tensor `{name}` is stored as {ggml_type}, which is not supported (supported: {supported})"
+    )]
+    GgufTensorType {
+        /// GGUF name of the tensor.
+        name: String,
+        /// ggml's name of its type.
+        ggml_type: String,
+        /// The supported types.
+        supported: String,
+    },
     /// The tokenizer could not be loaded or failed on its input.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

@@ -1,4 +1,4 @@
-//! Loading a Hugging Face checkpoint directory into a [`RoutedTransformer`].
+//! Loading a Hugging Face checkpoint directory or a GGUF file into a [`RoutedTransformer`].
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -9,6 +9,7 @@ use burn::tensor::{Tensor, TensorData};
 use kv_routing::{RoutedTransformer, RoutedTransformerConfig};
 
 use crate::error::{HfError, Result};
+use crate::gguf::{is_gguf_file, GgufCheckpoint};
 use crate::hf_config::HfConfig;
 use crate::parameter_map::{matrix, parameter_names, vector, Layout, Slot};
 use crate::safetensors_files::{SafetensorsFiles, INDEX_FILE, SINGLE_FILE};
@@ -45,44 +46,109 @@ pub fn is_hf_checkpoint(dir: &Path) -> bool {
         && (dir.join(SINGLE_FILE).is_file() || dir.join(INDEX_FILE).is_file())
 }
 
-/// Loads the checkpoint in `dir` (`config.json`, `model.safetensors` or sharded
-/// `model-0000x-of-0000y.safetensors` with their index, optional `tokenizer.json`) onto `device`.
+/// Whether `path` is a pretrained model this crate loads: a Hugging Face checkpoint directory
+/// or a GGUF file.
+pub fn is_pretrained(path: &Path) -> bool {
+    is_hf_checkpoint(path) || is_gguf_file(path)
+}
+
+/// Where a checkpoint's tensors come from, by Hugging Face name and in Hugging Face layout.
+trait TensorSource {
+    /// Every tensor name.
+    fn tensor_names(&self) -> Vec<String>;
+    /// Shape and f32 values of tensor `name`.
+    fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
+    /// The file holding tensor `name`, for messages.
+    fn file_of(&self, name: &str) -> String;
+}
+
+impl TensorSource for SafetensorsFiles {
+    fn tensor_names(&self) -> Vec<String> {
+        self.names().map(str::to_owned).collect()
+    }
+
+    fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        self.read_f32(name)
+    }
+
+    fn file_of(&self, name: &str) -> String {
+        SafetensorsFiles::file_of(self, name)
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    }
+}
+
+impl TensorSource for GgufCheckpoint {
+    fn tensor_names(&self) -> Vec<String> {
+        self.names().map(str::to_owned).collect()
+    }
+
+    fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        self.read_f32(name)
+    }
+
+    fn file_of(&self, name: &str) -> String {
+        format!(
+            "{} (as `{}`)",
+            self.file().path().display(),
+            self.gguf_name(name).unwrap_or(name)
+        )
+    }
+}
+
+/// Loads the pretrained model at `path` onto `device`: a Hugging Face checkpoint directory
+/// (`config.json`, `model.safetensors` or sharded `model-0000x-of-0000y.safetensors` with their
+/// index, optional `tokenizer.json`) or a GGUF file (configuration and tokenizer from its
+/// metadata, tensors dequantized; see [`crate::gguf`]).
 ///
-/// Every tensor the config implies must be present with its exact shape, in F32, F16 or BF16;
+/// Every tensor the config implies must be present with its exact shape, in a supported type;
 /// a tensor the config has no place for is an error too (it means the config and the weights
 /// disagree), except rotary caches (`*.rotary_emb.inv_freq`) and an `lm_head.weight` stored
 /// next to tied embeddings, which `transformers` ignores as well.
 pub fn load_pretrained<B: Backend>(
-    dir: &Path,
+    path: &Path,
     options: &LoadOptions,
     device: &B::Device,
 ) -> Result<PretrainedModel<B>> {
-    let hf_config = HfConfig::read(&dir.join(CONFIG_FILE))?;
+    if is_gguf_file(path) {
+        let checkpoint = GgufCheckpoint::open(path)?;
+        let tokenizer = HfTokenizer::from_gguf(checkpoint.file())?;
+        let hf_config = checkpoint.hf_config().clone();
+        return load_from(&checkpoint, hf_config, Some(tokenizer), options, device);
+    }
+    let hf_config = HfConfig::read(&path.join(CONFIG_FILE))?;
+    let files = SafetensorsFiles::open(path)?;
+    let tokenizer = HfTokenizer::from_dir(path)?;
+    load_from(&files, hf_config, tokenizer, options, device)
+}
+
+fn load_from<B: Backend>(
+    source: &impl TensorSource,
+    hf_config: HfConfig,
+    tokenizer: Option<HfTokenizer>,
+    options: &LoadOptions,
+    device: &B::Device,
+) -> Result<PretrainedModel<B>> {
     let model_config = hf_config.model_config(options.max_seq_len)?;
-    let files = SafetensorsFiles::open(dir)?;
     let mut model = model_config.init::<B>(device)?;
     let expected = parameter_names(&model);
 
     let known: HashSet<&str> = expected.iter().map(|(name, _)| name.as_str()).collect();
     let architecture = hf_config.architecture()?;
-    for name in files.names() {
+    for name in source.tensor_names() {
         let ignored = name.ends_with("rotary_emb.inv_freq")
             || (name == "lm_head.weight" && model_config.tie_embeddings);
-        if !known.contains(name) && !ignored {
+        if !known.contains(name.as_str()) && !ignored {
             return Err(HfError::UnexpectedTensor {
-                name: name.into(),
-                file: files
-                    .file_of(name)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
+                file: source.file_of(&name),
+                name,
                 architecture: architecture.class_name().into(),
             });
         }
     }
     for (name, slot) in &expected {
-        load_parameter(&mut model, &files, name, *slot, device)?;
+        load_parameter(&mut model, source, name, *slot, device)?;
     }
-    let tokenizer = HfTokenizer::from_dir(dir)?;
     Ok(PretrainedModel {
         model,
         model_config,
@@ -93,12 +159,12 @@ pub fn load_pretrained<B: Backend>(
 
 fn load_parameter<B: Backend>(
     model: &mut RoutedTransformer<B>,
-    files: &SafetensorsFiles,
+    source: &impl TensorSource,
     name: &str,
     slot: Slot,
     device: &B::Device,
 ) -> Result<()> {
-    let (shape, values) = files.read_f32(name)?;
+    let (shape, values) = source.tensor(name)?;
     let check = |expected: Vec<usize>| {
         if shape == expected {
             Ok(())

@@ -6,7 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::error::{HfError, Result};
-use crate::tokenizer::TOKENIZER_FILES;
+use crate::gguf::is_gguf_file;
+use crate::tokenizer::{HfTokenizer, TOKENIZER_FILE, TOKENIZER_FILES};
 
 /// A directory being written next to its final place.
 #[derive(Debug)]
@@ -52,7 +53,11 @@ impl StagedDir {
 }
 
 /// Copies the tokenizer and generation files ([`TOKENIZER_FILES`]) present in `from` into `to`.
+/// When `from` is a GGUF file, writes the `tokenizer.json` built from its metadata instead.
 pub fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<()> {
+    if is_gguf_file(from) {
+        return HfTokenizer::from_file(from)?.save(&to.join(TOKENIZER_FILE));
+    }
     for name in TOKENIZER_FILES {
         let source = from.join(name);
         if source.is_file() {

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use crate::error::{HfError, Result};
+use crate::gguf::{is_gguf_file, GgufFile};
 
 /// Name of the tokenizer file in a checkpoint directory.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -32,21 +33,42 @@ impl std::fmt::Debug for HfTokenizer {
 }
 
 impl HfTokenizer {
-    /// Reads `path` (a `tokenizer.json`).
+    /// Reads `path`: a `tokenizer.json`, or a GGUF file whose metadata holds the tokenizer.
     pub fn from_file(path: &Path) -> Result<Self> {
+        if is_gguf_file(path) {
+            return Self::from_gguf(&GgufFile::open(path)?);
+        }
         let inner = tokenizers::Tokenizer::from_file(path)
             .map_err(|e| HfError::Tokenizer(format!("{}: {e}", path.display())))?;
         Ok(Self { inner })
     }
 
-    /// The tokenizer of the checkpoint in `dir`, if it has a `tokenizer.json`.
-    pub fn from_dir(dir: &Path) -> Result<Option<Self>> {
-        let path = dir.join(TOKENIZER_FILE);
-        if path.is_file() {
-            Self::from_file(&path).map(Some)
+    /// The tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
+        Ok(Self {
+            inner: crate::gguf::tokenizer(gguf)?,
+        })
+    }
+
+    /// The tokenizer of the checkpoint at `path`: its `tokenizer.json` for a directory (if it
+    /// has one), its metadata for a GGUF file.
+    pub fn from_dir(path: &Path) -> Result<Option<Self>> {
+        if is_gguf_file(path) {
+            return Self::from_file(path).map(Some);
+        }
+        let file = path.join(TOKENIZER_FILE);
+        if file.is_file() {
+            Self::from_file(&file).map(Some)
         } else {
             Ok(None)
         }
+    }
+
+    /// Writes the tokenizer as a `tokenizer.json` to `path`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        self.inner
+            .save(path, false)
+            .map_err(|e| HfError::Tokenizer(format!("{}: {e}", path.display())))
     }
 
     /// Token ids of `text`, with the special tokens the tokenizer adds (e.g. BOS).

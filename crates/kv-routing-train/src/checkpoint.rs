@@ -70,8 +70,9 @@ where
     Recorder::<B>::record(&recorder(), optimizer.to_record(), staging.join(OPTIMIZER))
         .map_err(|e| TrainError::io(staging.join(OPTIMIZER), e))?;
     if let Some(base) = &config.base {
-        // The base's files, or the previous checkpoint's copy if the base has moved since.
-        let from = if base.source.is_dir() {
+        // The base's files (a directory, or the tokenizer of a GGUF file), or the previous
+        // checkpoint's copy if the base has moved since.
+        let from = if base.source.exists() {
             base.source.as_path()
         } else {
             dir

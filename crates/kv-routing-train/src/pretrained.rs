@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use kv_routing::{CachePlan, RoutedTransformer, RoutedTransformerConfig};
 use kv_routing_hf::{
-    is_hf_checkpoint, load_pretrained, save_pretrained, ExportOptions, HfConfig, HfTokenizer,
-    LoadOptions, RoutingMetadata, ROUTING_METADATA_VERSION,
+    is_gguf_file, is_pretrained, load_pretrained, save_pretrained, ExportOptions, HfConfig,
+    HfTokenizer, LoadOptions, RoutingMetadata, ROUTING_METADATA_VERSION, TOKENIZER_FILE,
 };
 use serde::{Deserialize, Serialize};
 
@@ -54,10 +54,20 @@ impl<B: Backend> LoadedModel<B> {
     }
 }
 
-/// Loads the model in `dir`: a Hugging Face checkpoint when `dir` has `config.json` and
-/// safetensors weights, else a training checkpoint.
+/// The file holding the tokenizer of the model at `path`: the GGUF file itself, or the
+/// directory's `tokenizer.json` if it has one.
+pub fn tokenizer_file(path: &Path) -> Option<PathBuf> {
+    if is_gguf_file(path) {
+        return Some(path.to_path_buf());
+    }
+    let file = path.join(TOKENIZER_FILE);
+    file.is_file().then_some(file)
+}
+
+/// Loads the model at `dir`: a Hugging Face checkpoint when `dir` has `config.json` and
+/// safetensors weights, a GGUF file, else a training checkpoint.
 pub fn load_model_dir<B: Backend>(dir: &Path, device: &B::Device) -> Result<LoadedModel<B>> {
-    if is_hf_checkpoint(dir) {
+    if is_pretrained(dir) {
         let loaded = load_pretrained::<B>(dir, &LoadOptions::default(), device)?;
         return Ok(LoadedModel {
             model: loaded.model,

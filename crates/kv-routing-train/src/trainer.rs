@@ -12,7 +12,7 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ElementConversion;
 use indicatif::{ProgressBar, ProgressStyle};
 use kv_routing::{CachePlan, RoutedTransformer, StochasticRouter};
-use kv_routing_hf::{is_hf_checkpoint, load_pretrained, LoadOptions, TOKENIZER_FILE};
+use kv_routing_hf::{is_pretrained, load_pretrained, LoadOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{load_model, load_optimizer, load_state, save_checkpoint, TrainState};
@@ -95,14 +95,14 @@ fn fresh_state(config: &TrainConfig) -> Result<TrainState> {
     })
 }
 
-/// A text corpus without a tokenizer is tokenized with the `tokenizer.json` of the checkpoint
-/// in `dir` (a Hugging Face checkpoint, or a run that started from one), when it has one.
-fn tokenized_with_tokenizer_of(data: &DataSource, dir: &Path) -> DataSource {
+/// A text corpus without a tokenizer is tokenized with the tokenizer of the checkpoint at
+/// `path` (a Hugging Face checkpoint or GGUF file, or a run that started from one), when it has
+/// one.
+fn tokenized_with_tokenizer_of(data: &DataSource, path: &Path) -> DataSource {
     let mut data = data.clone();
     if let DataSource::TextFile { tokenizer, .. } = &mut data {
-        let file = dir.join(TOKENIZER_FILE);
-        if tokenizer.is_none() && file.is_file() {
-            *tokenizer = Some(file);
+        if tokenizer.is_none() {
+            *tokenizer = crate::pretrained::tokenizer_file(path);
         }
     }
     data
@@ -129,7 +129,7 @@ pub fn train<B: AutodiffBackend>(
             (load_state(&checkpoint)?, model, saved)
         }
         Start::InitFrom(source) => {
-            let (model_config, base, model) = if is_hf_checkpoint(source) {
+            let (model_config, base, model) = if is_pretrained(source) {
                 let loaded = load_pretrained::<B>(source, &LoadOptions::default(), device)?;
                 let base = PretrainedBase {
                     source: std::path::absolute(source).map_err(|e| TrainError::io(source, e))?,
