@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import platform
 import sys
 import time
@@ -270,9 +271,19 @@ def self_test(m: RoutedLlama) -> bool:
     return ok
 
 
+def load_model(path: str, dtype: torch.dtype) -> Any:
+    """A Hugging Face checkpoint directory, or a GGUF file (dequantized by transformers)."""
+    p = pathlib.Path(path)
+    if p.is_file() and p.suffix == ".gguf":
+        model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return model.eval()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", required=True, help="Hugging Face checkpoint directory")
+    ap.add_argument("--model", required=True, help="Hugging Face checkpoint directory or GGUF file")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dtype", choices=sorted(DTYPES), default="f32")
     ap.add_argument("--self-test", action="store_true", help="run the correctness checks (f32)")
@@ -288,7 +299,7 @@ def main() -> int:
     dtype_name = "f32" if args.self_test else args.dtype
     if args.self_test and args.dtype != "f32":
         print("--self-test runs in f32", file=sys.stderr)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=DTYPES[dtype_name]).eval()
+    model = load_model(args.model, DTYPES[dtype_name])
     with torch.inference_mode():
         m = RoutedLlama(model)
         if args.self_test:

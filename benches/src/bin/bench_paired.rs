@@ -7,16 +7,27 @@
 //! variant once, in an order rotated per round, and the ratio is taken inside the round; the
 //! table reports the median of the per-round ratios and their range.
 //!
+//! The `peer` group compares this library with PyTorch eager running the same routed forward
+//! on a real checkpoint (`--model`, a Hugging Face directory or a GGUF file), each round timing
+//! both: `benches/real-model/torch_peer.py` runs as a subprocess in a Python environment with
+//! torch and transformers (`--python`). Before timing, both compute the logits of the same
+//! prompts under the full and a shared plan, and the differences are printed.
+//!
 //! ```text
 //! cargo run --release -p kv-routing-benches --bin bench-paired -- --rounds 9 [--groups decode,prefill,train,capacity]
 //! KV_BENCH_SIZES=tiny cargo run --release -p kv-routing-benches --bin bench-paired --no-default-features --features wgpu
+//! cargo run --release -p kv-routing-benches --bin bench-paired -- --groups peer --model SmolLM2.gguf --python ~/venv/bin/python
 //! ```
 
+use std::path::PathBuf;
 use std::time::Instant;
 
-use kv_routing::{CachePlan, RoutedTransformer};
+use kv_routing::{logits_rows, CachePlan, RoutedTransformer, Sampler};
 use kv_routing_backend::{device, AutodiffBackend, Backend, Device, NAME};
+use kv_routing_benches::peer::{Peer, PEER_SCRIPT};
 use kv_routing_benches::*;
+use rand::SeedableRng;
+use serde_json::json;
 
 /// Seconds of each variant (index) in each round.
 struct Rounds {
@@ -206,6 +217,167 @@ fn train_rounds(size: &ModelSize, rounds: usize) {
     }
 }
 
+/// What the `peer` group runs against.
+struct PeerSettings {
+    model: PathBuf,
+    python: String,
+    threads: usize,
+    dtype: String,
+}
+
+/// Decode and prefill of a real checkpoint, this library against the PyTorch peer, interleaved.
+fn peer_rounds(settings: &PeerSettings, rounds: usize) {
+    let device = device();
+    let loaded = kv_routing_train::pretrained::load_model_dir::<Backend>(&settings.model, &device)
+        .unwrap_or_else(|e| panic!("loading {}: {e}", settings.model.display()));
+    let model = &loaded.model;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(PEER_SCRIPT);
+    let mut peer = Peer::start(
+        &settings.python,
+        &script,
+        &settings.model,
+        settings.threads,
+        &settings.dtype,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    println!(
+        "Model: {} ({} layers); peer: {}; this library: {NAME}, {} threads.\n",
+        settings.model.display(),
+        model.n_layers(),
+        peer.describe(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let compared: Vec<(&str, CachePlan)> = plans(model.n_layers())
+        .into_iter()
+        .filter(|(name, _)| ["full", "every2", "every4"].contains(name))
+        .collect();
+    println!("### Same function: logits of 2 prompts of 32 tokens, then 8 greedy tokens\n");
+    println!("| plan | max abs logit difference | greedy tokens equal |");
+    println!("|---|---|---|");
+    for (name, plan) in &compared {
+        let (difference, same) = agreement(model, plan, &mut peer);
+        println!("| {name} | {difference:.2e} | {same} |");
+    }
+    println!("\n### Decode: tokens/s, this library vs PyTorch eager, ratio per round\n");
+    println!("| batch | context | plan | kv-routing tok/s | PyTorch tok/s | speed vs PyTorch (median) | range |");
+    println!("|---|---|---|---|---|---|---|");
+    for batch in DECODE_BATCHES {
+        for context in [1024, 4096] {
+            for (name, plan) in &compared {
+                let request = json!({"op": "decode", "batch": batch, "context": context,
+                    "plan": plan.cached_layers(), "steps": DECODE_STEPS, "warmup": 0});
+                let result = Rounds::run(vec!["ours".into(), "peer".into()], rounds, |v| {
+                    if v == 0 {
+                        time_decode(model, plan, batch, context, &device)
+                    } else {
+                        peer_seconds(&mut peer, &request)
+                    }
+                });
+                let (ours, theirs, speed, low, high) = versus_peer(&result);
+                let tokens = (batch * DECODE_STEPS) as f64;
+                println!(
+                    "| {batch} | {context} | {name} | {:.1} | {:.1} | {speed:.2}x | {low:.2}-{high:.2} |",
+                    tokens / ours,
+                    tokens / theirs,
+                );
+            }
+        }
+    }
+    println!(
+        "\n### Time to first token (batch 1), this library vs PyTorch eager, ratio per round\n"
+    );
+    println!("| prompt | plan | kv-routing | PyTorch | speed vs PyTorch (median) | range |");
+    println!("|---|---|---|---|---|---|");
+    for len in PREFILL_LENGTHS {
+        for (name, plan) in &compared {
+            let prompt = synthetic_tokens(1, len, model.vocab_size());
+            let request = json!({"op": "prefill", "batch": 1, "length": len,
+                "plan": plan.cached_layers(), "repeats": 1});
+            let result = Rounds::run(vec!["ours".into(), "peer".into()], rounds, |v| {
+                if v == 0 {
+                    timed(|| {
+                        let mut cache = model.new_cache(1, len, plan.route()).unwrap();
+                        sync(model.forward_cached_last(&prompt, &mut cache).unwrap());
+                    })
+                } else {
+                    peer_seconds(&mut peer, &request)
+                }
+            });
+            let (ours, theirs, speed, low, high) = versus_peer(&result);
+            println!(
+                "| {len} | {name} | {:.0} ms | {:.0} ms | {speed:.2}x | {low:.2}-{high:.2} |",
+                ours * 1e3,
+                theirs * 1e3,
+            );
+        }
+    }
+    println!();
+}
+
+/// (our median seconds, the peer's, and our speed relative to the peer: the median of the
+/// per-round time ratios peer / ours, with their lowest and highest).
+fn versus_peer(rounds: &Rounds) -> (f64, f64, f64, f64, f64) {
+    let summary = rounds.summary();
+    // `summary` ratios are variant 0's time over the variant's: ours / peer, so invert.
+    let (_, peer_seconds, ratio, low, high) = summary[1].clone();
+    (
+        summary[0].1,
+        peer_seconds,
+        1.0 / ratio,
+        1.0 / high,
+        1.0 / low,
+    )
+}
+
+/// Seconds the peer reports for `request` (its own clock, around the timed part only).
+fn peer_seconds(peer: &mut Peer, request: &serde_json::Value) -> f64 {
+    let reply = peer.request(request).unwrap_or_else(|e| panic!("{e}"));
+    match &reply["seconds"] {
+        serde_json::Value::Array(times) => times.iter().filter_map(|t| t.as_f64()).sum(),
+        seconds => seconds.as_f64().expect("seconds in the reply"),
+    }
+}
+
+/// Largest logit difference between this library and the peer on the same prompts under
+/// `plan` (cached prefill), and whether their greedy continuations agree.
+fn agreement(model: &RoutedTransformer<Backend>, plan: &CachePlan, peer: &mut Peer) -> (f64, bool) {
+    const NEW: usize = 8;
+    let prompts = synthetic_tokens(2, 32, model.vocab_size());
+    let reply = peer
+        .request(
+            &json!({"op": "logits", "tokens": prompts, "plan": plan.cached_layers(),
+            "decode": NEW}),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut cache = model.new_cache(2, 32 + NEW, plan.route()).unwrap();
+    let rows = logits_rows(model.forward_cached_last(&prompts, &mut cache).unwrap()).unwrap();
+    let mut difference = 0.0f64;
+    for (row, theirs) in rows.iter().zip(reply["prefill_last"].as_array().unwrap()) {
+        for (a, b) in row.iter().zip(theirs.as_array().unwrap()) {
+            difference = difference.max((*a as f64 - b.as_f64().unwrap()).abs());
+        }
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut greedy: Vec<Vec<u32>> = vec![Vec::new(); 2];
+    let mut rows = rows;
+    for step in 0..NEW {
+        let next: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|row| vec![Sampler::Greedy.sample(row, &mut rng)])
+            .collect();
+        for (sequence, token) in next.iter().enumerate() {
+            greedy[sequence].push(token[0]);
+        }
+        if step + 1 < NEW {
+            rows = logits_rows(model.forward_cached_last(&next, &mut cache).unwrap()).unwrap();
+        }
+    }
+    let theirs: Vec<Vec<u32>> = serde_json::from_value(reply["greedy"].clone()).unwrap();
+    (difference, greedy == theirs)
+}
+
 /// (busy, steal) jiffies of all CPUs so far, from /proc/stat.
 fn cpu_jiffies() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
@@ -222,9 +394,18 @@ fn cpu_jiffies() -> Option<(u64, u64)> {
 fn main() {
     let mut rounds = 9;
     let mut groups = "decode,prefill,train".to_string();
-    const GROUPS: [&str; 4] = ["decode", "prefill", "train", "capacity"];
+    let mut peer = PeerSettings {
+        model: PathBuf::new(),
+        python: "python3".into(),
+        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        dtype: "f32".into(),
+    };
+    const GROUPS: [&str; 5] = ["decode", "prefill", "train", "capacity", "peer"];
     let usage = || -> ! {
-        eprintln!("usage: bench-paired [--rounds N>0] [--groups decode,prefill,train,capacity]");
+        eprintln!(
+            "usage: bench-paired [--rounds N>0] [--groups decode,prefill,train,capacity,peer]\n\
+             \x20      [--model CHECKPOINT_DIR_OR_GGUF --python PYTHON --threads N] (the peer group)"
+        );
         std::process::exit(2);
     };
     let mut args = std::env::args().skip(1);
@@ -235,10 +416,21 @@ fn main() {
             }
             // A misspelt group would otherwise run nothing and print empty tables.
             ("--groups", Some(g)) if g.split(',').all(|w| GROUPS.contains(&w.trim())) => groups = g,
+            ("--model", Some(path)) => peer.model = path.into(),
+            ("--python", Some(python)) => peer.python = python,
+            ("--threads", Some(n)) if n.parse::<usize>().is_ok_and(|n| n > 0) => {
+                peer.threads = n.parse().unwrap()
+            }
             _ => usage(),
         }
     }
     let wants = |g: &str| groups.split(',').any(|w| w.trim() == g);
+    if wants("peer") && peer.model.as_os_str().is_empty() {
+        eprintln!(
+            "the peer group needs --model (a Hugging Face checkpoint directory or a GGUF file)"
+        );
+        usage();
+    }
     let device = device();
     let start = cpu_jiffies();
     println!("## Interleaved ratios ({NAME}, {rounds} rounds)\n");
@@ -285,6 +477,10 @@ fn main() {
             capacity_rounds(&size, &model, rounds);
         }
         println!();
+    }
+    if wants("peer") {
+        println!("## This library vs PyTorch eager on a real checkpoint ({rounds} rounds)\n");
+        peer_rounds(&peer, rounds);
     }
     if let (Some((busy0, steal0)), Some((busy1, steal1))) = (start, cpu_jiffies()) {
         let busy = (busy1 - busy0) as f64;

@@ -337,7 +337,19 @@ impl<B: Backend> RoutedTransformer<B> {
         let normed = self.norm.forward(hidden);
         match &self.lm_head {
             Some(head) => head.forward(normed),
-            None => normed.matmul(self.embedding.weight.val().transpose().unsqueeze()),
+            None => {
+                // A rank-2 product with the transposed embedding *view*: backends multiply by
+                // its strides as they are. Raising the view's rank instead (`unsqueeze`) made
+                // flex copy the whole `[vocab, d_model]` matrix on every call.
+                let mut dims = normed.dims();
+                let d_model = dims[D - 1];
+                let rows = dims[..D - 1].iter().product();
+                let logits = normed
+                    .reshape([rows, d_model])
+                    .matmul(self.embedding.weight.val().transpose());
+                dims[D - 1] = self.vocab_size;
+                logits.reshape(dims)
+            }
         }
     }
 
