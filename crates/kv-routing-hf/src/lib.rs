@@ -30,6 +30,7 @@ pub use gguf::is_gguf_file;
 pub use hf_config::{Architecture, HfConfig};
 pub use load::{
     is_hf_checkpoint, is_pretrained, load_pretrained, LoadOptions, PretrainedModel, CONFIG_FILE,
+    MAX_POSITIONS,
 };
 pub use routing_metadata::{RoutingMetadata, ROUTING_METADATA_VERSION};
 pub use safetensors_files::{SafetensorsFiles, INDEX_FILE, SINGLE_FILE};

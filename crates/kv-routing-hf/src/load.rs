@@ -18,6 +18,11 @@ use crate::tokenizer::HfTokenizer;
 /// Name of the model configuration in a checkpoint directory.
 pub const CONFIG_FILE: &str = "config.json";
 
+/// Longest context a checkpoint may ask for (its rotary tables are allocated at load): 16M
+/// positions, far beyond released models (Llama 3.1: 128K), so a larger value is taken for a
+/// corrupted configuration.
+pub const MAX_POSITIONS: usize = 1 << 24;
+
 /// How to load a checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadOptions {
@@ -60,6 +65,8 @@ trait TensorSource {
     fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
     /// The file holding tensor `name`, for messages.
     fn file_of(&self, name: &str) -> String;
+    /// Values held by all tensors together.
+    fn total_values(&self) -> usize;
 }
 
 impl TensorSource for SafetensorsFiles {
@@ -75,6 +82,10 @@ impl TensorSource for SafetensorsFiles {
         SafetensorsFiles::file_of(self, name)
             .map(|p| p.display().to_string())
             .unwrap_or_default()
+    }
+
+    fn total_values(&self) -> usize {
+        SafetensorsFiles::total_values(self)
     }
 }
 
@@ -93,6 +104,10 @@ impl TensorSource for GgufCheckpoint {
             self.file().path().display(),
             self.gguf_name(name).unwrap_or(name)
         )
+    }
+
+    fn total_values(&self) -> usize {
+        self.file().tensors().values().map(|t| t.n_values()).sum()
     }
 }
 
@@ -130,6 +145,24 @@ fn load_from<B: Backend>(
     device: &B::Device,
 ) -> Result<PretrainedModel<B>> {
     let model_config = hf_config.model_config(options.max_seq_len)?;
+    // The configuration decides what is allocated: check it against the weights first.
+    let held = source.total_values();
+    match model_config.parameter_count() {
+        Some(needed) if needed <= held => {}
+        needed => {
+            return Err(HfError::Unsupported(format!(
+                "the configuration describes a model of {} parameters, but the checkpoint holds {held} values",
+                needed.map_or_else(|| "more than usize::MAX".into(), |n| n.to_string())
+            )))
+        }
+    }
+    if model_config.max_seq_len > MAX_POSITIONS {
+        return Err(HfError::Unsupported(format!(
+            "a context of {} positions (the rotary tables would need {} bytes); load with LoadOptions::max_seq_len <= {MAX_POSITIONS}",
+            model_config.max_seq_len,
+            model_config.max_seq_len.saturating_mul(model_config.attention_config().resolved_head_dim()).saturating_mul(4)
+        )));
+    }
     let mut model = model_config.init::<B>(device)?;
     let expected = parameter_names(&model);
 

@@ -112,6 +112,15 @@ impl SafetensorsFiles {
         self.location.keys().map(String::as_str)
     }
 
+    /// Values held by all tensors together.
+    pub fn total_values(&self) -> usize {
+        self.location
+            .iter()
+            .filter_map(|(name, &f)| self.files[f].metadata.info(name))
+            .map(|info| info.shape.iter().product::<usize>())
+            .sum()
+    }
+
     /// The file holding tensor `name`, for messages.
     pub fn file_of(&self, name: &str) -> Option<&Path> {
         self.location

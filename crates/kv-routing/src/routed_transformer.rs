@@ -109,6 +109,42 @@ impl RoutedTransformerConfig {
         self.attention_config().validate()
     }
 
+    /// Number of parameters the model has, computed from the configuration alone (`None` if it
+    /// overflows `usize`). Loaders compare it with the values a checkpoint holds before
+    /// allocating anything, so a corrupted configuration cannot ask for an absurd model.
+    pub fn parameter_count(&self) -> Option<usize> {
+        let attention = self.attention_config();
+        let head_dim = attention.resolved_head_dim();
+        let (h, f) = (self.d_model, self.d_ff);
+        let q = self.n_heads.checked_mul(head_dim)?;
+        let kv = attention.kv_heads().checked_mul(head_dim)?;
+        let matrices = [
+            h.checked_mul(q)?,
+            h.checked_mul(kv)?.checked_mul(2)?,
+            q.checked_mul(h)?,
+        ];
+        let mut block = matrices
+            .into_iter()
+            .try_fold(h.checked_mul(f)?.checked_mul(3)?, usize::checked_add)?
+            .checked_add(2 * h)?;
+        if self.qkv_bias {
+            block = block.checked_add(q)?.checked_add(2 * kv)?;
+        }
+        if self.output_bias {
+            block = block.checked_add(h)?;
+        }
+        if self.qk_norm {
+            block = block.checked_add(2 * head_dim)?;
+        }
+        let embedding = self.vocab_size.checked_mul(h)?;
+        let head = if self.tie_embeddings { 0 } else { embedding };
+        block
+            .checked_mul(self.n_layers)?
+            .checked_add(embedding)?
+            .checked_add(head)?
+            .checked_add(h)
+    }
+
     /// The configuration of every block's attention.
     pub fn attention_config(&self) -> StochasticKvAttentionConfig {
         StochasticKvAttentionConfig::new(self.d_model, self.n_heads)

@@ -1,0 +1,599 @@
+//! GGUF files written by the tests: every supported tensor type dequantizes as llama.cpp's own
+//! Python package does, models of every type and family load and match the independent f64
+//! reference, both tokenizer kinds work, damaged files are errors; and, when
+//! `KV_ROUTING_SMOLLM2_GGUF` names the real SmolLM2-135M-Instruct Q4_1 file, greedy text and
+//! logits match figures stored from `transformers`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use kv_routing::{CachePlan, GenerationConfig, Route, RoutedTransformer, StochasticRouter};
+use kv_routing_hf::gguf::{dequantize::dequantize, GgmlType, GgufFile};
+use kv_routing_hf::{
+    load_pretrained, save_pretrained, ExportOptions, HfError, HfTokenizer, LoadOptions,
+};
+use serde_json::Value;
+use support::checkpoint_builder::{Spec, Tensors};
+use support::gguf_writer::{
+    add_byte_level_tokenizer, byte_level_char, gguf_model, GgufWriter, Meta,
+};
+use support::hf_reference::HfReference;
+
+type F64 = burn_ndarray::NdArray<f64>;
+type Flex = burn_flex::Flex;
+
+/// As in `checkpoints.rs`: burn's RmsNorm squares in f32 even on the f64 backend (about 2e-8
+/// relative per norm). The 256-wide models of the k-quant test accumulate more of it (up to
+/// 6e-5 seen); a mapping, dequantization or row-order mistake is off by O(1).
+const F64_TOLERANCE: f64 = 2e-5;
+const WIDE_TOLERANCE: f64 = 2e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn routes(n_layers: usize) -> Vec<Route> {
+    vec![
+        CachePlan::full(n_layers).unwrap().route(),
+        CachePlan::every_kth(n_layers, 2).unwrap().route(),
+        StochasticRouter::new(n_layers, 1.0, 3)
+            .unwrap()
+            .route_for_step(0),
+    ]
+}
+
+fn tokens() -> Vec<u32> {
+    vec![3, 17, 5, 40, 0, 22, 9, 9, 31, 12, 1, 38]
+}
+
+fn logits<B: Backend>(model: &RoutedTransformer<B>, route: &Route) -> Vec<f64> {
+    model
+        .forward(&[tokens()], route)
+        .unwrap()
+        .into_data()
+        .iter::<f64>()
+        .collect()
+}
+
+/// Checks the model loaded from `path` against the f64 reference on `tensors` under every route.
+fn assert_matches_reference(
+    path: &Path,
+    spec: &Spec,
+    tensors: &Tensors,
+    tolerance: f64,
+    context: &str,
+) {
+    let device = Default::default();
+    let loaded = load_pretrained::<F64>(path, &LoadOptions::default(), &device)
+        .unwrap_or_else(|e| panic!("{context}: {e}"));
+    let config = spec.config_json();
+    let reference = HfReference::new(&config, tensors);
+    for route in routes(spec.layers) {
+        let sources: Vec<usize> = (0..spec.layers).map(|l| route.source_of(l)).collect();
+        let expected: Vec<f64> = reference
+            .logits(&tokens(), &sources)
+            .into_iter()
+            .flatten()
+            .collect();
+        let actual = logits(&loaded.model, &route);
+        for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
+            assert!(
+                (a - e).abs() <= tolerance * (1.0 + e.abs()),
+                "{context}, route {route}: logit {i}: {a} vs reference {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn dequantizers_match_llama_cpps_gguf_py_on_random_blocks() {
+    let text = std::fs::read_to_string(fixture("gguf_quant_blocks.json")).unwrap();
+    let fixture: Value = serde_json::from_str(&text).unwrap();
+    let mut checked = Vec::new();
+    for case in fixture["types"].as_array().unwrap() {
+        let ty = GgmlType(case["id"].as_u64().unwrap() as u32);
+        let hex = case["bytes"].as_str().unwrap();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let expected: Vec<f64> = case["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let actual = dequantize(ty, &bytes, expected.len()).unwrap();
+        for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
+            assert!(
+                (*a as f64 - e).abs() <= 1e-6 * (1.0 + e.abs()),
+                "{ty}: value {i}: {a} vs gguf-py {e}"
+            );
+        }
+        checked.push(ty);
+    }
+    for ty in GgmlType::SUPPORTED {
+        if ty != GgmlType::F32 {
+            assert!(checked.contains(&ty), "{ty} is not in the fixture");
+        }
+    }
+}
+
+/// Rows of 256 values, as the k-quants need.
+fn wide_llama() -> Spec {
+    Spec {
+        vocab: 41,
+        hidden: 256,
+        intermediate: 256,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 64,
+        ..Spec::llama()
+    }
+}
+
+#[test]
+fn llama_models_of_every_tensor_type_match_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = wide_llama();
+    for ty in GgmlType::SUPPORTED {
+        let (writer, tensors) = gguf_model(&spec, ty, 11);
+        let path = write(dir.path(), &format!("{ty}.gguf"), &writer.to_bytes());
+        let context = format!("llama, matrices {ty}");
+        assert_matches_reference(&path, &spec, &tensors, WIDE_TOLERANCE, &context);
+    }
+}
+
+#[test]
+fn every_family_matches_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    // Rows of 32 and 64 values: whole blocks of the 32-value formats.
+    let small = Spec {
+        intermediate: 64,
+        ..Spec::llama()
+    };
+    let families = [
+        (
+            "llama with attention biases (permuted q/k biases), Q8_0",
+            Spec {
+                attention_bias: true,
+                ..small.clone()
+            },
+            GgmlType::Q8_0,
+        ),
+        (
+            "llama MQA, tied embeddings, F16",
+            Spec {
+                kv_heads: 1,
+                tie: true,
+                ..small.clone()
+            },
+            GgmlType::F16,
+        ),
+        (
+            "qwen2 (q/k/v bias, rows unpermuted), tied, Q4_0",
+            Spec {
+                model_type: "qwen2",
+                tie: true,
+                ..small.clone()
+            },
+            GgmlType::Q4_0,
+        ),
+        (
+            "qwen3 (q/k norm, head_dim 12), BF16",
+            Spec {
+                model_type: "qwen3",
+                head_dim: 12,
+                ..small.clone()
+            },
+            GgmlType::BF16,
+        ),
+    ];
+    for (name, spec, ty) in families {
+        let (writer, tensors) = gguf_model(&spec, ty, 5);
+        let path = write(dir.path(), "model.gguf", &writer.to_bytes());
+        assert_matches_reference(&path, &spec, &tensors, F64_TOLERANCE, name);
+    }
+}
+
+#[test]
+fn a_gguf_model_loads_on_flex_and_exports_to_hugging_face_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = wide_llama();
+    let (writer, _) = gguf_model(&spec, GgmlType::Q4_K, 2);
+    let path = write(dir.path(), "model.gguf", &writer.to_bytes());
+    let device = Default::default();
+    let loaded = load_pretrained::<Flex>(&path, &LoadOptions::default(), &device).unwrap();
+    assert_eq!(loaded.hf_config.model_type, "llama");
+    assert_eq!(loaded.hf_config.extra["eos_token_id"], 0);
+    let out = dir.path().join("exported");
+    save_pretrained(
+        &loaded.model,
+        &loaded.model_config,
+        Some(&loaded.hf_config),
+        &out,
+        &ExportOptions {
+            copy_files_from: Some(path.clone()),
+            ..ExportOptions::default()
+        },
+    )
+    .unwrap();
+    assert!(out.join("tokenizer.json").is_file());
+    let reloaded = load_pretrained::<Flex>(&out, &LoadOptions::default(), &device).unwrap();
+    let route = CachePlan::every_kth(spec.layers, 2).unwrap().route();
+    assert_eq!(
+        logits(&loaded.model, &route),
+        logits(&reloaded.model, &route)
+    );
+    let prompt = loaded.tokenizer.as_ref().unwrap().encode("abc").unwrap();
+    let settings = GenerationConfig {
+        max_new_tokens: 6,
+        ..GenerationConfig::default()
+    };
+    assert_eq!(
+        loaded
+            .model
+            .generate(&[prompt.clone()], &route, &settings)
+            .unwrap(),
+        reloaded
+            .model
+            .generate(&[prompt], &route, &settings)
+            .unwrap()
+    );
+}
+
+/// A tokenizer-only GGUF file.
+fn tokenizer_file(dir: &Path, writer: &GgufWriter) -> HfTokenizer {
+    let path = write(dir, "tokenizer.gguf", &writer.to_bytes());
+    HfTokenizer::from_file(&path).unwrap()
+}
+
+#[test]
+fn byte_level_tokenizer_from_metadata_merges_splits_digits_and_keeps_control_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    // Every byte, then merged tokens: "Ġt", "he", "Ġthe", and "12" (which the smollm split
+    // must never produce: it isolates digits).
+    let mut tokens: Vec<String> = vec!["<|im_end|>".into()];
+    tokens.extend((0..=255u8).map(|b| byte_level_char(b).to_string()));
+    let space = byte_level_char(b' ');
+    let merged = [
+        format!("{space}t"),
+        "he".into(),
+        format!("{space}the"),
+        "12".into(),
+    ];
+    tokens.extend(merged.iter().cloned());
+    let merges = vec![
+        format!("{space} t"),
+        "h e".to_string(),
+        format!("{space}t he"),
+        "1 2".to_string(),
+    ];
+    let mut types = vec![3];
+    types.extend(std::iter::repeat_n(1, tokens.len() - 1));
+    let id = |t: &str| tokens.iter().position(|x| x == t).unwrap() as u32;
+    let mut writer = GgufWriter::default();
+    writer
+        .meta("tokenizer.ggml.model", Meta::Str("gpt2".into()))
+        .meta("tokenizer.ggml.pre", Meta::Str("smollm".into()))
+        .meta("tokenizer.ggml.tokens", Meta::Strs(tokens.clone()))
+        .meta("tokenizer.ggml.token_type", Meta::I32s(types.clone()))
+        .meta("tokenizer.ggml.merges", Meta::Strs(merges.clone()))
+        .meta("tokenizer.ggml.eos_token_id", Meta::U32(0));
+    let tokenizer = tokenizer_file(dir.path(), &writer);
+    let text = "a the 12<|im_end|>";
+    let ids = tokenizer.encode(text).unwrap();
+    let expected = vec![
+        id("a"),
+        id(&format!("{space}the")),
+        id(&space.to_string()),
+        id("1"),
+        id("2"),
+        0,
+    ];
+    assert_eq!(
+        ids, expected,
+        "no BOS (add_bos_token defaults to false for gpt2)"
+    );
+    assert_eq!(tokenizer.decode(&ids).unwrap(), "a the 12");
+    assert_eq!(tokenizer.decode(&ids[..5]).unwrap(), "a the 12");
+
+    // The default (GPT-2) split merges digits, and add_bos_token prepends BOS.
+    writer.metadata.retain(|(k, _)| k != "tokenizer.ggml.pre");
+    writer
+        .meta("tokenizer.ggml.bos_token_id", Meta::U32(0))
+        .meta("tokenizer.ggml.add_bos_token", Meta::Bool(true));
+    let tokenizer = tokenizer_file(dir.path(), &writer);
+    assert_eq!(tokenizer.encode("12").unwrap(), vec![0, id("12")]);
+}
+
+#[test]
+fn sentencepiece_tokenizer_from_scores_prefers_high_scoring_pieces_and_falls_back_to_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+    let mut types = vec![2, 3, 3];
+    let mut scores = vec![0.0f32; 3];
+    for byte in 0..=255u8 {
+        tokens.push(format!("<0x{byte:02X}>"));
+        types.push(6);
+        scores.push(0.0);
+    }
+    // Pieces with SentencePiece scores (higher merges first): "▁hello" is reachable through
+    // "▁h" + "ello" ("▁he" + "llo" scores lower), "▁" alone encodes spaces.
+    for (piece, score) in [
+        ("▁", -1.0),
+        ("h", -2.0),
+        ("e", -2.0),
+        ("l", -2.0),
+        ("o", -2.0),
+        ("▁h", -3.0),
+        ("ll", -3.5),
+        ("llo", -4.0),
+        ("ello", -4.5),
+        ("▁he", -6.0),
+        ("▁hello", -5.0),
+    ] {
+        tokens.push(piece.into());
+        types.push(1);
+        scores.push(score);
+    }
+    let id = |t: &str| tokens.iter().position(|x| x == t).unwrap() as u32;
+    let mut writer = GgufWriter::default();
+    writer
+        .meta("tokenizer.ggml.model", Meta::Str("llama".into()))
+        .meta("tokenizer.ggml.tokens", Meta::Strs(tokens.clone()))
+        .meta("tokenizer.ggml.token_type", Meta::I32s(types))
+        .meta("tokenizer.ggml.scores", Meta::F32s(scores))
+        .meta("tokenizer.ggml.bos_token_id", Meta::U32(1))
+        .meta("tokenizer.ggml.eos_token_id", Meta::U32(2))
+        .meta("tokenizer.ggml.unknown_token_id", Meta::U32(0));
+    let tokenizer = tokenizer_file(dir.path(), &writer);
+    let ids = tokenizer.encode("hello hi").unwrap();
+    // BOS by default; "hi": "▁h" then the byte 'i' (0x69), which has no piece.
+    assert_eq!(
+        ids,
+        vec![1, id("▁hello"), id("▁h"), id("<0x69>")],
+        "{:?}",
+        ids.iter().map(|&i| &tokens[i as usize]).collect::<Vec<_>>()
+    );
+    assert_eq!(tokenizer.decode(&ids).unwrap(), "hello hi");
+}
+
+/// A small valid model file to damage.
+fn valid_file() -> Vec<u8> {
+    let spec = Spec {
+        intermediate: 64,
+        ..Spec::llama()
+    };
+    gguf_model(&spec, GgmlType::Q8_0, 1).0.to_bytes()
+}
+
+fn open_error(dir: &Path, bytes: &[u8]) -> HfError {
+    let path = write(dir, "damaged.gguf", bytes);
+    match load_pretrained::<Flex>(&path, &LoadOptions::default(), &Default::default()) {
+        Ok(_) => panic!("a damaged file loaded"),
+        Err(error) => error,
+    }
+}
+
+#[test]
+fn truncated_files_are_errors_at_every_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = valid_file();
+    let header_end = {
+        let path = write(dir.path(), "valid.gguf", &bytes);
+        let file = GgufFile::open(&path).unwrap();
+        file.tensors().values().map(|t| t.start).min().unwrap()
+    };
+    // Every length through the header, then every 97th byte of the data.
+    let lengths = (4..header_end).chain((header_end..bytes.len()).step_by(97));
+    for len in lengths {
+        let error = open_error(dir.path(), &bytes[..len]);
+        assert!(
+            matches!(error, HfError::Gguf { .. }),
+            "length {len}: {error}"
+        );
+    }
+}
+
+#[test]
+fn corrupted_headers_are_errors_or_load_but_never_panic() {
+    use rand::{RngExt, SeedableRng};
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = valid_file();
+    let path = write(dir.path(), "valid.gguf", &bytes);
+    let header_end = GgufFile::open(&path)
+        .unwrap()
+        .tensors()
+        .values()
+        .map(|t| t.start)
+        .min()
+        .unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    for _ in 0..300 {
+        let mut damaged = bytes.clone();
+        for _ in 0..rng.random_range(1..4) {
+            let at = rng.random_range(4..header_end);
+            damaged[at] ^= 1 << rng.random_range(0..8);
+        }
+        let path = write(dir.path(), "flipped.gguf", &damaged);
+        // Any outcome but a panic (the test would fail) or an abort on a huge allocation. The
+        // context is bounded by the caller: a flipped context_length may ask for up to
+        // MAX_POSITIONS positions of rotary tables, which is legal but slow.
+        let options = LoadOptions {
+            max_seq_len: Some(64),
+        };
+        let _ = load_pretrained::<Flex>(&path, &options, &Default::default());
+    }
+}
+
+/// The byte offset of the first occurrence of `needle` in `haystack`.
+fn find(haystack: &[u8], needle: &[u8]) -> usize {
+    haystack
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap()
+}
+
+#[test]
+fn absurd_counts_dims_offsets_and_types_name_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = valid_file();
+    let message = |bytes: &[u8]| open_error(dir.path(), bytes).to_string();
+
+    let mut huge_count = bytes.clone();
+    huge_count[8..16].copy_from_slice(&(u64::MAX / 2).to_le_bytes());
+    assert!(
+        message(&huge_count).contains("tensor count"),
+        "{}",
+        message(&huge_count)
+    );
+
+    let mut huge_metadata = bytes.clone();
+    huge_metadata[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    assert!(message(&huge_metadata).contains("metadata count"));
+
+    // The first tensor entry: name, rank, dims... Make its first dim astronomically large.
+    let name = b"output_norm.weight";
+    let entry = find(&bytes, name) + name.len();
+    let mut huge_dim = bytes.clone();
+    huge_dim[entry + 4..entry + 12].copy_from_slice(&(1u64 << 62).to_le_bytes());
+    assert!(
+        message(&huge_dim).contains("output_norm.weight"),
+        "{}",
+        message(&huge_dim)
+    );
+
+    let offset_at = entry + 4 + 8 + 4;
+    let mut past_end = bytes.clone();
+    past_end[offset_at..offset_at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    assert!(
+        message(&past_end).contains("past the end"),
+        "{}",
+        message(&past_end)
+    );
+
+    let mut misaligned = bytes.clone();
+    misaligned[offset_at..offset_at + 8].copy_from_slice(&3u64.to_le_bytes());
+    assert!(message(&misaligned).contains("alignment"));
+
+    let mut iq = bytes.clone();
+    iq[entry + 12..entry + 16].copy_from_slice(&16u32.to_le_bytes());
+    let error = message(&iq);
+    assert!(
+        error.contains("IQ2_XXS") && error.contains("output_norm.weight"),
+        "{error}"
+    );
+
+    let mut unknown_type = bytes.clone();
+    unknown_type[entry + 12..entry + 16].copy_from_slice(&9999u32.to_le_bytes());
+    assert!(message(&unknown_type).contains("type 9999"));
+
+    let mut version = bytes.clone();
+    version[4..8].copy_from_slice(&3u32.to_be_bytes());
+    assert!(message(&version).contains("big-endian"));
+
+    let key = b"general.architecture";
+    let value = find(&bytes, key) + key.len() + 4 + 8;
+    let mut gemma = bytes.clone();
+    gemma[value..value + 5].copy_from_slice(b"gemma");
+    assert!(message(&gemma).contains("gemma"));
+}
+
+#[test]
+fn a_string_or_array_longer_than_the_file_is_an_error_before_any_allocation() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut writer = GgufWriter::default();
+    add_byte_level_tokenizer(&mut writer, 8);
+    let bytes = writer.to_bytes();
+    let key = b"tokenizer.ggml.tokens";
+    let count_at = find(&bytes, key) + key.len() + 4 + 4;
+    let mut huge_array = bytes.clone();
+    huge_array[count_at..count_at + 8].copy_from_slice(&(u64::MAX / 4).to_le_bytes());
+    let path = write(dir.path(), "array.gguf", &huge_array);
+    let error = GgufFile::open(&path).unwrap_err().to_string();
+    assert!(error.contains("tokenizer.ggml.tokens"), "{error}");
+    let mut huge_key = bytes.clone();
+    huge_key[24..32].copy_from_slice(&(u64::MAX - 3).to_le_bytes());
+    let path = write(dir.path(), "key.gguf", &huge_key);
+    assert!(GgufFile::open(&path).is_err());
+}
+
+/// `KV_ROUTING_SMOLLM2_GGUF=/path/SmolLM2-135M-Instruct.Q4_1.gguf`: greedy text and logits of
+/// the real model match what `transformers` computed from the same file
+/// (`tests/fixtures/smollm2_transformers.json`, written by
+/// `benches/real-model/transformers_reference.py`).
+#[test]
+fn real_smollm2_gguf_matches_transformers() {
+    let Ok(path) = std::env::var("KV_ROUTING_SMOLLM2_GGUF") else {
+        eprintln!("KV_ROUTING_SMOLLM2_GGUF is not set: skipping the real-model check");
+        return;
+    };
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("smollm2_transformers.json")).unwrap(),
+    )
+    .unwrap();
+    let device = Default::default();
+    let loaded =
+        load_pretrained::<Flex>(Path::new(&path), &LoadOptions::default(), &device).unwrap();
+    let tokenizer = loaded.tokenizer.as_ref().unwrap();
+    for case in reference["cases"].as_array().unwrap() {
+        let prompt = case["prompt"].as_str().unwrap();
+        let ids = tokenizer.encode(prompt).unwrap();
+        let expected_ids: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
+        assert_eq!(ids, expected_ids, "tokens of {prompt:?}");
+        let full = CachePlan::full(loaded.model_config.n_layers)
+            .unwrap()
+            .route();
+        let last = loaded
+            .model
+            .forward(&[ids.clone()], &full)
+            .unwrap()
+            .slice([0..1, ids.len() - 1..ids.len()])
+            .into_data()
+            .iter::<f32>()
+            .collect::<Vec<f32>>();
+        for pair in case["last_logits_top"].as_array().unwrap() {
+            let (token, value) = (
+                pair[0].as_u64().unwrap() as usize,
+                pair[1].as_f64().unwrap(),
+            );
+            assert!(
+                (last[token] as f64 - value).abs() < 2e-3 * (1.0 + value.abs()),
+                "{prompt:?}: logit of token {token}: {} vs transformers {value}",
+                last[token]
+            );
+        }
+        let new: Vec<u32> = serde_json::from_value(case["greedy_ids"].clone()).unwrap();
+        let generation = loaded
+            .model
+            .generate(
+                &[ids],
+                &full,
+                &GenerationConfig {
+                    max_new_tokens: new.len(),
+                    ..GenerationConfig::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            generation.tokens[0], new,
+            "greedy continuation of {prompt:?}"
+        );
+        assert_eq!(
+            tokenizer.decode(&generation.tokens[0]).unwrap(),
+            case["greedy_text"].as_str().unwrap()
+        );
+    }
+}
