@@ -18,6 +18,7 @@ use kv_routing_train::data::Dataset;
 use kv_routing_train::evaluate::{evaluate_plans, EvalSettings};
 use kv_routing_train::plan_spec::parse_plan;
 use kv_routing_train::report::{format_table, ModelEvaluation};
+use kv_routing_train::tokenizer::TextCodec;
 use kv_routing_train::train_config::TrainConfig;
 use kv_routing_train::trainer::{checkpoint_dir, train, RunOptions, Start};
 
@@ -101,7 +102,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             steps: config.steps,
             backend: NAME.to_string(),
             settings,
-            plans: evaluate_plans(&model, &dataset, &plans, &settings)?,
+            plans: evaluate_plans(&model, &TextCodec::Bytes, &dataset, &plans, &settings)?,
         });
     }
     print!("{}", format_table(&evaluations));

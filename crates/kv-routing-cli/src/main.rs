@@ -10,6 +10,7 @@ use kv_routing_backend::{device, AutodiffBackend, Backend, NAME};
 use kv_routing_hf::{ExportDtype, ExportOptions};
 use kv_routing_train::data::{DataSource, Dataset};
 use kv_routing_train::evaluate::{evaluate_plans, EvalSettings};
+use kv_routing_train::passkey::PasskeyTask;
 use kv_routing_train::plan_spec::parse_plan;
 use kv_routing_train::plot::quality_vs_memory_svg;
 use kv_routing_train::pretrained::{export_model, load_model_dir, LoadedModel};
@@ -134,12 +135,24 @@ struct EvalArgs {
     /// compare models.
     #[arg(long, required = true)]
     checkpoint: Vec<PathBuf>,
-    /// Evaluate on this UTF-8 text file (tokenized with the model's tokenizer.json if it has
-    /// one) instead of each run's own data; Hugging Face checkpoints default to the synthetic
-    /// corpus.
+    /// Evaluate on this UTF-8 text file (tokenized with the model's tokenizer if it has one)
+    /// instead of each run's own data; Hugging Face checkpoints default to the synthetic corpus.
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Tokens per validation sequence for Hugging Face checkpoints (runs use their own).
+    /// Evaluate on this held-out UTF-8 text instead: all of it validates, in consecutive
+    /// windows (tokenized with the model's tokenizer if it has one). Implies --seq-len for runs
+    /// too.
+    #[arg(long, conflicts_with = "data")]
+    heldout: Option<PathBuf>,
+    /// Also run passkey retrieval with this many prompts (text models): a five-digit key hidden
+    /// in filler, asked for at the end; accuracy of the greedy answer.
+    #[arg(long, default_value_t = 0)]
+    passkey: usize,
+    /// Filler lines around the passkey (about 23 tokens each with Llama-family tokenizers).
+    #[arg(long, default_value_t = 40)]
+    passkey_filler: usize,
+    /// Tokens per validation sequence for Hugging Face checkpoints and held-out text (runs use
+    /// their own otherwise).
     #[arg(long, default_value_t = 256)]
     seq_len: usize,
     /// Comma-separated plans: full, every:K, retention:F, layers:0,3,5.
@@ -286,6 +299,11 @@ fn run_eval(args: EvalArgs) -> Result<()> {
         batch_size: args.batch_size,
         decode_batch: 4,
         decode_tokens: args.decode_tokens,
+        passkey: (args.passkey > 0).then_some(PasskeyTask {
+            prompts: args.passkey,
+            filler_lines: args.passkey_filler,
+            seed: 0,
+        }),
     };
     let mut evaluations = Vec::new();
     for path in &args.checkpoint {
@@ -314,7 +332,12 @@ fn run_eval(args: EvalArgs) -> Result<()> {
             (None, Some(run)) => (run.data.clone(), run.seq_len),
             (None, None) => (DataSource::Synthetic { seed: 0 }, args.seq_len),
         };
-        let dataset = Dataset::open(&data, seq_len)?;
+        let dataset = match &args.heldout {
+            Some(text) => {
+                Dataset::open_heldout(text, tokenizer_file(&loaded).as_deref(), args.seq_len)?
+            }
+            None => Dataset::open(&data, seq_len)?,
+        };
         evaluations.push(ModelEvaluation {
             name: run_name(path),
             checkpoint: dir.clone(),
@@ -322,7 +345,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
             steps,
             backend: NAME.to_string(),
             settings,
-            plans: evaluate_plans(&loaded.model, &dataset, &plans, &settings)?,
+            plans: evaluate_plans(&loaded.model, &loaded.codec, &dataset, &plans, &settings)?,
         });
     }
     print!("{}", format_table(&evaluations));

@@ -76,6 +76,8 @@ pub struct Dataset {
     source: DataSource,
     seq_len: usize,
     text: Option<Vec<u32>>,
+    /// The whole text validates, in consecutive windows (see [`Dataset::open_heldout`]).
+    heldout: bool,
 }
 
 impl Dataset {
@@ -90,13 +92,36 @@ impl Dataset {
             DataSource::Synthetic { .. } => None,
             DataSource::TextFile {
                 path, tokenizer, ..
-            } => Some(read_text(path, tokenizer.as_deref(), seq_len)?),
+            } => Some(read_text(path, tokenizer.as_deref(), 10 * (seq_len + 1))?),
         };
         Ok(Self {
             source: source.clone(),
             seq_len,
             text,
+            heldout: false,
         })
+    }
+
+    /// Opens a text that no model being evaluated trained on (tokenized with `tokenizer`, a
+    /// `tokenizer.json` or GGUF file; `None`: bytes): *all* of it validates, sample `i` being
+    /// the `i`-th of its consecutive, non-overlapping windows (wrapping around), so an
+    /// evaluation of `n` samples reads `n` different windows while the text has them.
+    pub fn open_heldout(path: &Path, tokenizer: Option<&Path>, seq_len: usize) -> Result<Self> {
+        let mut dataset = Self::open(&DataSource::Synthetic { seed: 0 }, seq_len)?;
+        dataset.source = DataSource::TextFile {
+            path: path.to_path_buf(),
+            seed: 0,
+            tokenizer: tokenizer.map(Path::to_path_buf),
+        };
+        dataset.text = Some(read_text(path, tokenizer, seq_len + 1)?);
+        dataset.heldout = true;
+        Ok(dataset)
+    }
+
+    /// Number of distinct validation windows of a held-out text (`None` for other data).
+    pub fn heldout_windows(&self) -> Option<usize> {
+        let text = self.text.as_ref().filter(|_| self.heldout)?;
+        Some((text.len() - 1) / self.seq_len)
     }
 
     /// Input length of the samples.
@@ -114,6 +139,14 @@ impl Dataset {
         match (&self.source, &self.text) {
             (DataSource::Synthetic { seed }, _) => {
                 synthetic_sample(*seed, split.stream(index), self.seq_len + 1)
+            }
+            (DataSource::TextFile { .. }, Some(text)) if self.heldout => {
+                let windows = (text.len() - 1) / self.seq_len;
+                let start = (index as usize % windows) * self.seq_len;
+                Sample {
+                    tokens: text[start..start + self.seq_len + 1].to_vec(),
+                    recall: vec![false; self.seq_len],
+                }
             }
             (DataSource::TextFile { seed, .. }, Some(text)) => {
                 let window = self.seq_len + 1;
@@ -150,8 +183,9 @@ impl Dataset {
     }
 }
 
-/// The tokens of a text file: its bytes, or its ids under `tokenizer` (a `tokenizer.json`).
-fn read_text(path: &Path, tokenizer: Option<&Path>, seq_len: usize) -> Result<Vec<u32>> {
+/// The tokens of a text file: its bytes, or its ids under `tokenizer` (a `tokenizer.json` or
+/// GGUF file); at least `needed` of them.
+fn read_text(path: &Path, tokenizer: Option<&Path>, needed: usize) -> Result<Vec<u32>> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
     let text = match std::str::from_utf8(&bytes) {
         Ok(text) => text,
@@ -169,11 +203,10 @@ fn read_text(path: &Path, tokenizer: Option<&Path>, seq_len: usize) -> Result<Ve
         ),
         None => (bytes.iter().map(|&b| u32::from(b)).collect(), "bytes"),
     };
-    // Both splits need at least one full window.
-    let needed = 10 * (seq_len + 1);
+    // Every split needs at least one full window.
     if tokens.len() < needed {
         return Err(TrainError::Data(format!(
-            "{} has {} {unit}; sequences of {seq_len} need at least {needed} (10% of it validates)",
+            "{} has {} {unit}; at least {needed} are needed for windows of this length (a training text: 10 windows, 10% of it validates)",
             path.display(),
             tokens.len()
         )));

@@ -1,5 +1,5 @@
 //! Evaluation of a trained model under sharing plans: validation loss and perplexity, recall
-//! accuracy, KV bytes per token, decode throughput.
+//! accuracy, passkey retrieval, KV bytes per token, decode throughput.
 
 use std::time::Instant;
 
@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::data::{Dataset, Split};
 use crate::error::Result;
 use crate::loss::token_losses;
+use crate::passkey::{passkey_score, PasskeyScore, PasskeyTask};
+use crate::tokenizer::TextCodec;
 
 /// Quality of a model under one route on the validation split.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -70,6 +72,9 @@ pub struct EvalSettings {
     pub decode_batch: usize,
     /// Tokens decoded (after a prefill of half the context) in the throughput measurement.
     pub decode_tokens: usize,
+    /// The passkey retrieval task, if it is run (text models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passkey: Option<PasskeyTask>,
 }
 
 impl Default for EvalSettings {
@@ -79,6 +84,7 @@ impl Default for EvalSettings {
             batch_size: 16,
             decode_batch: 4,
             decode_tokens: 32,
+            passkey: None,
         }
     }
 }
@@ -98,15 +104,19 @@ pub struct PlanReport {
     pub perplexity: f64,
     /// Recall accuracy, when the data has recall queries.
     pub recall_accuracy: Option<f64>,
+    /// Passkey retrieval, when the settings ask for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passkey: Option<PasskeyScore>,
     /// KV cache bytes per token of one sequence, measured from the cache manager.
     pub kv_bytes_per_token: usize,
     /// Greedy decode throughput, tokens per second.
     pub decode_tokens_per_second: f64,
 }
 
-/// Evaluates `model` under each named plan.
+/// Evaluates `model` under each named plan; `codec` turns the passkey prompts into tokens.
 pub fn evaluate_plans<B: Backend>(
     model: &RoutedTransformer<B>,
+    codec: &TextCodec,
     dataset: &Dataset,
     plans: &[(String, CachePlan)],
     settings: &EvalSettings,
@@ -122,6 +132,10 @@ pub fn evaluate_plans<B: Backend>(
                 settings.batches,
                 settings.batch_size,
             )?;
+            let passkey = settings
+                .passkey
+                .map(|task| passkey_score(model, codec, &route, &task, settings.decode_batch))
+                .transpose()?;
             let capacity = dataset.seq_len();
             let kv_bytes_per_token =
                 model.new_cache(1, capacity, route.clone())?.bytes() / capacity;
@@ -132,6 +146,7 @@ pub fn evaluate_plans<B: Backend>(
                 val_loss: metrics.loss,
                 perplexity: metrics.loss.exp(),
                 recall_accuracy: metrics.recall_accuracy,
+                passkey,
                 kv_bytes_per_token,
                 decode_tokens_per_second: decode_throughput(model, dataset, &route, settings)?,
             })

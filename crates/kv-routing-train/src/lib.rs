@@ -4,8 +4,8 @@
 //!   file, as deterministic byte-token batches.
 //! - [`trainer`]: AdamW with warmup + cosine, global-norm clipping, one random route per step,
 //!   validation, checkpoints and exact resume; fine-tuning from a checkpoint with a new `p`.
-//! - [`evaluate`]: loss, perplexity, recall accuracy, KV bytes per token and decode throughput
-//!   under each sharing plan; [`report`] and [`plot`] present them.
+//! - [`evaluate`]: loss, perplexity, recall accuracy, [`passkey`] retrieval, KV bytes per token
+//!   and decode throughput under each sharing plan; [`report`] and [`plot`] present them.
 //! - [`pretrained`]: one loader for training checkpoints and Hugging Face checkpoints (to
 //!   fine-tune, evaluate or serve), and export to Hugging Face layout.
 //!
@@ -19,6 +19,7 @@ pub mod error;
 pub mod evaluate;
 pub mod grad_clip;
 pub mod loss;
+pub mod passkey;
 pub mod plan_spec;
 pub mod plot;
 pub mod pretrained;

@@ -28,8 +28,8 @@ pub struct ModelEvaluation {
 /// A plain-text table of every model and plan; `Δ loss` is relative to the model's first plan.
 pub fn format_table(evaluations: &[ModelEvaluation]) -> String {
     let mut out = format!(
-        "{:<16} {:<16} {:>10} {:>9} {:>8} {:>8} {:>8} {:>11}\n",
-        "model", "plan", "KV B/tok", "val loss", "ppl", "Δ loss", "recall", "decode t/s"
+        "{:<16} {:<16} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>11}\n",
+        "model", "plan", "KV B/tok", "val loss", "ppl", "Δ loss", "recall", "passkey", "decode t/s"
     );
     for evaluation in evaluations {
         let reference = evaluation
@@ -38,19 +38,21 @@ pub fn format_table(evaluations: &[ModelEvaluation]) -> String {
             .map(|p| p.val_loss)
             .unwrap_or(f64::NAN);
         for plan in &evaluation.plans {
-            let recall = plan
-                .recall_accuracy
-                .map(|r| format!("{:.1}%", r * 100.0))
-                .unwrap_or_else(|| "-".into());
+            let percent = |fraction: Option<f64>| {
+                fraction
+                    .map(|r| format!("{:.1}%", r * 100.0))
+                    .unwrap_or_else(|| "-".into())
+            };
             out.push_str(&format!(
-                "{:<16} {:<16} {:>10} {:>9.4} {:>8.3} {:>+7.1}% {:>8} {:>11.1}\n",
+                "{:<16} {:<16} {:>10} {:>9.4} {:>8.3} {:>+7.1}% {:>8} {:>8} {:>11.1}\n",
                 evaluation.name,
                 plan.plan,
                 plan.kv_bytes_per_token,
                 plan.val_loss,
                 plan.perplexity,
                 100.0 * (plan.val_loss - reference) / reference,
-                recall,
+                percent(plan.recall_accuracy),
+                percent(plan.passkey.map(|p| p.accuracy)),
                 plan.decode_tokens_per_second
             ));
         }

@@ -245,7 +245,7 @@ fn bad_settings_and_data_are_clear_errors() {
         32,
     )
     .unwrap_err();
-    assert!(error.to_string().contains("need at least"), "{error}");
+    assert!(error.to_string().contains("are needed"), "{error}");
     let binary = dir.path().join("binary.bin");
     std::fs::write(&binary, [0xff_u8; 1000]).unwrap();
     let error = Dataset::open(
