@@ -23,7 +23,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use kv_routing::{logits_rows, CachePlan, RoutedTransformer, Sampler};
-use kv_routing_backend::{device, AutodiffBackend, Backend, Device, NAME};
+use kv_routing_backend::{
+    device, device_with_precision, AutodiffBackend, Backend, Device, Precision, NAME,
+};
 use kv_routing_benches::peer::{Peer, PEER_SCRIPT};
 use kv_routing_benches::*;
 use rand::SeedableRng;
@@ -243,10 +245,11 @@ fn peer_rounds(settings: &PeerSettings, rounds: usize) {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     println!(
-        "Model: {} ({} layers); peer: {}; this library: {NAME}, {} threads.\n",
+        "Model: {} ({} layers); peer: {}; this library: {NAME} {}, {} threads.\n",
         settings.model.display(),
         model.n_layers(),
         peer.describe(),
+        settings.dtype,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let compared: Vec<(&str, CachePlan)> = plans(model.n_layers())
@@ -404,7 +407,7 @@ fn main() {
     let usage = || -> ! {
         eprintln!(
             "usage: bench-paired [--rounds N>0] [--groups decode,prefill,train,capacity,peer]\n\
-             \x20      [--model CHECKPOINT_DIR_OR_GGUF --python PYTHON --threads N] (the peer group)"
+             \x20      [--model CHECKPOINT_DIR_OR_GGUF --python PYTHON --threads N --dtype f32|f16|bf16] (the peer group)"
         );
         std::process::exit(2);
     };
@@ -421,10 +424,14 @@ fn main() {
             ("--threads", Some(n)) if n.parse::<usize>().is_ok_and(|n| n > 0) => {
                 peer.threads = n.parse().unwrap()
             }
+            ("--dtype", Some(dtype)) if dtype.parse::<Precision>().is_ok() => peer.dtype = dtype,
             _ => usage(),
         }
     }
     let wants = |g: &str| groups.split(',').any(|w| w.trim() == g);
+    // Every tensor of this process (both implementations' models and caches) in that type.
+    let precision: Precision = peer.dtype.parse().expect("checked with the arguments");
+    device_with_precision(precision).unwrap_or_else(|e| panic!("{e}"));
     if wants("peer") && peer.model.as_os_str().is_empty() {
         eprintln!(
             "the peer group needs --model (a Hugging Face checkpoint directory or a GGUF file)"

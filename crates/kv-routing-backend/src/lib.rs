@@ -61,6 +61,73 @@ pub fn device() -> Device {
     selected::device()
 }
 
+/// Floating-point type of a program's weights, activations and KV caches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// 32-bit floats (the default).
+    #[default]
+    F32,
+    /// IEEE half: half the weight and KV-cache bytes of f32.
+    F16,
+    /// bfloat16: f32's range with f16's size.
+    BF16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::BF16),
+            other => Err(format!("unknown precision `{other}` (f32, f16 or bf16)")),
+        }
+    }
+}
+
+impl Precision {
+    /// `f32`, `f16` or `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::BF16 => "bf16",
+        }
+    }
+
+    /// Bytes per value.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
+        }
+    }
+}
+
+/// The device programs run on, with `precision` as the default type of every float tensor
+/// created on it (weights as they load, KV caches, activations). Burn fixes a device's default
+/// types at its first tensor, so this must come before anything else uses the device; it fails
+/// if something already did (with another precision), or if the backend cannot compute in
+/// that type.
+pub fn device_with_precision(precision: Precision) -> Result<Device, String> {
+    use burn::tensor::{DType, Element, FloatDType};
+    let device = device();
+    if precision == Precision::F32 {
+        return Ok(device);
+    }
+    let float = match precision {
+        Precision::F32 => FloatDType::F32,
+        Precision::F16 => FloatDType::F16,
+        Precision::BF16 => FloatDType::BF16,
+    };
+    let int: DType =
+        <<Backend as burn::tensor::backend::BackendTypes>::IntElem as Element>::dtype();
+    burn::tensor::set_default_dtypes::<Backend>(&device, float, int)
+        .map_err(|e| format!("{NAME} cannot compute in {}: {e:?}", precision.name()))?;
+    Ok(device)
+}
+
 /// Name of the selected backend, for reports.
 pub const NAME: &str = {
     #[cfg(feature = "ndarray")]

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use kv_routing::{GenerationConfig, Sampler};
-use kv_routing_backend::{device, AutodiffBackend, Backend, NAME};
+use kv_routing_backend::{
+    device, device_with_precision, AutodiffBackend, Backend, Precision, NAME,
+};
 use kv_routing_hf::{ExportDtype, ExportOptions};
 use kv_routing_train::data::{DataSource, Dataset};
 use kv_routing_train::evaluate::{evaluate_plans, EvalSettings};
@@ -174,6 +176,9 @@ struct EvalArgs {
     /// Tokens decoded per sequence when measuring decode speed.
     #[arg(long, default_value_t = 32)]
     decode_tokens: usize,
+    /// Precision of weights, activations and KV cache: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
 }
 
 #[derive(Args, Debug)]
@@ -200,6 +205,9 @@ struct GenerateArgs {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Precision of weights, activations and KV cache: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
 }
 
 #[derive(Args, Debug)]
@@ -293,7 +301,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
 }
 
 fn run_eval(args: EvalArgs) -> Result<()> {
-    let device = device();
+    let device = device_with_precision(args.dtype).map_err(TrainError::Config)?;
     let settings = EvalSettings {
         batches: args.batches,
         batch_size: args.batch_size,
@@ -343,7 +351,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
             checkpoint: dir.clone(),
             p,
             steps,
-            backend: NAME.to_string(),
+            backend: format!("{NAME} {}", args.dtype.name()),
             settings,
             plans: evaluate_plans(&loaded.model, &loaded.codec, &dataset, &plans, &settings)?,
         });
@@ -373,7 +381,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
 }
 
 fn run_generate(args: GenerateArgs) -> Result<()> {
-    let device = device();
+    let device = device_with_precision(args.dtype).map_err(TrainError::Config)?;
     let loaded = load_model_dir::<Backend>(&resolve_checkpoint(&args.checkpoint), &device)?;
     let n_layers = loaded.model_config.n_layers;
     let (plan_name, plan) = match (&args.plan, loaded.stored_plan()?) {
@@ -414,7 +422,8 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         None => println!("{full_text}"),
     }
     eprintln!(
-        "[{NAME}, {} tokens, plan {plan_name} caching layers {:?}: {} bytes of KV cache]",
+        "[{NAME} {}, {} tokens, plan {plan_name} caching layers {:?}: {} bytes of KV cache]",
+        args.dtype.name(),
         loaded.codec.name(),
         plan.cached_layers(),
         generation.kv_bytes()
@@ -490,7 +499,12 @@ fn run_name(path: &Path) -> String {
     } else {
         path
     };
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+    // A GGUF file is named without its extension.
+    let name = if path.extension().is_some_and(|e| e == "gguf") {
+        path.file_stem()
+    } else {
+        path.file_name()
+    };
+    name.map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| path.display().to_string())
 }
