@@ -232,10 +232,12 @@ impl<B: Backend> StochasticKvAttention<B> {
             // view in place through its strides; a fused attention op may first copy the
             // visible keys/values to contiguous buffers (flex does), i.e. a second read and a
             // write of the whole history every step.
-            let query = query.reshape([batch, self.n_kv_heads, groups, self.head_dim]);
-            let scores = query
-                .matmul(kv.key.clone().swap_dims(2, 3))
+            // Scaling the few query values instead of the scores saves a pass over (and an
+            // allocation of) one score per cached slot, head and layer.
+            let query = query
+                .reshape([batch, self.n_kv_heads, groups, self.head_dim])
                 .mul_scalar((self.head_dim as f64).powf(-0.5));
+            let scores = query.matmul(kv.key.clone().swap_dims(2, 3));
             let scores = match mask {
                 AttentionMask::Causal => scores,
                 AttentionMask::Explicit(mask) => scores.mask_fill(
