@@ -20,6 +20,7 @@ use crate::attention_mask::AttentionMask;
 use crate::error::KvRoutingError;
 use crate::key_value::KeyValue;
 use crate::kv_store::KvStore;
+use crate::projection::project;
 use crate::rope::RopeAngles;
 
 /// Configuration of a [`StochasticKvAttention`].
@@ -176,9 +177,9 @@ impl<B: Backend> StochasticKvAttention<B> {
     /// - output: keys and values `[batch, n_kv_heads, seq_len, head_dim]`
     pub fn project_kv(&self, x: Tensor<B, 3>, rope: &RopeAngles<B>) -> crate::Result<KeyValue<B>> {
         self.check_input(&x, rope)?;
-        let key = self.split_heads(self.key.forward(x.clone()), self.n_kv_heads);
+        let key = self.split_heads(project(&self.key, x.clone()), self.n_kv_heads);
         let key = rope.apply(normalize_heads(&self.key_norm, key));
-        let value = self.split_heads(self.value.forward(x), self.n_kv_heads);
+        let value = self.split_heads(project(&self.value, x), self.n_kv_heads);
         Ok(KeyValue::new(key.swap_dims(1, 2), value.swap_dims(1, 2)))
     }
 
@@ -221,7 +222,7 @@ impl<B: Backend> StochasticKvAttention<B> {
             }
         }
 
-        let query = self.split_heads(self.query.forward(x), self.n_heads);
+        let query = self.split_heads(project(&self.query, x), self.n_heads);
         let query = rope
             .apply(normalize_heads(&self.query_norm, query))
             .swap_dims(1, 2);
@@ -277,7 +278,7 @@ impl<B: Backend> StochasticKvAttention<B> {
             .reshape([batch, self.n_heads, seq_len, self.head_dim])
             .swap_dims(1, 2)
             .reshape([batch, seq_len, self.n_heads * self.head_dim]);
-        Ok(self.output.forward(context))
+        Ok(project(&self.output, context))
     }
 
     /// Runs this attention as layer `layer` of a routed stack: computes and hands its own

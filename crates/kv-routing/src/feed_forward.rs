@@ -7,6 +7,8 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use crate::projection::project;
+
 /// Configuration of a [`SwiGluFeedForward`].
 #[derive(Config, Debug)]
 pub struct SwiGluFeedForwardConfig {
@@ -52,7 +54,7 @@ impl<B: Backend> SwiGluFeedForward<B> {
     /// - x: `[batch, seq_len, d_model]`
     /// - output: `[batch, seq_len, d_model]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gated = silu(self.gate.forward(x.clone())) * self.up.forward(x);
-        self.down.forward(gated)
+        let gated = silu(project(&self.gate, x.clone())) * project(&self.up, x);
+        project(&self.down, gated)
     }
 }

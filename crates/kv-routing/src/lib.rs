@@ -27,6 +27,7 @@ mod generation;
 mod key_value;
 pub mod kv_cache;
 mod kv_store;
+mod projection;
 mod rope;
 mod route;
 mod routed_transformer;

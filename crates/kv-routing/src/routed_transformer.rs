@@ -18,6 +18,7 @@ use crate::error::KvRoutingError;
 use crate::feed_forward::SwiGluFeedForwardConfig;
 use crate::kv_cache::{KvCacheLayout, KvCacheManager};
 use crate::kv_store::{KvStore, SequenceKv};
+use crate::projection::project;
 use crate::rope::{RopeAngles, RopeScaling, RotaryEmbedding, RotaryEmbeddingConfig};
 use crate::route::Route;
 use crate::seeded_init::reinit_seeded;
@@ -372,7 +373,7 @@ impl<B: Backend> RoutedTransformer<B> {
     pub fn vocab_logits<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
         let normed = self.norm.forward(hidden);
         match &self.lm_head {
-            Some(head) => head.forward(normed),
+            Some(head) => project(head, normed),
             None => {
                 // A rank-2 product with the transposed embedding *view*: backends multiply by
                 // its strides as they are. Raising the view's rank instead (`unsqueeze`) made

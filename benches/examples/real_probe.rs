@@ -1,0 +1,68 @@
+//! Times decode steps or a prefill of a real checkpoint (no criterion), for profiling:
+//! `real_probe MODEL decode|prefill BATCH CONTEXT_OR_LENGTH full|every2|every4 [f32|f16|bf16] [REPEATS]`
+//! (`perf record -g target/release/examples/real_probe ...` profiles exactly one workload).
+use std::time::Instant;
+
+use kv_routing_backend::{device_with_precision, Backend, Precision};
+use kv_routing_benches::*;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() < 5 {
+        eprintln!("usage: real_probe MODEL decode|prefill BATCH CONTEXT full|every2|every4 [f32|f16|bf16] [REPEATS]");
+        std::process::exit(2);
+    }
+    let precision: Precision = args.get(5).map_or("f32", String::as_str).parse().unwrap();
+    let repeats: usize = args.get(6).map_or(24, |r| r.parse().unwrap());
+    let device = device_with_precision(precision).unwrap();
+    let loaded =
+        kv_routing_train::pretrained::load_model_dir::<Backend>(args[0].as_ref(), &device).unwrap();
+    let model = &loaded.model;
+    let (batch, length): (usize, usize) = (args[2].parse().unwrap(), args[3].parse().unwrap());
+    let plan = plans(model.n_layers())
+        .into_iter()
+        .find(|(name, _)| *name == args[4])
+        .expect("plan: full, every2, every3 or every4")
+        .1;
+    let mut times = Vec::new();
+    match args[1].as_str() {
+        "decode" => {
+            let mut cache = model
+                .new_cache(batch, length + repeats + 1, plan.route())
+                .unwrap();
+            fill_cache(&mut cache, length, &device).unwrap();
+            decode(model, &mut cache, 1).unwrap();
+            for _ in 0..repeats {
+                let start = Instant::now();
+                decode(model, &mut cache, 1).unwrap();
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        "prefill" => {
+            let prompts = synthetic_tokens(batch, length, model.vocab_size());
+            for _ in 0..repeats {
+                let mut cache = model.new_cache(batch, length, plan.route()).unwrap();
+                let start = Instant::now();
+                sync(model.forward_cached_last(&prompts, &mut cache).unwrap());
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        other => panic!("unknown workload {other}"),
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let per_token = if args[1] == "decode" {
+        batch as f64 * 1e3 / median
+    } else {
+        (batch * length) as f64 * 1e3 / median
+    };
+    println!(
+        "{} b{batch} {length} {} {}: min {:.1} median {median:.1} max {:.1} ms ({per_token:.1} tokens/s)",
+        args[1],
+        args[4],
+        precision.name(),
+        sorted[0],
+        sorted[sorted.len() - 1],
+    );
+}
