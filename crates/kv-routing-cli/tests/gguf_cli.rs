@@ -1,0 +1,166 @@
+//! A GGUF file works wherever a checkpoint directory does: generate from it, fine-tune from it
+//! with routing, evaluate the run on held-out text with passkey prompts, export the run in
+//! Hugging Face layout (with a `tokenizer.json` built from the GGUF metadata) and generate
+//! from the export. The file is written by the same support code as kv-routing-hf's GGUF
+//! tests (llama.cpp layout, Q8_0 matrices, a byte-level tokenizer of single letters).
+
+#[path = "../../kv-routing-hf/tests/support/checkpoint_builder.rs"]
+#[allow(dead_code)]
+mod checkpoint_builder;
+#[path = "../../kv-routing-hf/tests/support/gguf_writer.rs"]
+#[allow(dead_code)]
+mod gguf_writer;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use kv_routing_hf::gguf::GgmlType;
+
+fn run(args: &[&str]) -> Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_kv-routing"))
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    assert!(
+        output.status.success(),
+        "kv-routing {args:?} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+#[test]
+fn generate_fine_tune_eval_and_export_from_a_gguf_file() {
+    let root = tempfile::tempdir().unwrap();
+    let spec = checkpoint_builder::Spec {
+        intermediate: 64,
+        ..checkpoint_builder::Spec::llama()
+    };
+    let gguf = root.path().join("tiny-llama.Q8_0.gguf");
+    let (writer, _) = gguf_writer::gguf_model(&spec, GgmlType::Q8_0, 3);
+    std::fs::write(&gguf, writer.to_bytes()).unwrap();
+    // The vocabulary is single letters: text without spaces tokenizes fully.
+    let corpus = root.path().join("corpus.txt");
+    std::fs::write(&corpus, "abcdefghijklmnopqrstuvwxyz".repeat(20)).unwrap();
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+
+    let output = run(&[
+        "generate",
+        "--checkpoint",
+        &path(&gguf),
+        "--prompt",
+        "abc",
+        "--max-new-tokens",
+        "4",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("abc"), "{stdout}");
+
+    let runs = root.path().join("run");
+    let output = run(&[
+        "train",
+        "--init-from",
+        &path(&gguf),
+        "--data",
+        &path(&corpus),
+        "--p",
+        "0.5",
+        "--steps",
+        "2",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "2",
+        "--eval-batches",
+        "1",
+        "--quiet",
+        "--out",
+        &path(&runs),
+    ]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("trained 2 steps"));
+    // The run carries the GGUF's tokenizer as a tokenizer.json.
+    assert!(runs.join("checkpoint").join("tokenizer.json").is_file());
+
+    let output = run(&[
+        "eval",
+        "--checkpoint",
+        &path(&gguf),
+        "--checkpoint",
+        &path(&runs),
+        "--heldout",
+        &path(&corpus),
+        "--seq-len",
+        "16",
+        "--plans",
+        "full,every:2",
+        "--batches",
+        "1",
+        "--batch-size",
+        "2",
+        "--decode-tokens",
+        "2",
+    ]);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("tiny-llama.Q8_0") && table.contains("every:2"),
+        "{table}"
+    );
+
+    let exported = root.path().join("exported");
+    run(&[
+        "export",
+        "--checkpoint",
+        &path(&runs),
+        "--plan",
+        "every:2",
+        "--out",
+        &path(&exported),
+    ]);
+    assert!(exported.join("tokenizer.json").is_file());
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(exported.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["model_type"], "llama");
+    assert_eq!(config["kv_routing"]["routing_p"], 0.5);
+    let output = run(&[
+        "generate",
+        "--checkpoint",
+        &path(&exported),
+        "--prompt",
+        "abc",
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("stored with the model"));
+}
+
+#[test]
+fn a_damaged_gguf_file_is_a_one_line_error() {
+    let root = tempfile::tempdir().unwrap();
+    let spec = checkpoint_builder::Spec {
+        intermediate: 64,
+        ..checkpoint_builder::Spec::llama()
+    };
+    let bytes = gguf_writer::gguf_model(&spec, GgmlType::Q4_0, 1)
+        .0
+        .to_bytes();
+    let gguf = root.path().join("cut.gguf");
+    std::fs::write(&gguf, &bytes[..bytes.len() / 2]).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_kv-routing"))
+        .args([
+            "generate",
+            "--checkpoint",
+            gguf.to_str().unwrap(),
+            "--prompt",
+            "abc",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("past the end of the file"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
