@@ -10,7 +10,9 @@
 //! `context_growth` (decode step vs context), `train_step` (per routing probability, and with
 //! every layer's K/V computed), `capacity` (aggregate decode at the largest batch a 1 GiB KV
 //! budget fits; `KV_BENCH_BUDGET_MIB` sets another budget), `mha_baseline` (our cached
-//! attention vs burn-nn's `MhaCache`).
+//! attention vs burn-nn's `MhaCache`), and `real_checkpoint` when `KV_BENCH_MODEL` names a
+//! pretrained model (a Hugging Face checkpoint directory or a GGUF file): decode at batch 1 and
+//! 8, context 1024, full / every2 / every4, and time to first token of 512 tokens.
 
 use std::time::Duration;
 
@@ -237,6 +239,40 @@ fn mha_baseline_benchmarks(c: &mut Criterion) {
 }
 
 /// A group in flat sampling mode: every sample runs the same number of iterations, so a
+/// Decode and prefill of the pretrained model named by `KV_BENCH_MODEL`, if any.
+fn real_checkpoint_benchmarks(c: &mut Criterion) {
+    let Ok(path) = std::env::var("KV_BENCH_MODEL") else {
+        return;
+    };
+    let device = device();
+    let loaded = kv_routing_train::pretrained::load_model_dir::<Backend>(path.as_ref(), &device)
+        .unwrap_or_else(|e| panic!("KV_BENCH_MODEL={path}: {e}"));
+    let model = &loaded.model;
+    let name = std::path::Path::new(&path)
+        .file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy().replace('.', "_"));
+    let mut group = slow_group(c, "real_checkpoint");
+    let compared = plans(model.n_layers())
+        .into_iter()
+        .filter(|(plan, _)| ["full", "every2", "every4"].contains(plan));
+    for (plan_name, plan) in compared {
+        for batch in DECODE_BATCHES {
+            let context = 1024;
+            let id = format!("{name}_decode_b{batch}_{plan_name}_c{context}");
+            let shape = (batch, context, context + DECODE_STEPS);
+            bench_cached_decode(&mut group, id, model, &plan, shape);
+        }
+        let prompt = synthetic_tokens(1, 512, model.vocab_size());
+        group.bench_function(format!("{name}_prefill_b1_{plan_name}_512"), |b| {
+            b.iter(|| {
+                let mut cache = model.new_cache(1, 512, plan.route()).unwrap();
+                sync(model.forward_cached_last(&prompt, &mut cache).unwrap());
+            })
+        });
+    }
+    group.finish();
+}
+
 /// benchmark whose iteration takes seconds (medium prefill, training) needs 10 iterations, not
 /// the 55 of criterion's default linear mode.
 fn slow_group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
@@ -256,6 +292,6 @@ fn config() -> Criterion {
 criterion_group! {
     name = benches;
     config = config();
-    targets = decode_benchmarks, prefill_benchmarks, train_benchmarks, capacity_benchmarks, mha_baseline_benchmarks
+    targets = decode_benchmarks, prefill_benchmarks, train_benchmarks, capacity_benchmarks, mha_baseline_benchmarks, real_checkpoint_benchmarks
 }
 criterion_main!(benches);
