@@ -10,6 +10,7 @@ use kv_routing_backend::{
     device, device_with_precision, AutodiffBackend, Backend, Precision, NAME,
 };
 use kv_routing_hf::{ExportDtype, ExportOptions};
+use kv_routing_train::checkpoint::load_config;
 use kv_routing_train::data::{DataSource, Dataset};
 use kv_routing_train::evaluate::{evaluate_plans, EvalSettings};
 use kv_routing_train::passkey::PasskeyTask;
@@ -20,6 +21,9 @@ use kv_routing_train::report::{format_table, ModelEvaluation};
 use kv_routing_train::train_config::TrainConfig;
 use kv_routing_train::trainer::{checkpoint_dir, train, RunOptions, Start};
 use kv_routing_train::{Result, TrainError};
+
+/// Optimizer steps of a new run when `--steps` is not given.
+const DEFAULT_STEPS: u64 = 1000;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -64,9 +68,10 @@ struct TrainArgs {
     /// Routing probability: each layer >= 1 reads a random earlier layer's KV with probability p.
     #[arg(long, default_value_t = 0.0)]
     p: f64,
-    /// Optimizer steps.
-    #[arg(long, default_value_t = 1000)]
-    steps: u64,
+    /// Optimizer steps (default 1000; with --resume, the run's own, and a larger value extends
+    /// it, stretching the rest of its learning-rate schedule).
+    #[arg(long)]
+    steps: Option<u64>,
     /// Decoder layers.
     #[arg(long, default_value_t = 6)]
     layers: usize,
@@ -265,7 +270,12 @@ fn run_train(args: TrainArgs) -> Result<()> {
         },
         None => DataSource::Synthetic { seed: args.seed },
     };
-    config.steps = args.steps;
+    config.steps = match (args.steps, args.resume) {
+        (Some(steps), _) => steps,
+        // Resuming continues the run as it was configured: its own length and schedule.
+        (None, true) => load_config(&checkpoint_dir(&args.out))?.steps,
+        (None, false) => DEFAULT_STEPS,
+    };
     config.batch_size = args.batch_size;
     config.learning_rate = args.lr;
     config.min_learning_rate = args.min_lr.unwrap_or(args.lr / 10.0);
