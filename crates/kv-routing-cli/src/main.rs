@@ -418,7 +418,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
             max_new_tokens: args.max_new_tokens,
             sampler,
             seed: args.seed,
-            stop_token: eos_token(&loaded),
+            stop_tokens: loaded.end_of_sequence_ids(),
         },
     )?;
     // Decoding the continuation alone would lose the space a tokenizer folds into its first
@@ -482,15 +482,6 @@ fn routing_history(loaded: &LoadedModel<Backend>) -> (f64, u64) {
 /// The model's tokenizer (its tokenizer.json, or the GGUF file), if it has one.
 fn tokenizer_file(loaded: &LoadedModel<Backend>) -> Option<PathBuf> {
     kv_routing_train::pretrained::tokenizer_file(&loaded.dir)
-}
-
-/// The end-of-sequence token of a Hugging Face model (`eos_token_id`, the first if a list).
-fn eos_token(loaded: &LoadedModel<Backend>) -> Option<u32> {
-    let value = loaded.hf_config.as_ref()?.extra.get("eos_token_id")?;
-    let id = value
-        .as_u64()
-        .or_else(|| value.as_array()?.first()?.as_u64())?;
-    u32::try_from(id).ok()
 }
 
 /// A run directory stands for its checkpoint.

@@ -332,7 +332,7 @@ fn a_model_of_our_own_exports_as_llama_and_generates_identically() {
         max_new_tokens: 6,
         sampler: Sampler::Greedy,
         seed: 0,
-        stop_token: None,
+        stop_tokens: Vec::new(),
     };
     let a = model
         .generate(&[vec![1, 2, 3]], &plan.route(), &settings)

@@ -109,7 +109,7 @@ pub fn passkey_score<B: Backend>(
                 max_new_tokens: ANSWER_TOKENS,
                 sampler: Sampler::Greedy,
                 seed: 0,
-                stop_token: None,
+                stop_tokens: Vec::new(),
             },
         )?;
         for (prompt, answer) in batch.iter().zip(&generation.tokens) {

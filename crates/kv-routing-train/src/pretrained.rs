@@ -10,6 +10,11 @@ use kv_routing_hf::{
     HfTokenizer, LoadOptions, RoutingMetadata, ROUTING_METADATA_VERSION, TOKENIZER_FILE,
 };
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Generation defaults of a Hugging Face checkpoint (its `eos_token_id` may differ from
+/// `config.json`'s).
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 
 use crate::checkpoint::load_model;
 use crate::error::{Result, TrainError};
@@ -43,6 +48,15 @@ pub struct LoadedModel<B: Backend> {
 }
 
 impl<B: Backend> LoadedModel<B> {
+    /// The ids that end a sequence of this model (see [`end_of_sequence_ids`]); empty for
+    /// byte-level models.
+    pub fn end_of_sequence_ids(&self) -> Vec<u32> {
+        let generation_config = std::fs::read_to_string(self.dir.join(GENERATION_CONFIG_FILE))
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok());
+        end_of_sequence_ids(self.hf_config.as_ref(), generation_config.as_ref())
+    }
+
     /// The serving plan stored with the model (`kv_routing.serve_cached_layers`), if any.
     pub fn stored_plan(&self) -> Result<Option<CachePlan>> {
         match self.hf_config.as_ref().and_then(|c| c.kv_routing.as_ref()) {
@@ -52,6 +66,32 @@ impl<B: Backend> LoadedModel<B> {
             _ => Ok(None),
         }
     }
+}
+
+/// Every end-of-sequence id of a model: `eos_token_id` of its `config.json` (a number or a
+/// list) and of its `generation_config.json`, in that order, without repeats.
+pub fn end_of_sequence_ids(
+    config: Option<&HfConfig>,
+    generation_config: Option<&Value>,
+) -> Vec<u32> {
+    let ids = |value: Option<&Value>| -> Vec<u32> {
+        match value {
+            Some(Value::Array(ids)) => ids.iter().filter_map(token_id).collect(),
+            Some(id) => token_id(id).into_iter().collect(),
+            None => Vec::new(),
+        }
+    };
+    let mut all = ids(config.and_then(|c| c.extra.get("eos_token_id")));
+    for id in ids(generation_config.and_then(|g| g.get("eos_token_id"))) {
+        if !all.contains(&id) {
+            all.push(id);
+        }
+    }
+    all
+}
+
+fn token_id(value: &Value) -> Option<u32> {
+    u32::try_from(value.as_u64()?).ok()
 }
 
 /// The file holding the tokenizer of the model at `path`: the GGUF file itself, or the
@@ -146,4 +186,29 @@ pub fn export_model<B: Backend>(
         out,
         &options,
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_end_of_sequence_id_of_config_and_generation_config_stops() {
+        let mut config: HfConfig = serde_json::from_value(serde_json::json!({
+            "model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 1,
+            "eos_token_id": [128001, 128008, 128009]
+        }))
+        .unwrap();
+        let generation = serde_json::json!({"eos_token_id": [128009, 7]});
+        assert_eq!(
+            end_of_sequence_ids(Some(&config), Some(&generation)),
+            vec![128001, 128008, 128009, 7]
+        );
+        config
+            .extra
+            .insert("eos_token_id".into(), serde_json::json!(2));
+        assert_eq!(end_of_sequence_ids(Some(&config), None), vec![2]);
+        assert!(end_of_sequence_ids(None, None).is_empty());
+    }
 }

@@ -84,8 +84,9 @@ pub struct GenerationConfig {
     pub sampler: Sampler,
     /// Seed of the sampling RNG.
     pub seed: u64,
-    /// A sequence that produces this token stops (the token is kept).
-    pub stop_token: Option<u32>,
+    /// A sequence that produces any of these tokens stops (the token is kept): a model's
+    /// end-of-sequence ids (Llama 3 Instruct has three).
+    pub stop_tokens: Vec<u32>,
 }
 
 impl Default for GenerationConfig {
@@ -94,7 +95,7 @@ impl Default for GenerationConfig {
             max_new_tokens: 32,
             sampler: Sampler::Greedy,
             seed: 0,
-            stop_token: None,
+            stop_tokens: Vec::new(),
         }
     }
 }
@@ -145,7 +146,7 @@ impl<B: Backend> RoutedTransformer<B> {
                 let token = config.sampler.sample(row, &mut rng);
                 generated[sequence].push(token);
                 done[sequence] = generated[sequence].len() >= config.max_new_tokens
-                    || config.stop_token == Some(token);
+                    || config.stop_tokens.contains(&token);
                 if !done[sequence] {
                     next[sequence].push(token);
                 }

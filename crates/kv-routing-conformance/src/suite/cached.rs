@@ -207,21 +207,22 @@ pub fn greedy_generation_matches_uncached_argmax<B: Backend>(device: &B::Device)
         }
         assert_eq!(generation.tokens[b], tokens[prompt.len()..], "sequence {b}");
     }
-    let stop = generation.tokens[0][2];
+    // Any of several stop tokens ends a sequence, whichever comes first.
+    let stops = vec![generation.tokens[0][4], generation.tokens[0][2]];
     let stopped = model
         .generate(
             &prompts[..1],
             &route,
             &GenerationConfig {
                 max_new_tokens: 6,
-                stop_token: Some(stop),
+                stop_tokens: stops.clone(),
                 ..Default::default()
             },
         )
         .unwrap();
     let first_stop = generation.tokens[0]
         .iter()
-        .position(|&t| t == stop)
+        .position(|t| stops.contains(t))
         .unwrap();
     assert_eq!(stopped.tokens[0], generation.tokens[0][..=first_stop]);
 }
