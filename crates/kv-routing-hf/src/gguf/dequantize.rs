@@ -48,67 +48,45 @@ fn half_at(bytes: &[u8], at: usize) -> f32 {
     f16::from_le_bytes(array(bytes, at)).to_f32()
 }
 
-/// `d`, then 16 bytes: value `j` is the low nibble of byte `j`, value `j + 16` the high one.
+/// The 32 four-bit values of a block's 16 bytes: value `j` is the low nibble of byte `j`,
+/// value `j + 16` the high one.
+fn four_bit_values(qs: &[u8]) -> impl Iterator<Item = u8> + '_ {
+    let low = qs.iter().map(|&q| q & 0x0f);
+    low.chain(qs.iter().map(|&q| q >> 4))
+}
+
+/// The 32 five-bit values of a Q5 block: the four-bit values, with bit `j` of `qh` as the fifth
+/// bit of value `j`.
+fn five_bit_values(qs: &[u8], qh: u32) -> impl Iterator<Item = u8> + '_ {
+    four_bit_values(qs)
+        .enumerate()
+        .map(move |(j, q)| q | ((((qh >> j) & 1) as u8) << 4))
+}
+
+/// `d`, 16 bytes of nibbles: `(q - 8) * d`.
 fn q4_0(block: &[u8], out: &mut Vec<f32>) {
     let d = half_at(block, 0);
-    let qs = &block[2..18];
-    out.extend(qs.iter().map(|&q| ((q & 0x0f) as i32 - 8) as f32 * d));
-    out.extend(qs.iter().map(|&q| ((q >> 4) as i32 - 8) as f32 * d));
+    out.extend(four_bit_values(&block[2..18]).map(|q| (q as i32 - 8) as f32 * d));
 }
 
-/// `d`, `m`, then nibbles as in Q4_0: `q * d + m`.
+/// `d`, `m`, nibbles: `q * d + m`.
 fn q4_1(block: &[u8], out: &mut Vec<f32>) {
     let (d, m) = (half_at(block, 0), half_at(block, 2));
-    let qs = &block[4..20];
-    out.extend(qs.iter().map(|&q| (q & 0x0f) as f32 * d + m));
-    out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
-}
-
-/// The fifth bits of a Q5 block: bit `j` of `qh` belongs to value `j`.
-fn fifth_bits(qh: u32, j: usize) -> (u8, u8) {
-    let low = ((qh >> j) << 4) & 0x10;
-    let high = (qh >> (j + 12)) & 0x10;
-    (low as u8, high as u8)
+    out.extend(four_bit_values(&block[4..20]).map(|q| q as f32 * d + m));
 }
 
 /// `d`, 32 fifth bits, nibbles: `(q - 16) * d`.
 fn q5_0(block: &[u8], out: &mut Vec<f32>) {
     let d = half_at(block, 0);
     let qh = u32::from_le_bytes(array(block, 2));
-    let qs = &block[6..22];
-    let values = |high: bool| {
-        qs.iter().enumerate().map(move |(j, &q)| {
-            let (low_bit, high_bit) = fifth_bits(qh, j);
-            let q = if high {
-                (q >> 4) | high_bit
-            } else {
-                (q & 0x0f) | low_bit
-            };
-            (q as i32 - 16) as f32 * d
-        })
-    };
-    out.extend(values(false));
-    out.extend(values(true));
+    out.extend(five_bit_values(&block[6..22], qh).map(|q| (q as i32 - 16) as f32 * d));
 }
 
 /// `d`, `m`, 32 fifth bits, nibbles: `q * d + m`.
 fn q5_1(block: &[u8], out: &mut Vec<f32>) {
     let (d, m) = (half_at(block, 0), half_at(block, 2));
     let qh = u32::from_le_bytes(array(block, 4));
-    let qs = &block[8..24];
-    let values = |high: bool| {
-        qs.iter().enumerate().map(move |(j, &q)| {
-            let (low_bit, high_bit) = fifth_bits(qh, j);
-            let q = if high {
-                (q >> 4) | high_bit
-            } else {
-                (q & 0x0f) | low_bit
-            };
-            q as f32 * d + m
-        })
-    };
-    out.extend(values(false));
-    out.extend(values(true));
+    out.extend(five_bit_values(&block[8..24], qh).map(|q| q as f32 * d + m));
 }
 
 /// `d`, 32 signed bytes: `q * d`.
