@@ -244,7 +244,7 @@ fn a_gguf_model_loads_on_flex_and_exports_to_hugging_face_layout() {
     assert_eq!(
         loaded
             .model
-            .generate(&[prompt.clone()], &route, &settings)
+            .generate(std::slice::from_ref(&prompt), &route, &settings)
             .unwrap(),
         reloaded
             .model
@@ -558,7 +558,7 @@ fn real_smollm2_gguf_matches_transformers() {
             .route();
         let last = loaded
             .model
-            .forward(&[ids.clone()], &full)
+            .forward(std::slice::from_ref(&ids), &full)
             .unwrap()
             .slice([0..1, ids.len() - 1..ids.len()])
             .into_data()

@@ -302,7 +302,7 @@ impl<'a> Parser<'a> {
             .collect::<Parsed<Vec<u64>>>()?;
         let ggml_type = GgmlType(self.u32("a tensor type")?);
         let offset = self.u64("a tensor offset")?;
-        if offset % alignment != 0 {
+        if !offset.is_multiple_of(alignment) {
             return Err(format!(
                 "tensor `{name}` starts at offset {offset}, not a multiple of the alignment {alignment}"
             ));
@@ -338,7 +338,7 @@ impl<'a> Parser<'a> {
             })?;
         let len = match ggml_type.block_geometry() {
             Some((block_values, block_bytes)) => {
-                if dims[0] % block_values as u64 != 0 {
+                if !dims[0].is_multiple_of(block_values as u64) {
                     return Err(format!(
                         "tensor `{name}` ({ggml_type}) has rows of {} values, not a multiple of its block of {block_values}",
                         dims[0]
