@@ -222,9 +222,15 @@ impl<B: Backend> StochasticKvAttention<B> {
             }
         }
 
+        // Scaling the few query values instead of the scores saves a pass over (and an
+        // allocation of) one score per key slot, head and layer. It is done here, on the
+        // rotated queries in their projection layout, for both paths below: on wgpu's fusion,
+        // scaling the reshaped view of the swapped queries in the decode path read wrong
+        // elements after a multi-token step (conformance `chunked_prefill_matches_uncached`).
         let query = self.split_heads(project(&self.query, x), self.n_heads);
         let query = rope
             .apply(normalize_heads(&self.query_norm, query))
+            .mul_scalar((self.head_dim as f64).powf(-0.5))
             .swap_dims(1, 2);
         let groups = self.n_heads / self.n_kv_heads;
         let context = if seq_len == 1 {
@@ -233,11 +239,7 @@ impl<B: Backend> StochasticKvAttention<B> {
             // view in place through its strides; a fused attention op may first copy the
             // visible keys/values to contiguous buffers (flex does), i.e. a second read and a
             // write of the whole history every step.
-            // Scaling the few query values instead of the scores saves a pass over (and an
-            // allocation of) one score per cached slot, head and layer.
-            let query = query
-                .reshape([batch, self.n_kv_heads, groups, self.head_dim])
-                .mul_scalar((self.head_dim as f64).powf(-0.5));
+            let query = query.reshape([batch, self.n_kv_heads, groups, self.head_dim]);
             let scores = query.matmul(kv.key.clone().swap_dims(2, 3));
             let scores = match mask {
                 AttentionMask::Causal => scores,
@@ -269,6 +271,8 @@ impl<B: Backend> StochasticKvAttention<B> {
                 mask,
                 None,
                 AttentionModuleOptions {
+                    // The queries are already scaled (above).
+                    scale: Some(1.0),
                     is_causal,
                     ..Default::default()
                 },
