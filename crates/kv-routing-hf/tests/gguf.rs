@@ -397,7 +397,7 @@ fn truncated_files_are_errors_at_every_length() {
         file.tensors().values().map(|t| t.start).min().unwrap()
     };
     // Every length through the header, then every 97th byte of the data.
-    let lengths = (4..header_end).chain((header_end..bytes.len()).step_by(97));
+    let lengths = (0..header_end).chain((header_end..bytes.len()).step_by(97));
     for len in lengths {
         let error = open_error(dir.path(), &bytes[..len]);
         assert!(
@@ -424,13 +424,13 @@ fn corrupted_headers_are_errors_or_load_but_never_panic() {
     for _ in 0..300 {
         let mut damaged = bytes.clone();
         for _ in 0..rng.random_range(1..4) {
-            let at = rng.random_range(4..header_end);
+            let at = rng.random_range(0..header_end);
             damaged[at] ^= 1 << rng.random_range(0..8);
         }
         let path = write(dir.path(), "flipped.gguf", &damaged);
         // Any outcome but a panic (the test would fail) or an abort on a huge allocation. The
         // context is bounded by the caller: a flipped context_length may ask for up to
-        // MAX_POSITIONS positions of rotary tables, which is legal but slow.
+        // MAX_POSITIONS positions of rotary tables, which is legal but slow to fill.
         let options = LoadOptions {
             max_seq_len: Some(64),
         };
@@ -500,15 +500,62 @@ fn absurd_counts_dims_offsets_and_types_name_what_is_wrong() {
     unknown_type[entry + 12..entry + 16].copy_from_slice(&9999u32.to_le_bytes());
     assert!(message(&unknown_type).contains("type 9999"));
 
+    // Every entry claims its own bytes: pointing a small tensor into the first one (the
+    // embedding, at offset 0) would let entries claim more values than the file holds.
+    let mut overlapping = bytes.clone();
+    overlapping[offset_at..offset_at + 8].copy_from_slice(&0u64.to_le_bytes());
+    let error = message(&overlapping);
+    assert!(
+        error.contains("overlap") && error.contains("output_norm.weight"),
+        "{error}"
+    );
+
+    // Named .gguf, the file reaches the parser (not "no config.json in damaged.gguf/").
+    let mut magic = bytes.clone();
+    magic[0] = b'X';
+    assert!(
+        message(&magic).contains("not a GGUF file"),
+        "{}",
+        message(&magic)
+    );
+
     let mut version = bytes.clone();
     version[4..8].copy_from_slice(&3u32.to_be_bytes());
     assert!(message(&version).contains("big-endian"));
+    version[4..8].copy_from_slice(&0u32.to_le_bytes());
+    assert!(message(&version).contains("unknown GGUF version 0"));
 
     let key = b"general.architecture";
     let value = find(&bytes, key) + key.len() + 4 + 8;
     let mut gemma = bytes.clone();
     gemma[value..value + 5].copy_from_slice(b"gemma");
     assert!(message(&gemma).contains("gemma"));
+}
+
+#[test]
+fn two_gguf_names_for_one_tensor_are_an_error_not_a_silent_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec {
+        intermediate: 64,
+        ..Spec::llama()
+    };
+    let (mut writer, _) = gguf_model(&spec, GgmlType::F32, 1);
+    let query = writer
+        .tensors
+        .iter()
+        .find(|(name, ..)| name == "blk.0.attn_q.weight")
+        .cloned()
+        .unwrap();
+    writer
+        .tensors
+        .push(("blk.00.attn_q.weight".into(), query.1, query.2, query.3));
+    let error = open_error(dir.path(), &writer.to_bytes()).to_string();
+    assert!(
+        error.contains("blk.0.attn_q.weight")
+            && error.contains("blk.00.attn_q.weight")
+            && error.contains("model.layers.0.self_attn.q_proj.weight"),
+        "{error}"
+    );
 }
 
 #[test]

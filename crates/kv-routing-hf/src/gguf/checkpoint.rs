@@ -20,7 +20,7 @@ use std::path::Path;
 
 use serde_json::{json, Map};
 
-use super::file::GgufFile;
+use super::file::{supported_type_names, GgufFile};
 use super::metadata::MetadataValue;
 use crate::error::{HfError, Result};
 use crate::hf_config::{Architecture, HfConfig};
@@ -86,7 +86,22 @@ impl GgufCheckpoint {
                 file: path.display().to_string(),
                 architecture: "Llama-family GGUF".into(),
             })?;
-            names.insert(name, gguf_name.clone());
+            // Checked before anything is allocated: a type we cannot read has no size we can
+            // check the configuration against either.
+            let ggml_type = file.tensors()[gguf_name].ggml_type;
+            if !ggml_type.is_supported() {
+                return Err(HfError::GgufTensorType {
+                    name: gguf_name.clone(),
+                    ggml_type: ggml_type.name(),
+                    supported: supported_type_names(),
+                });
+            }
+            if let Some(first) = names.insert(name.clone(), gguf_name.clone()) {
+                return Err(HfError::Gguf {
+                    path: path.to_path_buf(),
+                    message: format!("tensors `{first}` and `{gguf_name}` are both `{name}`"),
+                });
+            }
         }
         let config = gguf_config(&file, &names)?;
         let permuted_qk = config.architecture()? == Architecture::Llama;
@@ -164,7 +179,11 @@ impl GgufCheckpoint {
 pub fn unpermute_rotary_rows(values: &[f32], shape: &[usize], heads: usize) -> Option<Vec<f32>> {
     let rows = *shape.first()?;
     let width: usize = shape[1..].iter().product();
-    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
+    if heads == 0
+        || !rows.is_multiple_of(heads)
+        || !(rows / heads).is_multiple_of(2)
+        || rows.checked_mul(width) != Some(values.len())
+    {
         return None;
     }
     let head_dim = rows / heads;

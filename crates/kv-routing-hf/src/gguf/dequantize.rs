@@ -17,7 +17,7 @@ use super::ggml_type::GgmlType;
 pub fn dequantize(ty: GgmlType, bytes: &[u8], n_values: usize) -> Option<Vec<f32>> {
     let (block_values, block_bytes) = ty.block_geometry()?;
     if !n_values.is_multiple_of(block_values)
-        || n_values / block_values * block_bytes != bytes.len()
+        || (n_values / block_values).checked_mul(block_bytes) != Some(bytes.len())
     {
         return None;
     }

@@ -83,14 +83,24 @@ impl std::fmt::Debug for GgufFile {
     }
 }
 
-/// Whether `path` is a file that starts with the GGUF magic.
+/// Whether `path` is to be read as a GGUF file: a file named `*.gguf` (whatever it holds, so
+/// that a damaged one reaches the parser's error instead of being taken for a directory), or
+/// any file that starts with the GGUF magic.
 pub fn is_gguf_file(path: &Path) -> bool {
     use std::io::Read;
+    if !path.is_file() {
+        return false;
+    }
+    if path
+        .extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("gguf"))
+    {
+        return true;
+    }
     let mut magic = [0u8; 4];
-    path.is_file()
-        && File::open(path)
-            .and_then(|mut f| f.read_exact(&mut magic))
-            .is_ok()
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
         && magic == GGUF_MAGIC
 }
 
@@ -166,6 +176,28 @@ impl GgufFile {
 pub fn supported_type_names() -> String {
     let names: Vec<String> = GgmlType::SUPPORTED.iter().map(|t| t.name()).collect();
     names.join(", ")
+}
+
+/// Tensors must not share bytes: the sizes they claim are what a loader checks a configuration
+/// against before allocating, and overlapping entries would let a small file claim any size.
+fn reject_overlaps(tensors: &BTreeMap<String, TensorInfo>) -> Parsed<()> {
+    let mut spans: Vec<(usize, usize, &str)> = tensors
+        .iter()
+        .filter_map(|(name, info)| {
+            info.len
+                .map(|len| (info.start, info.start + len, name.as_str()))
+        })
+        .collect();
+    spans.sort_unstable();
+    for pair in spans.windows(2) {
+        let ((_, end, first), (start, _, second)) = (pair[0], pair[1]);
+        if start < end {
+            return Err(format!(
+                "tensors `{first}` and `{second}` overlap (bytes {start}..{end})"
+            ));
+        }
+    }
+    Ok(())
 }
 
 struct Header {
@@ -244,7 +276,7 @@ impl<'a> Parser<'a> {
         match version {
             2 | 3 => {}
             1 => return Err("GGUF version 1 is not supported (re-convert the model)".into()),
-            v if v.swap_bytes() <= 3 => {
+            v if v != 0 && v.swap_bytes() <= 3 => {
                 return Err("big-endian GGUF files are not supported".into())
             }
             v => return Err(format!("unknown GGUF version {v}")),
@@ -282,6 +314,7 @@ impl<'a> Parser<'a> {
                 return Err(format!("tensor `{name}` appears twice"));
             }
         }
+        reject_overlaps(&tensors)?;
         Ok(Header {
             version,
             metadata,
@@ -437,13 +470,9 @@ impl<'a> Parser<'a> {
             8 => MetadataArray::String((0..n).map(|_| self.string(key)).collect::<Parsed<_>>()?),
             _ => MetadataArray::Array(
                 (0..n)
-                    .map(|_| self.nested_array(key, depth))
+                    .map(|_| self.array(key, depth + 1))
                     .collect::<Parsed<_>>()?,
             ),
         })
-    }
-
-    fn nested_array(&mut self, key: &str, depth: usize) -> Parsed<MetadataArray> {
-        self.array(key, depth + 1)
     }
 }

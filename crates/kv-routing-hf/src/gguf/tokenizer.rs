@@ -335,12 +335,11 @@ fn sentencepiece_bpe(metadata: &TokenizerMetadata, gguf: &GgufFile) -> Result<Va
 /// merges of higher-scoring pieces first (ties: lower id of the merged piece, then of the
 /// left part).
 fn merges_from_scores(metadata: &TokenizerMetadata, scores: &[f64]) -> Vec<String> {
-    let ids: HashMap<&str, usize> = metadata
-        .tokens
-        .iter()
-        .enumerate()
-        .map(|(id, token)| (token.as_str(), id))
-        .collect();
+    // A token listed twice keeps its first id, as in the vocabulary.
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    for (id, token) in metadata.tokens.iter().enumerate() {
+        ids.entry(token.as_str()).or_insert(id);
+    }
     let mut merges = Vec::new();
     for (id, piece) in metadata.tokens.iter().enumerate() {
         if metadata.token_type(id) != 1 {
