@@ -18,10 +18,11 @@ use crate::tokenizer::HfTokenizer;
 /// Name of the model configuration in a checkpoint directory.
 pub const CONFIG_FILE: &str = "config.json";
 
-/// Longest context a checkpoint may ask for (its rotary tables are allocated at load): 16M
-/// positions, far beyond released models (Llama 3.1: 128K), so a larger value is taken for a
-/// corrupted configuration.
-pub const MAX_POSITIONS: usize = 1 << 24;
+/// Longest context a checkpoint may ask for without [`LoadOptions::max_seq_len`] (its rotary
+/// tables are allocated at load): 2M positions, beyond released models (Llama 3.1: 128K,
+/// Qwen2.5-1M: 1M), so a larger value is taken for a corrupted configuration. At head_dim 128
+/// the tables of 2M positions take 1 GiB.
+pub const MAX_POSITIONS: usize = 1 << 21;
 
 /// How to load a checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -107,7 +108,10 @@ impl TensorSource for GgufCheckpoint {
     }
 
     fn total_values(&self) -> usize {
-        self.file().tensors().values().map(|t| t.n_values()).sum()
+        self.file()
+            .tensors()
+            .values()
+            .fold(0, |total: usize, t| total.saturating_add(t.n_values()))
     }
 }
 

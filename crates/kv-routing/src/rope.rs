@@ -96,6 +96,11 @@ impl RopeScaling {
     }
 }
 
+/// Most values one rotary table may hold (1 GiB in f32): far beyond released models (Llama 3.1's
+/// 128K positions x 64 frequencies is 8.4M), so a larger table comes from a corrupted
+/// configuration and is refused before it is allocated.
+pub const MAX_TABLE_VALUES: usize = 1 << 28;
+
 /// Configuration of a [`RotaryEmbedding`].
 #[derive(Config, Debug)]
 pub struct RotaryEmbeddingConfig {
@@ -149,14 +154,26 @@ impl RotaryEmbeddingConfig {
             scaling.validate()?;
         }
         let half = self.head_dim / 2;
+        let table_values = self
+            .max_seq_len
+            .checked_mul(half)
+            .filter(|&n| n <= MAX_TABLE_VALUES)
+            .ok_or_else(|| {
+                KvRoutingError::InvalidConfig(format!(
+                    "rotary tables of {} positions x {half} frequencies exceed {MAX_TABLE_VALUES} values each; lower max_seq_len",
+                    self.max_seq_len
+                ))
+            })?;
         let frequencies = self.inverse_frequencies();
-        let mut cos = Vec::with_capacity(self.max_seq_len * half);
-        let mut sin = Vec::with_capacity(self.max_seq_len * half);
+        // Angles in f64 (positions times small frequencies lose digits in f32), tables in f32:
+        // what the backend stores, at half the host memory of f64.
+        let mut cos = Vec::with_capacity(table_values);
+        let mut sin = Vec::with_capacity(table_values);
         for position in 0..self.max_seq_len {
             for &frequency in &frequencies {
                 let angle = position as f64 * frequency;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
             }
         }
         let shape = [self.max_seq_len, half];

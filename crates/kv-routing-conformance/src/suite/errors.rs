@@ -156,6 +156,10 @@ pub fn bad_model_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
         RoutedTransformerConfig::new(37, 12, 2, 4, 48),
         RoutedTransformerConfig::new(0, 32, 2, 4, 48),
         RoutedTransformerConfig::new(37, 32, 2, 4, 48).with_norm_eps(0.0),
+        // Rotary tables past MAX_TABLE_VALUES (a corrupted context length), and one whose
+        // size overflows: refused before allocating, not an abort or a capacity panic.
+        RoutedTransformerConfig::new(37, 32, 2, 4, 48).with_max_seq_len(1 << 40),
+        RoutedTransformerConfig::new(37, 32, 2, 4, 48).with_max_seq_len(usize::MAX / 2),
     ];
     for config in invalid {
         assert!(
