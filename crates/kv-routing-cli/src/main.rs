@@ -10,7 +10,6 @@ use kv_routing_backend::{
     device, device_with_precision, AutodiffBackend, Backend, Precision, NAME,
 };
 use kv_routing_hf::{ExportDtype, ExportOptions};
-use kv_routing_train::checkpoint::load_config;
 use kv_routing_train::data::{DataSource, Dataset};
 use kv_routing_train::evaluate::{evaluate_plans, EvalSettings};
 use kv_routing_train::passkey::PasskeyTask;
@@ -270,12 +269,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
         },
         None => DataSource::Synthetic { seed: args.seed },
     };
-    config.steps = match (args.steps, args.resume) {
-        (Some(steps), _) => steps,
-        // Resuming continues the run as it was configured: its own length and schedule.
-        (None, true) => load_config(&checkpoint_dir(&args.out))?.steps,
-        (None, false) => DEFAULT_STEPS,
-    };
+    config.steps = args.steps.unwrap_or(DEFAULT_STEPS);
     config.batch_size = args.batch_size;
     config.learning_rate = args.lr;
     config.min_learning_rate = args.min_lr.unwrap_or(args.lr / 10.0);
@@ -286,7 +280,11 @@ fn run_train(args: TrainArgs) -> Result<()> {
     config.eval_batches = args.eval_batches;
     config.checkpoint_every = args.checkpoint_every;
     let start = match (args.resume, args.init_from) {
-        (true, _) => Start::Resume,
+        // Resuming continues the run as it was configured (its own length and schedule)
+        // unless --steps extends it.
+        (true, _) => Start::Resume {
+            extend_to: args.steps,
+        },
         (false, Some(dir)) => Start::InitFrom(resolve_checkpoint(&dir)),
         (false, None) => Start::Fresh,
     };

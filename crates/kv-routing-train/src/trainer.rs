@@ -29,9 +29,14 @@ use crate::train_config::TrainConfig;
 pub enum Start {
     /// New weights from `config.init_seed`.
     Fresh,
-    /// Continue the run checkpointed under `<out_dir>/checkpoint` (its config is used; `steps`
-    /// may be raised to train longer).
-    Resume,
+    /// Continue the run checkpointed under `<out_dir>/checkpoint` exactly as it was configured
+    /// (its saved config is used and `config` is ignored), or, with `extend_to`, lengthened to
+    /// that many steps (the cosine schedule is stretched to the new length; shortening a run is
+    /// an error: stop early with [`RunOptions::stop_at`] instead).
+    Resume {
+        /// New total length of the run, at least its saved `steps`.
+        extend_to: Option<u64>,
+    },
     /// Fine-tune: weights from this checkpoint (a training checkpoint or a Hugging Face
     /// checkpoint directory), fresh optimizer and schedule, the new `p`. The checkpoint's model
     /// configuration replaces `config.model`. From a Hugging Face checkpoint with a
@@ -123,9 +128,18 @@ pub fn train<B: AutodiffBackend>(
             let model = config.model.init_seeded::<B>(config.init_seed, device)?;
             (fresh_state(&config)?, model, config)
         }
-        Start::Resume => {
+        Start::Resume { extend_to } => {
             let (mut saved, model) = load_model::<B>(&checkpoint, device)?;
-            saved.steps = saved.steps.max(config.steps);
+            if let Some(steps) = *extend_to {
+                if steps < saved.steps {
+                    return Err(TrainError::Config(format!(
+                        "the run in {} is {} steps long; it can be extended, not shortened to {steps} (stop early with --stop-at)",
+                        out_dir.display(),
+                        saved.steps
+                    )));
+                }
+                saved.steps = steps;
+            }
             (load_state(&checkpoint)?, model, saved)
         }
         Start::InitFrom(source) => {
@@ -160,7 +174,7 @@ pub fn train<B: AutodiffBackend>(
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)
         .init::<B, RoutedTransformer<B>>();
-    if start == Start::Resume {
+    if matches!(start, Start::Resume { .. }) {
         optimizer = load_optimizer(&checkpoint, optimizer, device)?;
     }
     std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;

@@ -142,7 +142,11 @@ fn resume_reproduces_routes_and_losses() {
         state.router.route_for_step(4),
         fresh_router.route_for_step(4)
     );
-    let second_half = run(tiny(8, 0.75), Start::Resume, split.path());
+    let second_half = run(
+        tiny(8, 0.75),
+        Start::Resume { extend_to: None },
+        split.path(),
+    );
     assert_eq!(second_half.steps_run, 4);
     assert_eq!(second_half.log[0].step, 4);
     let resumed: Vec<f64> = losses(&first_half)
@@ -154,6 +158,36 @@ fn resume_reproduces_routes_and_losses() {
         resumed,
         "uninterrupted vs stopped at 4 and resumed"
     );
+}
+
+#[test]
+fn resume_keeps_the_runs_length_unless_extended_and_never_shortens_it() {
+    let dir = tempfile::tempdir().unwrap();
+    run_until(tiny(4, 0.5), Start::Fresh, dir.path(), Some(2));
+    // The caller's config (here 50 steps) does not change the run: it ends at its own 4.
+    let resumed = run(tiny(50, 0.5), Start::Resume { extend_to: None }, dir.path());
+    assert_eq!((resumed.config.steps, resumed.steps_run), (4, 2));
+    let options = RunOptions {
+        show_progress: false,
+        stop_at: None,
+    };
+    let shortened = train::<B>(
+        tiny(4, 0.5),
+        Start::Resume { extend_to: Some(3) },
+        dir.path(),
+        options,
+        &FlexDevice,
+    );
+    assert!(
+        matches!(&shortened, Err(TrainError::Config(m)) if m.contains("shortened")),
+        "{shortened:?}"
+    );
+    let extended = run(
+        tiny(4, 0.5),
+        Start::Resume { extend_to: Some(6) },
+        dir.path(),
+    );
+    assert_eq!((extended.config.steps, extended.steps_run), (6, 2));
 }
 
 #[test]
