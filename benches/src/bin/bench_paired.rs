@@ -224,7 +224,7 @@ struct PeerSettings {
     model: PathBuf,
     python: String,
     threads: usize,
-    dtype: String,
+    dtype: Precision,
 }
 
 /// Decode and prefill of a real checkpoint, this library against the PyTorch peer, interleaved.
@@ -241,7 +241,7 @@ fn peer_rounds(settings: &PeerSettings, rounds: usize) {
         &script,
         &settings.model,
         settings.threads,
-        &settings.dtype,
+        settings.dtype.name(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
     println!(
@@ -401,7 +401,7 @@ fn main() {
         model: PathBuf::new(),
         python: "python3".into(),
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        dtype: "f32".into(),
+        dtype: Precision::F32,
     };
     const GROUPS: [&str; 5] = ["decode", "prefill", "train", "capacity", "peer"];
     let usage = || -> ! {
@@ -424,14 +424,15 @@ fn main() {
             ("--threads", Some(n)) if n.parse::<usize>().is_ok_and(|n| n > 0) => {
                 peer.threads = n.parse().unwrap()
             }
-            ("--dtype", Some(dtype)) if dtype.parse::<Precision>().is_ok() => peer.dtype = dtype,
+            ("--dtype", Some(dtype)) if dtype.parse::<Precision>().is_ok() => {
+                peer.dtype = dtype.parse().unwrap()
+            }
             _ => usage(),
         }
     }
     let wants = |g: &str| groups.split(',').any(|w| w.trim() == g);
     // Every tensor of this process (both implementations' models and caches) in that type.
-    let precision: Precision = peer.dtype.parse().expect("checked with the arguments");
-    device_with_precision(precision).unwrap_or_else(|e| panic!("{e}"));
+    device_with_precision(peer.dtype).unwrap_or_else(|e| panic!("{e}"));
     if wants("peer") && peer.model.as_os_str().is_empty() {
         eprintln!(
             "the peer group needs --model (a Hugging Face checkpoint directory or a GGUF file)"

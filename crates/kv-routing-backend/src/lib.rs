@@ -61,49 +61,7 @@ pub fn device() -> Device {
     selected::device()
 }
 
-/// Floating-point type of a program's weights, activations and KV caches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Precision {
-    /// 32-bit floats (the default).
-    #[default]
-    F32,
-    /// IEEE half: half the weight and KV-cache bytes of f32.
-    F16,
-    /// bfloat16: f32's range with f16's size.
-    BF16,
-}
-
-impl std::str::FromStr for Precision {
-    type Err = String;
-
-    fn from_str(name: &str) -> Result<Self, String> {
-        match name {
-            "f32" => Ok(Self::F32),
-            "f16" => Ok(Self::F16),
-            "bf16" => Ok(Self::BF16),
-            other => Err(format!("unknown precision `{other}` (f32, f16 or bf16)")),
-        }
-    }
-}
-
-impl Precision {
-    /// `f32`, `f16` or `bf16`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "f32",
-            Self::F16 => "f16",
-            Self::BF16 => "bf16",
-        }
-    }
-
-    /// Bytes per value.
-    pub fn bytes(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            Self::F16 | Self::BF16 => 2,
-        }
-    }
-}
+pub use kv_routing::Precision;
 
 /// The device programs run on, with `precision` as the default type of every float tensor
 /// created on it (weights as they load, KV caches, activations). Burn fixes a device's default
@@ -113,11 +71,9 @@ impl Precision {
 pub fn device_with_precision(precision: Precision) -> Result<Device, String> {
     use burn::tensor::{DType, Element, FloatDType};
     let device = device();
-    if precision == Precision::F32 {
-        return Ok(device);
-    }
     let float = match precision {
-        Precision::F32 => FloatDType::F32,
+        // Burn's default: nothing to set (and nothing to fail on a used device).
+        Precision::F32 => return Ok(device),
         Precision::F16 => FloatDType::F16,
         Precision::BF16 => FloatDType::BF16,
     };

@@ -7,11 +7,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use burn::tensor::backend::Backend;
 use half::{bf16, f16};
-use kv_routing::{RoutedTransformer, RoutedTransformerConfig};
+use kv_routing::{Precision, RoutedTransformer, RoutedTransformerConfig};
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::{json, Value};
 
@@ -23,68 +22,28 @@ use crate::routing_metadata::RoutingMetadata;
 use crate::safetensors_files::{INDEX_FILE, SINGLE_FILE};
 use crate::staged_dir::{copy_tokenizer_files, StagedDir};
 
-/// Element type of exported weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ExportDtype {
-    /// 32-bit floats: exact.
-    #[default]
-    F32,
-    /// IEEE half precision.
-    F16,
-    /// bfloat16 (the usual type of Llama-family releases).
-    BF16,
-}
+/// Element type of exported weights: the programs' [`Precision`] (one type, one parser).
+pub type ExportDtype = Precision;
 
-impl ExportDtype {
-    fn bytes(self) -> usize {
-        match self {
-            Self::F32 => 4,
-            Self::F16 | Self::BF16 => 2,
-        }
-    }
-
-    fn safetensors(self) -> Dtype {
-        match self {
-            Self::F32 => Dtype::F32,
-            Self::F16 => Dtype::F16,
-            Self::BF16 => Dtype::BF16,
-        }
-    }
-
-    /// The `torch_dtype` name written to `config.json`.
-    pub fn torch_name(self) -> &'static str {
-        match self {
-            Self::F32 => "float32",
-            Self::F16 => "float16",
-            Self::BF16 => "bfloat16",
-        }
-    }
-
-    fn encode(self, values: &[f32]) -> Vec<u8> {
-        match self {
-            Self::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            Self::F16 => values
-                .iter()
-                .flat_map(|&v| f16::from_f32(v).to_le_bytes())
-                .collect(),
-            Self::BF16 => values
-                .iter()
-                .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
-                .collect(),
-        }
+fn safetensors_dtype(dtype: ExportDtype) -> Dtype {
+    match dtype {
+        Precision::F32 => Dtype::F32,
+        Precision::F16 => Dtype::F16,
+        Precision::BF16 => Dtype::BF16,
     }
 }
 
-impl FromStr for ExportDtype {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "f32" | "float32" => Ok(Self::F32),
-            "f16" | "float16" => Ok(Self::F16),
-            "bf16" | "bfloat16" => Ok(Self::BF16),
-            _ => Err(format!("unknown dtype `{s}` (f32, f16, bf16)")),
-        }
+fn encode(dtype: ExportDtype, values: &[f32]) -> Vec<u8> {
+    match dtype {
+        Precision::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        Precision::F16 => values
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+            .collect(),
+        Precision::BF16 => values
+            .iter()
+            .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+            .collect(),
     }
 }
 
@@ -201,13 +160,13 @@ fn write_weights<B: Backend>(
             .iter()
             .map(|(name, slot)| {
                 let (shape, values) = hf_tensor(&mut model, *slot);
-                (name.clone(), shape, options.dtype.encode(&values))
+                (name.clone(), shape, encode(options.dtype, &values))
             })
             .collect::<Vec<_>>();
         let views = tensors
             .iter()
             .map(|(name, shape, bytes)| {
-                TensorView::new(options.dtype.safetensors(), shape.clone(), bytes)
+                TensorView::new(safetensors_dtype(options.dtype), shape.clone(), bytes)
                     .map(|view| (name.clone(), view))
                     .map_err(|e| HfError::Unsupported(format!("tensor `{name}`: {e}")))
             })
