@@ -238,7 +238,6 @@ fn mha_baseline_benchmarks(c: &mut Criterion) {
     drop(burn_mha.into_record());
 }
 
-/// A group in flat sampling mode: every sample runs the same number of iterations, so a
 /// Decode and prefill of the pretrained model named by `KV_BENCH_MODEL`, if any.
 fn real_checkpoint_benchmarks(c: &mut Criterion) {
     let Ok(path) = std::env::var("KV_BENCH_MODEL") else {
@@ -273,6 +272,7 @@ fn real_checkpoint_benchmarks(c: &mut Criterion) {
     group.finish();
 }
 
+/// A group in flat sampling mode: every sample runs the same number of iterations, so a
 /// benchmark whose iteration takes seconds (medium prefill, training) needs 10 iterations, not
 /// the 55 of criterion's default linear mode.
 fn slow_group<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {

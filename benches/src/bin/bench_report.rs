@@ -170,7 +170,10 @@ fn decode_section(root: &Path, bandwidth: f64) {
     println!("| model | batch | context | plan | tokens/s | spread | vs full | GB/s moved | % of bandwidth |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for size in [tiny(), medium()] {
-        let parameters = parameter_count(&size.config);
+        let parameters = size
+            .config
+            .parameter_count()
+            .expect("the benchmark sizes are small");
         for batch in DECODE_BATCHES {
             for context in DECODE_CONTEXTS {
                 let mut full = None;
@@ -196,9 +199,14 @@ fn decode_section(root: &Path, bandwidth: f64) {
                         * size.config.d_model
                         * attention.kv_heads()
                         * attention.resolved_head_dim();
-                    // The embedding is a row lookup, not a full read.
-                    let weights_read =
-                        (parameters - skipped - size.config.vocab_size * size.config.d_model) * 4;
+                    // The embedding is a row lookup, not a full read (tied, it is read whole
+                    // as the head, and counted once in `parameters`).
+                    let lookup_only = if size.config.tie_embeddings {
+                        0
+                    } else {
+                        size.config.vocab_size * size.config.d_model
+                    };
+                    let weights_read = (parameters - skipped - lookup_only) * 4;
                     let moved = (weights_read + kv_read) as f64 * DECODE_STEPS as f64 / e.median;
                     println!(
                         "| {} | {batch} | {context} | {name} | {tokens_per_second:.1} | {} | {:.2}x | {:.2} | {:.0}% |",
@@ -213,16 +221,6 @@ fn decode_section(root: &Path, bandwidth: f64) {
         }
     }
     println!();
-}
-
-fn parameter_count(config: &kv_routing::RoutedTransformerConfig) -> usize {
-    let attention = config.attention_config();
-    let (d, hd) = (config.d_model, attention.resolved_head_dim());
-    let per_layer = 2 * d * config.n_heads * hd
-        + 2 * d * attention.kv_heads() * hd
-        + 3 * d * config.d_ff
-        + 2 * d;
-    2 * config.vocab_size * d + config.n_layers * per_layer + d
 }
 
 fn prefill_section(root: &Path) {

@@ -19,14 +19,28 @@ use burn::tensor::Tensor;
 /// - x: `[..., in]`
 /// - output: `[..., out]`
 pub fn project<B: Backend, const D: usize>(linear: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
-    let weight = linear.weight.val();
+    let y = matmul_last_axis(x, linear.weight.val());
+    match &linear.bias {
+        Some(bias) => y + bias.val().unsqueeze(),
+        None => y,
+    }
+}
+
+/// `x W` over the last axis of `x`, as one rank-2 product with `W` as it is (contiguous or a
+/// transposed view, such as a tied LM head's transposed embedding).
+///
+/// # Shapes
+/// - x: `[..., in]`
+/// - weight: `[in, out]`
+/// - output: `[..., out]`
+pub fn matmul_last_axis<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight: Tensor<B, 2>,
+) -> Tensor<B, D> {
     let [d_input, d_output] = weight.dims();
     let mut dims = x.dims();
     let rows = dims[..D - 1].iter().product();
-    let mut y = x.reshape([rows, d_input]).matmul(weight);
-    if let Some(bias) = &linear.bias {
-        y = y + bias.val().unsqueeze();
-    }
+    let y = x.reshape([rows, d_input]).matmul(weight);
     dims[D - 1] = d_output;
     y.reshape(dims)
 }

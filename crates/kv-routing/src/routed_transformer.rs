@@ -18,7 +18,7 @@ use crate::error::KvRoutingError;
 use crate::feed_forward::SwiGluFeedForwardConfig;
 use crate::kv_cache::{KvCacheLayout, KvCacheManager};
 use crate::kv_store::{KvStore, SequenceKv};
-use crate::projection::project;
+use crate::projection::{matmul_last_axis, project};
 use crate::rope::{RopeAngles, RopeScaling, RotaryEmbedding, RotaryEmbeddingConfig};
 use crate::route::Route;
 use crate::seeded_init::reinit_seeded;
@@ -374,19 +374,10 @@ impl<B: Backend> RoutedTransformer<B> {
         let normed = self.norm.forward(hidden);
         match &self.lm_head {
             Some(head) => project(head, normed),
-            None => {
-                // A rank-2 product with the transposed embedding *view*: backends multiply by
-                // its strides as they are. Raising the view's rank instead (`unsqueeze`) made
-                // flex copy the whole `[vocab, d_model]` matrix on every call.
-                let mut dims = normed.dims();
-                let d_model = dims[D - 1];
-                let rows = dims[..D - 1].iter().product();
-                let logits = normed
-                    .reshape([rows, d_model])
-                    .matmul(self.embedding.weight.val().transpose());
-                dims[D - 1] = self.vocab_size;
-                logits.reshape(dims)
-            }
+            // A rank-2 product with the transposed embedding *view*: backends multiply by its
+            // strides as they are. Raising the view's rank instead (`unsqueeze`) made flex copy
+            // the whole `[vocab, d_model]` matrix on every call.
+            None => matmul_last_axis(normed, self.embedding.weight.val().transpose()),
         }
     }
 
