@@ -7,7 +7,7 @@ Markup is stripped to plain prose and code. Files are split by directory so that
 text never occurs in training:
 
   train.txt    everything except tutorial/ and faq/   (fine-tuning data)
-  heldout.txt  tutorial/ and faq/                     (perplexity and the retrieval filler)
+  heldout.txt  tutorial/ and faq/                     (held-out perplexity)
 
 Usage: prepare_corpus.py OUT_DIR [SOURCES_DIR]
 """

@@ -105,6 +105,28 @@ fn generate_fine_tune_eval_and_export_from_a_gguf_file() {
         table.contains("tiny-llama.Q8_0") && table.contains("every:2"),
         "{table}"
     );
+    // Passkey prompts longer than the model's context (64 here) fail up front, saying so.
+    let output = Command::new(env!("CARGO_BIN_EXE_kv-routing"))
+        .args([
+            "eval",
+            "--checkpoint",
+            &path(&gguf),
+            "--seq-len",
+            "16",
+            "--batches",
+            "1",
+            "--passkey",
+            "2",
+            "--passkey-filler",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && error.contains("context of 64"),
+        "{error}"
+    );
 
     let exported = root.path().join("exported");
     run(&[

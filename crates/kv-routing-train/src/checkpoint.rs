@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 use crate::train_config::TrainConfig;
-use kv_routing_hf::{copy_tokenizer_files, StagedDir};
+use kv_routing_hf::{copy_tokenizer_files, StagedDir, TOKENIZER_FILE};
 
 const CONFIG: &str = "config.json";
 const STATE: &str = "state.json";
@@ -70,12 +70,13 @@ where
     Recorder::<B>::record(&recorder(), optimizer.to_record(), staging.join(OPTIMIZER))
         .map_err(|e| TrainError::io(staging.join(OPTIMIZER), e))?;
     if let Some(base) = &config.base {
-        // The base's files (a directory, or the tokenizer of a GGUF file), or the previous
-        // checkpoint's copy if the base has moved since.
-        let from = if base.source.exists() {
-            base.source.as_path()
-        } else {
+        // The previous checkpoint's copy when it has one (rebuilding a GGUF file's
+        // tokenizer.json on every save would parse its whole vocabulary again), else the
+        // base's files (a directory, or the tokenizer of a GGUF file).
+        let from = if dir.join(TOKENIZER_FILE).is_file() || !base.source.exists() {
             dir
+        } else {
+            base.source.as_path()
         };
         copy_tokenizer_files(from, staging)?;
     }

@@ -121,6 +121,10 @@ pub fn evaluate_plans<B: Backend>(
     plans: &[(String, CachePlan)],
     settings: &EvalSettings,
 ) -> Result<Vec<PlanReport>> {
+    let passkey = settings
+        .passkey
+        .map(|task| task.tokenize(codec, model.max_seq_len()))
+        .transpose()?;
     plans
         .iter()
         .map(|(name, plan)| {
@@ -132,9 +136,9 @@ pub fn evaluate_plans<B: Backend>(
                 settings.batches,
                 settings.batch_size,
             )?;
-            let passkey = settings
-                .passkey
-                .map(|task| passkey_score(model, codec, &route, &task, settings.decode_batch))
+            let passkey = passkey
+                .as_ref()
+                .map(|task| passkey_score(model, codec, &route, task, settings.decode_batch))
                 .transpose()?;
             let capacity = dataset.seq_len();
             let kv_bytes_per_token =

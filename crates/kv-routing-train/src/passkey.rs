@@ -81,27 +81,56 @@ pub struct PasskeyScore {
     pub mean_prompt_tokens: f64,
 }
 
-/// Runs `task` on `model` under `route`, `batch_size` prompts at a time, greedy.
+/// The prompts of a [`PasskeyTask`] as one model's tokens, checked against its context: made
+/// once per model and scored under every route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PasskeyTokens {
+    /// Token ids of each prompt, and the key it hides.
+    prompts: Vec<(Vec<u32>, String)>,
+}
+
+impl PasskeyTask {
+    /// Tokenizes every prompt with `codec`; fails when there are none, or when a prompt and its
+    /// answer would not fit in `max_seq_len` positions (fewer filler lines fit).
+    pub fn tokenize(&self, codec: &TextCodec, max_seq_len: usize) -> Result<PasskeyTokens> {
+        if self.prompts == 0 {
+            return Err(TrainError::Config(
+                "the passkey task needs at least one prompt".into(),
+            ));
+        }
+        let prompts = (0..self.prompts)
+            .map(|i| {
+                let prompt = self.prompt(i);
+                Ok((codec.encode(&prompt.text)?, prompt.key))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let longest = prompts.iter().map(|(ids, _)| ids.len()).max().unwrap_or(0);
+        if longest + ANSWER_TOKENS > max_seq_len {
+            return Err(TrainError::Config(format!(
+                "passkey prompts of {} filler lines reach {longest} tokens (+{ANSWER_TOKENS} for the answer), past the model's context of {max_seq_len}; use fewer filler lines",
+                self.filler_lines
+            )));
+        }
+        Ok(PasskeyTokens { prompts })
+    }
+}
+
+/// Runs the tokenized task on `model` under `route`, `batch_size` prompts at a time, greedy.
 pub fn passkey_score<B: Backend>(
     model: &RoutedTransformer<B>,
     codec: &TextCodec,
     route: &Route,
-    task: &PasskeyTask,
+    task: &PasskeyTokens,
     batch_size: usize,
 ) -> Result<PasskeyScore> {
-    if task.prompts == 0 || batch_size == 0 {
+    if batch_size == 0 {
         return Err(TrainError::Config(
-            "the passkey task needs at least one prompt and a batch of at least one".into(),
+            "the passkey task needs a batch of at least one".into(),
         ));
     }
-    let prompts: Vec<PasskeyPrompt> = (0..task.prompts).map(|i| task.prompt(i)).collect();
-    let (mut correct, mut tokens) = (0usize, 0usize);
-    for batch in prompts.chunks(batch_size) {
-        let ids = batch
-            .iter()
-            .map(|p| codec.encode(&p.text))
-            .collect::<Result<Vec<_>>>()?;
-        tokens += ids.iter().map(Vec::len).sum::<usize>();
+    let mut correct = 0usize;
+    for batch in task.prompts.chunks(batch_size) {
+        let ids: Vec<Vec<u32>> = batch.iter().map(|(ids, _)| ids.clone()).collect();
         let generation = model.generate(
             &ids,
             route,
@@ -112,14 +141,16 @@ pub fn passkey_score<B: Backend>(
                 stop_tokens: Vec::new(),
             },
         )?;
-        for (prompt, answer) in batch.iter().zip(&generation.tokens) {
-            correct += usize::from(codec.decode(answer)?.contains(&prompt.key));
+        for ((_, key), answer) in batch.iter().zip(&generation.tokens) {
+            correct += usize::from(codec.decode(answer)?.contains(key.as_str()));
         }
     }
+    let prompts = task.prompts.len();
+    let tokens: usize = task.prompts.iter().map(|(ids, _)| ids.len()).sum();
     Ok(PasskeyScore {
-        accuracy: correct as f64 / task.prompts as f64,
-        prompts: task.prompts,
-        mean_prompt_tokens: tokens as f64 / task.prompts as f64,
+        accuracy: correct as f64 / prompts as f64,
+        prompts,
+        mean_prompt_tokens: tokens as f64 / prompts as f64,
     })
 }
 
@@ -149,5 +180,33 @@ mod tests {
             .collect();
         assert!(depths.contains(&0) && depths.contains(&10), "{depths:?}");
         assert_ne!(task.prompt(0).key, task.prompt(1).key);
+    }
+
+    #[test]
+    fn prompts_are_checked_against_the_context_then_scored_once_each() {
+        use burn_flex::{Flex, FlexDevice};
+        use kv_routing::{CachePlan, RoutedTransformerConfig};
+
+        let task = PasskeyTask {
+            prompts: 3,
+            filler_lines: 0,
+            seed: 1,
+        };
+        let error = task.tokenize(&TextCodec::Bytes, 64).unwrap_err();
+        assert!(error.to_string().contains("context of 64"), "{error}");
+
+        let model = RoutedTransformerConfig::new(256, 32, 2, 4, 48)
+            .with_max_seq_len(512)
+            .init::<Flex>(&FlexDevice)
+            .unwrap();
+        let tokens = task
+            .tokenize(&TextCodec::Bytes, model.max_seq_len())
+            .unwrap();
+        let route = CachePlan::full(2).unwrap().route();
+        let score = passkey_score(&model, &TextCodec::Bytes, &route, &tokens, 2).unwrap();
+        assert_eq!(score.prompts, 3);
+        let bytes: usize = (0..3).map(|i| task.prompt(i).text.len()).sum();
+        assert_eq!(score.mean_prompt_tokens, bytes as f64 / 3.0);
+        assert!((0.0..=1.0).contains(&score.accuracy));
     }
 }
