@@ -35,4 +35,4 @@ pub use load::{
 pub use routing_metadata::{RoutingMetadata, ROUTING_METADATA_VERSION};
 pub use safetensors_files::{SafetensorsFiles, INDEX_FILE, SINGLE_FILE};
 pub use staged_dir::{copy_tokenizer_files, StagedDir};
-pub use tokenizer::{HfTokenizer, TOKENIZER_FILE, TOKENIZER_FILES};
+pub use tokenizer::{HfTokenizer, GENERATION_CONFIG_FILE, TOKENIZER_FILE, TOKENIZER_FILES};

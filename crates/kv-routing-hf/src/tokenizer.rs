@@ -8,13 +8,17 @@ use crate::gguf::{is_gguf_file, GgufFile};
 /// Name of the tokenizer file in a checkpoint directory.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
+/// Generation defaults of a Hugging Face checkpoint (its `eos_token_id` may differ from
+/// `config.json`'s).
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+
 /// Files of a checkpoint's tokenizer and generation defaults, copied along on export.
 pub const TOKENIZER_FILES: [&str; 6] = [
-    "tokenizer.json",
+    TOKENIZER_FILE,
     "tokenizer_config.json",
     "special_tokens_map.json",
     "tokenizer.model",
-    "generation_config.json",
+    GENERATION_CONFIG_FILE,
     "chat_template.jinja",
 ];
 

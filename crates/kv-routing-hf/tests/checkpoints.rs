@@ -5,10 +5,7 @@ mod support;
 
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
-use kv_routing::{
-    CachePlan, GenerationConfig, Route, RoutedTransformer, Sampler, StochasticRouter,
-};
+use kv_routing::{CachePlan, GenerationConfig, Sampler};
 use kv_routing_hf::{
     load_pretrained, save_pretrained, ExportDtype, ExportOptions, HfConfig, HfError, LoadOptions,
     RoutingMetadata, SafetensorsFiles,
@@ -16,6 +13,7 @@ use kv_routing_hf::{
 use safetensors::tensor::Dtype;
 use serde_json::json;
 use support::checkpoint_builder::{write_tensors, Spec, Tensors};
+use support::comparison::{assert_close, host_logits, routes, sources, tokens};
 use support::hf_reference::HfReference;
 
 type F64 = burn_ndarray::NdArray<f64>;
@@ -80,49 +78,6 @@ fn families() -> Vec<(&'static str, Spec, usize)> {
     ]
 }
 
-fn tokens() -> Vec<u32> {
-    vec![3, 17, 5, 40, 0, 22, 9, 9, 31, 12, 1, 38]
-}
-
-/// Routes to check: full, every other layer cached, a sampled training route.
-fn routes(n_layers: usize) -> Vec<Route> {
-    vec![
-        CachePlan::full(n_layers).unwrap().route(),
-        CachePlan::every_kth(n_layers, 2).unwrap().route(),
-        StochasticRouter::new(n_layers, 1.0, 5)
-            .unwrap()
-            .route_for_step(0),
-    ]
-}
-
-fn host_logits<B: Backend>(
-    model: &RoutedTransformer<B>,
-    tokens: &[u32],
-    route: &Route,
-) -> Vec<Vec<f64>> {
-    let logits = model.forward(&[tokens.to_vec()], route).unwrap();
-    let [_, seq, vocab] = logits.dims();
-    let values: Vec<f64> = logits.into_data().iter::<f64>().collect();
-    (0..seq)
-        .map(|p| values[p * vocab..(p + 1) * vocab].to_vec())
-        .collect()
-}
-
-fn assert_close(actual: &[Vec<f64>], expected: &[Vec<f64>], tolerance: f64, context: &str) {
-    for (p, (a_row, e_row)) in actual.iter().zip(expected).enumerate() {
-        for (i, (a, e)) in a_row.iter().zip(e_row).enumerate() {
-            assert!(
-                (a - e).abs() <= tolerance * (1.0 + e.abs()),
-                "{context}: position {p}, logit {i}: {a} vs reference {e}"
-            );
-        }
-    }
-}
-
-fn sources(route: &Route, n_layers: usize) -> Vec<usize> {
-    (0..n_layers).map(|l| route.source_of(l)).collect()
-}
-
 fn write_family(dir: &Path, spec: &Spec, shards: usize) -> Tensors {
     let tensors = spec.random_tensors(7);
     spec.write(dir, &tensors, shards);
@@ -140,7 +95,7 @@ fn every_family_matches_the_f64_reference_under_every_route() {
             load_pretrained::<F64>(dir.path(), &LoadOptions::default(), &Default::default())
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(loaded.model_config.tie_embeddings, spec.tie, "{name}");
-        for route in routes(spec.layers) {
+        for route in routes(spec.layers, 5) {
             let expected = reference.logits(&tokens(), &sources(&route, spec.layers));
             let actual = host_logits(&loaded.model, &tokens(), &route);
             assert_close(
@@ -269,7 +224,7 @@ fn export_round_trips_with_identical_logits_and_hf_names() {
             "{name}"
         );
         assert_eq!(reloaded.model_config, loaded.model_config, "{name}");
-        for route in routes(spec.layers) {
+        for route in routes(spec.layers, 5) {
             assert_eq!(
                 host_logits(&reloaded.model, &tokens(), &route),
                 host_logits(&loaded.model, &tokens(), &route),

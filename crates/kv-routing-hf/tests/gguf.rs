@@ -8,14 +8,14 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::Backend;
-use kv_routing::{CachePlan, GenerationConfig, Route, RoutedTransformer, StochasticRouter};
+use kv_routing::{CachePlan, GenerationConfig};
 use kv_routing_hf::gguf::{dequantize::dequantize, GgmlType, GgufFile};
 use kv_routing_hf::{
     load_pretrained, save_pretrained, ExportOptions, HfError, HfTokenizer, LoadOptions,
 };
 use serde_json::Value;
 use support::checkpoint_builder::{Spec, Tensors};
+use support::comparison::{assert_close, host_logits, routes, sources, tokens};
 use support::gguf_writer::{
     add_byte_level_tokenizer, byte_level_char, gguf_model, GgufWriter, Meta,
 };
@@ -42,29 +42,6 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     path
 }
 
-fn routes(n_layers: usize) -> Vec<Route> {
-    vec![
-        CachePlan::full(n_layers).unwrap().route(),
-        CachePlan::every_kth(n_layers, 2).unwrap().route(),
-        StochasticRouter::new(n_layers, 1.0, 3)
-            .unwrap()
-            .route_for_step(0),
-    ]
-}
-
-fn tokens() -> Vec<u32> {
-    vec![3, 17, 5, 40, 0, 22, 9, 9, 31, 12, 1, 38]
-}
-
-fn logits<B: Backend>(model: &RoutedTransformer<B>, route: &Route) -> Vec<f64> {
-    model
-        .forward(&[tokens()], route)
-        .unwrap()
-        .into_data()
-        .iter::<f64>()
-        .collect()
-}
-
 /// Checks the model loaded from `path` against the f64 reference on `tensors` under every route.
 fn assert_matches_reference(
     path: &Path,
@@ -78,20 +55,15 @@ fn assert_matches_reference(
         .unwrap_or_else(|e| panic!("{context}: {e}"));
     let config = spec.config_json();
     let reference = HfReference::new(&config, tensors);
-    for route in routes(spec.layers) {
-        let sources: Vec<usize> = (0..spec.layers).map(|l| route.source_of(l)).collect();
-        let expected: Vec<f64> = reference
-            .logits(&tokens(), &sources)
-            .into_iter()
-            .flatten()
-            .collect();
-        let actual = logits(&loaded.model, &route);
-        for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
-            assert!(
-                (a - e).abs() <= tolerance * (1.0 + e.abs()),
-                "{context}, route {route}: logit {i}: {a} vs reference {e}"
-            );
-        }
+    for route in routes(spec.layers, 3) {
+        let expected = reference.logits(&tokens(), &sources(&route, spec.layers));
+        let actual = host_logits(&loaded.model, &tokens(), &route);
+        assert_close(
+            &actual,
+            &expected,
+            tolerance,
+            &format!("{context}, route {route}"),
+        );
     }
 }
 
@@ -233,8 +205,8 @@ fn a_gguf_model_loads_on_flex_and_exports_to_hugging_face_layout() {
     let reloaded = load_pretrained::<Flex>(&out, &LoadOptions::default(), &device).unwrap();
     let route = CachePlan::every_kth(spec.layers, 2).unwrap().route();
     assert_eq!(
-        logits(&loaded.model, &route),
-        logits(&reloaded.model, &route)
+        host_logits(&loaded.model, &tokens(), &route),
+        host_logits(&reloaded.model, &tokens(), &route)
     );
     let prompt = loaded.tokenizer.as_ref().unwrap().encode("abc").unwrap();
     let settings = GenerationConfig {

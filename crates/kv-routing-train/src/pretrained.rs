@@ -7,14 +7,11 @@ use burn::tensor::backend::Backend;
 use kv_routing::{CachePlan, RoutedTransformer, RoutedTransformerConfig};
 use kv_routing_hf::{
     is_gguf_file, is_pretrained, load_pretrained, save_pretrained, ExportOptions, HfConfig,
-    HfTokenizer, LoadOptions, RoutingMetadata, ROUTING_METADATA_VERSION, TOKENIZER_FILE,
+    HfTokenizer, LoadOptions, RoutingMetadata, GENERATION_CONFIG_FILE, ROUTING_METADATA_VERSION,
+    TOKENIZER_FILE,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-
-/// Generation defaults of a Hugging Face checkpoint (its `eos_token_id` may differ from
-/// `config.json`'s).
-pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 
 use crate::checkpoint::load_model;
 use crate::error::{Result, TrainError};

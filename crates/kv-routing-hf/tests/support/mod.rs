@@ -5,5 +5,7 @@
 #[allow(dead_code)]
 pub mod checkpoint_builder;
 #[allow(dead_code)]
+pub mod comparison;
+#[allow(dead_code)]
 pub mod gguf_writer;
 pub mod hf_reference;
