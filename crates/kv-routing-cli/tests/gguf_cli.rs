@@ -10,24 +10,13 @@ mod checkpoint_builder;
 #[path = "../../kv-routing-hf/tests/support/gguf_writer.rs"]
 #[allow(dead_code)]
 mod gguf_writer;
+mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use kv_routing_hf::gguf::GgmlType;
-
-fn run(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_kv-routing"))
-        .args(args)
-        .output()
-        .expect("the binary runs");
-    assert!(
-        output.status.success(),
-        "kv-routing {args:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
+use support::run;
 
 #[test]
 fn generate_fine_tune_eval_and_export_from_a_gguf_file() {

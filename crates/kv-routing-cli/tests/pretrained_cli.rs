@@ -4,12 +4,15 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
+use support::run;
+
+mod support;
 
 const WORDS: [&str; 15] = [
     "[UNK]", "<s>", "</s>", "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "to", "park",
@@ -17,19 +20,6 @@ const WORDS: [&str; 15] = [
 ];
 const LAYERS: usize = 4;
 const HIDDEN: usize = 32;
-
-fn run(args: &[&str]) -> Output {
-    let output = Command::new(env!("CARGO_BIN_EXE_kv-routing"))
-        .args(args)
-        .output()
-        .expect("the binary runs");
-    assert!(
-        output.status.success(),
-        "kv-routing {args:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
 
 /// A random 4-layer Llama (GQA) checkpoint whose vocabulary is `WORDS`, plus its tokenizer.
 fn write_checkpoint(dir: &Path) {

@@ -4,19 +4,13 @@
 //! stopped run also validates the step it stops at, which the uninterrupted run skips.)
 
 use std::path::Path;
-use std::process::Command;
+
+mod support;
 
 fn train(out: &Path, extra: &[&str]) {
-    let output = Command::new(env!("CARGO_BIN_EXE_kv-routing"))
-        .args(["train", "--out", out.to_str().unwrap(), "--quiet"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let mut args = vec!["train", "--out", out.to_str().unwrap(), "--quiet"];
+    args.extend_from_slice(extra);
+    support::run(&args);
 }
 
 /// metrics.jsonl without the wall-clock speed.
