@@ -22,13 +22,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use kv_routing::{logits_rows, CachePlan, RoutedTransformer, Sampler};
+use kv_routing::{logits_rows, CachePlan, GenerationConfig, RoutedTransformer};
 use kv_routing_backend::{
     device, device_with_precision, AutodiffBackend, Backend, Device, Precision, NAME,
 };
 use kv_routing_benches::peer::{Peer, PEER_SCRIPT};
 use kv_routing_benches::*;
-use rand::SeedableRng;
 use serde_json::json;
 
 /// Seconds of each variant (index) in each round.
@@ -354,7 +353,7 @@ fn agreement(model: &RoutedTransformer<Backend>, plan: &CachePlan, peer: &mut Pe
             "decode": NEW}),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut cache = model.new_cache(2, 32 + NEW, plan.route()).unwrap();
+    let mut cache = model.new_cache(2, 32, plan.route()).unwrap();
     let rows = logits_rows(model.forward_cached_last(&prompts, &mut cache).unwrap()).unwrap();
     let mut difference = 0.0f64;
     for (row, theirs) in rows.iter().zip(reply["prefill_last"].as_array().unwrap()) {
@@ -362,21 +361,17 @@ fn agreement(model: &RoutedTransformer<Backend>, plan: &CachePlan, peer: &mut Pe
             difference = difference.max((*a as f64 - b.as_f64().unwrap()).abs());
         }
     }
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let mut greedy: Vec<Vec<u32>> = vec![Vec::new(); 2];
-    let mut rows = rows;
-    for step in 0..NEW {
-        let next: Vec<Vec<u32>> = rows
-            .iter()
-            .map(|row| vec![Sampler::Greedy.sample(row, &mut rng)])
-            .collect();
-        for (sequence, token) in next.iter().enumerate() {
-            greedy[sequence].push(token[0]);
-        }
-        if step + 1 < NEW {
-            rows = logits_rows(model.forward_cached_last(&next, &mut cache).unwrap()).unwrap();
-        }
-    }
+    let greedy = model
+        .generate(
+            &prompts,
+            &plan.route(),
+            &GenerationConfig {
+                max_new_tokens: NEW,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+        .tokens;
     let theirs: Vec<Vec<u32>> = serde_json::from_value(reply["greedy"].clone()).unwrap();
     (difference, greedy == theirs)
 }
