@@ -83,11 +83,7 @@ pub struct Dataset {
 impl Dataset {
     /// Opens `source` for samples of `seq_len` inputs (`seq_len + 1` tokens).
     pub fn open(source: &DataSource, seq_len: usize) -> Result<Self> {
-        if seq_len < 2 {
-            return Err(TrainError::Config(format!(
-                "seq_len must be >= 2, got {seq_len}"
-            )));
-        }
+        check_seq_len(seq_len)?;
         let text = match source {
             DataSource::Synthetic { .. } => None,
             DataSource::TextFile {
@@ -107,15 +103,18 @@ impl Dataset {
     /// the `i`-th of its consecutive, non-overlapping windows (wrapping around), so an
     /// evaluation of `n` samples reads `n` different windows while the text has them.
     pub fn open_heldout(path: &Path, tokenizer: Option<&Path>, seq_len: usize) -> Result<Self> {
-        let mut dataset = Self::open(&DataSource::Synthetic { seed: 0 }, seq_len)?;
-        dataset.source = DataSource::TextFile {
-            path: path.to_path_buf(),
-            seed: 0,
-            tokenizer: tokenizer.map(Path::to_path_buf),
-        };
-        dataset.text = Some(read_text(path, tokenizer, seq_len + 1)?);
-        dataset.heldout = true;
-        Ok(dataset)
+        check_seq_len(seq_len)?;
+        Ok(Self {
+            source: DataSource::TextFile {
+                path: path.to_path_buf(),
+                // Unused: held-out windows are consecutive, not drawn.
+                seed: 0,
+                tokenizer: tokenizer.map(Path::to_path_buf),
+            },
+            seq_len,
+            text: Some(read_text(path, tokenizer, seq_len + 1)?),
+            heldout: true,
+        })
     }
 
     /// Number of distinct validation windows of a held-out text (`None` for other data).
@@ -141,7 +140,7 @@ impl Dataset {
                 synthetic_sample(*seed, split.stream(index), self.seq_len + 1)
             }
             (DataSource::TextFile { .. }, Some(text)) if self.heldout => {
-                let windows = (text.len() - 1) / self.seq_len;
+                let windows = self.heldout_windows().expect("a held-out text");
                 let start = (index as usize % windows) * self.seq_len;
                 Sample {
                     tokens: text[start..start + self.seq_len + 1].to_vec(),
@@ -183,6 +182,15 @@ impl Dataset {
     }
 }
 
+fn check_seq_len(seq_len: usize) -> Result<()> {
+    if seq_len < 2 {
+        return Err(TrainError::Config(format!(
+            "seq_len must be >= 2, got {seq_len}"
+        )));
+    }
+    Ok(())
+}
+
 /// The tokens of a text file: its bytes, or its ids under `tokenizer` (a `tokenizer.json` or
 /// GGUF file); at least `needed` of them.
 fn read_text(path: &Path, tokenizer: Option<&Path>, needed: usize) -> Result<Vec<u32>> {
@@ -212,4 +220,26 @@ fn read_text(path: &Path, tokenizer: Option<&Path>, needed: usize) -> Result<Vec
         )));
     }
     Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heldout_text_validates_in_consecutive_windows_that_wrap_around() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("heldout.txt");
+        // 2 windows of 4 inputs (+1 target) in 10 bytes; the last byte is never an input.
+        std::fs::write(&path, "abcdefghij").unwrap();
+        let dataset = Dataset::open_heldout(&path, None, 4).unwrap();
+        assert_eq!(dataset.heldout_windows(), Some(2));
+        let tokens = |i| dataset.sample(Split::Validation, i).tokens;
+        assert_eq!(tokens(0), b"abcde".map(u32::from).to_vec());
+        assert_eq!(tokens(1), b"efghi".map(u32::from).to_vec());
+        assert_eq!(tokens(2), tokens(0));
+        assert!(Dataset::open_heldout(&path, None, 1).is_err());
+        let synthetic = Dataset::open(&DataSource::Synthetic { seed: 0 }, 4).unwrap();
+        assert_eq!(synthetic.heldout_windows(), None);
+    }
 }
