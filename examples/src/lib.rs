@@ -1,4 +1,9 @@
-//! Small helpers shared by the examples.
+//! Helpers of the examples: the trained models that ship with the repository and the
+//! comparison the main example (`shared_cache`) prints.
+
+pub mod bundled;
+pub mod comparison_table;
+pub mod plan_comparison;
 
 /// `1536` -> `"1.5 KiB"`.
 pub fn format_bytes(bytes: usize) -> String {

@@ -1,0 +1,218 @@
+//! What the main example measures: a trained model under several sharing plans, each against
+//! the same model with its full cache — held-out loss, KV bytes, and how much of the greedy
+//! continuation survives the sharing.
+//!
+//! Loss is measured on the validation split of the corpus the models were trained on (the
+//! built-in synthetic corpus, seed 0), which training never saw. On the same text, at every
+//! position, the greedy choice of the next byte under the plan is compared with the choice
+//! under the full cache: the share that agree is how much of what greedy decoding writes the
+//! plan leaves unchanged. (Comparing one free-running continuation instead would score a
+//! single early flip between two equally likely words as a total loss: this corpus's grammar
+//! draws its words uniformly, so such ties are everywhere.)
+
+use burn::tensor::backend::Backend;
+use indicatif::ProgressBar;
+use kv_routing::{CachePlan, GenerationConfig, Route, RoutedTransformer};
+use kv_routing_train::data::{DataSource, Dataset, Split};
+use kv_routing_train::loss::token_losses;
+use kv_routing_train::pretrained::load_model_dir;
+use kv_routing_train::{Result, TrainError};
+
+use crate::bundled::{BundledModel, TRAINED_SEQ_LEN};
+
+/// Prompts whose continuations are shown: sentences of the training corpus's grammar, cut off
+/// mid-sentence so that the model has to finish them (a continuation ends with its sentence).
+pub const PROMPTS: [&str; 3] = [
+    "the quick fox sees a red bird.\nevery old ",
+    "a lazy cat follows the green tree.\na ",
+    "every bright boat passes a quiet house.\nthe small ",
+];
+
+/// What to measure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ComparisonSettings {
+    /// Plans as every-k-th layer cached (`1` is the full cache and must come first).
+    pub every: Vec<usize>,
+    /// Validation batches for the loss.
+    pub batches: usize,
+    /// Sequences per validation batch.
+    pub batch_size: usize,
+    /// Prompts to continue.
+    pub prompts: Vec<String>,
+    /// Greedy tokens (bytes) generated after each prompt at most.
+    pub new_tokens: usize,
+}
+
+impl Default for ComparisonSettings {
+    fn default() -> Self {
+        Self {
+            every: vec![1, 2, 3],
+            batches: 8,
+            batch_size: 16,
+            prompts: PROMPTS.iter().map(|p| p.to_string()).collect(),
+            new_tokens: 48,
+        }
+    }
+}
+
+/// One plan of one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanOutcome {
+    /// `full` or `every:K`.
+    pub plan: String,
+    /// Layers that keep a cache.
+    pub cached_layers: Vec<usize>,
+    /// Fraction of layers cached.
+    pub retention: f64,
+    /// KV cache bytes per token of one sequence, read from the cache manager.
+    pub kv_bytes_per_token: usize,
+    /// Held-out loss, nats per byte.
+    pub loss: f64,
+    /// Loss relative to the same model's full cache, in percent.
+    pub loss_change_percent: f64,
+    /// Share of held-out positions where the greedy next byte equals the full cache's (0..=1).
+    pub same_as_full: f64,
+    /// The continuation of each prompt.
+    pub continuations: Vec<String>,
+}
+
+/// One model under every plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelOutcome {
+    /// Which model.
+    pub model: BundledModel,
+    /// Decoder layers.
+    pub n_layers: usize,
+    /// Width of the residual stream.
+    pub d_model: usize,
+    /// Optimizer steps it was trained for (from its `config.json`).
+    pub trained_steps: u64,
+    /// In the order of [`ComparisonSettings::every`].
+    pub plans: Vec<PlanOutcome>,
+}
+
+/// Loads `model` and measures it under every plan of `settings`; `progress` advances once per
+/// plan.
+pub fn compare_plans<B: Backend>(
+    model: &BundledModel,
+    settings: &ComparisonSettings,
+    device: &B::Device,
+    progress: &ProgressBar,
+) -> Result<ModelOutcome> {
+    if settings.every.first() != Some(&1) {
+        return Err(TrainError::Config(
+            "the first plan must be the full cache (every:1), the reference of the others".into(),
+        ));
+    }
+    let loaded = load_model_dir::<B>(&model.dir(), device)?;
+    let n_layers = loaded.model_config.n_layers;
+    let dataset = Dataset::open(&DataSource::Synthetic { seed: 0 }, TRAINED_SEQ_LEN)?;
+    let prompts = settings
+        .prompts
+        .iter()
+        .map(|prompt| loaded.codec.encode(prompt))
+        .collect::<Result<Vec<_>>>()?;
+    let capacity = prompts.iter().map(Vec::len).max().unwrap_or(0) + settings.new_tokens;
+    let generation = GenerationConfig {
+        max_new_tokens: settings.new_tokens,
+        stop_tokens: vec![u32::from(b'\n')],
+        ..Default::default()
+    };
+    let mut plans: Vec<PlanOutcome> = Vec::new();
+    let mut full: Option<HeldOut> = None;
+    for &k in &settings.every {
+        progress.set_message(format!("{} every:{k}", model.name));
+        let plan = CachePlan::every_kth(n_layers, k)?;
+        let route = plan.route();
+        let held_out = held_out(&loaded.model, &dataset, &route, settings)?;
+        let output = loaded.model.generate(&prompts, &route, &generation)?;
+        let reference = full.get_or_insert_with(|| held_out.clone());
+        plans.push(PlanOutcome {
+            plan: if k == 1 {
+                "full".into()
+            } else {
+                format!("every:{k}")
+            },
+            cached_layers: plan.cached_layers().to_vec(),
+            retention: plan.retention_fraction(),
+            kv_bytes_per_token: output.kv_bytes() / (prompts.len() * capacity),
+            loss: held_out.loss,
+            loss_change_percent: (held_out.loss / reference.loss - 1.0) * 100.0,
+            same_as_full: agreement(&reference.greedy, &held_out.greedy),
+            continuations: output
+                .tokens
+                .iter()
+                .map(|tokens| Ok(loaded.codec.decode(tokens)?.trim_end().to_string()))
+                .collect::<Result<_>>()?,
+        });
+        progress.inc(1);
+    }
+    let trained_steps = loaded
+        .hf_config
+        .as_ref()
+        .and_then(|config| config.kv_routing.as_ref())
+        .map_or(0, |routing| routing.routed_steps);
+    Ok(ModelOutcome {
+        model: *model,
+        n_layers,
+        d_model: loaded.model_config.d_model,
+        trained_steps,
+        plans,
+    })
+}
+
+/// Loss and greedy next-token choices over the held-out batches.
+#[derive(Debug, Clone)]
+struct HeldOut {
+    /// Mean next-token cross-entropy, nats.
+    loss: f64,
+    /// The argmax at every position, batch after batch.
+    greedy: Vec<i64>,
+}
+
+fn held_out<B: Backend>(
+    model: &RoutedTransformer<B>,
+    dataset: &Dataset,
+    route: &Route,
+    settings: &ComparisonSettings,
+) -> Result<HeldOut> {
+    let (mut loss_sum, mut tokens, mut greedy) = (0.0, 0usize, Vec::new());
+    for b in 0..settings.batches {
+        let first = (b * settings.batch_size) as u64;
+        let batch = dataset.batch(Split::Validation, first, settings.batch_size);
+        let logits = model.forward(&batch.inputs, route)?;
+        greedy.extend(logits.clone().argmax(2).into_data().iter::<i64>());
+        let losses = token_losses(logits, &batch.targets).into_data();
+        loss_sum += losses.iter::<f64>().sum::<f64>();
+        tokens += losses.num_elements();
+    }
+    Ok(HeldOut {
+        loss: loss_sum / tokens.max(1) as f64,
+        greedy,
+    })
+}
+
+/// Share of positions where `candidate` equals `reference` (1 for no positions).
+fn agreement(reference: &[i64], candidate: &[i64]) -> f64 {
+    if reference.is_empty() {
+        return 1.0;
+    }
+    let same = reference
+        .iter()
+        .zip(candidate)
+        .filter(|(a, b)| a == b)
+        .count();
+    same as f64 / reference.len() as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::agreement;
+
+    #[test]
+    fn agreement_counts_equal_positions() {
+        assert_eq!(agreement(&[1, 2, 3, 4], &[1, 9, 3, 9]), 0.5);
+        assert_eq!(agreement(&[1, 2], &[1, 2]), 1.0);
+        assert_eq!(agreement(&[], &[]), 1.0);
+    }
+}
