@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use kv_routing::{GenerationConfig, Sampler};
@@ -409,6 +410,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     } else {
         Sampler::Greedy
     };
+    let start = Instant::now();
     let generation = loaded.model.generate(
         std::slice::from_ref(&prompt),
         &plan.route(),
@@ -429,12 +431,17 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         Some(continuation) => println!("{}{continuation}", args.prompt),
         None => println!("{full_text}"),
     }
+    let seconds = start.elapsed().as_secs_f64();
+    let new_tokens = generation.tokens[0].len();
     eprintln!(
-        "[{NAME} {}, {} tokens, plan {plan_name} caching layers {:?}: {} bytes of KV cache]",
+        "[{NAME} {}, {} tokens, plan {plan_name} caching layers {:?}: {} bytes of KV cache; \
+         {} prompt + {new_tokens} new tokens in {seconds:.2} s, {:.1} new tokens/s]",
         args.dtype.name(),
         loaded.codec.name(),
         plan.cached_layers(),
-        generation.kv_bytes()
+        generation.kv_bytes(),
+        prompt.len(),
+        new_tokens as f64 / seconds
     );
     Ok(())
 }
