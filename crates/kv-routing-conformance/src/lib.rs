@@ -35,6 +35,8 @@ macro_rules! conformance_suite {
             cached::chunked_prefill_matches_uncached,
             cached::ragged_batch_cached_matches_uncached,
             cached::greedy_generation_matches_uncached_argmax,
+            sampling::greedy_tokens_match_the_host_argmax,
+            sampling::top_k_skips_finished_rows_without_drawing,
             cache_memory::cache_holds_exactly_the_sources,
             retarget::retarget_mid_generation_matches_oracle,
             retarget::retarget_to_uncached_layer_fails_and_changes_nothing,

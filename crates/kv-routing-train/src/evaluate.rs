@@ -5,9 +5,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use kv_routing::{logits_rows, CachePlan, Route, RoutedTransformer, Sampler};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
+use kv_routing::{greedy_tokens, CachePlan, Route, RoutedTransformer};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Split};
@@ -176,12 +174,11 @@ pub fn decode_throughput<B: Backend>(
     )?;
     let mut logits = model.forward_cached_last(&prompts, &mut cache)?;
     sync(&logits);
-    let mut rng = ChaCha8Rng::seed_from_u64(0);
     let start = Instant::now();
     for _ in 0..settings.decode_tokens {
-        let next: Vec<Vec<u32>> = logits_rows(logits)?
-            .iter()
-            .map(|row| vec![Sampler::Greedy.sample(row, &mut rng)])
+        let next: Vec<Vec<u32>> = greedy_tokens(logits)?
+            .into_iter()
+            .map(|token| vec![token])
             .collect();
         logits = model.forward_cached_last(&next, &mut cache)?;
     }

@@ -40,6 +40,34 @@ impl Sampler {
         }
     }
 
+    /// Picks the next token of each row of `logits` (`[batch, vocab]`) whose entry of `skip`
+    /// is false; skipped rows (finished sequences) get 0 and draw no randomness, so a sequence's
+    /// samples do not depend on when the others finish. Greedy picks on the device and reads
+    /// back only the ids; top-k reads the logits back and samples on the host.
+    pub fn pick<B: Backend>(
+        &self,
+        logits: Tensor<B, 2>,
+        skip: &[bool],
+        rng: &mut ChaCha8Rng,
+    ) -> Result<Vec<u32>> {
+        let [batch, _] = logits.dims();
+        if skip.len() != batch {
+            return Err(KvRoutingError::ShapeMismatch {
+                context: "rows to skip when picking tokens".into(),
+                expected: vec![batch],
+                actual: vec![skip.len()],
+            });
+        }
+        match self {
+            Sampler::Greedy => greedy_tokens(logits),
+            Sampler::TopK { .. } => Ok(logits_rows(logits)?
+                .iter()
+                .zip(skip)
+                .map(|(row, &skip)| if skip { 0 } else { self.sample(row, rng) })
+                .collect()),
+        }
+    }
+
     /// Picks a token from one row of logits.
     pub fn sample(&self, logits: &[f32], rng: &mut ChaCha8Rng) -> u32 {
         let greedy = || {
@@ -54,9 +82,18 @@ impl Sampler {
         match *self {
             Sampler::Greedy => greedy(),
             Sampler::TopK { k, temperature } => {
+                // Most likely first, lower id first on ties: a total order, so partitioning
+                // around the k-th element (linear in the vocabulary) and sorting only the k
+                // kept gives exactly what sorting the whole vocabulary gave.
+                let by_likelihood =
+                    |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
                 let mut order: Vec<usize> = (0..logits.len()).collect();
-                order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
-                order.truncate(k.min(logits.len()));
+                let k = k.min(logits.len());
+                if k < order.len() {
+                    order.select_nth_unstable_by(k, by_likelihood);
+                    order.truncate(k);
+                }
+                order.sort_unstable_by(by_likelihood);
                 let top = logits[order[0]] as f64;
                 let weights: Vec<f64> = order
                     .iter()
@@ -137,13 +174,12 @@ impl<B: Backend> RoutedTransformer<B> {
         let mut done = vec![config.max_new_tokens == 0; prompts.len()];
         let mut logits = self.forward_cached_last(prompts, &mut cache)?;
         while !done.iter().all(|&d| d) {
-            let rows = logits_rows(logits)?;
+            let picks = config.sampler.pick(logits, &done, &mut rng)?;
             let mut next = vec![Vec::new(); prompts.len()];
-            for (sequence, row) in rows.iter().enumerate() {
+            for (sequence, &token) in picks.iter().enumerate() {
                 if done[sequence] {
                     continue;
                 }
-                let token = config.sampler.sample(row, &mut rng);
                 generated[sequence].push(token);
                 done[sequence] = generated[sequence].len() >= config.max_new_tokens
                     || config.stop_tokens.contains(&token);
@@ -163,6 +199,27 @@ impl<B: Backend> RoutedTransformer<B> {
     }
 }
 
+/// The most likely token of each row of `logits` (`[batch, vocab]`), chosen on the device:
+/// only `batch` ids are read back, not `batch x vocab` logits. Ties go to the lowest id on the
+/// CPU backends; a GPU reduction may break an exact tie differently.
+pub fn greedy_tokens<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<u32>> {
+    let [batch, _] = logits.dims();
+    let ids: Vec<u32> = logits
+        .argmax(1)
+        .into_data()
+        .iter::<i64>()
+        .map(|id| u32::try_from(id).unwrap_or(u32::MAX))
+        .collect();
+    if ids.len() != batch {
+        return Err(KvRoutingError::ShapeMismatch {
+            context: "greedy token ids read back from the device".into(),
+            expected: vec![batch],
+            actual: vec![ids.len()],
+        });
+    }
+    Ok(ids)
+}
+
 /// Logits `[batch, vocab]` to host rows.
 pub fn logits_rows<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<Vec<f32>>> {
     let [batch, vocab] = logits.dims();
@@ -175,4 +232,55 @@ pub fn logits_rows<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<Vec<f32>>> {
         });
     }
     Ok(values.chunks(vocab).map(<[f32]>::to_vec).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{RngExt, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::Sampler;
+
+    /// Top-k as it was first written: sort the whole vocabulary.
+    fn top_k_by_full_sort(logits: &[f32], k: usize, temperature: f64, rng: &mut ChaCha8Rng) -> u32 {
+        let mut order: Vec<usize> = (0..logits.len()).collect();
+        order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        order.truncate(k.min(logits.len()));
+        let top = logits[order[0]] as f64;
+        let weights: Vec<f64> = order
+            .iter()
+            .map(|&i| ((logits[i] as f64 - top) / temperature).exp())
+            .collect();
+        let mut threshold = rng.random::<f64>() * weights.iter().sum::<f64>();
+        for (&token, &weight) in order.iter().zip(&weights) {
+            if threshold < weight {
+                return token as u32;
+            }
+            threshold -= weight;
+        }
+        order[order.len() - 1] as u32
+    }
+
+    #[test]
+    fn partial_selection_samples_exactly_as_a_full_sort() {
+        let mut values = ChaCha8Rng::seed_from_u64(9);
+        for (vocab, k) in [(1, 1), (5, 5), (5, 9), (300, 1), (300, 40), (1000, 999)] {
+            // Coarse values: many exact ties, which the lower id must win both ways.
+            let logits: Vec<f32> = (0..vocab)
+                .map(|_| (values.random::<f32>() * 8.0).round())
+                .collect();
+            let sampler = Sampler::TopK {
+                k,
+                temperature: 0.7,
+            };
+            let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(1), ChaCha8Rng::seed_from_u64(1));
+            for draw in 0..200 {
+                assert_eq!(
+                    sampler.sample(&logits, &mut a),
+                    top_k_by_full_sort(&logits, k, 0.7, &mut b),
+                    "vocabulary {vocab}, k {k}, draw {draw}"
+                );
+            }
+        }
+    }
 }

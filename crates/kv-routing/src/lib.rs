@@ -41,7 +41,7 @@ pub use cache_plan::CachePlan;
 pub use decoder_block::DecoderBlock;
 pub use error::{KvRoutingError, Result};
 pub use feed_forward::{SwiGluFeedForward, SwiGluFeedForwardConfig};
-pub use generation::{logits_rows, Generation, GenerationConfig, Sampler};
+pub use generation::{greedy_tokens, logits_rows, Generation, GenerationConfig, Sampler};
 pub use key_value::KeyValue;
 pub use kv_cache::{CacheStep, KvCacheLayout, KvCacheManager};
 pub use kv_store::{KvStore, SequenceKv};

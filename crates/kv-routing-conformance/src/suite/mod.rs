@@ -7,3 +7,4 @@ pub mod gradients;
 pub mod oracle_agreement;
 pub mod retarget;
 pub mod routes;
+pub mod sampling;
