@@ -1,15 +1,20 @@
-//! Times decode steps or a prefill of a real checkpoint (no criterion), for profiling:
-//! `real_probe MODEL decode|prefill BATCH CONTEXT_OR_LENGTH full|every2|every4 [f32|f16|bf16] [REPEATS]`
+//! Times decode steps, a prefill, or chunks of a real checkpoint (no criterion), for profiling:
+//! `real_probe MODEL decode|prefill|chunk BATCH CONTEXT_OR_LENGTH full|every2|every4 [f32|f16|bf16] [REPEATS]`
+//! (`chunk`: steps of `CHUNK` tokens after a history of CONTEXT tokens, as when the next turn of
+//! a conversation is appended to a cache).
 //! (`perf record -g target/release/examples/real_probe ...` profiles exactly one workload).
 use std::time::Instant;
 
 use kv_routing_backend::{device_with_precision, Backend, Precision};
 use kv_routing_benches::*;
 
+/// Tokens per step of the `chunk` workload.
+const CHUNK: usize = 32;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 5 {
-        eprintln!("usage: real_probe MODEL decode|prefill BATCH CONTEXT full|every2|every4 [f32|f16|bf16] [REPEATS]");
+        eprintln!("usage: real_probe MODEL decode|prefill|chunk BATCH CONTEXT full|every2|every4 [f32|f16|bf16] [REPEATS]");
         std::process::exit(2);
     }
     let precision: Precision = args.get(5).map_or("f32", String::as_str).parse().unwrap();
@@ -38,6 +43,19 @@ fn main() {
                 times.push(start.elapsed().as_secs_f64() * 1e3);
             }
         }
+        "chunk" => {
+            let mut cache = model
+                .new_cache(batch, length + (repeats + 1) * CHUNK, plan.route())
+                .unwrap();
+            fill_cache(&mut cache, length, &device).unwrap();
+            let chunk = synthetic_tokens(batch, CHUNK, model.vocab_size());
+            sync(model.forward_cached_last(&chunk, &mut cache).unwrap());
+            for _ in 0..repeats {
+                let start = Instant::now();
+                sync(model.forward_cached_last(&chunk, &mut cache).unwrap());
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
         "prefill" => {
             let prompts = synthetic_tokens(batch, length, model.vocab_size());
             for _ in 0..repeats {
@@ -54,6 +72,8 @@ fn main() {
     let median = sorted[sorted.len() / 2];
     let per_token = if args[1] == "decode" {
         batch as f64 * 1e3 / median
+    } else if args[1] == "chunk" {
+        (batch * CHUNK) as f64 * 1e3 / median
     } else {
         (batch * length) as f64 * 1e3 / median
     };
