@@ -16,7 +16,7 @@ use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::Tensor;
 
-use crate::attention_mask::AttentionMask;
+use crate::attention_mask::{causal_hidden, AttentionMask};
 use crate::error::KvRoutingError;
 use crate::key_value::KeyValue;
 use crate::kv_store::KvStore;
@@ -233,25 +233,39 @@ impl<B: Backend> StochasticKvAttention<B> {
             .mul_scalar((self.head_dim as f64).powf(-0.5))
             .swap_dims(1, 2);
         let groups = self.n_heads / self.n_kv_heads;
-        let context = if seq_len == 1 {
-            // One query per sequence sees every valid key, so the query heads of a group are
-            // stacked as rows against their shared key/value head. Plain matmuls read the cache
-            // view in place through its strides; a fused attention op may first copy the
-            // visible keys/values to contiguous buffers (flex does), i.e. a second read and a
-            // write of the whole history every step.
-            let query = query.reshape([batch, self.n_kv_heads, groups, self.head_dim]);
+        // Scores take `seq_len * kv_len` values per query head; repeating the key/value heads
+        // for the fused op takes `2 * head_dim * kv_len`. Below `2 * head_dim` queries — every
+        // decode step, and the short chunks of a conversation's next turn — the scores are the
+        // smaller, so the query heads of a group are stacked as rows against their shared
+        // key/value head and plain matmuls read the cache view in place through its strides:
+        // nothing of the history is copied. (A fused attention op may also copy the visible
+        // keys/values to contiguous buffers first, as flex's does.)
+        let context = if seq_len < 2 * self.head_dim {
+            let rows = groups * seq_len;
+            let query = query.reshape([batch, self.n_kv_heads, rows, self.head_dim]);
             let scores = query.matmul(kv.key.clone().swap_dims(2, 3));
-            let scores = match mask {
-                AttentionMask::Causal => scores,
-                AttentionMask::Explicit(mask) => scores.mask_fill(
-                    mask.clone().reshape([batch, 1, 1, kv_len]).expand([
-                        batch,
-                        self.n_kv_heads,
-                        groups,
-                        kv_len,
-                    ]),
-                    f32::NEG_INFINITY,
-                ),
+            let hidden = match mask {
+                AttentionMask::Causal if seq_len == 1 => None,
+                AttentionMask::Causal => Some(causal_hidden::<B>(
+                    seq_len,
+                    kv_len,
+                    &kv.key.device(),
+                )),
+                AttentionMask::Explicit(mask) => Some(mask.clone()),
+            };
+            let scores = match hidden {
+                None => scores,
+                Some(hidden) => {
+                    // `[b, 1, seq_len, kv_len]` -> one row per (query head of the group,
+                    // query), as the stacked queries are laid out.
+                    let mask_batch = hidden.dims()[0];
+                    let hidden = hidden
+                        .unsqueeze_dim::<5>(1)
+                        .expand([mask_batch, 1, groups, seq_len, kv_len])
+                        .reshape([mask_batch, 1, rows, kv_len])
+                        .expand([batch, self.n_kv_heads, rows, kv_len]);
+                    scores.mask_fill(hidden, f32::NEG_INFINITY)
+                }
             };
             softmax(scores, 3).matmul(kv.value.clone())
         } else {
