@@ -246,11 +246,9 @@ impl<B: Backend> StochasticKvAttention<B> {
             let scores = query.matmul(kv.key.clone().swap_dims(2, 3));
             let hidden = match mask {
                 AttentionMask::Causal if seq_len == 1 => None,
-                AttentionMask::Causal => Some(causal_hidden::<B>(
-                    seq_len,
-                    kv_len,
-                    &kv.key.device(),
-                )),
+                AttentionMask::Causal => {
+                    Some(causal_hidden::<B>(seq_len, kv_len, &kv.key.device()))
+                }
                 AttentionMask::Explicit(mask) => Some(mask.clone()),
             };
             let scores = match hidden {

@@ -45,7 +45,10 @@ pub fn greedy_tokens_match_the_host_argmax<B: Backend>(device: &B::Device) {
             .iter()
             .map(|row| Sampler::Greedy.sample(row, &mut rng))
             .collect();
-        assert_eq!(ids, host, "vocabulary {vocab}: device and host greedy disagree");
+        assert_eq!(
+            ids, host,
+            "vocabulary {vocab}: device and host greedy disagree"
+        );
     }
 }
 
@@ -59,7 +62,11 @@ pub fn top_k_skips_finished_rows_without_drawing<B: Backend>(device: &B::Device)
     };
     let mut skipping = ChaCha8Rng::seed_from_u64(4);
     let picks = sampler
-        .pick(to_device::<B>(&rows, device), &[true, false, true], &mut skipping)
+        .pick(
+            to_device::<B>(&rows, device),
+            &[true, false, true],
+            &mut skipping,
+        )
         .unwrap();
     let mut alone = ChaCha8Rng::seed_from_u64(4);
     let only = sampler.sample(&rows[1], &mut alone);
