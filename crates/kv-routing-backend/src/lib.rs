@@ -1,4 +1,4 @@
-//! The backend a kv-routing program runs on, chosen at compile time by exactly one feature:
+//! The backend a kv-routing program runs on, chosen at compile time by feature:
 //!
 //! | feature   | backend                         | device                                  |
 //! |-----------|---------------------------------|-----------------------------------------|
@@ -7,8 +7,12 @@
 //! | `wgpu`    | burn-wgpu (WebGPU over Vulkan/Metal/DX12) | default adapter; `CUBECL_WGPU_DEFAULT_DEVICE=Cpu` picks a software one |
 //! | `cuda`    | burn-cuda (NVIDIA)              | GPU 0                                   |
 //!
-//! Programs (the examples, the CLI, the benchmarks) enable `flex` by default; pick another with
-//! `--no-default-features --features wgpu`. No feature, or two, is a compile error.
+//! Programs (the examples, the CLI, the benchmarks) enable `flex` by default. The features are
+//! additive, as cargo expects (`cargo build --all-features` works): when several are on, one is
+//! chosen by priority — **cuda, then wgpu, then ndarray, then flex** — so the default `flex`
+//! yields to any backend added to it (`--features wgpu` picks wgpu, with or without
+//! `--no-default-features`), and `--all-features` builds for CUDA. [`NAME`] says which one a
+//! program was built with. No feature at all is a compile error.
 
 #[cfg(not(any(
     feature = "ndarray",
@@ -17,35 +21,38 @@
     feature = "cuda"
 )))]
 compile_error!(
-    "no backend selected: enable exactly one of the features `ndarray`, `flex`, `wgpu`, `cuda` \
+    "no backend selected: enable one of the features `ndarray`, `flex`, `wgpu`, `cuda` \
      (programs default to `flex`)"
 );
 
-#[cfg(any(
-    all(
-        feature = "ndarray",
-        any(feature = "flex", feature = "wgpu", feature = "cuda")
-    ),
-    all(feature = "flex", any(feature = "wgpu", feature = "cuda")),
-    all(feature = "wgpu", feature = "cuda"),
-))]
-compile_error!(
-    "more than one backend selected: enable exactly one of `ndarray`, `flex`, `wgpu`, `cuda`; \
-     to replace the default `flex`, add `--no-default-features`, e.g. \
-     `--no-default-features --features wgpu`"
-);
-
-#[cfg(feature = "ndarray")]
-use kv_routing_ndarray as selected;
-
-#[cfg(feature = "flex")]
-use kv_routing_flex as selected;
-
-#[cfg(feature = "wgpu")]
-use kv_routing_wgpu as selected;
+// One module per backend, each compiled only when it wins the priority order above.
 
 #[cfg(feature = "cuda")]
-use kv_routing_cuda as selected;
+mod selected {
+    pub use kv_routing_cuda::{device, Backend, Device};
+    pub const NAME: &str = "cuda";
+}
+
+#[cfg(all(feature = "wgpu", not(feature = "cuda")))]
+mod selected {
+    pub use kv_routing_wgpu::{device, Backend, Device};
+    pub const NAME: &str = "wgpu";
+}
+
+#[cfg(all(feature = "ndarray", not(any(feature = "cuda", feature = "wgpu"))))]
+mod selected {
+    pub use kv_routing_ndarray::{device, Backend, Device};
+    pub const NAME: &str = "ndarray";
+}
+
+#[cfg(all(
+    feature = "flex",
+    not(any(feature = "cuda", feature = "wgpu", feature = "ndarray"))
+))]
+mod selected {
+    pub use kv_routing_flex::{device, Backend, Device};
+    pub const NAME: &str = "flex";
+}
 
 /// The selected backend type.
 pub type Backend = selected::Backend;
@@ -85,14 +92,4 @@ pub fn device_with_precision(precision: Precision) -> Result<Device, String> {
 }
 
 /// Name of the selected backend, for reports.
-pub const NAME: &str = {
-    #[cfg(feature = "ndarray")]
-    let name = "ndarray";
-    #[cfg(feature = "flex")]
-    let name = "flex";
-    #[cfg(feature = "wgpu")]
-    let name = "wgpu";
-    #[cfg(feature = "cuda")]
-    let name = "cuda";
-    name
-};
+pub const NAME: &str = selected::NAME;
