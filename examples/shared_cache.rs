@@ -58,10 +58,22 @@ fn main() {
         }
     };
     let first = &outcomes[0];
+    let trained_with: Vec<String> = outcomes
+        .iter()
+        .map(|o| {
+            format!(
+                "{} with routing probability p = {}",
+                o.model.name, o.trained_p
+            )
+        })
+        .collect();
     println!(
-        "Two {}-layer byte-level transformers (d_model {}), trained {} steps on the same text, \
-         one with stochastic KV routing (p = 0.5), one without (p = 0); backend {NAME}.",
-        first.n_layers, first.d_model, first.trained_steps
+        "Two {}-layer byte-level transformers (d_model {}), trained {} steps on the same text: \
+         {}; backend {NAME}.",
+        first.n_layers,
+        first.d_model,
+        first.trained_steps,
+        trained_with.join(", ")
     );
     println!(
         "loss: held-out nats per byte ({} x {} sequences of {TRAINED_SEQ_LEN} bytes); same greedy: \

@@ -10,10 +10,9 @@ use std::path::PathBuf;
 pub struct BundledModel {
     /// Short name used in tables.
     pub name: &'static str,
-    /// Directory under `examples/models/` (Hugging Face layout: `config.json`, `model.safetensors`).
+    /// Directory under `examples/models/` (Hugging Face layout: `config.json`, `model.safetensors`;
+    /// the routing probability and steps it was trained with are in `config.json`).
     pub dir_name: &'static str,
-    /// Routing probability it was trained with.
-    pub p: f64,
 }
 
 impl BundledModel {
@@ -30,14 +29,12 @@ impl BundledModel {
 pub const ROUTED: BundledModel = BundledModel {
     name: "routed",
     dir_name: "routed-p0.5",
-    p: 0.5,
 };
 
 /// The control: the same training without routing.
 pub const BASELINE: BundledModel = BundledModel {
     name: "baseline",
     dir_name: "baseline-p0",
-    p: 0.0,
 };
 
 /// Both, routed first.

@@ -12,9 +12,9 @@
 
 use burn::tensor::backend::Backend;
 use indicatif::ProgressBar;
-use kv_routing::{CachePlan, GenerationConfig, Route, RoutedTransformer};
-use kv_routing_train::data::{DataSource, Dataset, Split};
-use kv_routing_train::loss::token_losses;
+use kv_routing::{CachePlan, GenerationConfig};
+use kv_routing_train::data::{DataSource, Dataset};
+use kv_routing_train::evaluate::validation_metrics_and_predictions;
 use kv_routing_train::pretrained::load_model_dir;
 use kv_routing_train::{Result, TrainError};
 
@@ -87,6 +87,8 @@ pub struct ModelOutcome {
     pub d_model: usize,
     /// Optimizer steps it was trained for (from its `config.json`).
     pub trained_steps: u64,
+    /// Routing probability it was trained with (from its `config.json`).
+    pub trained_p: f64,
     /// In the order of [`ComparisonSettings::every`].
     pub plans: Vec<PlanOutcome>,
 }
@@ -119,14 +121,21 @@ pub fn compare_plans<B: Backend>(
         ..Default::default()
     };
     let mut plans: Vec<PlanOutcome> = Vec::new();
-    let mut full: Option<HeldOut> = None;
+    // The full cache's loss and greedy predictions, the reference of every plan.
+    let mut full: Option<(f64, Vec<i64>)> = None;
     for &k in &settings.every {
         progress.set_message(format!("{} every:{k}", model.name));
         let plan = CachePlan::every_kth(n_layers, k)?;
         let route = plan.route();
-        let held_out = held_out(&loaded.model, &dataset, &route, settings)?;
+        let (metrics, greedy) = validation_metrics_and_predictions(
+            &loaded.model,
+            &dataset,
+            &route,
+            settings.batches,
+            settings.batch_size,
+        )?;
         let output = loaded.model.generate(&prompts, &route, &generation)?;
-        let reference = full.get_or_insert_with(|| held_out.clone());
+        let (full_loss, full_greedy) = full.get_or_insert_with(|| (metrics.loss, greedy.clone()));
         plans.push(PlanOutcome {
             plan: if k == 1 {
                 "full".into()
@@ -136,9 +145,9 @@ pub fn compare_plans<B: Backend>(
             cached_layers: plan.cached_layers().to_vec(),
             retention: plan.retention_fraction(),
             kv_bytes_per_token: output.kv_bytes() / (prompts.len() * capacity),
-            loss: held_out.loss,
-            loss_change_percent: (held_out.loss / reference.loss - 1.0) * 100.0,
-            same_as_full: agreement(&reference.greedy, &held_out.greedy),
+            loss: metrics.loss,
+            loss_change_percent: (metrics.loss / *full_loss - 1.0) * 100.0,
+            same_as_full: agreement(full_greedy, &greedy),
             continuations: output
                 .tokens
                 .iter()
@@ -147,48 +156,17 @@ pub fn compare_plans<B: Backend>(
         });
         progress.inc(1);
     }
-    let trained_steps = loaded
+    let routing = loaded
         .hf_config
         .as_ref()
-        .and_then(|config| config.kv_routing.as_ref())
-        .map_or(0, |routing| routing.routed_steps);
+        .and_then(|config| config.kv_routing.as_ref());
     Ok(ModelOutcome {
         model: *model,
         n_layers,
         d_model: loaded.model_config.d_model,
-        trained_steps,
+        trained_steps: routing.map_or(0, |r| r.routed_steps),
+        trained_p: routing.map_or(0.0, |r| r.routing_p),
         plans,
-    })
-}
-
-/// Loss and greedy next-token choices over the held-out batches.
-#[derive(Debug, Clone)]
-struct HeldOut {
-    /// Mean next-token cross-entropy, nats.
-    loss: f64,
-    /// The argmax at every position, batch after batch.
-    greedy: Vec<i64>,
-}
-
-fn held_out<B: Backend>(
-    model: &RoutedTransformer<B>,
-    dataset: &Dataset,
-    route: &Route,
-    settings: &ComparisonSettings,
-) -> Result<HeldOut> {
-    let (mut loss_sum, mut tokens, mut greedy) = (0.0, 0usize, Vec::new());
-    for b in 0..settings.batches {
-        let first = (b * settings.batch_size) as u64;
-        let batch = dataset.batch(Split::Validation, first, settings.batch_size);
-        let logits = model.forward(&batch.inputs, route)?;
-        greedy.extend(logits.clone().argmax(2).into_data().iter::<i64>());
-        let losses = token_losses(logits, &batch.targets).into_data();
-        loss_sum += losses.iter::<f64>().sum::<f64>();
-        tokens += losses.num_elements();
-    }
-    Ok(HeldOut {
-        loss: loss_sum / tokens.max(1) as f64,
-        greedy,
     })
 }
 

@@ -31,8 +31,23 @@ pub fn validation_metrics<B: Backend>(
     batches: usize,
     batch_size: usize,
 ) -> Result<ValidationMetrics> {
+    Ok(validation_metrics_and_predictions(model, dataset, route, batches, batch_size)?.0)
+}
+
+/// [`validation_metrics`], together with the greedy (argmax) prediction of the next token at
+/// every position, batch after batch, row-major (read back anyway for the recall accuracy):
+/// comparing two routes' predictions says how much of what greedy decoding writes one of them
+/// changes.
+pub fn validation_metrics_and_predictions<B: Backend>(
+    model: &RoutedTransformer<B>,
+    dataset: &Dataset,
+    route: &Route,
+    batches: usize,
+    batch_size: usize,
+) -> Result<(ValidationMetrics, Vec<i64>)> {
     let (mut loss_sum, mut tokens) = (0.0, 0usize);
     let (mut correct, mut answers) = (0usize, 0usize);
+    let mut all_predictions = Vec::new();
     for b in 0..batches {
         let batch = dataset.batch(Split::Validation, (b * batch_size) as u64, batch_size);
         let logits = model.forward(&batch.inputs, route)?;
@@ -51,12 +66,14 @@ pub fn validation_metrics<B: Backend>(
                 correct += usize::from(prediction == i64::from(target));
             }
         }
+        all_predictions.extend(predictions);
     }
-    Ok(ValidationMetrics {
+    let metrics = ValidationMetrics {
         loss: loss_sum / tokens.max(1) as f64,
         recall_accuracy: (dataset.has_recall() && answers > 0)
             .then(|| correct as f64 / answers as f64),
-    })
+    };
+    Ok((metrics, all_predictions))
 }
 
 /// Settings of [`evaluate_plans`].
