@@ -171,9 +171,10 @@ pub fn decode<B: Backend>(
     Ok(())
 }
 
-/// Waits for queued device work by reading one value back.
+/// Waits for the device to finish the work queued for `tensor` (`Backend::sync`, with the
+/// tensor still alive so that a lazy backend cannot skip producing it).
 pub fn sync<B: Backend, const D: usize>(tensor: Tensor<B, D>) {
-    let _ = tensor.flatten::<1>(0, D - 1).slice(0..1).into_data();
+    B::sync(&tensor.device()).expect("the backend failed to run the benchmark's work");
 }
 
 /// A full-sequence forward that projects K/V in **every** layer and then routes — what an
@@ -188,7 +189,8 @@ pub fn forward_computing_all_kv<B: Backend>(
     let ids: Vec<i64> = tokens.iter().flatten().map(|&t| t as i64).collect();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, seq_len]), &device);
     let positions: Vec<usize> = (0..batch).flat_map(|_| 0..seq_len).collect();
-    let rope = model.rope.angles(&positions, batch, seq_len)?;
+    let heads = [model.blocks[0].attention.n_heads, model.n_kv_heads()];
+    let rope = model.rope.angles(&positions, batch, seq_len)?.for_heads(&heads);
     let mut x = model.embedding.forward(ids);
     let mut all_kv: Vec<KeyValue<B>> = Vec::with_capacity(model.n_layers());
     for (layer, block) in model.blocks.iter().enumerate() {
@@ -255,7 +257,7 @@ impl<B: AutodiffBackend> TrainLoop<B> {
                 return Err(error);
             }
         };
-        let loss = kv_routing_train::loss::mean_loss(logits, tokens);
+        let loss = kv_routing_train::loss::mean_loss(logits, tokens)?;
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let model = self.optimizer.step(1e-4, model, grads);
         sync(model.embedding.weight.val());

@@ -369,19 +369,19 @@ fn run_eval(args: EvalArgs) -> Result<()> {
     if let Some(out) = args.out {
         std::fs::create_dir_all(&out).map_err(|e| TrainError::Io {
             path: out.clone(),
-            message: e.to_string(),
+            source: e.into(),
         })?;
         let json_path = out.join("eval.json");
         let json = serde_json::to_string_pretty(&evaluations).expect("reports serialize");
         std::fs::write(&json_path, json).map_err(|e| TrainError::Io {
             path: json_path.clone(),
-            message: e.to_string(),
+            source: e.into(),
         })?;
         let svg_path = out.join("quality_vs_memory.svg");
         std::fs::write(&svg_path, quality_vs_memory_svg(&evaluations)).map_err(|e| {
             TrainError::Io {
                 path: svg_path.clone(),
-                message: e.to_string(),
+                source: e.into(),
             }
         })?;
         println!("wrote {} and {}", json_path.display(), svg_path.display());

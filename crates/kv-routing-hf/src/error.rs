@@ -8,14 +8,15 @@ pub type Result<T> = std::result::Result<T, HfError>;
 
 /// An error reading or writing a Hugging Face checkpoint.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HfError {
     /// A file could not be read or written.
-    #[error("{path}: {message}")]
+    #[error("{path}: {source}")]
     Io {
         /// The file or directory.
         path: PathBuf,
-        /// What failed.
-        message: String,
+        /// What failed (an `std::io::Error` for file operations).
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// `config.json` is not valid JSON or lacks a field.
     #[error("{path}: {message}")]
@@ -101,10 +102,13 @@ pub enum HfError {
 }
 
 impl HfError {
-    pub(crate) fn io(path: impl AsRef<Path>, error: impl std::fmt::Display) -> Self {
+    pub(crate) fn io(
+        path: impl AsRef<Path>,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         HfError::Io {
             path: path.as_ref().to_path_buf(),
-            message: error.to_string(),
+            source: error.into(),
         }
     }
 

@@ -7,14 +7,15 @@ use thiserror::Error;
 
 /// What can go wrong outside the model itself: files, checkpoints, data, settings.
 #[derive(Debug, Error)]
+#[non_exhaustive]
 pub enum TrainError {
     /// A file or directory could not be read or written.
-    #[error("{path}: {message}")]
+    #[error("{path}: {source}")]
     Io {
         /// The path at fault.
         path: PathBuf,
-        /// What happened.
-        message: String,
+        /// What happened (an `std::io::Error` for file operations).
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A checkpoint is missing a part, or a part does not parse.
     #[error("checkpoint {path}: {message}")]
@@ -39,10 +40,13 @@ pub enum TrainError {
 }
 
 impl TrainError {
-    pub(crate) fn io(path: impl Into<PathBuf>, error: impl std::fmt::Display) -> Self {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
         TrainError::Io {
             path: path.into(),
-            message: error.to_string(),
+            source: error.into(),
         }
     }
 

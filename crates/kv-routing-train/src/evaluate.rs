@@ -4,8 +4,7 @@
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
-use kv_routing::{greedy_tokens, CachePlan, Route, RoutedTransformer};
+use kv_routing::{greedy_tokens, CachePlan, KvRoutingError, Route, RoutedTransformer};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Split};
@@ -52,7 +51,7 @@ pub fn validation_metrics_and_predictions<B: Backend>(
         let batch = dataset.batch(Split::Validation, (b * batch_size) as u64, batch_size);
         let logits = model.forward(&batch.inputs, route)?;
         let predictions: Vec<i64> = logits.clone().argmax(2).into_data().iter::<i64>().collect();
-        let losses: Vec<f64> = token_losses(logits, &batch.targets)
+        let losses: Vec<f64> = token_losses(logits, &batch.targets)?
             .into_data()
             .iter::<f64>()
             .collect();
@@ -190,7 +189,8 @@ pub fn decode_throughput<B: Backend>(
         route.clone(),
     )?;
     let mut logits = model.forward_cached_last(&prompts, &mut cache)?;
-    sync(&logits);
+    // Waits for queued device work (GPU backends run asynchronously) with the output alive.
+    B::sync(&logits.device()).map_err(KvRoutingError::from)?;
     let start = Instant::now();
     for _ in 0..settings.decode_tokens {
         let next: Vec<Vec<u32>> = greedy_tokens(logits)?
@@ -199,11 +199,6 @@ pub fn decode_throughput<B: Backend>(
             .collect();
         logits = model.forward_cached_last(&next, &mut cache)?;
     }
-    sync(&logits);
+    B::sync(&logits.device()).map_err(KvRoutingError::from)?;
     Ok((settings.decode_batch * settings.decode_tokens) as f64 / start.elapsed().as_secs_f64())
-}
-
-/// Waits for queued work (GPU backends run asynchronously) by reading one value back.
-fn sync<B: Backend>(tensor: &Tensor<B, 2>) {
-    let _ = tensor.clone().slice([0..1, 0..1]).into_data();
 }

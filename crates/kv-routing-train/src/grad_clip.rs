@@ -9,32 +9,30 @@ use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 
 /// Scales every gradient by `min(1, max_norm / global_norm)`; returns the norm before clipping.
+///
+/// Everything stays on the device: the scale is a one-element tensor, applied to every gradient
+/// (a multiply by 1 when the norm is within bounds), so that clipping never waits for the
+/// device. The caller reads the norm back when it needs the number (the trainer reads it with
+/// the loss, once per step).
+///
+/// # Shapes
+/// - output: `[1]`
 pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
     grads: &mut GradientsParams,
     max_norm: f64,
-) -> f64 {
+) -> Tensor<B::InnerBackend, 1> {
     let mut squares = SumOfSquares::<B> { grads, total: None };
     module.visit(&mut squares);
+    let device = module.devices().into_iter().next().unwrap_or_default();
     let norm = squares
         .total
-        .map(|t| t.into_scalar().to_f64_lossy().sqrt())
-        .unwrap_or(0.0);
-    if norm > max_norm && norm.is_finite() {
-        let scale = max_norm / norm;
-        module.visit(&mut Scale { grads, scale });
-    }
+        .map(Tensor::sqrt)
+        .unwrap_or_else(|| Tensor::zeros([1], &device));
+    // max_norm / 0 is +inf, clamped to 1: a zero gradient stays zero.
+    let scale = norm.clone().recip().mul_scalar(max_norm).clamp_max(1.0);
+    module.visit(&mut Scale { grads, scale });
     norm
-}
-
-trait ToF64 {
-    fn to_f64_lossy(self) -> f64;
-}
-
-impl<E: burn::tensor::ElementConversion> ToF64 for E {
-    fn to_f64_lossy(self) -> f64 {
-        self.elem::<f64>()
-    }
 }
 
 struct SumOfSquares<'a, B: AutodiffBackend> {
@@ -54,15 +52,16 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for SumOfSquares<'_, B> {
     }
 }
 
-struct Scale<'a> {
+struct Scale<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
-    scale: f64,
+    scale: Tensor<B::InnerBackend, 1>,
 }
 
-impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
+impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-            self.grads.register(param.id, grad.mul_scalar(self.scale));
+            let scale = self.scale.clone().reshape([1; D]);
+            self.grads.register(param.id, grad.mul(scale));
         }
     }
 }
@@ -96,9 +95,9 @@ mod tests {
         let x = Tensor::<B, 2>::ones([2, 4], &device) * 10.0;
         let loss = model.a.forward(x.clone()).sum() + model.b.forward(x).sum();
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        let before = clip_global_norm(&model, &mut grads, 1.0);
+        let before: f32 = clip_global_norm(&model, &mut grads, 1.0).into_scalar();
         assert!(before > 1.0);
-        let after = clip_global_norm(&model, &mut grads, 1.0);
+        let after: f32 = clip_global_norm(&model, &mut grads, 1.0).into_scalar();
         assert!((after - 1.0).abs() < 1e-5, "norm after clipping: {after}");
     }
 }

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::ElementConversion;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use kv_routing::{CachePlan, RoutedTransformer, StochasticRouter};
 use kv_routing_hf::{is_pretrained, load_pretrained, LoadOptions};
@@ -204,17 +204,21 @@ pub fn train<B: AutodiffBackend>(
             step * config.batch_size as u64,
             config.batch_size,
         );
-        let loss = mean_loss(model.forward(&batch.inputs, &route)?, &batch.targets);
-        let train_loss: f64 = loss.clone().into_scalar().elem();
+        let loss = mean_loss(model.forward(&batch.inputs, &route)?, &batch.targets)?;
+        let loss_value = loss.clone().inner();
+        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+        let grad_norm = clip_global_norm(&model, &mut grads, config.grad_clip);
+        let learning_rate = schedule.at(step);
+        model = optimizer.step(learning_rate, model, grads);
+        // The step's only wait on the device: loss and gradient norm come back together, after
+        // the whole step is queued. A diverged step returns before anything is saved, so the
+        // last checkpoint stays the run's state.
+        let [train_loss, grad_norm] = read_scalars([loss_value, grad_norm]);
         if !train_loss.is_finite() {
             return Err(TrainError::Config(format!(
                 "training diverged at step {step} (loss {train_loss}); lower the learning rate"
             )));
         }
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        let grad_norm = clip_global_norm(&model, &mut grads, config.grad_clip);
-        let learning_rate = schedule.at(step);
-        model = optimizer.step(learning_rate, model, grads);
         state.step += 1;
         state.elapsed_seconds += step_start.elapsed().as_secs_f64();
 
@@ -307,4 +311,14 @@ fn progress_message(entry: &LogEntry, log: &[LogEntry]) -> String {
         .map(|v| format!(" val {v:.3}"))
         .unwrap_or_default();
     format!("loss {loss:.3}{val} | {speed:.0} tok/s")
+}
+
+/// Reads one-element tensors back from the device in a single transfer.
+fn read_scalars<B: Backend, const N: usize>(scalars: [Tensor<B, 1>; N]) -> [f64; N] {
+    let values = Tensor::cat(scalars.to_vec(), 0)
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .expect("a float tensor converts to f64");
+    std::array::from_fn(|i| values[i])
 }

@@ -7,6 +7,7 @@ use thiserror::Error;
 /// Every variant names the offending layer, sequence or value so that the message alone says
 /// what to fix.
 #[derive(Debug, Clone, PartialEq, Error)]
+#[non_exhaustive]
 pub enum KvRoutingError {
     /// A route (`src` per layer) breaks one of the route rules.
     #[error("invalid route: {0}")]
@@ -90,6 +91,10 @@ pub enum KvRoutingError {
         vocab_size: usize,
     },
 
+    /// The backend failed to run queued work (a device error, reported when waiting on it).
+    #[error("backend execution failed: {0}")]
+    Execution(String),
+
     /// (De)serialization of a route, plan or config failed.
     #[error("serialization: {0}")]
     Serde(String),
@@ -97,3 +102,9 @@ pub enum KvRoutingError {
 
 /// Shorthand for results of this crate.
 pub type Result<T> = core::result::Result<T, KvRoutingError>;
+
+impl From<burn::tensor::backend::ExecutionError> for KvRoutingError {
+    fn from(error: burn::tensor::backend::ExecutionError) -> Self {
+        KvRoutingError::Execution(error.to_string())
+    }
+}

@@ -1,4 +1,13 @@
 //! [`SwiGluFeedForward`]: the Llama MLP, `down(silu(gate(x)) * up(x))`.
+//!
+//! `burn::nn::SwiGlu` computes the same gated unit (its `linear_inner` is our `gate`, its
+//! `linear_outer` our `up`), but it applies them with `Linear::forward`, which raises each
+//! weight to the input's rank. Pretrained weights are held as transposed views of the
+//! checkpoint's `[out, in]` matrices, and raising such a view copies the whole matrix on every
+//! call on flex — the copy that made the tied LM head cost 55% of a decode step (see
+//! `projection`, and `backends/flex/tests/decode_allocations.rs`, which fails on any per-step
+//! weight copy). So the three projections go through [`project`] instead, and the parameter
+//! names stay Hugging Face's (`gate_proj`, `up_proj`, `down_proj` map one to one).
 
 use burn::config::Config;
 use burn::module::{Initializer, Module};
@@ -7,6 +16,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use crate::error::KvRoutingError;
 use crate::projection::project;
 
 /// Configuration of a [`SwiGluFeedForward`].
@@ -22,19 +32,25 @@ pub struct SwiGluFeedForwardConfig {
 }
 
 impl SwiGluFeedForwardConfig {
-    /// Initializes the module on `device`.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> SwiGluFeedForward<B> {
+    /// Initializes the module on `device`; a zero width is an error.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> crate::Result<SwiGluFeedForward<B>> {
+        if self.d_model == 0 || self.d_ff == 0 {
+            return Err(KvRoutingError::InvalidConfig(format!(
+                "feed-forward widths must be positive (d_model = {}, d_ff = {})",
+                self.d_model, self.d_ff
+            )));
+        }
         let linear = |d_input, d_output| {
             LinearConfig::new(d_input, d_output)
                 .with_bias(false)
                 .with_initializer(self.initializer.clone())
                 .init(device)
         };
-        SwiGluFeedForward {
+        Ok(SwiGluFeedForward {
             gate: linear(self.d_model, self.d_ff),
             up: linear(self.d_model, self.d_ff),
             down: linear(self.d_ff, self.d_model),
-        }
+        })
     }
 }
 

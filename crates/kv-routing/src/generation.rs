@@ -2,7 +2,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use rand::{RngExt, SeedableRng};
+use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
@@ -48,7 +48,7 @@ impl Sampler {
         &self,
         logits: Tensor<B, 2>,
         skip: &[bool],
-        rng: &mut ChaCha8Rng,
+        rng: &mut impl Rng,
     ) -> Result<Vec<u32>> {
         let [batch, _] = logits.dims();
         if skip.len() != batch {
@@ -60,16 +60,24 @@ impl Sampler {
         }
         match self {
             Sampler::Greedy => greedy_tokens(logits),
-            Sampler::TopK { .. } => Ok(logits_rows(logits)?
+            Sampler::TopK { .. } => logits_rows(logits)?
                 .iter()
                 .zip(skip)
-                .map(|(row, &skip)| if skip { 0 } else { self.sample(row, rng) })
-                .collect()),
+                .map(|(row, &skip)| if skip { Ok(0) } else { self.sample(row, rng) })
+                .collect(),
         }
     }
 
-    /// Picks a token from one row of logits.
-    pub fn sample(&self, logits: &[f32], rng: &mut ChaCha8Rng) -> u32 {
+    /// Picks a token from one row of logits (any RNG: generation uses a seeded `ChaCha8Rng`).
+    ///
+    /// An empty row is an error: there is no token to pick.
+    pub fn sample(&self, logits: &[f32], rng: &mut impl Rng) -> Result<u32> {
+        self.validate()?;
+        if logits.is_empty() {
+            return Err(KvRoutingError::InvalidLengths(
+                "cannot pick a token from an empty row of logits".into(),
+            ));
+        }
         let greedy = || {
             let mut best = 0;
             for (i, &l) in logits.iter().enumerate() {
@@ -79,7 +87,7 @@ impl Sampler {
             }
             best as u32
         };
-        match *self {
+        Ok(match *self {
             Sampler::Greedy => greedy(),
             Sampler::TopK { k, temperature } => {
                 // Most likely first, lower id first on ties: a total order, so partitioning
@@ -102,13 +110,13 @@ impl Sampler {
                 let mut threshold = rng.random::<f64>() * weights.iter().sum::<f64>();
                 for (&token, &weight) in order.iter().zip(&weights) {
                     if threshold < weight {
-                        return token as u32;
+                        return Ok(token as u32);
                     }
                     threshold -= weight;
                 }
                 order[order.len() - 1] as u32
             }
-        }
+        })
     }
 }
 
@@ -237,6 +245,7 @@ pub fn logits_rows<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<Vec<f32>>> {
 #[cfg(test)]
 mod tests {
     use rand::{RngExt, SeedableRng};
+    use crate::KvRoutingError;
     use rand_chacha::ChaCha8Rng;
 
     use super::Sampler;
@@ -276,11 +285,28 @@ mod tests {
             let (mut a, mut b) = (ChaCha8Rng::seed_from_u64(1), ChaCha8Rng::seed_from_u64(1));
             for draw in 0..200 {
                 assert_eq!(
-                    sampler.sample(&logits, &mut a),
+                    sampler.sample(&logits, &mut a).unwrap(),
                     top_k_by_full_sort(&logits, k, 0.7, &mut b),
                     "vocabulary {vocab}, k {k}, draw {draw}"
                 );
             }
         }
+    }
+
+    #[test]
+    fn an_empty_row_or_a_bad_sampler_is_an_error_not_a_panic() {
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        assert!(matches!(
+            Sampler::Greedy.sample(&[], &mut rng),
+            Err(KvRoutingError::InvalidLengths(_))
+        ));
+        let zero_k = Sampler::TopK {
+            k: 0,
+            temperature: 1.0,
+        };
+        assert!(matches!(
+            zero_k.sample(&[1.0, 2.0], &mut rng),
+            Err(KvRoutingError::InvalidConfig(_))
+        ));
     }
 }

@@ -7,7 +7,6 @@
 //! The angle table is computed once in f64 on the host, so every backend sees the same angles up
 //! to its float precision.
 
-use core::cell::RefCell;
 
 use burn::config::Config;
 use burn::module::Module;
@@ -252,13 +251,14 @@ impl<B: Backend> RotaryEmbedding<B> {
         Ok(RopeAngles {
             cos: gather(&self.cos, 1.0),
             sin: gather(&self.sin, -1.0),
-            per_heads: RefCell::new(Vec::new()),
+            widened: Vec::new(),
         })
     }
 }
 
 /// The rotation of one step's positions: `[cos, cos]` and `[-sin, sin]` per position,
-/// `[batch, seq_len, 1, head_dim]`, plus copies widened to each head count seen.
+/// `[batch, seq_len, 1, head_dim]`, plus copies widened to the head counts named by
+/// [`RopeAngles::for_heads`].
 #[derive(Debug, Clone)]
 pub struct RopeAngles<B: Backend> {
     cos: Tensor<B, 4>,
@@ -266,7 +266,8 @@ pub struct RopeAngles<B: Backend> {
     /// `(heads, cos, sin)` with the tables repeated to `[batch, seq_len, heads, head_dim]`:
     /// elementwise ops on equal, contiguous shapes take every backend's fast path, where a
     /// broadcast over heads falls back to strided loops on some CPU backends.
-    per_heads: RefCell<Vec<WidenedAngles<B>>>,
+    /// Built once, before the layers run (no interior mutability: angles are shared by `&`).
+    widened: Vec<WidenedAngles<B>>,
 }
 
 /// `(heads, cos, sin)`, the tables repeated over `heads`.
@@ -291,15 +292,32 @@ impl<B: Backend> RopeAngles<B> {
         x * cos + swapped * sin
     }
 
-    fn widened(&self, heads: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        let mut per_heads = self.per_heads.borrow_mut();
-        if let Some((_, cos, sin)) = per_heads.iter().find(|(h, _, _)| *h == heads) {
-            return (cos.clone(), sin.clone());
+    /// Precomputes the tables widened to each of `heads` (a model's query and key/value head
+    /// counts), which [`RopeAngles::apply`] then uses for inputs with that many heads; other head
+    /// counts broadcast the narrow tables (same result, slower on some CPU backends).
+    pub fn for_heads(mut self, heads: &[usize]) -> Self {
+        for &count in heads {
+            if count > 0 && !self.widened.iter().any(|(h, _, _)| *h == count) {
+                let cos = self.cos.clone().repeat_dim(2, count);
+                let sin = self.sin.clone().repeat_dim(2, count);
+                self.widened.push((count, cos, sin));
+            }
         }
-        let cos = self.cos.clone().repeat_dim(2, heads);
-        let sin = self.sin.clone().repeat_dim(2, heads);
-        per_heads.push((heads, cos.clone(), sin.clone()));
-        (cos, sin)
+        self
+    }
+
+    fn widened(&self, heads: usize) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        match self.widened.iter().find(|(h, _, _)| *h == heads) {
+            Some((_, cos, sin)) => (cos.clone(), sin.clone()),
+            None => {
+                let [batch, seq_len, _, head_dim] = self.cos.dims();
+                let shape = [batch, seq_len, heads, head_dim];
+                (
+                    self.cos.clone().expand(shape),
+                    self.sin.clone().expand(shape),
+                )
+            }
+        }
     }
 
     /// Number of positions per sequence these angles cover.

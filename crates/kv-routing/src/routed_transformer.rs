@@ -196,7 +196,7 @@ impl RoutedTransformerConfig {
                     mlp_norm: norm(),
                     mlp: SwiGluFeedForwardConfig::new(self.d_model, self.d_ff)
                         .with_initializer(self.initializer())
-                        .init(device),
+                        .init(device)?,
                 })
             })
             .collect::<crate::Result<Vec<_>>>()?;
@@ -260,6 +260,17 @@ impl<B: Backend> RoutedTransformer<B> {
         self.rope.max_seq_len()
     }
 
+    /// The rotary angles of one step, widened for the query and key/value head counts.
+    fn angles(
+        &self,
+        positions: &[usize],
+        batch: usize,
+        seq_len: usize,
+    ) -> crate::Result<crate::RopeAngles<B>> {
+        let heads = [self.blocks[0].attention.n_heads, self.n_kv_heads()];
+        Ok(self.rope.angles(positions, batch, seq_len)?.for_heads(&heads))
+    }
+
     /// Key/value heads per layer.
     pub fn n_kv_heads(&self) -> usize {
         self.blocks[0].attention.n_kv_heads
@@ -288,7 +299,7 @@ impl<B: Backend> RoutedTransformer<B> {
         }
         let (ids, batch, seq_len) = self.token_tensor(tokens)?;
         let positions: Vec<usize> = (0..batch).flat_map(|_| 0..seq_len).collect();
-        let rope = self.rope.angles(&positions, batch, seq_len)?;
+        let rope = self.angles(&positions, batch, seq_len)?;
         let key_valid: Vec<bool> = lengths
             .iter()
             .flat_map(|&n| (0..seq_len).map(move |j| j < n))
@@ -400,7 +411,7 @@ impl<B: Backend> RoutedTransformer<B> {
         let new_tokens: Vec<usize> = tokens.iter().map(Vec::len).collect();
         let (ids, batch, step_len) = self.token_tensor(tokens)?;
         let mut step = cache.begin_step(&new_tokens, step_len)?;
-        let rope = self.rope.angles(step.positions(), batch, step_len)?;
+        let rope = self.angles(step.positions(), batch, step_len)?;
         let mask = step.mask()?;
         let hidden = self.run_blocks(ids, &rope, &mask, &mut step)?;
         step.commit()?;
