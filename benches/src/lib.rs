@@ -190,7 +190,10 @@ pub fn forward_computing_all_kv<B: Backend>(
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [batch, seq_len]), &device);
     let positions: Vec<usize> = (0..batch).flat_map(|_| 0..seq_len).collect();
     let heads = [model.blocks[0].attention.n_heads, model.n_kv_heads()];
-    let rope = model.rope.angles(&positions, batch, seq_len)?.for_heads(&heads);
+    let rope = model
+        .rope
+        .angles(&positions, batch, seq_len)?
+        .for_heads(&heads);
     let mut x = model.embedding.forward(ids);
     let mut all_kv: Vec<KeyValue<B>> = Vec::with_capacity(model.n_layers());
     for (layer, block) in model.blocks.iter().enumerate() {

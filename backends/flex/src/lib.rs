@@ -1,6 +1,14 @@
 //! kv-routing on [burn-flex](https://docs.rs/burn-flex): Burn 0.21's fast pure-Rust CPU backend.
 //!
 //! `cargo test -p kv-routing-flex` runs the whole conformance suite.
+//!
+//! The KV cache's per-step writes are in place only with the burn-flex patch of this
+//! workspace (`patches/burn-flex`): the crates.io 0.21.0 release copies a tensor's whole buffer
+//! on every `slice_assign`. A workspace that depends on this crate without the same
+//! `[patch.crates-io]` entry gets the copying release; [`slice_assign_writes_in_place`] detects
+//! it at run time (the CLI checks it at startup and warns).
+
+use burn::tensor::{Tensor, TensorPrimitive};
 
 pub use kv_routing;
 
@@ -12,4 +20,24 @@ pub type Device = burn_flex::FlexDevice;
 /// The CPU device.
 pub fn device() -> Device {
     burn_flex::FlexDevice
+}
+
+/// Whether `slice_assign` into a uniquely owned tensor writes into the same buffer (the KV
+/// cache's per-step write), probed once on a small tensor by comparing buffer addresses.
+pub fn slice_assign_writes_in_place() -> bool {
+    let device = burn_flex::FlexDevice;
+    let (storage, before) = buffer_address(Tensor::<Backend, 4>::zeros([1, 2, 64, 8], &device));
+    let slot = Tensor::<Backend, 4>::ones([1, 2, 1, 8], &device);
+    let (_, after) = buffer_address(storage.slice_assign([0..1, 0..2, 5..6, 0..8], slot));
+    before == after
+}
+
+/// The address of `tensor`'s buffer, and the tensor back.
+fn buffer_address(tensor: Tensor<Backend, 4>) -> (Tensor<Backend, 4>, usize) {
+    let primitive = tensor.into_primitive().tensor();
+    let address = primitive.bytes().as_ptr() as usize;
+    (
+        Tensor::from_primitive(TensorPrimitive::Float(primitive)),
+        address,
+    )
 }

@@ -27,6 +27,11 @@ fn slice_assign_into_an_owned_tensor_writes_in_place() {
 }
 
 #[test]
+fn the_run_time_probe_sees_in_place_writes() {
+    assert!(kv_routing_flex::slice_assign_writes_in_place());
+}
+
+#[test]
 fn slice_assign_into_a_shared_tensor_still_copies() {
     let device = FlexDevice;
     let storage = Tensor::<Flex, 4>::zeros([1, 1, 8, 2], &device);

@@ -2,6 +2,9 @@
 //!
 //! `cargo test -p kv-routing-ndarray` runs the whole conformance suite in f32 and f64.
 
+use burn::tensor::{Tensor, TensorPrimitive};
+use burn_ndarray::NdArrayTensor;
+
 pub use kv_routing;
 
 /// The backend type.
@@ -12,4 +15,29 @@ pub type Device = burn_ndarray::NdArrayDevice;
 /// The CPU device.
 pub fn device() -> Device {
     burn_ndarray::NdArrayDevice::Cpu
+}
+
+/// Whether `slice_assign` into a uniquely owned tensor writes into the same buffer (the KV
+/// cache's per-step write), probed on a small tensor by comparing buffer addresses.
+/// burn-ndarray 0.21 does (its arrays are copy-on-write and copy only when shared).
+pub fn slice_assign_writes_in_place() -> bool {
+    let device = device();
+    let (storage, before) = buffer_address(Tensor::<Backend, 4>::zeros([1, 2, 64, 8], &device));
+    let slot = Tensor::<Backend, 4>::ones([1, 2, 1, 8], &device);
+    let (_, after) = buffer_address(storage.slice_assign([0..1, 0..2, 5..6, 0..8], slot));
+    matches!((before, after), (Some(before), Some(after)) if before == after)
+}
+
+/// The address of `tensor`'s buffer (`None` for a type other than f32/f64), and the tensor.
+fn buffer_address(tensor: Tensor<Backend, 4>) -> (Tensor<Backend, 4>, Option<usize>) {
+    let primitive = tensor.into_primitive().tensor();
+    let address = match &primitive {
+        NdArrayTensor::F32(storage) => Some(storage.view().as_ptr() as usize),
+        NdArrayTensor::F64(storage) => Some(storage.view().as_ptr() as usize),
+        _ => None,
+    };
+    (
+        Tensor::from_primitive(TensorPrimitive::Float(primitive)),
+        address,
+    )
 }

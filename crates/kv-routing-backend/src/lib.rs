@@ -31,18 +31,29 @@ compile_error!(
 mod selected {
     pub use kv_routing_cuda::{device, Backend, Device};
     pub const NAME: &str = "cuda";
+    /// Not probed at run time (tested on a GPU by backends/cuda/run-gpu-checks.sh).
+    pub fn cache_writes_in_place() -> Option<bool> {
+        None
+    }
 }
 
 #[cfg(all(feature = "wgpu", not(feature = "cuda")))]
 mod selected {
     pub use kv_routing_wgpu::{device, Backend, Device};
     pub const NAME: &str = "wgpu";
+    /// Not probed at run time (tested in backends/wgpu/tests/in_place_write.rs).
+    pub fn cache_writes_in_place() -> Option<bool> {
+        None
+    }
 }
 
 #[cfg(all(feature = "ndarray", not(any(feature = "cuda", feature = "wgpu"))))]
 mod selected {
     pub use kv_routing_ndarray::{device, Backend, Device};
     pub const NAME: &str = "ndarray";
+    pub fn cache_writes_in_place() -> Option<bool> {
+        Some(kv_routing_ndarray::slice_assign_writes_in_place())
+    }
 }
 
 #[cfg(all(
@@ -52,6 +63,9 @@ mod selected {
 mod selected {
     pub use kv_routing_flex::{device, Backend, Device};
     pub const NAME: &str = "flex";
+    pub fn cache_writes_in_place() -> Option<bool> {
+        Some(kv_routing_flex::slice_assign_writes_in_place())
+    }
 }
 
 /// The selected backend type.
@@ -91,5 +105,27 @@ pub fn device_with_precision(precision: Precision) -> Result<Device, String> {
     Ok(device)
 }
 
+/// Whether the selected backend writes the KV cache's per-step slices in place, probed at run
+/// time on a small tensor: `Some(false)` means each decode step copies every cached layer (flex
+/// built without kv-routing's `patches/burn-flex`); `None` for backends without a run-time
+/// probe (wgpu and CUDA, whose in-place writes are tested instead). Call it after the device's
+/// precision is set ([`device_with_precision`]): it creates tensors on the device.
+pub fn cache_writes_in_place() -> Option<bool> {
+    selected::cache_writes_in_place()
+}
+
 /// Name of the selected backend, for reports.
 pub const NAME: &str = selected::NAME;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_selected_backend_does_not_copy_the_cache_per_step() {
+        assert_ne!(
+            super::cache_writes_in_place(),
+            Some(false),
+            "{}",
+            super::NAME
+        );
+    }
+}

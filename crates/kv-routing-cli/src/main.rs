@@ -8,7 +8,8 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use kv_routing::{GenerationConfig, Sampler};
 use kv_routing_backend::{
-    device, device_with_precision, AutodiffBackend, Backend, Precision, NAME,
+    cache_writes_in_place, device, device_with_precision, AutodiffBackend, Backend, Device,
+    Precision, NAME,
 };
 use kv_routing_hf::{ExportDtype, ExportOptions};
 use kv_routing_train::data::{DataSource, Dataset};
@@ -309,8 +310,21 @@ fn run_train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The device for inference at `dtype`, after checking that the backend writes the KV cache in
+/// place (a warning on stderr if not: every decode step would copy the whole cache).
+fn inference_device(dtype: Precision) -> Result<Device> {
+    let device = device_with_precision(dtype).map_err(TrainError::Config)?;
+    if cache_writes_in_place() == Some(false) {
+        eprintln!(
+            "warning: this build of {NAME} copies every cached layer on each decode step \
+             (burn-flex without kv-routing's patches/burn-flex); decoding will be slow"
+        );
+    }
+    Ok(device)
+}
+
 fn run_eval(args: EvalArgs) -> Result<()> {
-    let device = device_with_precision(args.dtype).map_err(TrainError::Config)?;
+    let device = inference_device(args.dtype)?;
     let settings = EvalSettings {
         batches: args.batches,
         batch_size: args.batch_size,
@@ -390,7 +404,7 @@ fn run_eval(args: EvalArgs) -> Result<()> {
 }
 
 fn run_generate(args: GenerateArgs) -> Result<()> {
-    let device = device_with_precision(args.dtype).map_err(TrainError::Config)?;
+    let device = inference_device(args.dtype)?;
     let loaded = load_model_dir::<Backend>(&resolve_checkpoint(&args.checkpoint), &device)?;
     let n_layers = loaded.model_config.n_layers;
     let (plan_name, plan) = match (&args.plan, loaded.stored_plan()?) {

@@ -244,8 +244,8 @@ pub fn logits_rows<B: Backend>(logits: Tensor<B, 2>) -> Result<Vec<Vec<f32>>> {
 
 #[cfg(test)]
 mod tests {
-    use rand::{RngExt, SeedableRng};
     use crate::KvRoutingError;
+    use rand::{RngExt, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
     use super::Sampler;

@@ -29,6 +29,17 @@
 //! sequence lengths and the validity record. A step that fails or is dropped before commit
 //! leaves the cache as it was: its writes sit beyond `len` and are overwritten by the next step.
 //! [`KvCacheManager::retarget`] checks the new route completely before dropping anything.
+//!
+//! # In-place writes
+//! A step writes its slots with `slice_assign`, which backends do in place only when the
+//! storage buffer is uniquely owned; otherwise they copy the whole layer (O(capacity) per step
+//! instead of O(step)). The keys/values a step hands out are views of that storage, so a view
+//! kept past its step forces the copy. The cache counts such writes
+//! ([`KvCacheManager::copied_writes`]) and logs a warning (`log`) at the first. Whether the
+//! backend writes a uniquely owned buffer in place at all is the backend's property, tested per
+//! backend (`backends/*/tests/in_place_write.rs`); flex needs the patch in `patches/burn-flex`.
+
+use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -89,6 +100,10 @@ pub struct KvCacheManager<B: Backend> {
     /// `[batch, capacity]` row-major: whether a slot holds a token of that sequence.
     key_valid: Vec<bool>,
     device: B::Device,
+    /// One per layer; every view of that layer's storage holds a clone (see "In-place writes").
+    view_leases: Vec<Arc<()>>,
+    /// Writes made while a view of the layer was alive.
+    copied_writes: usize,
 }
 
 impl<B: Backend> KvCacheManager<B> {
@@ -117,6 +132,8 @@ impl<B: Backend> KvCacheManager<B> {
             sequence_lengths: vec![0; layout.batch_size],
             key_valid: vec![false; layout.batch_size * layout.capacity],
             device: device.clone(),
+            view_leases: (0..layout.n_layers).map(|_| Arc::new(())).collect(),
+            copied_writes: 0,
         })
     }
 
@@ -176,6 +193,14 @@ impl<B: Backend> KvCacheManager<B> {
     /// Total bytes held.
     pub fn bytes(&self) -> usize {
         self.bytes_per_layer().iter().sum()
+    }
+
+    /// Writes so far that found a view of their layer's storage still alive (a [`KeyValue`]
+    /// from an earlier step kept by the caller), so that the backend had to copy the layer's
+    /// whole storage instead of writing in place. Stays 0 when views are dropped after their
+    /// step, as the model's forward passes do.
+    pub fn copied_writes(&self) -> usize {
+        self.copied_writes
     }
 
     /// Forgets every token (storage is kept and reused).
@@ -381,7 +406,17 @@ impl<B: Backend> KvStore<B> for CacheStep<'_, B> {
             start..start + self.step_len,
             0..layout.head_dim,
         ];
-        // Taking the storage out leaves its buffer uniquely owned, so backends write in place.
+        // Taking the storage out leaves its buffer uniquely owned, so backends write in place,
+        // unless a view handed out earlier is still alive.
+        if Arc::strong_count(&self.cache.view_leases[layer]) > 1 {
+            if self.cache.copied_writes == 0 {
+                log::warn!(
+                    "kv-routing: layer {layer}'s cache storage is still viewed by a KeyValue from an earlier step; \
+                     each such write copies the whole layer (drop the views before the next step)"
+                );
+            }
+            self.cache.copied_writes += 1;
+        }
         let storage = self.cache.layers[layer]
             .take()
             .ok_or_else(|| KvRoutingError::MissingKv {
@@ -421,7 +456,8 @@ impl<B: Backend> KvStore<B> for CacheStep<'_, B> {
         Ok(KeyValue::new(
             storage.key.clone().slice(visible.clone()),
             storage.value.clone().slice(visible),
-        ))
+        )
+        .viewing(self.cache.view_leases[source].clone()))
     }
 }
 

@@ -7,7 +7,6 @@
 //! The angle table is computed once in f64 on the host, so every backend sees the same angles up
 //! to its float precision.
 
-
 use burn::config::Config;
 use burn::module::Module;
 use burn::tensor::backend::Backend;

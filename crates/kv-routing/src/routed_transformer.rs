@@ -268,7 +268,10 @@ impl<B: Backend> RoutedTransformer<B> {
         seq_len: usize,
     ) -> crate::Result<crate::RopeAngles<B>> {
         let heads = [self.blocks[0].attention.n_heads, self.n_kv_heads()];
-        Ok(self.rope.angles(positions, batch, seq_len)?.for_heads(&heads))
+        Ok(self
+            .rope
+            .angles(positions, batch, seq_len)?
+            .for_heads(&heads))
     }
 
     /// Key/value heads per layer.

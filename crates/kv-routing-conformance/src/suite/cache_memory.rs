@@ -2,7 +2,9 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use kv_routing::{CachePlan, GenerationConfig};
+use kv_routing::{
+    CachePlan, GenerationConfig, KeyValue, KvCacheLayout, KvCacheManager, KvStore, Route,
+};
 
 use super::cached::{chunk_steps, feed_cached};
 use super::oracle_agreement::route_kinds;
@@ -64,5 +66,58 @@ pub fn cache_holds_exactly_the_sources<B: Backend>(device: &B::Device) {
         generation.kv_bytes(),
         2 * one_sequence_layer,
         "generate reports its cache"
+    );
+}
+
+/// The model's cached steps keep no view of the cache past a step, so every write can be in
+/// place (`copied_writes` stays 0); a view that a caller keeps is counted at the next write of
+/// its layer, which still leaves the view as it was (copy-on-write) and the cache correct.
+pub fn views_kept_past_a_step_are_counted<B: Backend>(device: &B::Device) {
+    let config = tiny_config(2);
+    let model = tiny_model::<B>(&config, device);
+    for (name, route) in route_kinds(config.n_layers) {
+        let mut cache = model.new_cache(2, 12, route).unwrap();
+        let sequences = vec![random_tokens(3, 9, 37); 2];
+        feed_cached(&model, &mut cache, &chunk_steps(&sequences, &[5, 1, 2, 1]));
+        assert_eq!(cache.copied_writes(), 0, "{name}: the model kept a view");
+    }
+
+    let layout = KvCacheLayout {
+        batch_size: 1,
+        n_layers: 1,
+        n_kv_heads: 1,
+        head_dim: 2,
+        capacity: 4,
+    };
+    let mut cache = KvCacheManager::<B>::new(layout, Route::new(vec![0]).unwrap(), device).unwrap();
+    let filled = |value: f32| {
+        let slot = Tensor::<B, 4>::full([1, 1, 1, 2], value, device);
+        KeyValue::new(slot.clone(), slot)
+    };
+    let append = |cache: &mut KvCacheManager<B>, value: f32| {
+        let mut step = cache.begin_step(&[1], 1).unwrap();
+        step.put(0, filled(value)).unwrap();
+        let view = step.get(0).unwrap();
+        step.commit().unwrap();
+        view
+    };
+    let kept = append(&mut cache, 1.0);
+    drop(append(&mut cache, 2.0));
+    assert_eq!(cache.copied_writes(), 1, "the kept view was not seen");
+    let values = |kv: KeyValue<B>| {
+        kv.value
+            .into_data()
+            .convert::<f32>()
+            .to_vec::<f32>()
+            .unwrap()
+    };
+    assert_eq!(values(kept), vec![1.0, 1.0], "the kept view changed");
+    drop(append(&mut cache, 3.0));
+    let last = append(&mut cache, 4.0);
+    assert_eq!(cache.copied_writes(), 1, "a dropped view was counted");
+    assert_eq!(
+        values(last),
+        vec![1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0],
+        "the cache lost a write"
     );
 }
