@@ -185,10 +185,7 @@ fn mha_baseline_benchmarks(c: &mut Criterion) {
                             let mut step = cache.begin_step(&vec![1; batch], 1).unwrap();
                             let angles = rope.angles(step.positions(), batch, 1).unwrap();
                             let mask = step.mask().unwrap();
-                            output = Some(
-                                ours.forward_routed(0, x, &angles, &mask, &mut step)
-                                    .unwrap(),
-                            );
+                            output = Some(ours.forward(0, x, &angles, &mask, &mut step).unwrap());
                             step.commit().unwrap();
                         }
                         sync(output.unwrap());

@@ -202,7 +202,7 @@ pub fn forward_computing_all_kv<B: Backend>(
         let kv = &all_kv[route.source_of(layer)];
         x = x + block
             .attention
-            .forward(normed, kv, &rope, &AttentionMask::Causal)?;
+            .attend(normed, kv, &rope, &AttentionMask::Causal)?;
         x = x.clone() + block.mlp.forward(block.mlp_norm.forward(x));
     }
     Ok(model.vocab_logits(x))
@@ -251,7 +251,7 @@ impl<B: AutodiffBackend> TrainLoop<B> {
         let logits = if all_kv {
             forward_computing_all_kv(&model, tokens, route)
         } else {
-            model.forward(tokens, route)
+            model.forward_tokens(tokens, route)
         };
         let logits = match logits {
             Ok(logits) => logits,
@@ -332,7 +332,7 @@ mod tests {
         let tokens = vec![vec![1, 2, 3, 4, 5], vec![9, 8, 7, 6, 5]];
         let route = Route::new(vec![0, 0, 1, 1]).unwrap();
         let routed: Vec<f32> = model
-            .forward(&tokens, &route)
+            .forward_tokens(&tokens, &route)
             .unwrap()
             .into_data()
             .iter()

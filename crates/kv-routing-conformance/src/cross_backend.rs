@@ -38,7 +38,7 @@ pub fn fingerprint<B: Backend>(backend: &str, device: &B::Device) -> Fingerprint
     let flatten = |rows: Vec<Vec<Vec<f64>>>| rows.into_iter().flatten().flatten().collect();
     let logits = routes
         .iter()
-        .map(|route| flatten(logits_to_host(model.forward(&batch, route).unwrap())))
+        .map(|route| flatten(logits_to_host(model.forward_tokens(&batch, route).unwrap())))
         .collect();
     let cached_logits = routes
         .iter()

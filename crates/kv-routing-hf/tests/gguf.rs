@@ -577,7 +577,7 @@ fn real_smollm2_gguf_matches_transformers() {
             .route();
         let last = loaded
             .model
-            .forward(std::slice::from_ref(&ids), &full)
+            .forward_tokens(std::slice::from_ref(&ids), &full)
             .unwrap()
             .slice([0..1, ids.len() - 1..ids.len()])
             .into_data()

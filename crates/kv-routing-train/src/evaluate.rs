@@ -49,7 +49,7 @@ pub fn validation_metrics_and_predictions<B: Backend>(
     let mut all_predictions = Vec::new();
     for b in 0..batches {
         let batch = dataset.batch(Split::Validation, (b * batch_size) as u64, batch_size);
-        let logits = model.forward(&batch.inputs, route)?;
+        let logits = model.forward_tokens(&batch.inputs, route)?;
         let predictions: Vec<i64> = logits.clone().argmax(2).into_data().iter::<i64>().collect();
         let losses: Vec<f64> = token_losses(logits, &batch.targets)?
             .into_data()

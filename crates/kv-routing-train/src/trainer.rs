@@ -204,7 +204,7 @@ pub fn train<B: AutodiffBackend>(
             step * config.batch_size as u64,
             config.batch_size,
         );
-        let loss = mean_loss(model.forward(&batch.inputs, &route)?, &batch.targets)?;
+        let loss = mean_loss(model.forward_tokens(&batch.inputs, &route)?, &batch.targets)?;
         let loss_value = loss.clone().inner();
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         let grad_norm = clip_global_norm(&model, &mut grads, config.grad_clip);

@@ -1,10 +1,12 @@
 //! [`StochasticKvAttention`]: causal grouped-query attention whose keys/values may come from
 //! another layer.
 //!
-//! The module splits attention into its two halves so that a route can wire them across layers:
-//! [`StochasticKvAttention::project_kv`] computes this layer's keys/values (only needed when the
-//! layer is a *source*), and [`StochasticKvAttention::forward`] attends with this layer's own
-//! queries to keys/values handed to it, whichever layer computed them.
+//! [`StochasticKvAttention::forward`] is the whole layer, as a Burn module's `forward` is: given
+//! the layer index and a [`KvStore`] carrying the route, it computes its own keys/values only
+//! when the route makes it a *source*, then attends to those of its source layer. Its two halves
+//! are public too, so that other wirings can be built: [`StochasticKvAttention::project_kv`]
+//! computes this layer's keys/values, and [`StochasticKvAttention::attend`] attends with this
+//! layer's own queries to keys/values handed to it, whichever layer computed them.
 
 use burn::config::Config;
 use burn::module::Param;
@@ -192,7 +194,7 @@ impl<B: Backend> StochasticKvAttention<B> {
     /// - kv: `[batch, n_kv_heads, kv_len, head_dim]` with `kv_len >= seq_len`
     /// - mask (explicit): `[batch, 1, seq_len, kv_len]`
     /// - output: `[batch, seq_len, d_model]`
-    pub fn forward(
+    pub fn attend(
         &self,
         x: Tensor<B, 3>,
         kv: &KeyValue<B>,
@@ -305,7 +307,7 @@ impl<B: Backend> StochasticKvAttention<B> {
     /// # Shapes
     /// - x: `[batch, seq_len, d_model]`
     /// - output: `[batch, seq_len, d_model]`
-    pub fn forward_routed(
+    pub fn forward(
         &self,
         layer: usize,
         x: Tensor<B, 3>,
@@ -317,7 +319,7 @@ impl<B: Backend> StochasticKvAttention<B> {
             store.put(layer, self.project_kv(x.clone(), rope)?)?;
         }
         let kv = store.get(layer)?;
-        self.forward(x, &kv, rope, mask)
+        self.attend(x, &kv, rope, mask)
     }
 
     /// `[batch, seq_len, heads * head_dim]` -> `[batch, seq_len, heads, head_dim]` (no copy).

@@ -41,9 +41,7 @@ impl<B: Backend> DecoderBlock<B> {
         store: &mut impl KvStore<B>,
     ) -> Result<Tensor<B, 3>> {
         let normed = self.attention_norm.forward(x.clone());
-        let x = x + self
-            .attention
-            .forward_routed(layer, normed, rope, mask, store)?;
+        let x = x + self.attention.forward(layer, normed, rope, mask, store)?;
         Ok(x.clone() + self.mlp.forward(self.mlp_norm.forward(x)))
     }
 }

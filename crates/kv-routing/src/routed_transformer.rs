@@ -284,15 +284,64 @@ impl<B: Backend> RoutedTransformer<B> {
         self.blocks[0].attention.head_dim
     }
 
-    /// Full-sequence forward under `route`: training, evaluation, uncached prefill.
+    /// Full-sequence forward under `route` of a batch of equal-length sequences already on the
+    /// device: training, evaluation, uncached prefill. (Host token lists, or sequences of
+    /// different lengths: [`RoutedTransformer::forward_tokens`].)
     ///
-    /// `tokens` holds one sequence per batch entry; sequences may differ in length (shorter ones
-    /// are padded internally and padding is hidden from attention). Logits at positions beyond a
-    /// sequence's length are meaningless.
+    /// Ids outside the vocabulary are an error rather than an out-of-bounds gather: one boolean
+    /// (whether any id is out of range) is read back from the device to check it.
     ///
     /// # Shapes
+    /// - tokens: `[batch, seq_len]`, ids in `0..vocab_size`
+    /// - output: `[batch, seq_len, vocab_size]`
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>, route: &Route) -> crate::Result<Tensor<B, 3>> {
+        route.check_layers(self.n_layers())?;
+        let [batch, seq_len] = tokens.dims();
+        if batch == 0 || seq_len == 0 {
+            return Err(KvRoutingError::InvalidLengths(format!(
+                "need at least one sequence and one token (got a [{batch}, {seq_len}] tensor)"
+            )));
+        }
+        let out_of_range = tokens
+            .clone()
+            .lower_elem(0)
+            .bool_or(tokens.clone().greater_equal_elem(self.vocab_size as i64));
+        let any_out_of_range = out_of_range.clone().any().into_data().iter::<bool>().next();
+        if any_out_of_range == Some(true) {
+            let flags: Vec<bool> = out_of_range.into_data().iter::<bool>().collect();
+            let ids: Vec<i64> = tokens.into_data().iter::<i64>().collect();
+            let index = flags.iter().position(|&f| f).unwrap_or(0);
+            return Err(KvRoutingError::TokenOutOfRange {
+                // A negative id shows as its two's-complement u32, still out of range.
+                token: ids[index] as u32,
+                sequence: index / seq_len,
+                position: index % seq_len,
+                vocab_size: self.vocab_size,
+            });
+        }
+        let positions: Vec<usize> = (0..batch).flat_map(|_| 0..seq_len).collect();
+        let rope = self.angles(&positions, batch, seq_len)?;
+        let hidden = self.run_blocks(
+            tokens,
+            &rope,
+            &AttentionMask::Causal,
+            &mut SequenceKv::new(route.clone()),
+        )?;
+        Ok(self.vocab_logits(hidden))
+    }
+
+    /// Full-sequence forward under `route` of host token lists, which may differ in length:
+    /// shorter ones are padded internally and the padding is hidden from attention. Logits at
+    /// positions beyond a sequence's length are meaningless.
+    ///
+    /// # Shapes
+    /// - tokens: `batch` lists of up to `max_len` ids
     /// - output: `[batch, max_len, vocab_size]`
-    pub fn forward(&self, tokens: &[Vec<u32>], route: &Route) -> crate::Result<Tensor<B, 3>> {
+    pub fn forward_tokens(
+        &self,
+        tokens: &[Vec<u32>],
+        route: &Route,
+    ) -> crate::Result<Tensor<B, 3>> {
         route.check_layers(self.n_layers())?;
         let lengths: Vec<usize> = tokens.iter().map(Vec::len).collect();
         if let Some(sequence) = lengths.iter().position(|&n| n == 0) {

@@ -63,7 +63,11 @@ fn assert_matches_uncached<B: Backend>(
         .unwrap();
     let cached = feed_cached(model, &mut cache, &chunk_steps(sequences, sizes));
     for (b, tokens) in sequences.iter().enumerate() {
-        let uncached = logits_to_host(model.forward(std::slice::from_ref(tokens), route).unwrap());
+        let uncached = logits_to_host(
+            model
+                .forward_tokens(std::slice::from_ref(tokens), route)
+                .unwrap(),
+        );
         assert_eq!(
             cached[b].len(),
             tokens.len(),
@@ -161,8 +165,11 @@ pub fn ragged_batch_cached_matches_uncached<B: Backend>(device: &B::Device) {
         let cached = feed_cached(&model, &mut cache, &steps);
         assert_eq!(cache.sequence_lengths(), &[11, 10, 11]);
         for (b, tokens) in sequences.iter().enumerate() {
-            let alone =
-                logits_to_host(model.forward(std::slice::from_ref(tokens), &route).unwrap());
+            let alone = logits_to_host(
+                model
+                    .forward_tokens(std::slice::from_ref(tokens), &route)
+                    .unwrap(),
+            );
             for (p, row) in alone[0].iter().enumerate() {
                 assert_close(
                     &cached[b][p],
@@ -197,7 +204,7 @@ pub fn greedy_generation_matches_uncached_argmax<B: Backend>(device: &B::Device)
         for _ in 0..6 {
             let logits = logits_to_host(
                 model
-                    .forward(std::slice::from_ref(&tokens), &route)
+                    .forward_tokens(std::slice::from_ref(&tokens), &route)
                     .unwrap(),
             );
             let last = logits[0].last().unwrap();

@@ -2,7 +2,7 @@
 //! nothing.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor, TensorData};
 use kv_routing::{
     AttentionMask, CachePlan, GenerationConfig, KeyValue, KvRoutingError, RotaryEmbeddingConfig,
     Route, RoutedTransformerConfig, Sampler, StochasticKvAttentionConfig,
@@ -66,7 +66,7 @@ pub fn failed_cache_steps_change_nothing<B: Backend>(device: &B::Device) {
         )
         .remove(0),
     );
-    let uncached = logits_to_host(model.forward(&[tokens], &route).unwrap());
+    let uncached = logits_to_host(model.forward_tokens(&[tokens], &route).unwrap());
     for (p, row) in uncached[0].iter().enumerate() {
         assert_close(
             &rows[0][p],
@@ -91,7 +91,7 @@ pub fn bad_model_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
     let model = tiny_model::<B>(&config, device);
     let full = CachePlan::full(6).unwrap().route();
     assert_eq!(
-        model.forward(&[vec![0; 65]], &full).unwrap_err(),
+        model.forward_tokens(&[vec![0; 65]], &full).unwrap_err(),
         KvRoutingError::SequenceTooLong {
             sequence: 0,
             position: 64,
@@ -100,7 +100,7 @@ pub fn bad_model_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
     );
     assert_eq!(
         model
-            .forward(&[vec![1, 2]], &Route::identity(4).unwrap())
+            .forward_tokens(&[vec![1, 2]], &Route::identity(4).unwrap())
             .unwrap_err(),
         KvRoutingError::LayerCountMismatch {
             route_layers: 4,
@@ -109,10 +109,57 @@ pub fn bad_model_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
     );
     assert!(model.new_cache(1, 8, Route::identity(7).unwrap()).is_err());
     assert!(
-        matches!(model.forward(&[vec![1], vec![]], &full), Err(KvRoutingError::InvalidLengths(m)) if m.contains("sequence 1"))
+        matches!(model.forward_tokens(&[vec![1], vec![]], &full), Err(KvRoutingError::InvalidLengths(m)) if m.contains("sequence 1"))
     );
     assert!(matches!(
-        model.forward(&[], &full),
+        model.forward_tokens(&[], &full),
+        Err(KvRoutingError::InvalidLengths(_))
+    ));
+
+    // Token ids as a device tensor: the same logits as host lists, the same checks.
+    let ids = |rows: &[Vec<i64>]| {
+        let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+        let shape = [rows.len(), rows.first().map_or(0, Vec::len)];
+        Tensor::<B, 2, Int>::from_data(TensorData::new(flat, shape), device)
+    };
+    let host: Vec<Vec<u32>> = (0..2).map(|b| random_tokens(40 + b, 7, 37)).collect();
+    let rows: Vec<Vec<i64>> = host
+        .iter()
+        .map(|row| row.iter().map(|&t| t as i64).collect())
+        .collect();
+    let every_second = CachePlan::every_kth(6, 2).unwrap().route();
+    assert_close(
+        &logits_to_host(model.forward(ids(&rows), &every_second).unwrap())
+            .concat()
+            .concat(),
+        &logits_to_host(model.forward_tokens(&host, &every_second).unwrap())
+            .concat()
+            .concat(),
+        tolerance::<B>(device),
+        "tensor input vs host input",
+    );
+    let mut bad = rows.clone();
+    bad[1][4] = 37;
+    assert_eq!(
+        model.forward(ids(&bad), &full).unwrap_err(),
+        KvRoutingError::TokenOutOfRange {
+            token: 37,
+            sequence: 1,
+            position: 4,
+            vocab_size: 37
+        }
+    );
+    bad[1][4] = -1;
+    assert!(matches!(
+        model.forward(ids(&bad), &full),
+        Err(KvRoutingError::TokenOutOfRange {
+            sequence: 1,
+            position: 4,
+            ..
+        })
+    ));
+    assert!(matches!(
+        model.forward(ids(&[]), &full),
         Err(KvRoutingError::InvalidLengths(_))
     ));
     assert!(
@@ -191,7 +238,7 @@ pub fn attention_rejects_mismatched_shapes<B: Backend>(device: &B::Device) {
     );
     for kv in [wrong_heads, too_short] {
         assert!(matches!(
-            attention.forward(x.clone(), &kv, &angles, &AttentionMask::Causal),
+            attention.attend(x.clone(), &kv, &angles, &AttentionMask::Causal),
             Err(KvRoutingError::ShapeMismatch { .. })
         ));
     }

@@ -14,7 +14,7 @@ pub fn gradients_reach_only_source_kv_projections<B: Backend>(device: &B::Device
     let model = tiny_model::<Autodiff<B>>(&config, device);
     let route = Route::new(vec![0, 0, 1, 3, 3, 0]).unwrap();
     let tokens = vec![random_tokens(1, 9, 37), random_tokens(2, 9, 37)];
-    let logits = model.forward(&tokens, &route).unwrap();
+    let logits = model.forward_tokens(&tokens, &route).unwrap();
     let weights = logits.random_like(burn::tensor::Distribution::Normal(0.0, 1.0));
     let gradients = (logits * weights.detach()).sum().backward();
     let nonzero = |values: Vec<f64>| values.iter().any(|v| v.abs() > 0.0);

@@ -88,7 +88,7 @@ pub fn attention_module_matches_oracle<B: Backend>(device: &B::Device) {
                 device,
             );
             let output = reader
-                .forward(query, &kv, &angles, &AttentionMask::Causal)
+                .attend(query, &kv, &angles, &AttentionMask::Causal)
                 .unwrap();
             let actual = to_host(output);
 
@@ -151,7 +151,7 @@ fn assert_every_route_matches_oracle<B: Backend>(
     context: &str,
 ) {
     for (name, route) in route_kinds(model.n_layers()) {
-        let logits = logits_to_host(model.forward(batch, &route).unwrap());
+        let logits = logits_to_host(model.forward_tokens(batch, &route).unwrap());
         for (b, tokens) in batch.iter().enumerate() {
             for (p, row) in oracle.logits(tokens, &route).iter().enumerate() {
                 assert_close(
@@ -269,13 +269,13 @@ pub fn routes_change_the_logits<B: Backend>(device: &B::Device) {
     let tokens = vec![random_tokens(5, 12, config.vocab_size)];
     let full = to_host(
         model
-            .forward(&tokens, &CachePlan::full(6).unwrap().route())
+            .forward_tokens(&tokens, &CachePlan::full(6).unwrap().route())
             .unwrap(),
     );
     for k in 2..=4 {
         let shared = to_host(
             model
-                .forward(&tokens, &CachePlan::every_kth(6, k).unwrap().route())
+                .forward_tokens(&tokens, &CachePlan::every_kth(6, k).unwrap().route())
                 .unwrap(),
         );
         let difference = max_abs_diff(&full, &shared);

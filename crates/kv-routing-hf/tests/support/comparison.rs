@@ -32,7 +32,7 @@ pub fn host_logits<B: Backend>(
     tokens: &[u32],
     route: &Route,
 ) -> Vec<Vec<f64>> {
-    let logits = model.forward(&[tokens.to_vec()], route).unwrap();
+    let logits = model.forward_tokens(&[tokens.to_vec()], route).unwrap();
     let [_, seq, vocab] = logits.dims();
     let values: Vec<f64> = logits.into_data().iter::<f64>().collect();
     (0..seq)
