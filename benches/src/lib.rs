@@ -9,8 +9,8 @@ use burn::optim::{AdamW, AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use kv_routing::{
-    AttentionMask, CachePlan, KeyValue, KvCacheManager, KvStore, Route, RoutedTransformer,
-    RoutedTransformerConfig, StochasticRouter,
+    AttentionMask, CachePlan, KeyValue, KvCacheLayout, KvCacheManager, KvStore, Route,
+    RoutedTransformer, RoutedTransformerConfig, StochasticRouter,
 };
 
 /// Decode steps timed per benchmark iteration (one step is too short to time on a GPU).
@@ -306,17 +306,21 @@ pub fn capacity_batch(config: &RoutedTransformerConfig, plan: &CachePlan) -> usi
     batch
 }
 
-/// `2 * |S| * n_kv_heads * head_dim * bytes_per_element`: KV bytes of one token of one sequence.
+/// KV bytes of one token of one sequence (`KvCacheLayout::bytes_for`, from the config alone).
 pub fn kv_bytes_per_token(
     config: &RoutedTransformerConfig,
     plan: &CachePlan,
     bytes_per_element: usize,
 ) -> usize {
     let attention = config.attention_config();
-    2 * plan.cached_layers().len()
-        * attention.kv_heads()
-        * attention.resolved_head_dim()
-        * bytes_per_element
+    KvCacheLayout {
+        batch_size: 1,
+        n_layers: config.n_layers,
+        n_kv_heads: attention.kv_heads(),
+        head_dim: attention.resolved_head_dim(),
+        capacity: 1,
+    }
+    .bytes_for(&plan.route(), bytes_per_element)
 }
 
 #[cfg(test)]

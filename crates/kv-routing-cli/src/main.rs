@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use kv_routing::{GenerationConfig, Sampler};
@@ -424,7 +423,6 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
     } else {
         Sampler::Greedy
     };
-    let start = Instant::now();
     let generation = loaded.model.generate(
         std::slice::from_ref(&prompt),
         &plan.route(),
@@ -445,17 +443,24 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         Some(continuation) => println!("{}{continuation}", args.prompt),
         None => println!("{full_text}"),
     }
-    let seconds = start.elapsed().as_secs_f64();
     let new_tokens = generation.tokens[0].len();
+    let decode_rate = match generation.decode_steps {
+        0 => String::new(),
+        steps => format!(
+            ", then {:.1} new tokens/s",
+            steps as f64 / generation.decode_seconds
+        ),
+    };
     eprintln!(
         "[{NAME} {}, {} tokens, plan {plan_name} caching layers {:?}: {} bytes of KV cache; \
-         {} prompt + {new_tokens} new tokens in {seconds:.2} s, {:.1} new tokens/s]",
+         {} prompt + {new_tokens} new tokens in {:.2} s: first token after {:.2} s{decode_rate}]",
         args.dtype.name(),
         loaded.codec.name(),
         plan.cached_layers(),
         generation.kv_bytes(),
         prompt.len(),
-        new_tokens as f64 / seconds
+        generation.prefill_seconds + generation.decode_seconds,
+        generation.prefill_seconds,
     );
     Ok(())
 }

@@ -1,10 +1,8 @@
 //! Evaluation of a trained model under sharing plans: validation loss and perplexity, recall
 //! accuracy, passkey retrieval, KV bytes per token, decode throughput.
 
-use std::time::Instant;
-
 use burn::tensor::backend::Backend;
-use kv_routing::{greedy_tokens, CachePlan, KvRoutingError, Route, RoutedTransformer};
+use kv_routing::{CachePlan, GenerationConfig, Route, RoutedTransformer, Sampler};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, Split};
@@ -154,9 +152,7 @@ pub fn evaluate_plans<B: Backend>(
                 .as_ref()
                 .map(|task| passkey_score(model, codec, &route, task, settings.decode_batch))
                 .transpose()?;
-            let capacity = dataset.seq_len();
-            let kv_bytes_per_token =
-                model.new_cache(1, capacity, route.clone())?.bytes() / capacity;
+            let kv_bytes_per_token = model.kv_bytes_per_token(&route)?;
             Ok(PlanReport {
                 plan: name.clone(),
                 cached_layers: plan.cached_layers().to_vec(),
@@ -183,22 +179,20 @@ pub fn decode_throughput<B: Backend>(
     let prompts: Vec<Vec<u32>> = (0..settings.decode_batch as u64)
         .map(|i| dataset.sample(Split::Validation, i).tokens[..prompt_len].to_vec())
         .collect();
-    let mut cache = model.new_cache(
-        prompts.len(),
-        prompt_len + settings.decode_tokens,
-        route.clone(),
+    // The generation loop itself, greedy, never stopping early: the first pick ends the
+    // (untimed) prefill, then `decode_tokens` timed steps follow.
+    let generation = model.generate(
+        &prompts,
+        route,
+        &GenerationConfig {
+            max_new_tokens: settings.decode_tokens + 1,
+            sampler: Sampler::Greedy,
+            seed: 0,
+            stop_tokens: Vec::new(),
+        },
     )?;
-    let mut logits = model.forward_cached_last(&prompts, &mut cache)?;
-    // Waits for queued device work (GPU backends run asynchronously) with the output alive.
-    B::sync(&logits.device()).map_err(KvRoutingError::from)?;
-    let start = Instant::now();
-    for _ in 0..settings.decode_tokens {
-        let next: Vec<Vec<u32>> = greedy_tokens(logits)?
-            .into_iter()
-            .map(|token| vec![token])
-            .collect();
-        logits = model.forward_cached_last(&next, &mut cache)?;
+    if generation.decode_steps == 0 {
+        return Ok(0.0);
     }
-    B::sync(&logits.device()).map_err(KvRoutingError::from)?;
-    Ok((settings.decode_batch * settings.decode_tokens) as f64 / start.elapsed().as_secs_f64())
+    Ok((prompts.len() * generation.decode_steps) as f64 / generation.decode_seconds)
 }

@@ -5,6 +5,7 @@ use burn::tensor::Tensor;
 use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use std::time::Instant;
 
 use crate::error::{KvRoutingError, Result};
 use crate::route::Route;
@@ -152,6 +153,15 @@ pub struct Generation {
     pub tokens: Vec<Vec<u32>>,
     /// Bytes the KV cache held, per layer (zero for layers reading a shared cache).
     pub kv_bytes_per_layer: Vec<usize>,
+    /// Wall-clock seconds to the first new token of every sequence: the prompts' forward and
+    /// the first pick (time to first token).
+    pub prefill_seconds: f64,
+    /// Wall-clock seconds of the decode steps after the first pick, each ending with its pick
+    /// read back (so queued device work is included).
+    pub decode_seconds: f64,
+    /// Decode steps run after the first pick (one cached forward of one token per unfinished
+    /// sequence each).
+    pub decode_steps: usize,
 }
 
 impl Generation {
@@ -180,9 +190,13 @@ impl<B: Backend> RoutedTransformer<B> {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let mut generated = vec![Vec::new(); prompts.len()];
         let mut done = vec![config.max_new_tokens == 0; prompts.len()];
+        let start = Instant::now();
+        let mut first_pick: Option<Instant> = None;
+        let mut decode_steps = 0;
         let mut logits = self.forward_cached_last(prompts, &mut cache)?;
         while !done.iter().all(|&d| d) {
             let picks = config.sampler.pick(logits, &done, &mut rng)?;
+            first_pick.get_or_insert_with(Instant::now);
             let mut next = vec![Vec::new(); prompts.len()];
             for (sequence, &token) in picks.iter().enumerate() {
                 if done[sequence] {
@@ -199,10 +213,16 @@ impl<B: Backend> RoutedTransformer<B> {
                 break;
             }
             logits = self.forward_cached_last(&next, &mut cache)?;
+            decode_steps += 1;
         }
+        let end = Instant::now();
+        let first_pick = first_pick.unwrap_or(end);
         Ok(Generation {
             tokens: generated,
             kv_bytes_per_layer: cache.bytes_per_layer(),
+            prefill_seconds: (first_pick - start).as_secs_f64(),
+            decode_seconds: (end - first_pick).as_secs_f64(),
+            decode_steps,
         })
     }
 }

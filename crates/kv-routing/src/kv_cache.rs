@@ -71,6 +71,13 @@ impl KvCacheLayout {
         2 * self.batch_size * self.n_kv_heads * self.capacity * self.head_dim * bytes_per_element
     }
 
+    /// Bytes a cache of this geometry holds under `route` (one layer's bytes per source layer):
+    /// the one formula behind every KV memory figure, which [`KvCacheManager::bytes`] meets
+    /// exactly.
+    pub fn bytes_for(&self, route: &Route, bytes_per_element: usize) -> usize {
+        route.sources().len() * self.bytes_per_layer(bytes_per_element)
+    }
+
     fn validate(&self) -> Result<()> {
         let fields = [
             ("batch_size", self.batch_size),

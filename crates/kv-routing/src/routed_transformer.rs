@@ -367,6 +367,21 @@ impl<B: Backend> RoutedTransformer<B> {
         Ok(self.vocab_logits(hidden))
     }
 
+    /// KV cache bytes per token of one sequence under `route`, in the float type caches take on
+    /// this model's device (computed, nothing allocated).
+    pub fn kv_bytes_per_token(&self, route: &Route) -> crate::Result<usize> {
+        route.check_layers(self.n_layers())?;
+        let float = burn::tensor::get_device_settings::<B>(&self.device()).float_dtype;
+        let layout = KvCacheLayout {
+            batch_size: 1,
+            n_layers: self.n_layers(),
+            n_kv_heads: self.n_kv_heads(),
+            head_dim: self.head_dim(),
+            capacity: 1,
+        };
+        Ok(layout.bytes_for(route, burn::tensor::DType::from(float).size()))
+    }
+
     /// A cache for `batch_size` sequences of up to `capacity` slots under `route`.
     pub fn new_cache(
         &self,

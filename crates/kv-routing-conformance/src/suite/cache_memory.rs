@@ -28,6 +28,11 @@ pub fn cache_holds_exactly_the_sources<B: Backend>(device: &B::Device) {
             .collect();
         assert_eq!(cache.bytes_per_layer(), expected, "{name}");
         assert_eq!(cache.bytes(), sources.len() * per_layer, "{name}");
+        assert_eq!(
+            model.kv_bytes_per_token(&route).unwrap() * batch * capacity,
+            cache.bytes(),
+            "{name}: the computed figure"
+        );
         let sequences = vec![random_tokens(1, 7, 37); batch];
         feed_cached(&model, &mut cache, &chunk_steps(&sequences, &[4, 1, 1, 1]));
         assert_eq!(

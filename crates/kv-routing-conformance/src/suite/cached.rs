@@ -214,6 +214,9 @@ pub fn greedy_generation_matches_uncached_argmax<B: Backend>(device: &B::Device)
         }
         assert_eq!(generation.tokens[b], tokens[prompt.len()..], "sequence {b}");
     }
+    // The first pick ends the prefill; each further token took one timed decode step.
+    assert_eq!(generation.decode_steps, 5);
+    assert!(generation.prefill_seconds > 0.0 && generation.decode_seconds > 0.0);
     // Any of several stop tokens ends a sequence, whichever comes first.
     let stops = vec![generation.tokens[0][4], generation.tokens[0][2]];
     let stopped = model
@@ -232,4 +235,5 @@ pub fn greedy_generation_matches_uncached_argmax<B: Backend>(device: &B::Device)
         .position(|t| stops.contains(t))
         .unwrap();
     assert_eq!(stopped.tokens[0], generation.tokens[0][..=first_stop]);
+    assert_eq!(stopped.decode_steps, first_stop);
 }
