@@ -62,8 +62,9 @@ pub fn is_pretrained(path: &Path) -> bool {
 trait TensorSource {
     /// Every tensor name.
     fn tensor_names(&self) -> Vec<String>;
-    /// Shape and f32 values of tensor `name`.
-    fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)>;
+    /// Tensor `name` with its shape, in the type it is stored in (GGUF's quantized types come
+    /// dequantized to f32).
+    fn tensor(&self, name: &str) -> Result<TensorData>;
     /// The file holding tensor `name`, for messages.
     fn file_of(&self, name: &str) -> String;
     /// Values held by all tensors together.
@@ -75,8 +76,8 @@ impl TensorSource for SafetensorsFiles {
         self.names().map(str::to_owned).collect()
     }
 
-    fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        self.read_f32(name)
+    fn tensor(&self, name: &str) -> Result<TensorData> {
+        self.read(name)
     }
 
     fn file_of(&self, name: &str) -> String {
@@ -95,8 +96,9 @@ impl TensorSource for GgufCheckpoint {
         self.names().map(str::to_owned).collect()
     }
 
-    fn tensor(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-        self.read_f32(name)
+    fn tensor(&self, name: &str) -> Result<TensorData> {
+        let (shape, values) = self.read_f32(name)?;
+        Ok(TensorData::new(values, shape))
     }
 
     fn file_of(&self, name: &str) -> String {
@@ -203,7 +205,8 @@ fn load_parameter<B: Backend>(
     slot: Slot,
     device: &B::Device,
 ) -> Result<()> {
-    let (shape, values) = source.tensor(name)?;
+    let data = source.tensor(name)?;
+    let shape = data.shape.to_vec();
     let check = |expected: Vec<usize>| {
         if shape == expected {
             Ok(())
@@ -219,10 +222,7 @@ fn load_parameter<B: Backend>(
         Layout::Vector => {
             let param = vector(model, slot);
             check(param.lazy_shape().to_vec())?;
-            *param = Param::from_tensor(Tensor::from_data(
-                TensorData::new(values, shape.clone()),
-                device,
-            ));
+            *param = Param::from_tensor(Tensor::from_data(data, device));
         }
         layout => {
             let param = matrix(model, slot);
@@ -232,10 +232,10 @@ fn load_parameter<B: Backend>(
                 // view: no host transpose at load, and the layout a decode step reads fastest
                 // (see kv_routing's projection).
                 check(vec![cols, rows])?;
-                Tensor::from_data(TensorData::new(values, [cols, rows]), device).transpose()
+                Tensor::<B, 2>::from_data(data, device).transpose()
             } else {
                 check(vec![rows, cols])?;
-                Tensor::from_data(TensorData::new(values, [rows, cols]), device)
+                Tensor::from_data(data, device)
             };
             *param = Param::from_tensor(tensor);
         }

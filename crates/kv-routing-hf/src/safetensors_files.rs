@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use burn::tensor::TensorData;
 use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata};
@@ -128,8 +129,10 @@ impl SafetensorsFiles {
             .map(|&f| self.files[f].path.as_path())
     }
 
-    /// Shape and values (widened to f32) of tensor `name`.
-    pub fn read_f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    /// Tensor `name` in its stored type (F32, F16 or BF16), shape included: nothing is widened
+    /// on the host, so a half-precision checkpoint loaded in half precision never holds an f32
+    /// copy, and the device conversion (when the types differ) is the only one.
+    pub fn read(&self, name: &str) -> Result<TensorData> {
         let file = &self.files[*self
             .location
             .get(name)
@@ -140,18 +143,18 @@ impl SafetensorsFiles {
         let info = file.metadata.info(name).expect("indexed names exist");
         let start = HEADER_PREFIX + file.header_len;
         let bytes = &file.map[start + info.data_offsets.0..start + info.data_offsets.1];
-        let values = match info.dtype {
-            Dtype::F32 => decode(bytes, f32::from_le_bytes),
-            Dtype::F16 => decode(bytes, |b| f16::from_le_bytes(b).to_f32()),
-            Dtype::BF16 => decode(bytes, |b| bf16::from_le_bytes(b).to_f32()),
+        let shape = info.shape.clone();
+        Ok(match info.dtype {
+            Dtype::F32 => TensorData::new(decode(bytes, f32::from_le_bytes), shape),
+            Dtype::F16 => TensorData::new(decode(bytes, f16::from_le_bytes), shape),
+            Dtype::BF16 => TensorData::new(decode(bytes, bf16::from_le_bytes), shape),
             other => {
                 return Err(HfError::TensorDtype {
                     name: name.into(),
                     dtype: format!("{other:?}"),
                 })
             }
-        };
-        Ok((info.shape.clone(), values))
+        })
     }
 
     fn searched(&self) -> String {
@@ -190,8 +193,9 @@ impl WeightFile {
     }
 }
 
-/// Little-endian elements of `N` bytes each, widened to f32 by `convert`.
-fn decode<const N: usize>(bytes: &[u8], convert: impl Fn([u8; N]) -> f32) -> Vec<f32> {
+/// Little-endian elements of `N` bytes each, read by `convert` (the file's bytes need not be
+/// aligned for `T`, so they are read element by element rather than cast).
+fn decode<const N: usize, T>(bytes: &[u8], convert: impl Fn([u8; N]) -> T) -> Vec<T> {
     bytes
         .chunks_exact(N)
         .map(|chunk| convert(chunk.try_into().expect("chunks_exact")))

@@ -199,8 +199,9 @@ fn export_round_trips_with_identical_logits_and_hf_names() {
         let expected_names: Vec<&str> = tensors.keys().map(String::as_str).collect();
         assert_eq!(names, expected_names, "{name}");
         for (tensor, (shape, values)) in &tensors {
-            let (read_shape, read) = files.read_f32(tensor).unwrap();
-            assert_eq!(&read_shape, shape, "{name}: {tensor}");
+            let data = files.read(tensor).unwrap();
+            assert_eq!(&data.shape.to_vec(), shape, "{name}: {tensor}");
+            let read = data.convert::<f32>().to_vec::<f32>().unwrap();
             assert!(
                 read.iter().zip(values).all(|(a, b)| *a as f64 == *b),
                 "{name}: {tensor} values"
@@ -259,9 +260,12 @@ fn bf16_export_rounds_to_bfloat16_and_loads() {
     .unwrap();
     assert!(exported.join("model.safetensors").is_file());
     let files = SafetensorsFiles::open(&exported).unwrap();
-    let (_, read) = files
-        .read_f32("model.layers.0.self_attn.q_proj.weight")
+    let data = files
+        .read("model.layers.0.self_attn.q_proj.weight")
         .unwrap();
+    // Read in the stored type: nothing is widened on the host.
+    assert_eq!(data.dtype, burn::tensor::DType::BF16);
+    let read = data.convert::<f32>().to_vec::<f32>().unwrap();
     let original = &tensors["model.layers.0.self_attn.q_proj.weight"].1;
     for (a, b) in read.iter().zip(original) {
         assert_eq!(*a, half::bf16::from_f64(*b).to_f32());

@@ -146,8 +146,9 @@ impl Default for GenerationConfig {
     }
 }
 
-/// What [`RoutedTransformer::generate`] produced.
-#[derive(Debug, Clone, PartialEq)]
+/// What [`RoutedTransformer::generate`] produced. (Not `PartialEq`: it holds wall-clock times;
+/// compare `tokens` and `kv_bytes_per_layer`.)
+#[derive(Debug, Clone)]
 pub struct Generation {
     /// New tokens of every sequence (prompt excluded).
     pub tokens: Vec<Vec<u32>>,
