@@ -3,7 +3,11 @@
 //! backend, which takes minutes to compile). Needs an NVIDIA GPU: CI only compiles it
 //! (`--features gpu --no-run`); `backends/cuda/run-gpu-checks.sh` runs it on a GPU machine.
 
-kv_routing_conformance::conformance_suite!(kv_routing_cuda::Backend, kv_routing_cuda::device());
+kv_routing_conformance::conformance_suite!(
+    kv_routing_cuda::Backend,
+    kv_routing_cuda::device(),
+    property_cases = 100
+);
 
 #[test]
 fn cuda_matches_the_cpu_reference() {

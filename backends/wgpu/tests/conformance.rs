@@ -6,7 +6,13 @@
 //! Both live in one test binary because monomorphizing the suite for the fusion backend takes
 //! minutes of compile time per binary.
 
-kv_routing_conformance::conformance_suite!(kv_routing_wgpu::Backend, kv_routing_wgpu::device());
+// Every property case compiles kernels for new shapes on the software adapter: a few cases here,
+// the CPU backends run 1000.
+kv_routing_conformance::conformance_suite!(
+    kv_routing_wgpu::Backend,
+    kv_routing_wgpu::device(),
+    property_cases = 8
+);
 
 #[test]
 fn same_seed_same_routes_same_logits_on_every_backend() {

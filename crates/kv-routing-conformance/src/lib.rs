@@ -15,10 +15,18 @@ pub mod suite;
 pub mod support;
 
 /// Instantiates every conformance test for `$backend` on the device `$device` (an expression
-/// evaluated once per test).
+/// evaluated once per test). The property tests run 1000 random cases each unless
+/// `property_cases = N` says otherwise (a slow backend), or `KV_PROPERTY_CASES` at run time.
 #[macro_export]
 macro_rules! conformance_suite {
     ($backend:ty, $device:expr) => {
+        $crate::conformance_suite!($backend, $device, property_cases = 1000);
+    };
+    ($backend:ty, $device:expr, property_cases = $cases:expr) => {
+        $crate::conformance_suite!(@properties $backend, $device, $cases;
+            properties::cached_uncached_and_oracle_agree,
+            properties::resumed_routers_replay_the_routes,
+        );
         $crate::conformance_suite!(@tests $backend, $device;
             routes::golden_routes_for_two_seeds,
             routes::router_probability_extremes_and_rate,
@@ -46,6 +54,16 @@ macro_rules! conformance_suite {
             errors::attention_rejects_mismatched_shapes,
             gradients::gradients_reach_only_source_kv_projections,
         );
+    };
+    (@properties $backend:ty, $device:expr, $cases:expr;
+        $($module:ident :: $name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let device = $device;
+                $crate::suite::$module::$name::<$backend>(&device, $cases);
+            }
+        )*
     };
     (@tests $backend:ty, $device:expr; $($module:ident :: $name:ident),* $(,)?) => {
         $(

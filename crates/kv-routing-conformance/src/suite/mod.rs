@@ -5,6 +5,7 @@ pub mod cached;
 pub mod errors;
 pub mod gradients;
 pub mod oracle_agreement;
+pub mod properties;
 pub mod retarget;
 pub mod routes;
 pub mod sampling;
