@@ -24,11 +24,11 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
 ) -> Tensor<B::InnerBackend, 1> {
     let mut squares = SumOfSquares::<B> { grads, total: None };
     module.visit(&mut squares);
-    let device = module.devices().into_iter().next().unwrap_or_default();
-    let norm = squares
-        .total
-        .map(Tensor::sqrt)
-        .unwrap_or_else(|| Tensor::zeros([1], &device));
+    let norm = squares.total.map(Tensor::sqrt).unwrap_or_else(|| {
+        // No gradient at all (nothing trainable reached): a zero norm, on the module's device.
+        let device = module.devices().into_iter().next().unwrap_or_default();
+        Tensor::zeros([1], &device)
+    });
     // max_norm / 0 is +inf, clamped to 1: a zero gradient stays zero.
     let scale = norm.clone().recip().mul_scalar(max_norm).clamp_max(1.0);
     module.visit(&mut Scale { grads, scale });

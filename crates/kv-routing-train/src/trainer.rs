@@ -214,9 +214,12 @@ pub fn train<B: AutodiffBackend>(
         // the whole step is queued. A diverged step returns before anything is saved, so the
         // last checkpoint stays the run's state.
         let [train_loss, grad_norm] = read_scalars([loss_value, grad_norm]);
-        if !train_loss.is_finite() {
+        // Checked after the update was queued, so a non-finite gradient norm (finite loss, but
+        // an update that just wrote NaN or infinity into the weights) must stop the run too,
+        // before a checkpoint could save those weights.
+        if !train_loss.is_finite() || !grad_norm.is_finite() {
             return Err(TrainError::Config(format!(
-                "training diverged at step {step} (loss {train_loss}); lower the learning rate"
+                "training diverged at step {step} (loss {train_loss}, gradient norm {grad_norm}); lower the learning rate"
             )));
         }
         state.step += 1;
