@@ -26,6 +26,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@properties $backend, $device, $cases;
             properties::cached_uncached_and_oracle_agree,
             properties::resumed_routers_replay_the_routes,
+            properties::retargets_mid_generation_match_the_oracle,
         );
         $crate::conformance_suite!(@tests $backend, $device;
             routes::golden_routes_for_two_seeds,

@@ -11,7 +11,9 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use kv_routing::{CachePlan, KvRoutingError, Route, RoutedTransformerConfig, StochasticRouter};
+use kv_routing::{
+    CachePlan, KvRoutingError, Route, RoutedTransformer, RoutedTransformerConfig, StochasticRouter,
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 
@@ -94,6 +96,33 @@ fn cases() -> impl Strategy<Value = Case> {
         )
 }
 
+/// The case's model (weights drawn from its seed) and the oracle holding the same weights.
+fn case_model<B: Backend>(case: &Case, device: &B::Device) -> (RoutedTransformer<B>, OracleModel) {
+    let n_heads = case.n_kv_heads * case.groups;
+    let config = RoutedTransformerConfig::new(
+        case.vocab,
+        n_heads * case.head_dim,
+        case.n_layers,
+        n_heads,
+        2 * n_heads * case.head_dim,
+    )
+    .with_n_kv_heads(Some(case.n_kv_heads))
+    .with_max_seq_len(16)
+    .with_init_std(0.2);
+    let model = config.init_seeded::<B>(case.seed, device).unwrap();
+    let oracle = OracleModel::from_model(&model, &config);
+    (model, oracle)
+}
+
+/// The route of the case's cache plan.
+fn case_route(case: &Case) -> Route {
+    let cached_layers =
+        std::iter::once(0).chain((1..case.n_layers).filter(|&l| case.cached[l - 1]));
+    CachePlan::new(case.n_layers, cached_layers)
+        .unwrap()
+        .route()
+}
+
 /// The runner every property uses: the seed and case count from the environment or defaults.
 fn runner(default_cases: u32) -> (TestRunner, u64) {
     let env = |name: &str| {
@@ -145,24 +174,8 @@ pub fn cached_uncached_and_oracle_agree<B: Backend>(device: &B::Device, default_
         default_cases,
         cases(),
         |case| {
-            let n_heads = case.n_kv_heads * case.groups;
-            let config = RoutedTransformerConfig::new(
-                case.vocab,
-                n_heads * case.head_dim,
-                case.n_layers,
-                n_heads,
-                2 * n_heads * case.head_dim,
-            )
-            .with_n_kv_heads(Some(case.n_kv_heads))
-            .with_max_seq_len(16)
-            .with_init_std(0.2);
-            let model = config.init_seeded::<B>(case.seed, device).unwrap();
-            let oracle = OracleModel::from_model(&model, &config);
-            let cached_layers =
-                std::iter::once(0).chain((1..case.n_layers).filter(|&l| case.cached[l - 1]));
-            let route = CachePlan::new(case.n_layers, cached_layers)
-                .unwrap()
-                .route();
+            let (model, oracle) = case_model::<B>(&case, device);
+            let route = case_route(&case);
             let training_route = StochasticRouter::new(case.n_layers, 0.5, case.seed)
                 .unwrap()
                 .next_route();
@@ -285,6 +298,113 @@ pub fn resumed_routers_replay_the_routes<B: Backend>(_device: &B::Device, defaul
                     &expected
                 );
             }
+            Ok(())
+        },
+    );
+}
+
+/// A retarget attempted before a step: for each layer, whether its source is drawn among the
+/// layers still cached (else among all layers at or below it, which may need an uncached one),
+/// and the draw.
+type Retarget = Vec<(bool, u8)>;
+
+/// The route a [`Retarget`] draws on a cache that holds `cached` (layer 0 always among them).
+fn retarget_route(draws: &Retarget, cached: &[usize], n_layers: usize) -> Route {
+    let src = (0..n_layers)
+        .map(|layer| {
+            let (among_cached, draw) = draws[layer % draws.len()];
+            let choices: Vec<usize> = if among_cached {
+                cached.iter().copied().filter(|&c| c <= layer).collect()
+            } else {
+                (0..=layer).collect()
+            };
+            if layer == 0 {
+                0
+            } else {
+                choices[draw as usize % choices.len()]
+            }
+        })
+        .collect();
+    Route::new(src).unwrap()
+}
+
+/// For random shapes, plans and ragged batches fed in random steps, with random retargets
+/// between the steps: a retarget whose sources are all cached succeeds and holds exactly their
+/// bytes; one that needs an uncached layer is `MissingKv` and changes nothing; and every logit
+/// equals the oracle's with each position processed under the route in force at its step.
+pub fn retargets_mid_generation_match_the_oracle<B: Backend>(
+    device: &B::Device,
+    default_cases: u32,
+) {
+    let tolerance = tolerance::<B>(device);
+    let strategy = (
+        cases(),
+        prop::collection::vec(
+            prop::option::of(prop::collection::vec((any::<bool>(), any::<u8>()), 4)),
+            7,
+        ),
+    );
+    check(
+        "retargets mid-generation = oracle",
+        default_cases,
+        strategy,
+        |(case, retargets)| {
+            let (model, oracle) = case_model::<B>(&case, device);
+            let batch = case.sequences.len();
+            let capacity: usize = case.steps.iter().sum();
+            let mut cache = model.new_cache(batch, capacity, case_route(&case)).unwrap();
+            let layer_bytes = cache.bytes() / cache.cached_layers().len();
+            let steps = chunk_steps(&case.sequences, &case.steps);
+            // Per sequence: the logits of its positions and the route each was processed under.
+            let mut rows = vec![Vec::new(); batch];
+            let mut routes_at = vec![Vec::new(); batch];
+            for (s, step) in steps.iter().enumerate() {
+                if let Some(draws) = &retargets[s % retargets.len()] {
+                    let cached = cache.cached_layers();
+                    let route = retarget_route(draws, &cached, case.n_layers);
+                    let missing = route.sources().into_iter().find(|l| !cached.contains(l));
+                    match (cache.retarget(route.clone()), missing) {
+                        (Ok(()), None) => {
+                            prop_assert_eq!(cache.cached_layers(), route.sources());
+                            prop_assert_eq!(cache.bytes(), route.sources().len() * layer_bytes);
+                        }
+                        (Err(KvRoutingError::MissingKv { layer, .. }), Some(first)) => {
+                            prop_assert_eq!(layer, first);
+                            prop_assert_eq!(&cache.cached_layers(), &cached);
+                            prop_assert_eq!(cache.bytes(), cached.len() * layer_bytes);
+                        }
+                        (result, missing) => prop_assert!(
+                            false,
+                            "retarget to {} (missing {:?}) gave {:?}",
+                            route,
+                            missing,
+                            result
+                        ),
+                    }
+                }
+                let route = cache.route().clone();
+                for (b, sequence_rows) in
+                    feed_cached(&model, &mut cache, std::slice::from_ref(step))
+                        .into_iter()
+                        .enumerate()
+                {
+                    routes_at[b].extend(vec![route.clone(); sequence_rows.len()]);
+                    rows[b].extend(sequence_rows);
+                }
+            }
+            for (b, tokens) in case.sequences.iter().enumerate() {
+                prop_assert_eq!(rows[b].len(), tokens.len());
+                let expected = oracle.logits_per_position(tokens, |p| routes_at[b][p].clone());
+                for (p, row) in expected.iter().enumerate() {
+                    assert_close(
+                        &rows[b][p],
+                        row,
+                        tolerance,
+                        &format!("retargeted cache vs oracle, sequence {b}, position {p}"),
+                    );
+                }
+            }
+            prop_assert_eq!(cache.copied_writes(), 0);
             Ok(())
         },
     );
