@@ -10,7 +10,7 @@ use kv_routing_backend::{
     cache_writes_in_place, device, device_with_precision, AutodiffBackend, Backend, Device,
     Precision, NAME,
 };
-use kv_routing_hf::{ExportDtype, ExportOptions};
+use kv_routing_hf::{ExportDtype, ExportOptions, StagedDir};
 use kv_routing_train::data::{DataSource, Dataset};
 use kv_routing_train::evaluate::{evaluate_plans, EvalSettings};
 use kv_routing_train::passkey::PasskeyTask;
@@ -511,6 +511,11 @@ fn tokenizer_file(loaded: &LoadedModel<Backend>) -> Option<PathBuf> {
 /// A run directory stands for its checkpoint.
 fn resolve_checkpoint(path: &Path) -> PathBuf {
     let inner = checkpoint_dir(path);
+    // A save or export killed between its two renames left the previous directory in
+    // `<dir>.old`: put it back (best effort; a failure shows as the directory missing).
+    for dir in [&inner, path] {
+        let _ = StagedDir::recover(dir);
+    }
     if inner.is_dir() {
         inner
     } else {

@@ -22,6 +22,29 @@ pub const TOKENIZER_FILES: [&str; 6] = [
     "chat_template.jinja",
 ];
 
+/// Parses `tokenizer.json` text.
+///
+/// `tokenizers` 0.22 panics (an `expect` in its decoder's deserializer) when the JSON syntax
+/// breaks inside the `decoder` object, instead of returning an error; found by the loader fuzz
+/// test (`tests/fuzz_loaders.rs`). The syntax is therefore checked first, and any panic left is
+/// turned into the error it should have been, so a damaged file never takes the program down.
+pub(crate) fn parse_tokenizer_json(
+    bytes: &[u8],
+) -> std::result::Result<tokenizers::Tokenizer, String> {
+    serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| e.to_string())?;
+    match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes)) {
+        Ok(parsed) => parsed.map_err(|e| e.to_string()),
+        Err(panic) => Err(format!(
+            "malformed tokenizer description ({})",
+            panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("the tokenizers crate panicked")
+        )),
+    }
+}
+
 /// A Hugging Face tokenizer (BPE, WordPiece, Unigram... whatever `tokenizer.json` describes).
 #[derive(Clone)]
 pub struct HfTokenizer {
@@ -42,7 +65,8 @@ impl HfTokenizer {
         if is_gguf_file(path) {
             return Self::from_gguf(&GgufFile::open(path)?);
         }
-        let inner = tokenizers::Tokenizer::from_file(path)
+        let bytes = std::fs::read(path).map_err(|e| HfError::io(path, e))?;
+        let inner = parse_tokenizer_json(&bytes)
             .map_err(|e| HfError::Tokenizer(format!("{}: {e}", path.display())))?;
         Ok(Self { inner })
     }
@@ -108,5 +132,28 @@ impl HfTokenizer {
     /// Id of `token` (e.g. `"</s>"`), if it is in the vocabulary.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the loader fuzz test: broken JSON inside the `decoder` object made `tokenizers`
+    /// panic ("Helper") instead of failing; it is a typed error now.
+    #[test]
+    fn broken_json_inside_the_decoder_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TOKENIZER_FILE);
+        std::fs::write(
+            &path,
+            r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,"pre_tokenizer":null,"post_processor":null,"decoder":{"type":"ByteLevel",,"#,
+        )
+        .unwrap();
+        let error = HfTokenizer::from_file(&path).unwrap_err();
+        assert!(matches!(error, HfError::Tokenizer(_)), "{error}");
+        // The same text straight into `tokenizers` is the panic this guards against.
+        let text = std::fs::read(&path).unwrap();
+        assert!(std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&text)).is_err());
     }
 }

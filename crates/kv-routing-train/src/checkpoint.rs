@@ -9,11 +9,12 @@
 //!                       Face checkpoint that has them
 //! ```
 //!
-//! A checkpoint is written through a [`StagedDir`] (`<dir>.tmp`, renamed into place), so an
-//! interrupted save never leaves a half-written checkpoint under `<dir>`.
+//! A checkpoint is written through a [`StagedDir`] (`<dir>.tmp`, flushed to disk, renamed into
+//! place), so a save killed at any point leaves the previous checkpoint or the new one, complete;
+//! the loaders here finish a save killed between its two renames ([`StagedDir::recover`]).
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use burn::module::{AutodiffModule, Module};
 use burn::optim::Optimizer;
@@ -24,6 +25,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
+use crate::msgpack_bounds::check_msgpack_bounds;
+use crate::parameter_shapes::shape_mismatch;
 use crate::train_config::TrainConfig;
 use kv_routing_hf::{copy_tokenizer_files, StagedDir, TOKENIZER_FILE};
 
@@ -105,15 +108,36 @@ pub fn load_model<B: Backend>(
     device: &B::Device,
 ) -> Result<(TrainConfig, RoutedTransformer<B>)> {
     let config = load_config(dir)?;
-    let model = config.model.init::<B>(device)?;
-    let path = dir.join(MODEL);
-    if !path.is_file() {
-        return Err(TrainError::checkpoint(dir, format!("{MODEL} is missing")));
+    let path = checked_record_file(dir, MODEL)?;
+    // The configuration decides what `init` allocates: check it against the weights' file
+    // first (the record holds every parameter in f32). A damaged d_ff of 2^53, found by the
+    // checkpoint fuzz test, otherwise aborted the process on allocation.
+    let file_bytes = fs::metadata(&path)
+        .map_err(|e| TrainError::io(&path, e))?
+        .len();
+    match config.model.parameter_count() {
+        Some(n) if (n as u64).saturating_mul(4) <= file_bytes => {}
+        n => {
+            return Err(TrainError::checkpoint(
+                dir,
+                format!(
+                    "{CONFIG} describes a model of {} parameters, more than the {file_bytes} bytes of {MODEL} hold",
+                    n.map_or_else(|| "more than usize::MAX".into(), |n| n.to_string())
+                ),
+            ))
+        }
     }
-    let model = model
-        .load_file(path, &recorder(), device)
-        .map_err(|e| TrainError::checkpoint(dir, format!("{MODEL} does not load: {e}")))?;
-    Ok((config, model))
+    let model = config.model.init::<B>(device)?;
+    let loaded = without_panics(dir, MODEL, || {
+        model.clone().load_file(path, &recorder(), device)
+    })?;
+    if let Some(mismatch) = shape_mismatch::<B, _>(&model, &loaded) {
+        return Err(TrainError::checkpoint(
+            dir,
+            format!("{MODEL} does not match {CONFIG}: {mismatch}"),
+        ));
+    }
+    Ok((config, loaded))
 }
 
 /// Loads a checkpoint's optimizer moments into `optimizer`.
@@ -123,19 +147,60 @@ where
     O: Optimizer<RoutedTransformer<B>, B>,
     RoutedTransformer<B>: AutodiffModule<B>,
 {
-    let path = dir.join(OPTIMIZER);
-    if !path.is_file() {
-        return Err(TrainError::checkpoint(
-            dir,
-            format!("{OPTIMIZER} is missing"),
-        ));
-    }
-    let record = Recorder::<B>::load(&recorder(), path, device)
-        .map_err(|e| TrainError::checkpoint(dir, format!("{OPTIMIZER} does not load: {e}")))?;
+    let path = checked_record_file(dir, OPTIMIZER)?;
+    let record = without_panics(dir, OPTIMIZER, || {
+        Recorder::<B>::load(&recorder(), path, device)
+    })?;
     Ok(optimizer.load_record(record))
 }
 
+/// Runs one of Burn's record loads, turning its failure into an error naming `name`.
+///
+/// Burn 0.21 panics on some damaged records instead of returning its error: a parameter id
+/// that does not decode (`ParamId::deserialize` expects; found by the checkpoint fuzz test). The
+/// panic is caught and reported as the corrupt file it is, so a damaged checkpoint never takes
+/// the program down.
+fn without_panics<T, E: std::fmt::Display>(
+    dir: &Path,
+    name: &str,
+    load: impl FnOnce() -> std::result::Result<T, E>,
+) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(TrainError::checkpoint(
+            dir,
+            format!("{name} does not load: {e}"),
+        )),
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("Burn's decoder panicked");
+            Err(TrainError::checkpoint(
+                dir,
+                format!("{name} is corrupt: {reason}"),
+            ))
+        }
+    }
+}
+
+/// The path of the record file `name` in `dir`, once its MessagePack encoding is known to
+/// declare no length beyond the file (Burn's recorder would allocate whatever it declares).
+fn checked_record_file(dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    if !path.is_file() {
+        return Err(TrainError::checkpoint(dir, format!("{name} is missing")));
+    }
+    let bytes = fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
+    check_msgpack_bounds(&bytes)
+        .map_err(|e| TrainError::checkpoint(dir, format!("{name} is corrupt: {e}")))?;
+    Ok(path)
+}
+
 fn check_dir(dir: &Path) -> Result<()> {
+    // A save killed between its two renames left the previous checkpoint in `<dir>.old`.
+    StagedDir::recover(dir)?;
     if dir.is_dir() {
         Ok(())
     } else {

@@ -19,6 +19,8 @@ pub mod error;
 pub mod evaluate;
 pub mod grad_clip;
 pub mod loss;
+mod msgpack_bounds;
+mod parameter_shapes;
 pub mod passkey;
 pub mod plan_spec;
 pub mod plot;

@@ -9,6 +9,10 @@ use crate::pretrained::PretrainedBase;
 use crate::schedule::WarmupCosine;
 use crate::tokenizer::BYTE_VOCAB_SIZE;
 
+/// The most validation batches a run may ask for: more than any evaluation needs, so a larger
+/// value is taken for a damaged configuration rather than run for hours.
+pub const MAX_EVAL_BATCHES: usize = 10_000;
+
 /// A training run. Serialized as `config.json` in every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -130,6 +134,14 @@ impl TrainConfig {
         if let Some((name, value)) = positive.iter().find(|(_, v)| !(*v > 0.0 && v.is_finite())) {
             return Err(TrainError::Config(format!(
                 "{name} must be positive, got {value}"
+            )));
+        }
+        if self.eval_batches > MAX_EVAL_BATCHES {
+            // Found by the checkpoint fuzz test: a damaged `eval_batches` of 2^32 stalled the
+            // first validation of a resumed run for hours without a word.
+            return Err(TrainError::Config(format!(
+                "eval_batches must be at most {MAX_EVAL_BATCHES}, got {}",
+                self.eval_batches
             )));
         }
         if !(self.min_learning_rate >= 0.0 && self.min_learning_rate <= self.learning_rate) {

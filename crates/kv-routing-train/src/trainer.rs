@@ -170,6 +170,18 @@ pub fn train<B: AutodiffBackend>(
             "router step and run step disagree",
         ));
     }
+    // Checked before the first route is drawn: a damaged state.json with a router of 2^53
+    // layers (found by the checkpoint fuzz test) would otherwise allocate its route.
+    if state.router.n_layers() != config.model.n_layers {
+        return Err(TrainError::checkpoint(
+            &checkpoint,
+            format!(
+                "the router of state.json routes {} layers, the model has {}",
+                state.router.n_layers(),
+                config.model.n_layers
+            ),
+        ));
+    }
     let dataset = Dataset::open(&config.data, config.seq_len)?;
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)
@@ -179,6 +191,8 @@ pub fn train<B: AutodiffBackend>(
     }
     std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
     let metrics_path = out_dir.join("metrics.jsonl");
+    // A new run (step 0) starts a new log; a resumed one keeps the checkpoint's steps.
+    keep_metrics_before(&metrics_path, state.step)?;
     let mut metrics = OpenOptions::new()
         .create(true)
         .append(true)
@@ -281,6 +295,35 @@ pub fn train<B: AutodiffBackend>(
         seconds: run_start.elapsed().as_secs_f64(),
         config,
     })
+}
+
+/// Cuts `metrics.jsonl` back to the steps before `next_step`, the checkpoint's (all of it for a
+/// new run). A run stopped or killed after its last checkpoint logged steps that the resumed
+/// run trains again (and a kill can leave half a line); without this they would be logged
+/// twice (found by `crates/kv-routing-cli/tests/crash_safety.rs`). Rewritten through a
+/// temporary file and a rename, so a kill here leaves the old log or the new one.
+fn keep_metrics_before(path: &Path, next_step: u64) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(TrainError::io(path, e)),
+    };
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<LogEntry>(line).is_ok_and(|entry| entry.step < next_step)
+        })
+        .flat_map(|line| [line, "\n"])
+        .collect();
+    if kept.len() == text.len() {
+        return Ok(());
+    }
+    let staged = path.with_extension("jsonl.tmp");
+    let mut file = std::fs::File::create(&staged).map_err(|e| TrainError::io(&staged, e))?;
+    file.write_all(kept.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| TrainError::io(&staged, e))?;
+    std::fs::rename(&staged, path).map_err(|e| TrainError::io(path, e))
 }
 
 fn progress_bar(show: bool, position: u64, total: u64) -> ProgressBar {

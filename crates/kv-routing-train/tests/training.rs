@@ -225,7 +225,7 @@ fn broken_checkpoints_are_clear_errors() {
     std::fs::write(checkpoint.join("model.mpk"), b"not a model").unwrap();
     let corrupt = load_model::<Flex>(&checkpoint, &device).unwrap_err();
     assert!(
-        corrupt.to_string().contains("model.mpk does not load"),
+        corrupt.to_string().contains("bytes of model.mpk"),
         "{corrupt}"
     );
 
@@ -329,4 +329,109 @@ fn text_file_batches_are_deterministic_windows_of_the_right_split() {
     for (inputs, targets) in batch.inputs.iter().zip(&batch.targets) {
         assert_eq!(inputs[1..], targets[..15]);
     }
+}
+
+/// What the checkpoint fuzz test (`tests/fuzz_checkpoints.rs`) found, each now a typed error:
+/// before the fixes, the first panicked deep inside Burn, the next two aborted the process on
+/// an allocation of 2^56 bytes or more, the fourth stalled for hours, and the fifth panicked in
+/// Burn's record decoder.
+#[test]
+fn checkpoint_fuzz_findings_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    run(tiny(1, 0.5), Start::Fresh, dir.path());
+    let checkpoint = checkpoint_dir(dir.path());
+    let device = FlexDevice;
+    let read = |name: &str| std::fs::read(checkpoint.join(name)).unwrap();
+    let (config, state, optimizer) = (
+        read("config.json"),
+        read("state.json"),
+        read("optimizer.mpk"),
+    );
+    let json = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).unwrap();
+    let restore = || {
+        std::fs::write(checkpoint.join("config.json"), &config).unwrap();
+        std::fs::write(checkpoint.join("state.json"), &state).unwrap();
+        std::fs::write(checkpoint.join("optimizer.mpk"), &optimizer).unwrap();
+    };
+    let resume = || {
+        let options = RunOptions {
+            show_progress: false,
+            stop_at: Some(1),
+        };
+        train::<B>(
+            tiny(1, 0.5),
+            Start::Resume { extend_to: None },
+            dir.path(),
+            options,
+            &FlexDevice,
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    let with_config = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut value = json(&config);
+        edit(&mut value);
+        std::fs::write(checkpoint.join("config.json"), value.to_string()).unwrap();
+    };
+
+    // The configuration and the weights disagree (a narrower feed-forward): a shape mismatch.
+    with_config(&|c| c["model"]["d_ff"] = 48.into());
+    let error = load_model::<Flex>(&checkpoint, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("model.mpk does not match config.json"),
+        "{error}"
+    );
+    assert!(error.contains("has shape"), "{error}");
+
+    // A width of 2^53: refused before the model is allocated.
+    with_config(&|c| c["model"]["d_ff"] = (1u64 << 53).into());
+    let error = load_model::<Flex>(&checkpoint, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("parameters, more than the"), "{error}");
+
+    // 2^32 validation batches.
+    with_config(&|c| c["eval_batches"] = (1u64 << 32).into());
+    let error = load_model::<Flex>(&checkpoint, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("eval_batches must be at most"), "{error}");
+    restore();
+
+    // A router of 2^53 layers in state.json.
+    let mut damaged = json(&state);
+    damaged["router"]["n_layers"] = (1u64 << 53).into();
+    std::fs::write(checkpoint.join("state.json"), damaged.to_string()).unwrap();
+    let error = resume();
+    assert!(
+        error.contains("routes 9007199254740992 layers, the model has 3"),
+        "{error}"
+    );
+    restore();
+
+    // A parameter id that does not decode: the first character of the first key of the
+    // record's `item` map (parameter id -> moments) made invalid base32. Past the key `item`
+    // (5 bytes) come the map16 marker and count (3) and the key's string marker (1).
+    let mut damaged = optimizer.clone();
+    let id = damaged
+        .windows(6)
+        .position(|w| w == b"\xa4item\xde")
+        .expect("the record maps parameter ids to moments")
+        + 5
+        + 3
+        + 1;
+    damaged[id] = b'!';
+    std::fs::write(checkpoint.join("optimizer.mpk"), &damaged).unwrap();
+    let error = resume();
+    assert!(error.contains("optimizer.mpk is corrupt"), "{error}");
+
+    // A length prefix past the end of the file.
+    let mut damaged = optimizer.clone();
+    damaged.truncate(damaged.len() / 2);
+    std::fs::write(checkpoint.join("optimizer.mpk"), &damaged).unwrap();
+    let error = resume();
+    assert!(error.contains("optimizer.mpk is corrupt"), "{error}");
+    restore();
 }

@@ -51,7 +51,7 @@ pub fn tokenizer_json(gguf: &GgufFile) -> Result<String> {
 /// The `tokenizers` tokenizer of `gguf`.
 pub fn tokenizer(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
     let json = tokenizer_json(gguf)?;
-    tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| {
+    crate::tokenizer::parse_tokenizer_json(json.as_bytes()).map_err(|e| {
         HfError::Tokenizer(format!(
             "{}: the tokenizer built from its metadata: {e}",
             gguf.path().display()

@@ -7,5 +7,8 @@ pub mod checkpoint_builder;
 #[allow(dead_code)]
 pub mod comparison;
 #[allow(dead_code)]
+pub mod fuzz;
+#[allow(dead_code)]
 pub mod gguf_writer;
+#[allow(dead_code)]
 pub mod hf_reference;

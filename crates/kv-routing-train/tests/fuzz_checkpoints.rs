@@ -1,0 +1,137 @@
+//! Fuzzed training checkpoints: each file of a valid checkpoint (`config.json`, `state.json`,
+//! `model.mpk`, `optimizer.mpk`) is damaged at random by the loader fuzzer of kv-routing-hf
+//! (`support/fuzz.rs` there: truncation, bit flips, absurd integers, removed or repeated runs,
+//! JSON values of the wrong type or size, removed and duplicated keys) and the run is resumed
+//! from it. Every case must resume or be a typed error: never a panic, a hang, or an allocation
+//! far beyond the checkpoint's size.
+//!
+//! Bounded for CI; a long run:
+//! `KV_FUZZ_CASES=100000 KV_FUZZ_SEED=$RANDOM cargo test --release -p kv-routing-train --test fuzz_checkpoints`.
+
+#[allow(dead_code)]
+#[path = "../../kv-routing-hf/tests/support/fuzz.rs"]
+mod fuzz;
+
+use std::path::{Path, PathBuf};
+
+use burn_autodiff::Autodiff;
+use burn_flex::{Flex, FlexDevice};
+use fuzz::{apply, byte_mutations, json_mutations, Format, Outcome, PeakAllocator};
+use kv_routing::RoutedTransformerConfig;
+use kv_routing_train::train_config::TrainConfig;
+use kv_routing_train::trainer::{checkpoint_dir, train, RunOptions, Start};
+use proptest::strategy::Strategy;
+
+#[global_allocator]
+static ALLOCATOR: PeakAllocator = PeakAllocator;
+
+type B = Autodiff<Flex>;
+
+/// Cases per file in the normal test run.
+const CASES: u32 = 1000;
+
+fn tiny() -> TrainConfig {
+    let mut config = TrainConfig::small(2, 16, 16);
+    config.model = RoutedTransformerConfig::new(256, 16, 2, 2, 32)
+        .with_n_kv_heads(Some(1))
+        .with_max_seq_len(32);
+    config.p = 0.5;
+    config.steps = 2;
+    config.batch_size = 2;
+    config.eval_every = 0;
+    config.eval_batches = 1;
+    config.checkpoint_every = 0;
+    config
+}
+
+/// Resumes the run under `out` (checkpointed after step 1) for one step: the configuration,
+/// state, weights and optimizer moments are read, a step updates them, and the model is
+/// evaluated and saved. (The run stops at step 2 whatever length a damaged config asks for.)
+fn resume(out: &Path) -> bool {
+    let options = RunOptions {
+        show_progress: false,
+        stop_at: Some(2),
+    };
+    train::<B>(
+        tiny(),
+        Start::Resume { extend_to: None },
+        out,
+        options,
+        &FlexDevice,
+    )
+    .is_ok()
+}
+
+fn fuzz_checkpoint_file(target: &str, format: Format) {
+    let out = tempfile::tempdir().unwrap();
+    train::<B>(
+        tiny(),
+        Start::Fresh,
+        out.path(),
+        RunOptions {
+            show_progress: false,
+            stop_at: Some(1),
+        },
+        &FlexDevice,
+    )
+    .unwrap();
+    let checkpoint = checkpoint_dir(out.path());
+    let files: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&checkpoint)
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect();
+    assert!(resume(out.path()), "the valid checkpoint resumes");
+    let valid = files
+        .iter()
+        .find(|(path, _)| path.file_name().unwrap() == target)
+        .unwrap_or_else(|| panic!("no {target} in {files:?}"))
+        .1
+        .clone();
+    let strategy = match format {
+        Format::Binary => byte_mutations().boxed(),
+        Format::Json | Format::Safetensors => json_mutations().boxed(),
+    };
+    fuzz::fuzz(target, CASES, strategy, |mutations| {
+        // Each case starts from the valid checkpoint (a resume that ran rewrites it).
+        std::fs::remove_dir_all(&checkpoint).ok();
+        std::fs::create_dir_all(&checkpoint).unwrap();
+        let mut input_bytes = 0;
+        for (path, bytes) in &files {
+            let bytes = if path.file_name().unwrap() == target {
+                apply(&valid, format, mutations)
+            } else {
+                bytes.clone()
+            };
+            input_bytes += bytes.len();
+            std::fs::write(path, bytes).unwrap();
+        }
+        Outcome {
+            input_bytes,
+            loaded: resume(out.path()),
+        }
+    });
+}
+
+#[test]
+fn damaged_checkpoint_configs_are_errors() {
+    fuzz_checkpoint_file("config.json", Format::Json);
+}
+
+#[test]
+fn damaged_checkpoint_states_are_errors() {
+    fuzz_checkpoint_file("state.json", Format::Json);
+}
+
+#[test]
+fn damaged_checkpoint_weights_are_errors() {
+    fuzz_checkpoint_file("model.mpk", Format::Binary);
+}
+
+#[test]
+fn damaged_optimizer_moments_are_errors() {
+    fuzz_checkpoint_file("optimizer.mpk", Format::Binary);
+}
