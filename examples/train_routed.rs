@@ -76,6 +76,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             RunOptions {
                 show_progress: true,
                 stop_at: None,
+                ..Default::default()
             },
             &device,
         )?;

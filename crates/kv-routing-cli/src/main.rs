@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use kv_routing::{GenerationConfig, Sampler};
+use kv_routing::{GenerationConfig, MemoryBudget, Sampler};
 use kv_routing_backend::{
     cache_writes_in_place, device, device_with_precision, AutodiffBackend, Backend, Device,
     Precision, NAME,
@@ -134,6 +134,11 @@ struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Refuse a batch whose activations would exceed this much memory, before allocating:
+    /// a size (8GiB, 512MB), `available` (what the system has free now) or `none`. On a GPU,
+    /// give the device's memory.
+    #[arg(long, default_value = "available")]
+    memory_budget: MemoryBudget,
 }
 
 #[derive(Args, Debug)]
@@ -213,6 +218,11 @@ struct GenerateArgs {
     /// Precision of weights, activations and KV cache: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: Precision,
+    /// Refuse a generation whose KV cache and prompt activations would exceed this much
+    /// memory, before allocating: a size (8GiB, 512MB), `available` (what the system has free
+    /// now) or `none`. On a GPU, give the device's memory.
+    #[arg(long, default_value = "available")]
+    memory_budget: MemoryBudget,
 }
 
 #[derive(Args, Debug)]
@@ -298,6 +308,7 @@ fn run_train(args: TrainArgs) -> Result<()> {
     let options = RunOptions {
         show_progress: !args.quiet,
         stop_at: args.stop_at,
+        memory_budget: args.memory_budget,
     };
     let summary = train::<AutodiffBackend>(config, start, &args.out, options, &device())?;
     let config = &summary.config;
@@ -431,6 +442,7 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
             sampler,
             seed: args.seed,
             stop_tokens: loaded.end_of_sequence_ids(),
+            memory_budget: args.memory_budget,
         },
     )?;
     // Decoding the continuation alone would lose the space a tokenizer folds into its first

@@ -58,3 +58,60 @@ fn generate_and_eval_take_the_bundled_models() {
         .collect();
     assert_eq!(rows.len(), 4, "{stdout}");
 }
+
+/// A generation or training batch over `--memory-budget` fails before allocating, with a
+/// one-line error that gives the bytes it needs; the default budget (the memory available)
+/// refuses a cache no machine holds instead of aborting.
+#[test]
+fn memory_budgets_refuse_with_the_bytes_needed() {
+    let routed = bundled("routed-p0.5");
+    let fail = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_kv-routing"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--checkpoint",
+            &routed,
+            "--prompt",
+            "the quick fox ",
+        ];
+        args.extend_from_slice(extra);
+        fail(&args)
+    };
+    let stderr = generate(&["--max-new-tokens", "100000", "--memory-budget", "1MB"]);
+    assert!(
+        stderr.contains("over the memory budget of 976.6 KiB (1000000 bytes)")
+            && stderr.contains("bytes)"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let stderr = generate(&["--max-new-tokens", "1000000000000000"]);
+    assert!(stderr.contains("over the memory budget"), "{stderr}");
+    let stderr = generate(&["--memory-budget", "lots"]);
+    assert!(stderr.contains("expected a size such as 8GiB"), "{stderr}");
+
+    let out = tempfile::tempdir().unwrap();
+    let stderr = fail(&[
+        "train",
+        "--out",
+        out.path().to_str().unwrap(),
+        "--quiet",
+        "--steps",
+        "1",
+        "--batch-size",
+        "100000",
+        "--memory-budget",
+        "64MiB",
+    ]);
+    assert!(
+        stderr.contains("a training step of 100000 sequences")
+            && stderr.contains("over the memory budget of 64.0 MiB"),
+        "{stderr}"
+    );
+}

@@ -48,6 +48,7 @@ macro_rules! conformance_suite {
             sampling::top_k_skips_finished_rows_without_drawing,
             cache_memory::cache_holds_exactly_the_sources,
             cache_memory::views_kept_past_a_step_are_counted,
+            cache_memory::memory_budgets_refuse_before_allocating,
             retarget::retarget_mid_generation_matches_oracle,
             retarget::retarget_to_uncached_layer_fails_and_changes_nothing,
             errors::failed_cache_steps_change_nothing,

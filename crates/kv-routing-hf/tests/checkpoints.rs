@@ -292,6 +292,7 @@ fn a_model_of_our_own_exports_as_llama_and_generates_identically() {
         sampler: Sampler::Greedy,
         seed: 0,
         stop_tokens: Vec::new(),
+        ..Default::default()
     };
     let a = model
         .generate(&[vec![1, 2, 3]], &plan.route(), &settings)

@@ -187,8 +187,7 @@ pub fn decode_throughput<B: Backend>(
         &GenerationConfig {
             max_new_tokens: settings.decode_tokens + 1,
             sampler: Sampler::Greedy,
-            seed: 0,
-            stop_tokens: Vec::new(),
+            ..GenerationConfig::default()
         },
     )?;
     if generation.decode_steps == 0 {

@@ -137,8 +137,7 @@ pub fn passkey_score<B: Backend>(
             &GenerationConfig {
                 max_new_tokens: ANSWER_TOKENS,
                 sampler: Sampler::Greedy,
-                seed: 0,
-                stop_tokens: Vec::new(),
+                ..GenerationConfig::default()
             },
         )?;
         for ((_, key), answer) in batch.iter().zip(&generation.tokens) {

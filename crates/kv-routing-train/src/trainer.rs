@@ -11,7 +11,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
-use kv_routing::{CachePlan, RoutedTransformer, StochasticRouter};
+use kv_routing::{CachePlan, MemoryBudget, RoutedTransformer, StochasticRouter};
 use kv_routing_hf::{is_pretrained, load_pretrained, LoadOptions};
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +89,9 @@ pub struct RunOptions {
     /// Stop (with a checkpoint) once this many steps of the run are done, to resume later;
     /// `None` runs to `config.steps`. The schedule still spans `config.steps`.
     pub stop_at: Option<u64>,
+    /// Limit on a training step's activations, checked before the first batch is built.
+    /// Default: unlimited (only sizes that overflow are refused).
+    pub memory_budget: MemoryBudget,
 }
 
 /// Step 0 of a new run: a router for the run's `p` and seed.
@@ -182,6 +185,16 @@ pub fn train<B: AutodiffBackend>(
             ),
         ));
     }
+    // Before any batch exists: a batch size the memory cannot hold (a damaged checkpoint's
+    // 2^53, found by the checkpoint fuzz test, aborted the process on allocation) is an error
+    // that gives the bytes it needs.
+    options.memory_budget.check(
+        &format!(
+            "a training step of {} sequences x {} tokens (activations kept for the backward pass)",
+            config.batch_size, config.seq_len
+        ),
+        model.min_forward_bytes(config.batch_size, config.seq_len, true),
+    )?;
     let dataset = Dataset::open(&config.data, config.seq_len)?;
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)

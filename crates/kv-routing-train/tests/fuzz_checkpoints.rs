@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexDevice};
 use fuzz::{apply, byte_mutations, json_mutations, Format, Outcome, PeakAllocator};
-use kv_routing::RoutedTransformerConfig;
+use kv_routing::{MemoryBudget, RoutedTransformerConfig};
 use kv_routing_train::train_config::TrainConfig;
 use kv_routing_train::trainer::{checkpoint_dir, train, RunOptions, Start};
 use proptest::strategy::Strategy;
@@ -51,6 +51,9 @@ fn resume(out: &Path) -> bool {
     let options = RunOptions {
         show_progress: false,
         stop_at: Some(2),
+        // As the CLI does (`--memory-budget available`): a damaged batch size must be refused
+        // before its batch is built.
+        memory_budget: MemoryBudget::bytes(1 << 30),
     };
     train::<B>(
         tiny(),
@@ -71,6 +74,7 @@ fn fuzz_checkpoint_file(target: &str, format: Format) {
         RunOptions {
             show_progress: false,
             stop_at: Some(1),
+            ..Default::default()
         },
         &FlexDevice,
     )

@@ -42,6 +42,7 @@ fn run_until(config: TrainConfig, start: Start, out: &Path, stop_at: Option<u64>
     let options = RunOptions {
         show_progress: false,
         stop_at,
+        ..Default::default()
     };
     train::<B>(config, start, out, options, &FlexDevice).unwrap()
 }
@@ -88,6 +89,7 @@ fn same_seed_same_run_on_ndarray_up_to_float_noise() {
         let options = RunOptions {
             show_progress: false,
             stop_at: None,
+            ..Default::default()
         };
         train::<Autodiff<NdArray<f32>>>(
             tiny(5, 0.5),
@@ -170,6 +172,7 @@ fn resume_keeps_the_runs_length_unless_extended_and_never_shortens_it() {
     let options = RunOptions {
         show_progress: false,
         stop_at: None,
+        ..Default::default()
     };
     let shortened = train::<B>(
         tiny(4, 0.5),
@@ -357,6 +360,7 @@ fn checkpoint_fuzz_findings_are_typed_errors() {
         let options = RunOptions {
             show_progress: false,
             stop_at: Some(1),
+            ..Default::default()
         };
         train::<B>(
             tiny(1, 0.5),
@@ -391,6 +395,15 @@ fn checkpoint_fuzz_findings_are_typed_errors() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("parameters, more than the"), "{error}");
+
+    // A batch of 2^53 sequences: refused before the batch is built, with the bytes needed.
+    with_config(&|c| c["batch_size"] = (1u64 << 53).into());
+    let error = resume();
+    assert!(
+        error.contains("a training step of 9007199254740992 sequences")
+            && error.contains("over the memory budget"),
+        "{error}"
+    );
 
     // 2^32 validation batches.
     with_config(&|c| c["eval_batches"] = (1u64 << 32).into());

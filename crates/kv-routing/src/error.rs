@@ -91,6 +91,18 @@ pub enum KvRoutingError {
         vocab_size: usize,
     },
 
+    /// A request (a KV cache, a forward pass's activations) would take more memory than its
+    /// [`MemoryBudget`](crate::MemoryBudget); refused before anything was allocated.
+    #[error("{what} needs {}, over the memory budget of {}", needed_bytes.map_or_else(|| "more bytes than can be counted".to_string(), crate::memory_budget::human_bytes), budget_bytes.map_or_else(|| "any machine".to_string(), |b| crate::memory_budget::human_bytes(b as u128)))]
+    MemoryBudgetExceeded {
+        /// What was asked for, with its sizes.
+        what: String,
+        /// Bytes it needs at least (`None`: more than any allocation can hold).
+        needed_bytes: Option<u128>,
+        /// The budget (`None`: unlimited, refused because the size overflows).
+        budget_bytes: Option<u64>,
+    },
+
     /// The backend failed to run queued work (a device error, reported when waiting on it).
     #[error("backend execution failed: {0}")]
     Execution(String),

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 use crate::error::{KvRoutingError, Result};
+use crate::memory_budget::MemoryBudget;
 use crate::route::Route;
 use crate::routed_transformer::RoutedTransformer;
 
@@ -133,6 +134,10 @@ pub struct GenerationConfig {
     /// A sequence that produces any of these tokens stops (the token is kept): a model's
     /// end-of-sequence ids (Llama 3 Instruct has three).
     pub stop_tokens: Vec<u32>,
+    /// Limit on what generation allocates for the batch (the KV cache and the prompts'
+    /// activations), checked before anything is allocated. Default: unlimited.
+    #[serde(default)]
+    pub memory_budget: MemoryBudget,
 }
 
 impl Default for GenerationConfig {
@@ -142,6 +147,7 @@ impl Default for GenerationConfig {
             sampler: Sampler::Greedy,
             seed: 0,
             stop_tokens: Vec::new(),
+            memory_budget: MemoryBudget::UNLIMITED,
         }
     }
 }
@@ -173,6 +179,31 @@ impl Generation {
 }
 
 impl<B: Backend> RoutedTransformer<B> {
+    /// Refuses, before anything is allocated, a generation whose KV cache and prefill
+    /// activations exceed `config.memory_budget`.
+    fn check_generation_memory(
+        &self,
+        batch: usize,
+        longest: usize,
+        capacity: usize,
+        route: &Route,
+        config: &GenerationConfig,
+    ) -> Result<()> {
+        let kv_per_token = self.kv_bytes_per_token(route)? as u128;
+        let needed = (batch as u128)
+            .checked_mul(capacity as u128)
+            .and_then(|slots| slots.checked_mul(kv_per_token))
+            .zip(self.min_forward_bytes(batch, longest, false))
+            .and_then(|(kv, prefill)| kv.checked_add(prefill));
+        config.memory_budget.check(
+            &format!(
+                "generating for {batch} prompts of up to {longest} tokens plus {} new tokens (KV cache and prefill activations)",
+                config.max_new_tokens
+            ),
+            needed,
+        )
+    }
+
     /// Generates up to `config.max_new_tokens` tokens after each prompt, caching only the
     /// sources of `route`. Prompts may differ in length.
     pub fn generate(
@@ -183,11 +214,9 @@ impl<B: Backend> RoutedTransformer<B> {
     ) -> Result<Generation> {
         config.sampler.validate()?;
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let mut cache = self.new_cache(
-            prompts.len(),
-            longest + config.max_new_tokens,
-            route.clone(),
-        )?;
+        let capacity = longest.saturating_add(config.max_new_tokens);
+        self.check_generation_memory(prompts.len(), longest, capacity, route, config)?;
+        let mut cache = self.new_cache(prompts.len(), capacity, route.clone())?;
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let mut generated = vec![Vec::new(); prompts.len()];
         let mut done = vec![config.max_new_tokens == 0; prompts.len()];

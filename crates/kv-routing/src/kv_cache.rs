@@ -48,6 +48,7 @@ use crate::attention_mask::AttentionMask;
 use crate::error::{KvRoutingError, Result};
 use crate::key_value::KeyValue;
 use crate::kv_store::{check_layer, KvStore};
+use crate::memory_budget::{checked_product, MemoryBudget};
 use crate::route::Route;
 
 /// Geometry of a [`KvCacheManager`].
@@ -76,6 +77,19 @@ impl KvCacheLayout {
     /// exactly.
     pub fn bytes_for(&self, route: &Route, bytes_per_element: usize) -> usize {
         route.sources().len() * self.bytes_per_layer(bytes_per_element)
+    }
+
+    /// [`KvCacheLayout::bytes_for`] counted without overflow (`None`: more than `u128` holds).
+    pub fn checked_bytes_for(&self, route: &Route, bytes_per_element: usize) -> Option<u128> {
+        checked_product(&[
+            route.sources().len(),
+            2,
+            self.batch_size,
+            self.n_kv_heads,
+            self.capacity,
+            self.head_dim,
+            bytes_per_element,
+        ])
     }
 
     fn validate(&self) -> Result<()> {
@@ -114,10 +128,35 @@ pub struct KvCacheManager<B: Backend> {
 }
 
 impl<B: Backend> KvCacheManager<B> {
-    /// Allocates storage for the sources of `route` only.
+    /// Allocates storage for the sources of `route` only. A geometry whose size overflows is
+    /// refused ([`KvRoutingError::MemoryBudgetExceeded`]); see [`KvCacheManager::new_within`]
+    /// for a limit.
     pub fn new(layout: KvCacheLayout, route: Route, device: &B::Device) -> Result<Self> {
+        Self::new_within(layout, route, device, &MemoryBudget::UNLIMITED)
+    }
+
+    /// [`KvCacheManager::new`], refusing before any allocation a cache larger than `budget`
+    /// (the error gives the bytes it needs).
+    pub fn new_within(
+        layout: KvCacheLayout,
+        route: Route,
+        device: &B::Device,
+        budget: &MemoryBudget,
+    ) -> Result<Self> {
         layout.validate()?;
         route.check_layers(layout.n_layers)?;
+        let element =
+            burn::tensor::DType::from(burn::tensor::get_device_settings::<B>(device).float_dtype)
+                .size();
+        budget.check(
+            &format!(
+                "a KV cache of {} sequences x {} slots ({} cached layers)",
+                layout.batch_size,
+                layout.capacity,
+                route.sources().len()
+            ),
+            layout.checked_bytes_for(&route, element),
+        )?;
         let shape = [
             layout.batch_size,
             layout.n_kv_heads,

@@ -27,6 +27,7 @@ mod generation;
 mod key_value;
 pub mod kv_cache;
 mod kv_store;
+mod memory_budget;
 mod precision;
 mod projection;
 mod rope;
@@ -45,6 +46,7 @@ pub use generation::{greedy_tokens, logits_rows, Generation, GenerationConfig, S
 pub use key_value::KeyValue;
 pub use kv_cache::{CacheStep, KvCacheLayout, KvCacheManager};
 pub use kv_store::{KvStore, SequenceKv};
+pub use memory_budget::MemoryBudget;
 pub use precision::Precision;
 pub use rope::{RopeAngles, RopeScaling, RotaryEmbedding, RotaryEmbeddingConfig, MAX_TABLE_VALUES};
 pub use route::Route;

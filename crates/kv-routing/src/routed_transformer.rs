@@ -18,6 +18,7 @@ use crate::error::KvRoutingError;
 use crate::feed_forward::SwiGluFeedForwardConfig;
 use crate::kv_cache::{KvCacheLayout, KvCacheManager};
 use crate::kv_store::{KvStore, SequenceKv};
+use crate::memory_budget::{checked_product, MemoryBudget};
 use crate::projection::{matmul_last_axis, project};
 use crate::rope::{RopeAngles, RopeScaling, RotaryEmbedding, RotaryEmbeddingConfig};
 use crate::route::Route;
@@ -249,6 +250,36 @@ impl<B: Backend> RoutedTransformer<B> {
     pub fn n_layers(&self) -> usize {
         self.blocks.len()
     }
+    /// Width of the hidden state.
+    pub fn d_model(&self) -> usize {
+        self.embedding.weight.dims()[1]
+    }
+
+    /// A lower bound on the bytes of the activations a forward pass over `batch` sequences of
+    /// `seq_len` tokens holds at once (`None` if it overflows `u128`), in the device's float
+    /// type: a block's input and output hidden states and the logits; in `training`, the
+    /// hidden state every layer keeps for the backward pass and the logits' gradient too. What
+    /// attention scores and feed-forward intermediates take comes on top. Checked against a
+    /// [`MemoryBudget`] before a batch is run.
+    pub fn min_forward_bytes(&self, batch: usize, seq_len: usize, training: bool) -> Option<u128> {
+        let (d, v) = (self.d_model() as u128, self.vocab_size() as u128);
+        let per_token = if training {
+            (self.n_layers() as u128)
+                .checked_mul(d)?
+                .checked_add(v.checked_mul(2)?)?
+        } else {
+            d.checked_mul(2)?.checked_add(v)?
+        };
+        checked_product(&[batch, seq_len, self.float_bytes()])?.checked_mul(per_token)
+    }
+
+    /// Bytes of one element of the device's float type (what activations and the KV cache use).
+    pub fn float_bytes(&self) -> usize {
+        burn::tensor::DType::from(
+            burn::tensor::get_device_settings::<B>(&self.device()).float_dtype,
+        )
+        .size()
+    }
 
     /// Vocabulary size.
     pub fn vocab_size(&self) -> usize {
@@ -389,7 +420,19 @@ impl<B: Backend> RoutedTransformer<B> {
         capacity: usize,
         route: Route,
     ) -> crate::Result<KvCacheManager<B>> {
-        KvCacheManager::new(
+        self.new_cache_within(batch_size, capacity, route, &MemoryBudget::UNLIMITED)
+    }
+
+    /// [`RoutedTransformer::new_cache`], refused before any allocation when the cache would
+    /// exceed `budget` (the error gives the bytes it needs).
+    pub fn new_cache_within(
+        &self,
+        batch_size: usize,
+        capacity: usize,
+        route: Route,
+        budget: &MemoryBudget,
+    ) -> crate::Result<KvCacheManager<B>> {
+        KvCacheManager::new_within(
             KvCacheLayout {
                 batch_size,
                 n_layers: self.n_layers(),
@@ -399,6 +442,7 @@ impl<B: Backend> RoutedTransformer<B> {
             },
             route,
             &self.device(),
+            budget,
         )
     }
 

@@ -3,7 +3,8 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use kv_routing::{
-    CachePlan, GenerationConfig, KeyValue, KvCacheLayout, KvCacheManager, KvStore, Route,
+    CachePlan, GenerationConfig, KeyValue, KvCacheLayout, KvCacheManager, KvRoutingError, KvStore,
+    MemoryBudget, Route,
 };
 
 use super::cached::{chunk_steps, feed_cached};
@@ -125,4 +126,78 @@ pub fn views_kept_past_a_step_are_counted<B: Backend>(device: &B::Device) {
         vec![1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 4.0, 4.0],
         "the cache lost a write"
     );
+}
+
+/// A generation or cache over a memory budget is refused before anything is allocated, with
+/// the exact bytes it needs (KV cache: the formula; generation: the cache plus the prompts'
+/// hidden states and last logits); at exactly that budget it runs. Sizes that overflow are
+/// refused under any budget instead of panicking.
+pub fn memory_budgets_refuse_before_allocating<B: Backend>(device: &B::Device) {
+    let config = tiny_config(2);
+    let model = tiny_model::<B>(&config, device);
+    let element = Tensor::<B, 1>::zeros([1], device).dtype().size();
+    let route = CachePlan::every_kth(config.n_layers, 2).unwrap().route();
+    let prompts = vec![random_tokens(3, 5, 37), random_tokens(4, 3, 37)];
+    let max_new_tokens = 4;
+    let capacity = 5 + max_new_tokens;
+    let kv = route.sources().len() * 2 * 2 * 2 * capacity * 8 * element;
+    let prefill = 2 * 5 * (2 * config.d_model + config.vocab_size) * element;
+    let needed = (kv + prefill) as u128;
+    let settings = |budget: u64| GenerationConfig {
+        max_new_tokens,
+        memory_budget: MemoryBudget::bytes(budget),
+        ..GenerationConfig::default()
+    };
+
+    match model.generate(&prompts, &route, &settings(needed as u64 - 1)) {
+        Err(KvRoutingError::MemoryBudgetExceeded {
+            needed_bytes,
+            budget_bytes,
+            what,
+        }) => {
+            assert_eq!(needed_bytes, Some(needed), "{what}");
+            assert_eq!(budget_bytes, Some(needed as u64 - 1));
+            let message = KvRoutingError::MemoryBudgetExceeded {
+                what,
+                needed_bytes,
+                budget_bytes,
+            }
+            .to_string();
+            assert!(message.contains(&format!("{needed} bytes")), "{message}");
+        }
+        other => panic!("a generation over its budget gave {other:?}"),
+    }
+    let generation = model
+        .generate(&prompts, &route, &settings(needed as u64))
+        .expect("a generation at exactly its budget runs");
+    assert_eq!(generation.kv_bytes() as u128, kv as u128);
+
+    let layout_bytes = (route.sources().len() * 2 * 3 * 2 * 7 * 8 * element) as u128;
+    let refused = model.new_cache_within(3, 7, route.clone(), &MemoryBudget::bytes(64));
+    assert!(
+        matches!(refused, Err(KvRoutingError::MemoryBudgetExceeded { needed_bytes: Some(n), .. }) if n == layout_bytes),
+        "{refused:?}"
+    );
+    // A capacity whose bytes overflow: refused even without a limit (no panic, no abort).
+    for budget in [MemoryBudget::UNLIMITED, MemoryBudget::bytes(1 << 40)] {
+        let refused = model.new_cache_within(usize::MAX, usize::MAX, route.clone(), &budget);
+        assert!(
+            matches!(
+                refused,
+                Err(KvRoutingError::MemoryBudgetExceeded {
+                    needed_bytes: None,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+    }
+    let huge = GenerationConfig {
+        max_new_tokens: usize::MAX / 2,
+        ..GenerationConfig::default()
+    };
+    assert!(matches!(
+        model.generate(&prompts, &route, &huge),
+        Err(KvRoutingError::MemoryBudgetExceeded { .. })
+    ));
 }
