@@ -16,8 +16,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use burn::module::{AutodiffModule, Module};
-use burn::optim::Optimizer;
+use burn::module::Module;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{AdamW, Optimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use kv_routing::{RoutedTransformer, StochasticRouter};
@@ -26,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 use crate::msgpack_bounds::check_msgpack_bounds;
-use crate::parameter_shapes::shape_mismatch;
+use crate::parameter_shapes::{moment_mismatch, shape_mismatch};
 use crate::train_config::TrainConfig;
 use kv_routing_hf::{copy_tokenizer_files, StagedDir, TOKENIZER_FILE};
 
@@ -140,17 +141,27 @@ pub fn load_model<B: Backend>(
     Ok((config, loaded))
 }
 
-/// Loads a checkpoint's optimizer moments into `optimizer`.
-pub fn load_optimizer<B, O>(dir: &Path, optimizer: O, device: &B::Device) -> Result<O>
-where
-    B: AutodiffBackend,
-    O: Optimizer<RoutedTransformer<B>, B>,
-    RoutedTransformer<B>: AutodiffModule<B>,
-{
+/// The optimizer of a run: AdamW through Burn's adaptor.
+pub type RunOptimizer<B> = OptimizerAdaptor<AdamW, RoutedTransformer<B>, B>;
+
+/// Loads a checkpoint's optimizer moments into `optimizer`, after checking that every moment
+/// belongs to a parameter of `model` and has its shape.
+pub fn load_optimizer<B: AutodiffBackend>(
+    dir: &Path,
+    optimizer: RunOptimizer<B>,
+    model: &RoutedTransformer<B>,
+    device: &B::Device,
+) -> Result<RunOptimizer<B>> {
     let path = checked_record_file(dir, OPTIMIZER)?;
     let record = without_panics(dir, OPTIMIZER, || {
         Recorder::<B>::load(&recorder(), path, device)
     })?;
+    if let Some(mismatch) = moment_mismatch(&record, model) {
+        return Err(TrainError::checkpoint(
+            dir,
+            format!("{OPTIMIZER} does not match {MODEL}: {mismatch}"),
+        ));
+    }
     Ok(optimizer.load_record(record))
 }
 

@@ -1,23 +1,28 @@
-//! The shapes of a module's parameters, by path, to check a loaded record against the
-//! configuration.
+//! The shapes of a module's parameters, by path, to check loaded records against the
+//! configuration: the weights, and the optimizer moments (one per parameter, of its shape).
 //!
 //! Burn's `Module::load_record` takes each tensor of a record as it is, whatever its shape: a
 //! checkpoint whose `config.json` and weights disagree (found by the checkpoint fuzz test,
 //! `tests/fuzz_checkpoints.rs`) loaded, and then panicked deep inside Burn at the first forward
 //! pass. Comparing the loaded parameters with those of the model the configuration builds turns
-//! that into an error naming the parameter.
+//! that into an error naming the parameter. AdamW's moments are taken as they are too: a
+//! moment of the wrong shape (found by the same test's long run) panicked in the first step.
 
-use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::backend::Backend;
+use std::collections::HashMap;
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::record::{AdaptorRecord, AdaptorRecordV1};
+use burn::optim::AdamW;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 
-/// Path and shape of every float parameter of `module`, in visiting order.
-pub(crate) fn parameter_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
-    struct Shapes {
+/// Id, path and shape of every float parameter of `module`, in visiting order.
+fn parameters<B: Backend, M: Module<B>>(module: &M) -> Vec<(ParamId, String, Vec<usize>)> {
+    struct Parameters {
         path: Vec<String>,
-        found: Vec<(String, Vec<usize>)>,
+        found: Vec<(ParamId, String, Vec<usize>)>,
     }
-    impl<B: Backend> ModuleVisitor<B> for Shapes {
+    impl<B: Backend> ModuleVisitor<B> for Parameters {
         fn enter_module(&mut self, name: &str, _container_type: &str) {
             self.path.push(name.to_string());
         }
@@ -26,15 +31,23 @@ pub(crate) fn parameter_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(Str
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             self.found
-                .push((self.path.join("."), param.val().dims().to_vec()));
+                .push((param.id, self.path.join("."), param.val().dims().to_vec()));
         }
     }
-    let mut shapes = Shapes {
+    let mut parameters = Parameters {
         path: Vec::new(),
         found: Vec::new(),
     };
-    module.visit(&mut shapes);
-    shapes.found
+    module.visit(&mut parameters);
+    parameters.found
+}
+
+/// Path and shape of every float parameter of `module`, in visiting order.
+pub(crate) fn parameter_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
+    parameters::<B, M>(module)
+        .into_iter()
+        .map(|(_, path, shape)| (path, shape))
+        .collect()
 }
 
 /// The first parameter whose shape in `loaded` differs from `expected`'s, described.
@@ -55,4 +68,44 @@ pub(crate) fn shape_mismatch<B: Backend, M: Module<B>>(expected: &M, loaded: &M)
         .map(|((path, shape), (_, found))| {
             format!("parameter `{path}` has shape {found:?}, the configuration gives {shape:?}")
         })
+}
+
+/// The first AdamW moment in `record` that has no parameter of `model` or not its shape,
+/// described.
+pub(crate) fn moment_mismatch<'a, B: AutodiffBackend, M: Module<B>>(
+    record: impl IntoIterator<Item = (&'a ParamId, &'a AdaptorRecord<AdamW, B>)>,
+    model: &M,
+) -> Option<String> {
+    let parameters: HashMap<ParamId, (String, Vec<usize>)> = parameters::<B, M>(model)
+        .into_iter()
+        .map(|(id, path, shape)| (id, (path, shape)))
+        .collect();
+    for (id, moments) in record {
+        let Some((path, shape)) = parameters.get(id) else {
+            return Some(format!(
+                "moments for a parameter the model does not have ({id})"
+            ));
+        };
+        let AdaptorRecord::V1(moments) = moments;
+        macro_rules! shapes {
+            ($($rank:ident),*) => {
+                match moments {
+                    $(AdaptorRecordV1::$rank(state) => {
+                        let momentum = &state.momentum;
+                        std::iter::once(momentum.moment_1.dims().to_vec())
+                            .chain(std::iter::once(momentum.moment_2.dims().to_vec()))
+                            .chain(momentum.max_moment_2.iter().map(|m| m.dims().to_vec()))
+                            .collect::<Vec<_>>()
+                    })*
+                }
+            };
+        }
+        let found = shapes!(Rank0, Rank1, Rank2, Rank3, Rank4, Rank5, Rank6, Rank7, Rank8);
+        if let Some(wrong) = found.iter().find(|f| *f != shape) {
+            return Some(format!(
+                "the moments of parameter `{path}` have shape {wrong:?}, the parameter {shape:?}"
+            ));
+        }
+    }
+    None
 }

@@ -200,7 +200,7 @@ pub fn train<B: AutodiffBackend>(
         .with_weight_decay(config.weight_decay as f32)
         .init::<B, RoutedTransformer<B>>();
     if matches!(start, Start::Resume { .. }) {
-        optimizer = load_optimizer(&checkpoint, optimizer, device)?;
+        optimizer = load_optimizer(&checkpoint, optimizer, &model, device)?;
     }
     std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
     let metrics_path = out_dir.join("metrics.jsonl");

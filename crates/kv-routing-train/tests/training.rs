@@ -440,6 +440,27 @@ fn checkpoint_fuzz_findings_are_typed_errors() {
     let error = resume();
     assert!(error.contains("optimizer.mpk is corrupt"), "{error}");
 
+    // A moment of the wrong shape that decodes: a [rows, cols] moment stored as [cols, rows]
+    // (the same bytes). AdamW's next step panicked in Burn before moments were checked.
+    // `shape` (fixstr 5), then a 2-element array of two different small dims.
+    let mut damaged = optimizer.clone();
+    let dims = (0..damaged.len() - 9)
+        .find(|&i| {
+            damaged[i..i + 7] == *b"\xa5shape\x92"
+                && damaged[i + 7] < 0x80
+                && damaged[i + 8] < 0x80
+                && damaged[i + 7] != damaged[i + 8]
+        })
+        .expect("a rank-2 moment with two different dims")
+        + 7;
+    damaged.swap(dims, dims + 1);
+    std::fs::write(checkpoint.join("optimizer.mpk"), &damaged).unwrap();
+    let error = resume();
+    assert!(
+        error.contains("optimizer.mpk does not match model.mpk") && error.contains("have shape"),
+        "{error}"
+    );
+
     // A length prefix past the end of the file.
     let mut damaged = optimizer.clone();
     damaged.truncate(damaged.len() / 2);
