@@ -1,0 +1,10 @@
+//! libFuzzer target `checkpoint_records` (see `fuzz/targets.rs`).
+#![no_main]
+
+#[allow(dead_code)]
+#[path = "../targets.rs"]
+mod targets;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    targets::checkpoint_records(data);
+});
