@@ -20,6 +20,8 @@ use rand_chacha::ChaCha8Rng;
 
 mod support;
 
+use support::metrics;
+
 /// A short run that checkpoints after every step, without its model size.
 const TRAIN_RUN: [&str; 16] = [
     "--steps",
@@ -88,19 +90,6 @@ fn state(checkpoint: &Path) -> serde_json::Value {
     let mut state: serde_json::Value = serde_json::from_str(&text).unwrap();
     state.as_object_mut().unwrap().remove("elapsed_seconds");
     state
-}
-
-/// metrics.jsonl with the wall-clock speed left out.
-fn metrics(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let mut entry: serde_json::Value = serde_json::from_str(line).unwrap();
-            entry.as_object_mut().unwrap().remove("tokens_per_second");
-            entry
-        })
-        .collect()
 }
 
 /// Runs `args` to completion, returning how long it took.

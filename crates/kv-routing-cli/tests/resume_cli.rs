@@ -7,23 +7,12 @@ use std::path::Path;
 
 mod support;
 
+use support::metrics;
+
 fn train(out: &Path, extra: &[&str]) {
     let mut args = vec!["train", "--out", out.to_str().unwrap(), "--quiet"];
     args.extend_from_slice(extra);
     support::run(&args);
-}
-
-/// metrics.jsonl without the wall-clock speed.
-fn metrics(out: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let mut entry: serde_json::Value = serde_json::from_str(line).unwrap();
-            entry.as_object_mut().unwrap().remove("tokens_per_second");
-            entry
-        })
-        .collect()
 }
 
 #[test]

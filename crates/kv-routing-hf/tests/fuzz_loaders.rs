@@ -14,9 +14,11 @@ use std::path::{Path, PathBuf};
 use kv_routing::Route;
 use kv_routing_hf::gguf::GgmlType;
 use kv_routing_hf::{load_pretrained, HfTokenizer, LoadOptions, PretrainedModel};
-use proptest::strategy::Strategy;
 use support::checkpoint_builder::Spec;
-use support::fuzz::{apply, byte_mutations, fuzz, json_mutations, Format, Outcome, PeakAllocator};
+use support::fuzz::{
+    apply, byte_mutations, fuzz, json_mutations, mutations_for, read_files, write_damaged, Format,
+    Outcome, PeakAllocator,
+};
 use support::gguf_writer::{add_byte_level_tokenizer, gguf_model, GgufWriter};
 
 #[global_allocator]
@@ -73,18 +75,9 @@ fn valid_checkpoint(dir: &Path, shards: usize) -> Vec<(PathBuf, Vec<u8>)> {
     let spec = Spec::llama();
     spec.write(dir, &spec.random_tensors(1), shards);
     write_tokenizer_json(dir);
-    let mut files: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| {
-            let path = entry.unwrap().path();
-            let bytes = std::fs::read(&path).unwrap();
-            (path, bytes)
-        })
-        .collect();
-    files.sort();
     let _ = load_pretrained::<Flex>(dir, &options(), &Default::default())
         .expect("the valid checkpoint loads");
-    files
+    read_files(dir)
 }
 
 /// Fuzzes one file of a checkpoint directory: each case rewrites every file, damages `target`
@@ -92,27 +85,8 @@ fn valid_checkpoint(dir: &Path, shards: usize) -> Vec<(PathBuf, Vec<u8>)> {
 fn fuzz_checkpoint_file(name: &str, shards: usize, target: &str, format: Format) {
     let dir = tempfile::tempdir().unwrap();
     let files = valid_checkpoint(dir.path(), shards);
-    let valid = files
-        .iter()
-        .find(|(path, _)| path.file_name().unwrap() == target)
-        .unwrap_or_else(|| panic!("no {target} in {files:?}"))
-        .1
-        .clone();
-    let strategy = match format {
-        Format::Binary => byte_mutations().boxed(),
-        Format::Json | Format::Safetensors => json_mutations().boxed(),
-    };
-    fuzz(name, CASES, strategy, |mutations| {
-        let mut input_bytes = 0;
-        for (path, bytes) in &files {
-            let bytes = if path.file_name().unwrap() == target {
-                apply(&valid, format, mutations)
-            } else {
-                bytes.clone()
-            };
-            input_bytes += bytes.len();
-            std::fs::write(path, bytes).unwrap();
-        }
+    fuzz(name, CASES, mutations_for(format), |mutations| {
+        let input_bytes = write_damaged(&files, target, format, mutations);
         let loaded = load_pretrained::<Flex>(dir.path(), &options(), &Default::default());
         Outcome {
             input_bytes,

@@ -12,15 +12,14 @@
 #[path = "../../kv-routing-hf/tests/support/fuzz.rs"]
 mod fuzz;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexDevice};
-use fuzz::{apply, byte_mutations, json_mutations, Format, Outcome, PeakAllocator};
+use fuzz::{mutations_for, read_files, write_damaged, Format, Outcome, PeakAllocator};
 use kv_routing::{MemoryBudget, RoutedTransformerConfig};
 use kv_routing_train::train_config::TrainConfig;
 use kv_routing_train::trainer::{checkpoint_dir, train, RunOptions, Start};
-use proptest::strategy::Strategy;
 
 #[global_allocator]
 static ALLOCATOR: PeakAllocator = PeakAllocator;
@@ -80,39 +79,13 @@ fn fuzz_checkpoint_file(target: &str, format: Format) {
     )
     .unwrap();
     let checkpoint = checkpoint_dir(out.path());
-    let files: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&checkpoint)
-        .unwrap()
-        .map(|entry| {
-            let path = entry.unwrap().path();
-            let bytes = std::fs::read(&path).unwrap();
-            (path, bytes)
-        })
-        .collect();
+    let files = read_files(&checkpoint);
     assert!(resume(out.path()), "the valid checkpoint resumes");
-    let valid = files
-        .iter()
-        .find(|(path, _)| path.file_name().unwrap() == target)
-        .unwrap_or_else(|| panic!("no {target} in {files:?}"))
-        .1
-        .clone();
-    let strategy = match format {
-        Format::Binary => byte_mutations().boxed(),
-        Format::Json | Format::Safetensors => json_mutations().boxed(),
-    };
-    fuzz::fuzz(target, CASES, strategy, |mutations| {
+    fuzz::fuzz(target, CASES, mutations_for(format), |mutations| {
         // Each case starts from the valid checkpoint (a resume that ran rewrites it).
         std::fs::remove_dir_all(&checkpoint).ok();
         std::fs::create_dir_all(&checkpoint).unwrap();
-        let mut input_bytes = 0;
-        for (path, bytes) in &files {
-            let bytes = if path.file_name().unwrap() == target {
-                apply(&valid, format, mutations)
-            } else {
-                bytes.clone()
-            };
-            input_bytes += bytes.len();
-            std::fs::write(path, bytes).unwrap();
-        }
+        let input_bytes = write_damaged(&files, target, format, mutations);
         Outcome {
             input_bytes,
             loaded: resume(out.path()),

@@ -1,5 +1,6 @@
 //! What the command-line tests share: running the built binary.
 
+use std::path::Path;
 use std::process::{Command, Output};
 
 /// Runs `kv-routing ARGS`, failing the test (with its stderr) if the command fails.
@@ -14,4 +15,18 @@ pub fn run(args: &[&str]) -> Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+/// A run's metrics.jsonl with the wall-clock speed left out (what an exact resume reproduces).
+#[allow(dead_code)]
+pub fn metrics(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let mut entry: serde_json::Value = serde_json::from_str(line).unwrap();
+            entry.as_object_mut().unwrap().remove("tokens_per_second");
+            entry
+        })
+        .collect()
 }

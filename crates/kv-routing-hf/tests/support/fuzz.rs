@@ -19,6 +19,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::fmt::Debug;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
@@ -461,6 +462,58 @@ pub fn apply(valid: &[u8], format: Format, mutations: &[Mutation]) -> Vec<u8> {
         }
     }
     bytes
+}
+
+/// The files of `dir` and their bytes, sorted by path.
+pub fn read_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The mutations for a file of `format`: byte-level ones for a binary file, mostly structural
+/// ones for JSON text and safetensors headers.
+pub fn mutations_for(format: Format) -> BoxedStrategy<Vec<Mutation>> {
+    match format {
+        Format::Binary => byte_mutations().boxed(),
+        Format::Json | Format::Safetensors => json_mutations().boxed(),
+    }
+}
+
+/// Writes `files` back in place, the one named `target` damaged by `mutations`; returns the
+/// bytes written in all.
+pub fn write_damaged(
+    files: &[(PathBuf, Vec<u8>)],
+    target: &str,
+    format: Format,
+    mutations: &[Mutation],
+) -> usize {
+    assert!(
+        files
+            .iter()
+            .any(|(path, _)| path.file_name().unwrap() == target),
+        "no {target} among {:?}",
+        files.iter().map(|(path, _)| path).collect::<Vec<_>>()
+    );
+    files
+        .iter()
+        .map(|(path, valid)| {
+            let bytes = if path.file_name().unwrap() == target {
+                apply(valid, format, mutations)
+            } else {
+                valid.clone()
+            };
+            std::fs::write(path, &bytes).unwrap();
+            bytes.len()
+        })
+        .sum()
 }
 
 /// What a fuzz case did.
