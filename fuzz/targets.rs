@@ -117,7 +117,9 @@ pub fn tokenizer_json(data: &[u8]) -> bool {
         .is_ok()
 }
 
-fn tiny_run() -> TrainConfig {
+/// A tiny training run (2 layers of width 16, 2 steps of 2 sequences of 16 bytes), shared with
+/// `crates/kv-routing-train/tests/fuzz_checkpoints.rs`.
+pub fn tiny_run() -> TrainConfig {
     let mut config = TrainConfig::small(2, 16, 16);
     config.model = RoutedTransformerConfig::new(256, 16, 2, 2, 32)
         .with_n_kv_heads(Some(1))

@@ -11,14 +11,16 @@
 #[allow(dead_code)]
 #[path = "../../kv-routing-hf/tests/support/fuzz.rs"]
 mod fuzz;
+#[allow(dead_code)]
+#[path = "../../../fuzz/targets.rs"]
+mod targets;
 
 use std::path::Path;
 
 use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexDevice};
 use fuzz::{mutations_for, read_files, write_damaged, Format, Outcome, PeakAllocator};
-use kv_routing::{MemoryBudget, RoutedTransformerConfig};
-use kv_routing_train::train_config::TrainConfig;
+use kv_routing::MemoryBudget;
 use kv_routing_train::trainer::{checkpoint_dir, train, RunOptions, Start};
 
 #[global_allocator]
@@ -28,20 +30,6 @@ type B = Autodiff<Flex>;
 
 /// Cases per file in the normal test run.
 const CASES: u32 = 1000;
-
-fn tiny() -> TrainConfig {
-    let mut config = TrainConfig::small(2, 16, 16);
-    config.model = RoutedTransformerConfig::new(256, 16, 2, 2, 32)
-        .with_n_kv_heads(Some(1))
-        .with_max_seq_len(32);
-    config.p = 0.5;
-    config.steps = 2;
-    config.batch_size = 2;
-    config.eval_every = 0;
-    config.eval_batches = 1;
-    config.checkpoint_every = 0;
-    config
-}
 
 /// Resumes the run under `out` (checkpointed after step 1) for one step: the configuration,
 /// state, weights and optimizer moments are read, a step updates them, and the model is
@@ -55,7 +43,7 @@ fn resume(out: &Path) -> bool {
         memory_budget: MemoryBudget::bytes(1 << 30),
     };
     train::<B>(
-        tiny(),
+        targets::tiny_run(),
         Start::Resume { extend_to: None },
         out,
         options,
@@ -67,7 +55,7 @@ fn resume(out: &Path) -> bool {
 fn fuzz_checkpoint_file(target: &str, format: Format) {
     let out = tempfile::tempdir().unwrap();
     train::<B>(
-        tiny(),
+        targets::tiny_run(),
         Start::Fresh,
         out.path(),
         RunOptions {
