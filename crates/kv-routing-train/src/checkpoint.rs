@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
 use crate::msgpack_bounds::check_msgpack_bounds;
-use crate::parameter_shapes::{moment_mismatch, shape_mismatch};
+use crate::parameter_shapes::{moment_mismatch, parameter_shapes, shape_mismatch};
 use crate::train_config::TrainConfig;
 use kv_routing_hf::{copy_tokenizer_files, StagedDir, TOKENIZER_FILE};
 
@@ -129,10 +129,9 @@ pub fn load_model<B: Backend>(
         }
     }
     let model = config.model.init::<B>(device)?;
-    let loaded = without_panics(dir, MODEL, || {
-        model.clone().load_file(path, &recorder(), device)
-    })?;
-    if let Some(mismatch) = shape_mismatch::<B, _>(&model, &loaded) {
+    let expected = parameter_shapes::<B, _>(&model);
+    let loaded = without_panics(dir, MODEL, || model.load_file(path, &recorder(), device))?;
+    if let Some(mismatch) = shape_mismatch::<B, _>(&expected, &loaded) {
         return Err(TrainError::checkpoint(
             dir,
             format!("{MODEL} does not match {CONFIG}: {mismatch}"),

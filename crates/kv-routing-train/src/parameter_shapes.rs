@@ -30,8 +30,10 @@ fn parameters<B: Backend, M: Module<B>>(module: &M) -> Vec<(ParamId, String, Vec
             self.path.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            // The shape without initializing a lazy parameter (a model built only to learn
+            // the shapes its record must have allocates nothing).
             self.found
-                .push((param.id, self.path.join("."), param.val().dims().to_vec()));
+                .push((param.id, self.path.join("."), param.lazy_shape().to_vec()));
         }
     }
     let mut parameters = Parameters {
@@ -50,9 +52,12 @@ pub(crate) fn parameter_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(Str
         .collect()
 }
 
-/// The first parameter whose shape in `loaded` differs from `expected`'s, described.
-pub(crate) fn shape_mismatch<B: Backend, M: Module<B>>(expected: &M, loaded: &M) -> Option<String> {
-    let expected = parameter_shapes::<B, M>(expected);
+/// The first parameter of `loaded` whose shape differs from `expected` (what
+/// [`parameter_shapes`] gave for the model the configuration builds), described.
+pub(crate) fn shape_mismatch<B: Backend, M: Module<B>>(
+    expected: &[(String, Vec<usize>)],
+    loaded: &M,
+) -> Option<String> {
     let loaded = parameter_shapes::<B, M>(loaded);
     if expected.len() != loaded.len() {
         return Some(format!(
