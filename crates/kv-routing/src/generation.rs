@@ -197,7 +197,7 @@ impl<B: Backend> RoutedTransformer<B> {
             .and_then(|(kv, prefill)| kv.checked_add(prefill));
         config.memory_budget.check(
             &format!(
-                "generating for {batch} prompts of up to {longest} tokens plus {} new tokens (KV cache and prefill activations)",
+                "generating for a batch of {batch} (longest prompt {longest} tokens, {} new tokens; KV cache and prefill activations)",
                 config.max_new_tokens
             ),
             needed,
