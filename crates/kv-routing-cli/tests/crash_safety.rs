@@ -20,7 +20,7 @@ use rand_chacha::ChaCha8Rng;
 
 mod support;
 
-use support::metrics;
+use support::{metrics, train_args};
 
 /// A short run that checkpoints after every step, without its model size.
 const TRAIN_RUN: [&str; 16] = [
@@ -61,12 +61,6 @@ fn spawn(args: &[&str]) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("the binary runs")
-}
-
-fn train_args<'a>(out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec!["train", "--out", out.to_str().unwrap(), "--quiet"];
-    args.extend_from_slice(extra);
-    args
 }
 
 /// Every file under `dir` (relative path → bytes).

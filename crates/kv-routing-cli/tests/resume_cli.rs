@@ -7,12 +7,10 @@ use std::path::Path;
 
 mod support;
 
-use support::metrics;
+use support::{metrics, train_args};
 
 fn train(out: &Path, extra: &[&str]) {
-    let mut args = vec!["train", "--out", out.to_str().unwrap(), "--quiet"];
-    args.extend_from_slice(extra);
-    support::run(&args);
+    support::run(&train_args(out, extra));
 }
 
 #[test]

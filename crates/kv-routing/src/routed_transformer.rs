@@ -402,7 +402,6 @@ impl<B: Backend> RoutedTransformer<B> {
     /// this model's device (computed, nothing allocated).
     pub fn kv_bytes_per_token(&self, route: &Route) -> crate::Result<usize> {
         route.check_layers(self.n_layers())?;
-        let float = burn::tensor::get_device_settings::<B>(&self.device()).float_dtype;
         let layout = KvCacheLayout {
             batch_size: 1,
             n_layers: self.n_layers(),
@@ -410,7 +409,7 @@ impl<B: Backend> RoutedTransformer<B> {
             head_dim: self.head_dim(),
             capacity: 1,
         };
-        Ok(layout.bytes_for(route, burn::tensor::DType::from(float).size()))
+        Ok(layout.bytes_for(route, self.float_bytes()))
     }
 
     /// A cache for `batch_size` sequences of up to `capacity` slots under `route`.

@@ -30,3 +30,11 @@ pub fn metrics(out: &Path) -> Vec<serde_json::Value> {
         })
         .collect()
 }
+
+/// The arguments of `kv-routing train --out OUT --quiet EXTRA...`.
+#[allow(dead_code)]
+pub fn train_args<'a>(out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["train", "--out", out.to_str().unwrap(), "--quiet"];
+    args.extend_from_slice(extra);
+    args
+}
