@@ -4,6 +4,8 @@
 //!   file, as deterministic byte-token batches.
 //! - [`trainer`]: AdamW with warmup + cosine, global-norm clipping, one random route per step,
 //!   validation, checkpoints and exact resume; fine-tuning from a checkpoint with a new `p`.
+//! - [`learner`]: the same training on `burn-train`'s `Learner`, on one device or data-parallel
+//!   on several.
 //! - [`evaluate`]: loss, perplexity, recall accuracy, [`passkey`] retrieval, KV bytes per token
 //!   and decode throughput under each sharing plan; [`report`] and [`plot`] present them.
 //! - [`pretrained`]: one loader for training checkpoints and Hugging Face checkpoints (to
@@ -18,6 +20,7 @@ pub mod data;
 pub mod error;
 pub mod evaluate;
 pub mod grad_clip;
+pub mod learner;
 pub mod loss;
 mod msgpack_bounds;
 mod parameter_shapes;

@@ -1,0 +1,237 @@
+//! Training on `burn-train`'s engine ([`kv_routing_train::learner`]): Burn's `Learner` trains a
+//! routed model on one device, on two devices (two instances of the flex CPU device: Burn's
+//! multi-device strategy runs one worker thread per device), and with accumulated
+//! micro-batches, with the semantics of the single-device loop of `trainer`.
+
+use std::sync::Arc;
+
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataset::Dataset as _;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use burn_autodiff::Autodiff;
+use burn_flex::{Flex, FlexDevice};
+use burn_train::TrainStep;
+use kv_routing::{RoutedTransformer, StochasticRouter};
+use kv_routing_train::checkpoint::load_model;
+use kv_routing_train::data::{Dataset, Split};
+use kv_routing_train::learner::{
+    RoutedLm, RoutedLmTraining, SilentRenderer, StepBatch, StepBatcher, StepDataset, StepLayout,
+};
+use kv_routing_train::train_config::TrainConfig;
+use kv_routing_train::trainer::{checkpoint_dir, train, RunOptions, Start};
+use kv_routing_train::TrainError;
+
+type B = Autodiff<Flex>;
+
+/// A route seed whose first `steps` routes all share at least one layer's KV, so that every
+/// step of the tests below trains under routing.
+fn routing_seed(config: &TrainConfig, steps: u64) -> u64 {
+    (0..)
+        .find(|&seed| {
+            let router = StochasticRouter::new(config.model.n_layers, config.p, seed).unwrap();
+            (0..steps).all(|step| {
+                let route = router.route_for_step(step);
+                (0..route.n_layers()).any(|layer| route.source_of(layer) != layer)
+            })
+        })
+        .unwrap()
+}
+
+/// Three steps of a 3-layer model, routed every step, clipping active (the byte-level
+/// synthetic corpus gives gradient norms far above 0.05).
+fn tiny_run() -> TrainConfig {
+    let mut config = TrainConfig::small(3, 32, 16);
+    config.batch_size = 4;
+    config.steps = 3;
+    config.warmup_steps = 1;
+    config.p = 0.7;
+    config.grad_clip = 0.05;
+    config.eval_every = 0;
+    config.eval_batches = 1;
+    config.checkpoint_every = 0;
+    config.route_seed = routing_seed(&config, config.steps);
+    config
+}
+
+/// Every float parameter, flattened in visiting order.
+fn parameters<B: Backend, M: Module<B>>(module: &M) -> Vec<f32> {
+    struct Collect(Vec<f32>);
+    impl<B: Backend> ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let values = param.val().into_data().convert::<f32>();
+            self.0.extend(values.iter::<f32>());
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    module.visit(&mut collect);
+    collect.0
+}
+
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn model(config: &TrainConfig) -> RoutedTransformer<B> {
+    config
+        .model
+        .init_seeded::<B>(config.init_seed, &FlexDevice)
+        .unwrap()
+}
+
+/// The micro-batches of step 0 under `layout`, as Burn's split loaders deliver them (device
+/// `d` reads the `d`-th share of the items).
+fn step_zero_batches(config: &TrainConfig, layout: StepLayout) -> Vec<StepBatch> {
+    let data = Arc::new(Dataset::open(&config.data, config.seq_len).unwrap());
+    let dataset = StepDataset::new(data, Split::Train, 0, 1, layout).unwrap();
+    let items: Vec<_> = (0..dataset.len())
+        .map(|i| dataset.get(i).unwrap())
+        .collect();
+    items
+        .chunks(layout.batch_per_device)
+        .map(|chunk| Batcher::<B, _, _>::batch(&StepBatcher, chunk.to_vec(), &FlexDevice))
+        .collect()
+}
+
+/// The weights after one SGD step of rate 1 from the summed gradients of `batches`: they
+/// differ from the initial weights by exactly the gradient.
+fn after_summed_gradients(lm: &RoutedLm<B>, batches: Vec<StepBatch>) -> Vec<f32> {
+    let mut summed = burn::optim::GradientsAccumulator::new();
+    for batch in batches {
+        summed.accumulate::<B>(lm, TrainStep::step(lm, batch).grads);
+    }
+    let grads: GradientsParams = summed.grads();
+    let mut sgd = SgdConfig::new().init::<B, RoutedLm<B>>();
+    parameters(&sgd.step(1.0, lm.clone(), grads))
+}
+
+#[test]
+fn gradients_of_two_devices_sum_to_those_of_one_device_with_twice_the_batch() {
+    let config = tiny_run();
+    let router = StochasticRouter::new(config.model.n_layers, config.p, config.route_seed).unwrap();
+    let lm = RoutedLm::new(model(&config), router, config.grad_clip).unwrap();
+
+    let one_device = step_zero_batches(&config, StepLayout::split(4, 1, 1).unwrap());
+    let two_devices = step_zero_batches(&config, StepLayout::split(4, 2, 1).unwrap());
+    let accumulated = step_zero_batches(&config, StepLayout::split(4, 2, 2).unwrap());
+    assert_eq!(
+        (one_device.len(), two_devices.len(), accumulated.len()),
+        (1, 2, 4)
+    );
+    assert!(two_devices
+        .iter()
+        .all(|b| b.step == 0 && b.inputs.len() == 2));
+
+    let reference = after_summed_gradients(&lm, one_device);
+    let initial = parameters(&lm);
+    let gradient_scale = max_difference(&reference, &initial);
+    assert!(gradient_scale > 1e-3, "the step moved nothing");
+    for (name, batches) in [
+        ("2 devices", two_devices.clone()),
+        ("2 x 2 micro-batches", accumulated),
+    ] {
+        let difference = max_difference(&after_summed_gradients(&lm, batches), &reference);
+        assert!(
+            difference < 1e-5 * gradient_scale.max(1.0),
+            "{name}: gradients differ by {difference}"
+        );
+    }
+
+    // The check can fail: a device that drew its own route (the next step's) sums to other
+    // gradients.
+    let mut wrong_route = two_devices;
+    wrong_route[1].step = 1;
+    let difference = max_difference(&after_summed_gradients(&lm, wrong_route), &reference);
+    assert!(
+        difference > 1e-4,
+        "a second route went unnoticed ({difference})"
+    );
+}
+
+/// Runs `config` on Burn's `Learner` on `devices` flex devices with `accumulation`.
+fn learner_run(config: &TrainConfig, devices: usize, accumulation: usize) -> Vec<f32> {
+    let directory = tempfile::tempdir().unwrap();
+    let mut run = RoutedLmTraining::new(
+        config,
+        model(config),
+        vec![FlexDevice; devices],
+        accumulation,
+        directory.path(),
+    )
+    .unwrap();
+    run.training = run.training.renderer(SilentRenderer);
+    parameters(&run.launch())
+}
+
+#[test]
+fn the_learner_trains_alike_on_one_device_two_devices_and_accumulated_micro_batches() {
+    let config = tiny_run();
+    let initial = parameters(&model(&config));
+    let one = learner_run(&config, 1, 1);
+    assert!(
+        max_difference(&one, &initial) > 1e-3,
+        "training moved nothing"
+    );
+    for (devices, accumulation) in [(2, 1), (1, 2), (2, 2)] {
+        let difference = max_difference(&learner_run(&config, devices, accumulation), &one);
+        assert!(
+            difference < 1e-5,
+            "{devices} devices x {accumulation} micro-batches: weights differ by {difference}"
+        );
+    }
+}
+
+#[test]
+fn the_learner_trains_as_the_single_device_loop_does() {
+    let config = tiny_run();
+    let out = tempfile::tempdir().unwrap();
+    train::<B>(
+        config.clone(),
+        Start::Fresh,
+        out.path(),
+        RunOptions::default(),
+        &FlexDevice,
+    )
+    .unwrap();
+    let (_, looped) = load_model::<Flex>(&checkpoint_dir(out.path()), &FlexDevice).unwrap();
+    let learned = learner_run(&config, 1, 1);
+    let difference = max_difference(&learned, &parameters(&looped));
+    assert!(difference < 1e-5, "Learner and loop differ by {difference}");
+    // The check can fail: another route seed trains other weights.
+    let other = TrainConfig {
+        route_seed: config.route_seed + 1,
+        ..config
+    };
+    assert!(max_difference(&learner_run(&other, 1, 1), &learned) > 1e-5);
+}
+
+#[test]
+fn layouts_and_models_that_do_not_fit_are_refused() {
+    let config = tiny_run();
+    let directory = tempfile::tempdir().unwrap();
+    let uneven = RoutedLmTraining::new(
+        &config,
+        model(&config),
+        vec![FlexDevice; 3],
+        1,
+        directory.path(),
+    );
+    assert!(matches!(uneven, Err(TrainError::Config(m)) if m.contains("does not split evenly")));
+    let none = RoutedLmTraining::new(&config, model(&config), vec![], 1, directory.path());
+    assert!(matches!(none, Err(TrainError::Config(_))));
+    let deeper = TrainConfig::small(4, 32, 16);
+    let mismatched = RoutedLmTraining::new(
+        &config,
+        model(&deeper),
+        vec![FlexDevice],
+        1,
+        directory.path(),
+    );
+    assert!(matches!(mismatched, Err(TrainError::Config(m)) if m.contains("layers")));
+}
