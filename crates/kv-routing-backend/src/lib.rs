@@ -31,6 +31,10 @@ compile_error!(
 mod selected {
     pub use kv_routing_cuda::{device, Backend, Device};
     pub const NAME: &str = "cuda";
+    /// The first `n` GPUs.
+    pub fn training_devices(n: usize) -> Vec<Device> {
+        (0..n).map(|index| Device { index }).collect()
+    }
     /// Not probed at run time (tested on a GPU by backends/cuda/run-gpu-checks.sh).
     pub fn cache_writes_in_place() -> Option<bool> {
         None
@@ -41,6 +45,10 @@ mod selected {
 mod selected {
     pub use kv_routing_wgpu::{device, Backend, Device};
     pub const NAME: &str = "wgpu";
+    /// `n` workers on the one device.
+    pub fn training_devices(n: usize) -> Vec<Device> {
+        vec![device(); n]
+    }
     /// Not probed at run time (tested in backends/wgpu/tests/in_place_write.rs).
     pub fn cache_writes_in_place() -> Option<bool> {
         None
@@ -51,6 +59,10 @@ mod selected {
 mod selected {
     pub use kv_routing_ndarray::{device, Backend, Device};
     pub const NAME: &str = "ndarray";
+    /// `n` workers on the one device.
+    pub fn training_devices(n: usize) -> Vec<Device> {
+        vec![device(); n]
+    }
     pub fn cache_writes_in_place() -> Option<bool> {
         Some(kv_routing_ndarray::slice_assign_writes_in_place())
     }
@@ -63,6 +75,10 @@ mod selected {
 mod selected {
     pub use kv_routing_flex::{device, Backend, Device};
     pub const NAME: &str = "flex";
+    /// `n` workers on the one device.
+    pub fn training_devices(n: usize) -> Vec<Device> {
+        vec![device(); n]
+    }
     pub fn cache_writes_in_place() -> Option<bool> {
         Some(kv_routing_flex::slice_assign_writes_in_place())
     }
@@ -112,6 +128,13 @@ pub fn device_with_precision(precision: Precision) -> Result<Device, String> {
 /// precision is set ([`device_with_precision`]): it creates tensors on the device.
 pub fn cache_writes_in_place() -> Option<bool> {
     selected::cache_writes_in_place()
+}
+
+/// `n` devices to train data-parallel on (Burn's multi-device strategy): the first `n` GPUs on
+/// cuda; on the CPU backends, and on wgpu (which selects one adapter), `n` workers sharing the
+/// one device.
+pub fn training_devices(n: usize) -> Vec<Device> {
+    selected::training_devices(n)
 }
 
 /// Name of the selected backend, for reports.

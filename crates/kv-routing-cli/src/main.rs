@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use kv_routing::{GenerationConfig, MemoryBudget, Sampler};
 use kv_routing_backend::{
-    cache_writes_in_place, device, device_with_precision, AutodiffBackend, Backend, Device,
-    Precision, NAME,
+    cache_writes_in_place, device, device_with_precision, training_devices, AutodiffBackend,
+    Backend, Device, Precision, NAME,
 };
 use kv_routing_hf::{ExportDtype, ExportOptions, StagedDir};
 use kv_routing_train::data::{DataSource, Dataset};
@@ -19,7 +19,7 @@ use kv_routing_train::plot::quality_vs_memory_svg;
 use kv_routing_train::pretrained::{export_model, load_model_dir, LoadedModel};
 use kv_routing_train::report::{format_table, ModelEvaluation};
 use kv_routing_train::train_config::TrainConfig;
-use kv_routing_train::trainer::{checkpoint_dir, train, RunOptions, Start};
+use kv_routing_train::trainer::{checkpoint_dir, train_on, RunOptions, Start};
 use kv_routing_train::{Result, TrainError};
 
 /// Optimizer steps of a new run when `--steps` is not given.
@@ -139,6 +139,12 @@ struct TrainArgs {
     /// give the device's memory.
     #[arg(long, default_value = "available")]
     memory_budget: MemoryBudget,
+    /// Train data-parallel on this many devices (Burn's multi-device strategy): the first N
+    /// GPUs on cuda; on the CPU backends and wgpu, N workers sharing the one device. The
+    /// batch size must divide evenly; the run is the same whatever N (a run can be resumed on
+    /// another N).
+    #[arg(long, default_value_t = 1)]
+    devices: usize,
 }
 
 #[derive(Args, Debug)]
@@ -310,7 +316,13 @@ fn run_train(args: TrainArgs) -> Result<()> {
         stop_at: args.stop_at,
         memory_budget: args.memory_budget,
     };
-    let summary = train::<AutodiffBackend>(config, start, &args.out, options, &device())?;
+    let summary = train_on::<AutodiffBackend>(
+        config,
+        start,
+        &args.out,
+        options,
+        &training_devices(args.devices),
+    )?;
     let config = &summary.config;
     println!(
         "trained {} steps on {NAME} in {:.1} s (p = {}, {} layers, d_model {}): validation loss {:.4} (full cache)",

@@ -2,6 +2,9 @@
 //! repeating any option, it trains the remaining 3 steps, and every logged figure (losses,
 //! gradient norms, learning rates, validation losses) equals the uninterrupted run's. (The
 //! stopped run also validates the step it stops at, which the uninterrupted run skips.)
+//!
+//! `train --devices 2` (data-parallel, two workers on the CPU) trains the same run, and a run
+//! stopped on two devices resumes on one.
 
 use std::path::Path;
 
@@ -13,29 +16,31 @@ fn train(out: &Path, extra: &[&str]) {
     support::run(&train_args(out, extra));
 }
 
+const SHAPE: [&str; 18] = [
+    "--steps",
+    "6",
+    "--layers",
+    "2",
+    "--d-model",
+    "32",
+    "--seq-len",
+    "16",
+    "--batch-size",
+    "2",
+    "--p",
+    "0.5",
+    "--warmup",
+    "2",
+    "--eval-every",
+    "2",
+    "--eval-batches",
+    "1",
+];
+
 #[test]
 fn a_resumed_run_trains_only_its_remaining_steps_exactly() {
     let root = tempfile::tempdir().unwrap();
-    let shape = [
-        "--steps",
-        "6",
-        "--layers",
-        "2",
-        "--d-model",
-        "32",
-        "--seq-len",
-        "16",
-        "--batch-size",
-        "2",
-        "--p",
-        "0.5",
-        "--warmup",
-        "2",
-        "--eval-every",
-        "2",
-        "--eval-batches",
-        "1",
-    ];
+    let shape = SHAPE;
     let straight = root.path().join("straight");
     train(&straight, &shape);
     let split = root.path().join("split");
@@ -47,4 +52,56 @@ fn a_resumed_run_trains_only_its_remaining_steps_exactly() {
     assert!(resumed[2]["val_loss"].is_number(), "validated at the stop");
     resumed[2]["val_loss"] = serde_json::Value::Null;
     assert_eq!(resumed, metrics(&straight));
+}
+
+/// Whether two logs hold the same steps with figures equal up to float noise (two devices sum
+/// the gradient in another order than one).
+fn assert_close(a: &[serde_json::Value], b: &[serde_json::Value]) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x["step"], y["step"]);
+        assert_eq!(x["learning_rate"], y["learning_rate"]);
+        for key in ["train_loss", "grad_norm", "val_loss"] {
+            match (x[key].as_f64(), y[key].as_f64()) {
+                (Some(u), Some(v)) => assert!(
+                    (u - v).abs() <= 1e-4 * u.abs().max(1.0),
+                    "step {}: {key} {u} vs {v}",
+                    x["step"]
+                ),
+                (u, v) => assert_eq!(u, v, "step {}: {key}", x["step"]),
+            }
+        }
+    }
+}
+
+#[test]
+fn two_devices_train_the_run_of_one_and_a_run_resumes_on_another_count() {
+    let root = tempfile::tempdir().unwrap();
+    let one = root.path().join("one");
+    train(&one, &SHAPE);
+    let two = root.path().join("two");
+    train(&two, &[&SHAPE[..], &["--devices", "2"]].concat());
+    assert_close(&metrics(&two), &metrics(&one));
+
+    let switched = root.path().join("switched");
+    train(
+        &switched,
+        &[&SHAPE[..], &["--devices", "2", "--stop-at", "3"]].concat(),
+    );
+    train(&switched, &["--resume", "--devices", "1"]);
+    let mut resumed = metrics(&switched);
+    resumed[2]["val_loss"] = serde_json::Value::Null;
+    assert_close(&resumed, &metrics(&one));
+
+    // A batch that does not split over the devices is refused before training.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_kv-routing"))
+        .args(train_args(
+            &root.path().join("uneven"),
+            &[&SHAPE[..], &["--devices", "3"]].concat(),
+        ))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("does not split evenly"), "{stderr}");
 }

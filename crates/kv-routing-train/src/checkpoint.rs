@@ -51,18 +51,21 @@ fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::new()
 }
 
+/// The AdamW moments of a run, per parameter id (the record of Burn's optimizer adaptor, the
+/// same whatever module the adaptor optimizes).
+pub type OptimizerRecord<B> = <OptimizerAdaptor<AdamW, RoutedTransformer<B>, B> as Optimizer<
+    RoutedTransformer<B>,
+    B,
+>>::Record;
+
 /// Writes a checkpoint of a training run into `dir` (replacing one that is there).
-pub fn save_checkpoint<B, O>(
+pub fn save_checkpoint<B: AutodiffBackend>(
     dir: &Path,
     config: &TrainConfig,
     state: &TrainState,
     model: &RoutedTransformer<B>,
-    optimizer: &O,
-) -> Result<()>
-where
-    B: AutodiffBackend,
-    O: Optimizer<RoutedTransformer<B>, B>,
-{
+    optimizer: OptimizerRecord<B>,
+) -> Result<()> {
     let staged = StagedDir::begin(dir)?;
     let staging = staged.path();
     write_json(&staging.join(CONFIG), config)?;
@@ -71,7 +74,7 @@ where
         .clone()
         .save_file(staging.join(MODEL), &recorder())
         .map_err(|e| TrainError::io(staging.join(MODEL), e))?;
-    Recorder::<B>::record(&recorder(), optimizer.to_record(), staging.join(OPTIMIZER))
+    Recorder::<B>::record(&recorder(), optimizer, staging.join(OPTIMIZER))
         .map_err(|e| TrainError::io(staging.join(OPTIMIZER), e))?;
     if let Some(base) = &config.base {
         // The previous checkpoint's copy when it has one (rebuilding a GGUF file's
@@ -140,19 +143,15 @@ pub fn load_model<B: Backend>(
     Ok((config, loaded))
 }
 
-/// The optimizer of a run: AdamW through Burn's adaptor.
-pub type RunOptimizer<B> = OptimizerAdaptor<AdamW, RoutedTransformer<B>, B>;
-
-/// Loads a checkpoint's optimizer moments into `optimizer`, after checking that every moment
-/// belongs to a parameter of `model` and has its shape.
+/// Loads a checkpoint's optimizer moments, after checking that every moment belongs to a
+/// parameter of `model` and has its shape.
 pub fn load_optimizer<B: AutodiffBackend>(
     dir: &Path,
-    optimizer: RunOptimizer<B>,
     model: &RoutedTransformer<B>,
     device: &B::Device,
-) -> Result<RunOptimizer<B>> {
+) -> Result<OptimizerRecord<B>> {
     let path = checked_record_file(dir, OPTIMIZER)?;
-    let record = without_panics(dir, OPTIMIZER, || {
+    let record: OptimizerRecord<B> = without_panics(dir, OPTIMIZER, || {
         Recorder::<B>::load(&recorder(), path, device)
     })?;
     if let Some(mismatch) = moment_mismatch(&record, model) {
@@ -161,7 +160,7 @@ pub fn load_optimizer<B: AutodiffBackend>(
             format!("{OPTIMIZER} does not match {MODEL}: {mismatch}"),
         ));
     }
-    Ok(optimizer.load_record(record))
+    Ok(record)
 }
 
 /// Runs one of Burn's record loads, turning its failure into an error naming `name`.

@@ -2,10 +2,13 @@
 //!
 //! - [`data`]: the built-in synthetic corpus (associative recall + structured text) or a UTF-8
 //!   file, as deterministic byte-token batches.
-//! - [`trainer`]: AdamW with warmup + cosine, global-norm clipping, one random route per step,
-//!   validation, checkpoints and exact resume; fine-tuning from a checkpoint with a new `p`.
-//! - [`learner`]: the same training on `burn-train`'s `Learner`, on one device or data-parallel
-//!   on several.
+//! - [`trainer`]: a run: AdamW with warmup + cosine, global-norm clipping, one random route per
+//!   step, validation, checkpoints and exact resume; fine-tuning from a checkpoint with a new
+//!   `p`. Its steps run on [`learner`].
+//! - [`learner`]: routed training on `burn-train`'s `Learner`, on one device or data-parallel on
+//!   several.
+//! - [`reference_loop`]: the same semantics as a plain loop, the reference the `Learner` path is
+//!   tested and benchmarked against.
 //! - [`evaluate`]: loss, perplexity, recall accuracy, [`passkey`] retrieval, KV bytes per token
 //!   and decode throughput under each sharing plan; [`report`] and [`plot`] present them.
 //! - [`pretrained`]: one loader for training checkpoints and Hugging Face checkpoints (to
@@ -28,7 +31,9 @@ pub mod passkey;
 pub mod plan_spec;
 pub mod plot;
 pub mod pretrained;
+pub mod reference_loop;
 pub mod report;
+mod run_observer;
 pub mod schedule;
 mod synthetic;
 pub mod tokenizer;

@@ -1,27 +1,31 @@
-//! The training loop: AdamW with warmup + cosine schedule and global-norm clipping, one
-//! stochastic route per step, periodic validation and checkpoints, exact resume.
+//! A training run: AdamW with warmup + cosine schedule and global-norm clipping, one
+//! stochastic route per step, periodic validation and checkpoints, exact resume; fresh, resumed,
+//! or fine-tuned from a checkpoint.
+//!
+//! The steps run on `burn-train`'s `Learner` ([`crate::learner`]), on one device or
+//! data-parallel on several ([`train_on`]); the run's bookkeeping (log, validation, checkpoints,
+//! divergence) happens after each optimizer step, in `crate::run_observer`.
 
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
-use indicatif::{ProgressBar, ProgressStyle};
-use kv_routing::{CachePlan, MemoryBudget, RoutedTransformer, StochasticRouter};
+use burn::tensor::backend::AutodiffBackend;
+use burn_train::logger::InMemoryMetricLogger;
+use kv_routing::{CachePlan, MemoryBudget, StochasticRouter};
 use kv_routing_hf::{is_pretrained, load_pretrained, LoadOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{load_model, load_optimizer, load_state, save_checkpoint, TrainState};
-use crate::data::{DataSource, Dataset, Split};
+use crate::checkpoint::{load_model, load_optimizer, load_state, TrainState};
+use crate::data::{DataSource, Dataset};
 use crate::error::{Result, TrainError};
 use crate::evaluate::validation_metrics;
-use crate::grad_clip::clip_global_norm;
-use crate::loss::mean_loss;
+use crate::learner::{LearnerSetup, RoutedLmTraining, SilentRenderer};
 use crate::pretrained::PretrainedBase;
+use crate::run_observer::RunObserver;
 use crate::train_config::TrainConfig;
 
 /// How a run begins.
@@ -116,7 +120,7 @@ fn tokenized_with_tokenizer_of(data: &DataSource, path: &Path) -> DataSource {
     data
 }
 
-/// Trains per `config` from `start`, checkpointing under `out_dir`.
+/// Trains per `config` from `start` on `device`, checkpointing under `out_dir`.
 pub fn train<B: AutodiffBackend>(
     config: TrainConfig,
     start: Start,
@@ -124,8 +128,34 @@ pub fn train<B: AutodiffBackend>(
     options: RunOptions,
     device: &B::Device,
 ) -> Result<TrainSummary> {
+    train_on::<B>(
+        config,
+        start,
+        out_dir,
+        options,
+        std::slice::from_ref(device),
+    )
+}
+
+/// Trains per `config` from `start`, data-parallel on `devices` (Burn's multi-device strategy:
+/// each device runs `batch_size / devices.len()` sequences of every step, the first sums the
+/// gradients and steps the optimizer), checkpointing under `out_dir`.
+///
+/// The run is the same whatever the devices: each step reads the same sequences under the
+/// same route and takes the gradient of their mean loss, so a run can be resumed on another
+/// number of devices. `batch_size` must divide evenly over them.
+pub fn train_on<B: AutodiffBackend>(
+    config: TrainConfig,
+    start: Start,
+    out_dir: &Path,
+    options: RunOptions,
+    devices: &[B::Device],
+) -> Result<TrainSummary> {
+    let device = devices
+        .first()
+        .ok_or_else(|| TrainError::Config("training needs at least one device".into()))?;
     let checkpoint = checkpoint_dir(out_dir);
-    let (mut state, mut model, config) = match &start {
+    let (state, model, config) = match &start {
         Start::Fresh => {
             config.validate()?;
             let model = config.model.init_seeded::<B>(config.init_seed, device)?;
@@ -196,111 +226,79 @@ pub fn train<B: AutodiffBackend>(
         model.min_forward_bytes(config.batch_size, config.seq_len, true),
     )?;
     let dataset = Dataset::open(&config.data, config.seq_len)?;
-    let mut optimizer = AdamWConfig::new()
-        .with_weight_decay(config.weight_decay as f32)
-        .init::<B, RoutedTransformer<B>>();
-    if matches!(start, Start::Resume { .. }) {
-        optimizer = load_optimizer(&checkpoint, optimizer, &model, device)?;
-    }
+    let optimizer = match start {
+        Start::Resume { .. } => Some(load_optimizer(&checkpoint, &model, device)?),
+        _ => None,
+    };
     std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
     let metrics_path = out_dir.join("metrics.jsonl");
     // A new run (step 0) starts a new log; a resumed one keeps the checkpoint's steps.
     keep_metrics_before(&metrics_path, state.step)?;
-    let mut metrics = OpenOptions::new()
+    let metrics = OpenOptions::new()
         .create(true)
         .append(true)
         .open(&metrics_path)
         .map_err(|e| TrainError::io(&metrics_path, e))?;
 
     let full = CachePlan::full(config.model.n_layers)?.route();
-    let schedule = config.schedule();
-    let tokens_per_step = (config.batch_size * config.seq_len) as f64;
     let end = options
         .stop_at
         .map_or(config.steps, |s| s.min(config.steps));
-    let progress = progress_bar(options.show_progress, state.step, end);
     let first_step = state.step;
-    let mut log = Vec::new();
     let run_start = Instant::now();
-    while state.step < end {
-        let step = state.step;
-        let step_start = Instant::now();
-        let route = state.router.next_route();
-        let batch = dataset.batch(
-            Split::Train,
-            step * config.batch_size as u64,
+    if first_step >= end {
+        // Nothing left to train: the run's result is the checkpoint's model.
+        let final_val_loss = validation_metrics(
+            &model.valid(),
+            &dataset,
+            &full,
+            config.eval_batches,
             config.batch_size,
-        );
-        let loss = mean_loss(model.forward_tokens(&batch.inputs, &route)?, &batch.targets)?;
-        let loss_value = loss.clone().inner();
-        let mut grads = GradientsParams::from_grads(loss.backward(), &model);
-        let grad_norm = clip_global_norm(&model, &mut grads, config.grad_clip);
-        let learning_rate = schedule.at(step);
-        model = optimizer.step(learning_rate, model, grads);
-        // The step's only wait on the device: loss and gradient norm come back together, after
-        // the whole step is queued. A diverged step returns before anything is saved, so the
-        // last checkpoint stays the run's state.
-        let [train_loss, grad_norm] = read_scalars([loss_value, grad_norm]);
-        // Checked after the update was queued, so a non-finite gradient norm (finite loss, but
-        // an update that just wrote NaN or infinity into the weights) must stop the run too,
-        // before a checkpoint could save those weights.
-        if !train_loss.is_finite() || !grad_norm.is_finite() {
-            return Err(TrainError::Config(format!(
-                "training diverged at step {step} (loss {train_loss}, gradient norm {grad_norm}); lower the learning rate"
-            )));
-        }
-        state.step += 1;
-        state.elapsed_seconds += step_start.elapsed().as_secs_f64();
-
-        let last = state.step == end;
-        let validate = last || (config.eval_every > 0 && state.step % config.eval_every == 0);
-        let val_loss = if validate {
-            let metrics = validation_metrics(
-                &model.valid(),
-                &dataset,
-                &full,
-                config.eval_batches,
-                config.batch_size,
-            )?;
-            Some(metrics.loss)
-        } else {
-            None
-        };
-        let entry = LogEntry {
-            step,
-            learning_rate,
-            train_loss,
-            grad_norm,
-            val_loss,
-            tokens_per_second: tokens_per_step / step_start.elapsed().as_secs_f64(),
-        };
-        writeln!(
-            metrics,
-            "{}",
-            serde_json::to_string(&entry).expect("log entries serialize")
-        )
-        .map_err(|e| TrainError::io(&metrics_path, e))?;
-        progress.set_position(state.step);
-        progress.set_message(progress_message(&entry, &log));
-        log.push(entry);
-        if last || (config.checkpoint_every > 0 && state.step % config.checkpoint_every == 0) {
-            save_checkpoint(&checkpoint, &config, &state, &model, &optimizer)?;
-        }
+        )?
+        .loss;
+        return Ok(TrainSummary {
+            config,
+            steps_run: 0,
+            log: Vec::new(),
+            final_val_loss,
+            seconds: run_start.elapsed().as_secs_f64(),
+        });
     }
-    progress.finish();
-    let final_val_loss = match log.iter().rev().find_map(|e| e.val_loss) {
-        Some(loss) => loss,
-        None => {
-            validation_metrics(
-                &model.valid(),
-                &dataset,
-                &full,
-                config.eval_batches,
-                config.batch_size,
-            )?
-            .loss
-        }
-    };
+    let observer = Arc::new(RunObserver::<B>::new(
+        config.clone(),
+        state,
+        end,
+        checkpoint,
+        metrics,
+        metrics_path,
+        dataset.clone(),
+        full,
+        options.show_progress,
+    ));
+    let setup = LearnerSetup::new(devices.to_vec())
+        .with_steps(first_step..end)
+        .with_dataset(Arc::new(dataset))
+        .observed_by(observer.clone())
+        .without_validation();
+    let mut run = RoutedLmTraining::new(&config, model, setup, out_dir)?;
+    if let Some(record) = optimizer {
+        run.learner.load_optim(record);
+    }
+    // The run's own log, progress bar and checkpoints replace Burn's files and renderer.
+    run.training = run
+        .training
+        .renderer(SilentRenderer)
+        .with_application_logger(None)
+        .with_metric_logger(InMemoryMetricLogger::new())
+        .with_interrupter(observer.interrupter());
+    observer.start();
+    run.launch();
+    let (state, log) = observer.finish()?;
+    let final_val_loss = log
+        .iter()
+        .rev()
+        .find_map(|e| e.val_loss)
+        .expect("the last step validates");
     Ok(TrainSummary {
         steps_run: state.step - first_step,
         log,
@@ -337,47 +335,4 @@ fn keep_metrics_before(path: &Path, next_step: u64) -> Result<()> {
         .and_then(|()| file.sync_all())
         .map_err(|e| TrainError::io(&staged, e))?;
     std::fs::rename(&staged, path).map_err(|e| TrainError::io(path, e))
-}
-
-fn progress_bar(show: bool, position: u64, total: u64) -> ProgressBar {
-    if !show {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total).with_position(position);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar
-}
-
-fn progress_message(entry: &LogEntry, log: &[LogEntry]) -> String {
-    // Smooth over the last 20 steps: single batches are noisy.
-    let recent: Vec<&LogEntry> = log
-        .iter()
-        .rev()
-        .take(19)
-        .chain(std::iter::once(entry))
-        .collect();
-    let loss = recent.iter().map(|e| e.train_loss).sum::<f64>() / recent.len() as f64;
-    let speed = recent.iter().map(|e| e.tokens_per_second).sum::<f64>() / recent.len() as f64;
-    let val = log
-        .iter()
-        .chain(std::iter::once(entry))
-        .rev()
-        .find_map(|e| e.val_loss)
-        .map(|v| format!(" val {v:.3}"))
-        .unwrap_or_default();
-    format!("loss {loss:.3}{val} | {speed:.0} tok/s")
-}
-
-/// Reads one-element tensors back from the device in a single transfer.
-fn read_scalars<B: Backend, const N: usize>(scalars: [Tensor<B, 1>; N]) -> [f64; N] {
-    let values = Tensor::cat(scalars.to_vec(), 0)
-        .into_data()
-        .convert::<f64>()
-        .into_vec::<f64>()
-        .expect("a float tensor converts to f64");
-    std::array::from_fn(|i| values[i])
 }

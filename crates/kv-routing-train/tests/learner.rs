@@ -1,7 +1,8 @@
 //! Training on `burn-train`'s engine ([`kv_routing_train::learner`]): Burn's `Learner` trains a
 //! routed model on one device, on two devices (two instances of the flex CPU device: Burn's
 //! multi-device strategy runs one worker thread per device), and with accumulated
-//! micro-batches, with the semantics of the single-device loop of `trainer`.
+//! micro-batches, with the semantics of the plain reference loop
+//! ([`kv_routing_train::reference_loop`]); so does a whole run (`trainer::train_on`).
 
 use std::sync::Arc;
 
@@ -18,10 +19,12 @@ use kv_routing::{RoutedTransformer, StochasticRouter};
 use kv_routing_train::checkpoint::load_model;
 use kv_routing_train::data::{Dataset, Split};
 use kv_routing_train::learner::{
-    RoutedLm, RoutedLmTraining, SilentRenderer, StepBatch, StepBatcher, StepDataset, StepLayout,
+    LearnerSetup, RoutedLm, RoutedLmTraining, SilentRenderer, StepBatch, StepBatcher, StepDataset,
+    StepLayout,
 };
+use kv_routing_train::reference_loop::reference_loop;
 use kv_routing_train::train_config::TrainConfig;
-use kv_routing_train::trainer::{checkpoint_dir, train, RunOptions, Start};
+use kv_routing_train::trainer::{checkpoint_dir, train_on, RunOptions, Start};
 use kv_routing_train::TrainError;
 
 type B = Autodiff<Flex>;
@@ -115,7 +118,7 @@ fn after_summed_gradients(lm: &RoutedLm<B>, batches: Vec<StepBatch>) -> Vec<f32>
 fn gradients_of_two_devices_sum_to_those_of_one_device_with_twice_the_batch() {
     let config = tiny_run();
     let router = StochasticRouter::new(config.model.n_layers, config.p, config.route_seed).unwrap();
-    let lm = RoutedLm::new(model(&config), router, config.grad_clip).unwrap();
+    let lm = RoutedLm::new(model(&config), router).unwrap();
 
     let one_device = step_zero_batches(&config, StepLayout::split(4, 1, 1).unwrap());
     let two_devices = step_zero_batches(&config, StepLayout::split(4, 2, 1).unwrap());
@@ -157,14 +160,8 @@ fn gradients_of_two_devices_sum_to_those_of_one_device_with_twice_the_batch() {
 /// Runs `config` on Burn's `Learner` on `devices` flex devices with `accumulation`.
 fn learner_run(config: &TrainConfig, devices: usize, accumulation: usize) -> Vec<f32> {
     let directory = tempfile::tempdir().unwrap();
-    let mut run = RoutedLmTraining::new(
-        config,
-        model(config),
-        vec![FlexDevice; devices],
-        accumulation,
-        directory.path(),
-    )
-    .unwrap();
+    let setup = LearnerSetup::new(vec![FlexDevice; devices]).with_accumulation(accumulation);
+    let mut run = RoutedLmTraining::new(config, model(config), setup, directory.path()).unwrap();
     run.training = run.training.renderer(SilentRenderer);
     parameters(&run.launch())
 }
@@ -188,21 +185,30 @@ fn the_learner_trains_alike_on_one_device_two_devices_and_accumulated_micro_batc
 }
 
 #[test]
-fn the_learner_trains_as_the_single_device_loop_does() {
+fn the_learner_and_a_whole_run_train_as_the_reference_loop_does() {
     let config = tiny_run();
-    let out = tempfile::tempdir().unwrap();
-    train::<B>(
-        config.clone(),
-        Start::Fresh,
-        out.path(),
-        RunOptions::default(),
-        &FlexDevice,
-    )
-    .unwrap();
-    let (_, looped) = load_model::<Flex>(&checkpoint_dir(out.path()), &FlexDevice).unwrap();
+    let reference = parameters(&reference_loop(&config, model(&config)).unwrap());
     let learned = learner_run(&config, 1, 1);
-    let difference = max_difference(&learned, &parameters(&looped));
+    let difference = max_difference(&learned, &reference);
     assert!(difference < 1e-5, "Learner and loop differ by {difference}");
+    for devices in [1, 2] {
+        let out = tempfile::tempdir().unwrap();
+        let summary = train_on::<B>(
+            config.clone(),
+            Start::Fresh,
+            out.path(),
+            RunOptions::default(),
+            &vec![FlexDevice; devices],
+        )
+        .unwrap();
+        assert_eq!(summary.steps_run, 3);
+        let (_, run) = load_model::<Flex>(&checkpoint_dir(out.path()), &FlexDevice).unwrap();
+        let difference = max_difference(&parameters(&run), &reference);
+        assert!(
+            difference < 1e-5,
+            "a run on {devices} device(s) and the loop differ by {difference}"
+        );
+    }
     // The check can fail: another route seed trains other weights.
     let other = TrainConfig {
         route_seed: config.route_seed + 1,
@@ -218,19 +224,22 @@ fn layouts_and_models_that_do_not_fit_are_refused() {
     let uneven = RoutedLmTraining::new(
         &config,
         model(&config),
-        vec![FlexDevice; 3],
-        1,
+        LearnerSetup::new(vec![FlexDevice; 3]),
         directory.path(),
     );
     assert!(matches!(uneven, Err(TrainError::Config(m)) if m.contains("does not split evenly")));
-    let none = RoutedLmTraining::new(&config, model(&config), vec![], 1, directory.path());
+    let none = RoutedLmTraining::new(
+        &config,
+        model(&config),
+        LearnerSetup::new(vec![]),
+        directory.path(),
+    );
     assert!(matches!(none, Err(TrainError::Config(_))));
     let deeper = TrainConfig::small(4, 32, 16);
     let mismatched = RoutedLmTraining::new(
         &config,
         model(&deeper),
-        vec![FlexDevice],
-        1,
+        LearnerSetup::new(vec![FlexDevice]),
         directory.path(),
     );
     assert!(matches!(mismatched, Err(TrainError::Config(m)) if m.contains("layers")));

@@ -10,13 +10,10 @@
 //!   whole step ([`StepBatch::targets_per_step`]). Burn sums the gradients of all devices and
 //!   micro-batches of a step, so the sum is the gradient of the step's mean loss: one step on
 //!   two devices with batch `B` each is one step on one device with batch `2B`.
-//! - Before the optimizer steps, the gradients are clipped to a global norm (over all
-//!   parameters, as `torch.nn.utils.clip_grad_norm_`), not per tensor as Burn's
-//!   `GradientClipping::Norm` does, which would turn the update's direction.
+//! - Clipping is the optimizer's ([`super::RoutedLmOptimizer`]), as in Burn.
 //! - Validation runs under one fixed route (the full plan unless set otherwise).
 
-use burn::module::{AutodiffModule, Module};
-use burn::optim::{GradientsAccumulator, GradientsParams, MultiGradientsParams, Optimizer};
+use burn::module::Module;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use burn_train::{InferenceStep, TrainOutput, TrainStep};
@@ -24,11 +21,11 @@ use kv_routing::{CachePlan, Route, RoutedTransformer, StochasticRouter};
 
 use super::output::StepOutput;
 use super::step_batch::StepBatch;
+use super::step_losses::StepLosses;
 use crate::error::{Result, TrainError};
-use crate::grad_clip::clip_global_norm;
 use crate::loss::token_losses;
 
-/// A routed transformer with its route stream and clipping, trainable by Burn's `Learner`.
+/// A routed transformer with its route stream, trainable by Burn's `Learner`.
 #[derive(Module, Debug)]
 pub struct RoutedLm<B: Backend> {
     /// The model being trained.
@@ -37,18 +34,14 @@ pub struct RoutedLm<B: Backend> {
     router: StochasticRouter,
     #[module(skip)]
     validation_route: Route,
+    /// Where each training step's share of its loss goes, when a step observer reads it.
     #[module(skip)]
-    grad_clip: f64,
+    losses: Option<StepLosses>,
 }
 
 impl<B: Backend> RoutedLm<B> {
-    /// `transformer` trained under `router`'s routes, its gradients clipped to a global norm of
-    /// `grad_clip`, validated under the full plan.
-    pub fn new(
-        transformer: RoutedTransformer<B>,
-        router: StochasticRouter,
-        grad_clip: f64,
-    ) -> Result<Self> {
+    /// `transformer` trained under `router`'s routes, validated under the full plan.
+    pub fn new(transformer: RoutedTransformer<B>, router: StochasticRouter) -> Result<Self> {
         let n_layers = transformer.n_layers();
         if router.n_layers() != n_layers {
             return Err(TrainError::Config(format!(
@@ -56,16 +49,11 @@ impl<B: Backend> RoutedLm<B> {
                 router.n_layers()
             )));
         }
-        if !(grad_clip > 0.0 && grad_clip.is_finite()) {
-            return Err(TrainError::Config(format!(
-                "grad_clip must be positive, got {grad_clip}"
-            )));
-        }
         Ok(Self {
             transformer,
             router,
             validation_route: CachePlan::full(n_layers)?.route(),
-            grad_clip,
+            losses: None,
         })
     }
 
@@ -74,6 +62,12 @@ impl<B: Backend> RoutedLm<B> {
         route.check_layers(self.transformer.n_layers())?;
         self.validation_route = route;
         Ok(self)
+    }
+
+    /// Pushes each training step's share of its loss to `losses`.
+    pub(crate) fn reporting_losses_to(mut self, losses: StepLosses) -> Self {
+        self.losses = Some(losses);
+        self
     }
 
     /// The route stream.
@@ -90,7 +84,11 @@ impl<B: Backend> RoutedLm<B> {
     ///
     /// # Shapes
     /// - outputs: `[1]`, `[1]`
-    fn losses(&self, batch: &StepBatch, route: &Route) -> Result<(Tensor<B, 1>, Tensor<B, 1>)> {
+    fn batch_losses(
+        &self,
+        batch: &StepBatch,
+        route: &Route,
+    ) -> Result<(Tensor<B, 1>, Tensor<B, 1>)> {
         let logits = self.transformer.forward_tokens(&batch.inputs, route)?;
         let losses = token_losses(logits, &batch.targets)?;
         let [rows, seq_len] = losses.dims();
@@ -117,8 +115,11 @@ impl<B: AutodiffBackend> TrainStep for RoutedLm<B> {
     fn step(&self, batch: StepBatch) -> TrainOutput<StepOutput<B>> {
         let route = self.router.route_for_step(batch.step);
         let (share, mean) = self
-            .losses(&batch, &route)
+            .batch_losses(&batch, &route)
             .unwrap_or_else(|e| unrunnable(batch.step, e));
+        if let Some(losses) = &self.losses {
+            losses.push(share.clone().inner());
+        }
         let grads = share.backward();
         TrainOutput::new(
             self,
@@ -127,37 +128,6 @@ impl<B: AutodiffBackend> TrainStep for RoutedLm<B> {
                 loss: mean.detach(),
             },
         )
-    }
-
-    fn optimize<BB, O>(self, optim: &mut O, lr: f64, mut grads: GradientsParams) -> Self
-    where
-        BB: AutodiffBackend,
-        O: Optimizer<Self, BB>,
-        Self: AutodiffModule<BB>,
-    {
-        // The norm stays on the device: nothing here waits for it.
-        let _norm = clip_global_norm::<BB, Self>(&self, &mut grads, self.grad_clip);
-        optim.step(lr, self, grads)
-    }
-
-    /// Burn's sharded optimization hands each device's gradients separately; a global norm
-    /// needs them together, so they are summed on the model's device first and the step is
-    /// the one of [`TrainStep::optimize`].
-    fn optimize_multi<BB, O>(self, optim: &mut O, lr: f64, grads: MultiGradientsParams) -> Self
-    where
-        BB: AutodiffBackend,
-        O: Optimizer<Self, BB>,
-        Self: AutodiffModule<BB>,
-    {
-        let device = <Self as Module<BB>>::devices(&self)
-            .into_iter()
-            .next()
-            .expect("a routed transformer has parameters");
-        let mut summed = GradientsAccumulator::new();
-        for (device_grads, _) in grads.grads {
-            summed.accumulate::<BB>(&self, device_grads.to_device::<BB, Self>(&device, &self));
-        }
-        self.optimize::<BB, O>(optim, lr, summed.grads())
     }
 }
 
@@ -169,7 +139,7 @@ impl<B: Backend> InferenceStep for RoutedLm<B> {
     /// When the batch does not fit the model (see [`unrunnable`]).
     fn step(&self, batch: StepBatch) -> StepOutput<B> {
         let (_, mean) = self
-            .losses(&batch, &self.validation_route)
+            .batch_losses(&batch, &self.validation_route)
             .unwrap_or_else(|e| unrunnable(batch.step, e));
         StepOutput { loss: mean }
     }

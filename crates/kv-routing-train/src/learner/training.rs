@@ -1,12 +1,11 @@
 //! [`RoutedLmTraining`]: a routed training run set up on `burn-train`'s engine, ready to launch
-//! or to customize with any of Burn's options first.
+//! or to customize with any of Burn's options first; [`LearnerSetup`]: where and how it runs.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use burn::data::dataloader::DataLoaderBuilder;
-use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{AdamW, AdamWConfig};
+use burn::optim::AdamWConfig;
 use burn::tensor::backend::AutodiffBackend;
 use burn_flex::Flex;
 use burn_train::metric::{LearningRateMetric, LossMetric};
@@ -16,24 +15,83 @@ use burn_train::{
 };
 use kv_routing::{RoutedTransformer, StochasticRouter};
 
+use super::optimizer::{RoutedLmOptimizer, StepObserver};
 use super::routed_lm::RoutedLm;
 use super::step_batch::StepBatcher;
 use super::step_dataset::{StepDataset, StepLayout};
+use super::step_losses::StepLosses;
 use crate::data::{Dataset, Split};
 use crate::error::{Result, TrainError};
 use crate::schedule::WarmupCosineScheduler;
 use crate::train_config::TrainConfig;
 
-/// AdamW through Burn's adaptor, over a [`RoutedLm`].
-pub type RoutedLmOptimizer<B> = OptimizerAdaptor<AdamW, RoutedLm<B>, B>;
-
 /// The component types of a routed run on Burn's `Learner`.
 pub type RoutedLmComponents<B> =
     LearningComponentsMarker<B, WarmupCosineScheduler, RoutedLm<B>, RoutedLmOptimizer<B>>;
 
+/// Where and how a [`RoutedLmTraining`] runs.
+pub struct LearnerSetup<B: AutodiffBackend> {
+    devices: Vec<B::Device>,
+    accumulation: usize,
+    steps: Option<std::ops::Range<u64>>,
+    observer: Option<Arc<dyn StepObserver<B>>>,
+    validate: bool,
+    dataset: Option<Arc<Dataset>>,
+}
+
+impl<B: AutodiffBackend> LearnerSetup<B> {
+    /// Data-parallel on `devices` (one: Burn's single-device strategy; several: its
+    /// multi-device strategy, gradients summed on the first, which steps the optimizer), every
+    /// step of the run, validated by Burn after the last.
+    pub fn new(devices: Vec<B::Device>) -> Self {
+        Self {
+            devices,
+            accumulation: 1,
+            steps: None,
+            observer: None,
+            validate: true,
+            dataset: None,
+        }
+    }
+
+    /// Each device runs `micro_batches` micro-batches per optimizer step (Burn's gradient
+    /// accumulation); the global batch stays `config.batch_size`.
+    pub fn with_accumulation(mut self, micro_batches: usize) -> Self {
+        self.accumulation = micro_batches;
+        self
+    }
+
+    /// Runs only `steps` of the run (to resume at `steps.start`, or stop before the end): the
+    /// data, routes and learning rates are those of these steps in the whole run. The
+    /// optimizer state of `steps.start` is the caller's to load (`Learner::load_optim`).
+    pub fn with_steps(mut self, steps: std::ops::Range<u64>) -> Self {
+        self.steps = Some(steps);
+        self
+    }
+
+    /// Reports every optimizer step to `observer`.
+    pub fn observed_by(mut self, observer: Arc<dyn StepObserver<B>>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Reads the run's data from `dataset`, already opened for `config.data` and
+    /// `config.seq_len` (a tokenized text is not read and tokenized again).
+    pub fn with_dataset(mut self, dataset: Arc<Dataset>) -> Self {
+        self.dataset = Some(dataset);
+        self
+    }
+
+    /// Leaves out Burn's validation after the last step (an observer that validates itself).
+    pub fn without_validation(mut self) -> Self {
+        self.validate = false;
+        self
+    }
+}
+
 /// A routed run of a [`TrainConfig`] on Burn's engine: its `SupervisedTraining` (data loaders,
 /// loss and learning-rate metrics, execution strategy, one epoch spanning the run's steps) and
-/// its `Learner` (model, AdamW, warmup + cosine schedule).
+/// its `Learner` (model, AdamW with global-norm clipping, warmup + cosine schedule).
 ///
 /// Customize `training` with Burn's builder (renderer, checkpointer, metric loggers, early
 /// stopping, interrupter), then [`RoutedLmTraining::launch`].
@@ -47,24 +105,28 @@ pub struct RoutedLmTraining<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> RoutedLmTraining<B> {
-    /// Sets up `config`'s run of `model` (fresh, or loaded to fine-tune) on `devices`, writing
-    /// Burn's logs under `directory`.
+    /// Sets up `config`'s run of `model` (fresh, or loaded to fine-tune) as `setup` says,
+    /// writing Burn's logs under `directory`.
     ///
     /// Each optimizer step trains on `config.batch_size` sequences, spread evenly over the
-    /// devices and `accumulation` micro-batches per device (an error when they do not divide
-    /// it); its data, route, schedule, clipping and AdamW update are those of the single-device
-    /// loop in [`crate::trainer`]. One device trains as Burn's single-device strategy, several
-    /// as its multi-device strategy (gradients summed on the first device, which steps the
-    /// optimizer). Validation reads `config.eval_batches` batches under the full plan, after the
-    /// last step.
+    /// devices and micro-batches (an error when they do not divide it); its data, route,
+    /// learning rate, clipping and AdamW update are those of step `s` of the run whatever the
+    /// layout. Validation reads `config.eval_batches` batches under the full plan.
     pub fn new(
         config: &TrainConfig,
         model: RoutedTransformer<B>,
-        devices: Vec<B::Device>,
-        accumulation: usize,
+        setup: LearnerSetup<B>,
         directory: &Path,
     ) -> Result<Self> {
         config.validate()?;
+        let LearnerSetup {
+            devices,
+            accumulation,
+            steps,
+            observer,
+            validate,
+            dataset,
+        } = setup;
         if devices.is_empty() {
             return Err(TrainError::Config(
                 "training needs at least one device".into(),
@@ -77,16 +139,42 @@ impl<B: AutodiffBackend> RoutedLmTraining<B> {
                 config.model.n_layers
             )));
         }
+        let steps = steps.unwrap_or(0..config.steps);
+        if steps.end > config.steps || steps.start > steps.end {
+            return Err(TrainError::Config(format!(
+                "steps {steps:?} are not within the run's {} steps",
+                config.steps
+            )));
+        }
         let layout = StepLayout::split(config.batch_size, devices.len(), accumulation)?;
-        let data = Arc::new(Dataset::open(&config.data, config.seq_len)?);
-        let train = StepDataset::new(data.clone(), Split::Train, 0, config.steps, layout)?;
-        let validation_layout = StepLayout::split(config.batch_size, 1, 1)?;
+        let data = match dataset {
+            Some(data) if data.seq_len() == config.seq_len => data,
+            Some(data) => {
+                return Err(TrainError::Config(format!(
+                    "the dataset serves sequences of {} tokens, the run trains on {}",
+                    data.seq_len(),
+                    config.seq_len
+                )))
+            }
+            None => Arc::new(Dataset::open(&config.data, config.seq_len)?),
+        };
+        let train = StepDataset::new(
+            data.clone(),
+            Split::Train,
+            steps.start,
+            steps.end - steps.start,
+            layout,
+        )?;
         let validation = StepDataset::new(
             data,
             Split::Validation,
             0,
-            config.eval_batches as u64,
-            validation_layout,
+            if validate {
+                config.eval_batches as u64
+            } else {
+                0
+            },
+            StepLayout::split(config.batch_size, 1, 1)?,
         )?;
         let train_loader = DataLoaderBuilder::<B, _, _>::new(StepBatcher)
             .batch_size(layout.batch_per_device)
@@ -96,16 +184,25 @@ impl<B: AutodiffBackend> RoutedLmTraining<B> {
             .build(validation);
 
         let router = StochasticRouter::new(config.model.n_layers, config.p, config.route_seed)?;
-        let model = RoutedLm::new(model, router, config.grad_clip)?;
-        let optimizer = AdamWConfig::new()
+        let mut model = RoutedLm::new(model, router)?;
+        let adamw = AdamWConfig::new()
             .with_weight_decay(config.weight_decay as f32)
             .init::<B, RoutedLm<B>>();
-        let learner = Learner::new(
-            model,
-            optimizer,
-            // Burn steps the scheduler once per micro-batch.
-            WarmupCosineScheduler::new(config.schedule()).with_calls_per_step(accumulation as u64),
+        let mut optimizer = RoutedLmOptimizer::new(adamw, config.grad_clip);
+        if let Some(observer) = observer {
+            let losses = StepLosses::default();
+            model = model.reporting_losses_to(losses.clone());
+            optimizer = optimizer.observed_by(observer, losses);
+        }
+        // Burn steps the scheduler once per micro-batch.
+        let accumulation = accumulation as u64;
+        let mut scheduler =
+            WarmupCosineScheduler::new(config.schedule()).with_calls_per_step(accumulation);
+        scheduler = burn::lr_scheduler::LrScheduler::load_record::<B>(
+            scheduler,
+            steps.start * accumulation,
         );
+        let learner = Learner::new(model, optimizer, scheduler);
 
         let strategy = match devices.len() {
             1 => ExecutionStrategy::single(devices[0].clone()),
@@ -119,7 +216,7 @@ impl<B: AutodiffBackend> RoutedLmTraining<B> {
             .num_epochs(1)
             .with_training_strategy(TrainingStrategy::Default(strategy));
         if accumulation > 1 {
-            training = training.grads_accumulation(accumulation);
+            training = training.grads_accumulation(accumulation as usize);
         }
         Ok(Self {
             training,

@@ -1,0 +1,253 @@
+//! [`RunObserver`]: the bookkeeping of a [`crate::trainer::train`] run, done after each
+//! optimizer step of Burn's `Learner`: the step's loss and gradient norm read back together,
+//! divergence stops the run, validation every `eval_every` steps, a `metrics.jsonl` line, the
+//! progress bar, a checkpoint every `checkpoint_every` steps and at the end.
+//!
+//! Burn's step traits cannot return errors, so the first error is kept, Burn's interrupter
+//! stops the run after the current step, and [`RunObserver::finish`] returns it. A step that
+//! diverged or failed is never checkpointed: the last checkpoint stays the run's state.
+
+use std::fs::File;
+use std::io::Write;
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::optim::Optimizer;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
+use burn_train::Interrupter;
+use indicatif::{ProgressBar, ProgressStyle};
+use kv_routing::Route;
+
+use crate::checkpoint::{save_checkpoint, TrainState};
+use crate::data::Dataset;
+use crate::error::{Result, TrainError};
+use crate::evaluate::validation_metrics;
+use crate::learner::{AdamWAdaptor, RoutedLm, StepObserver};
+use crate::train_config::TrainConfig;
+use crate::trainer::LogEntry;
+
+/// What the run has done so far.
+struct RunRecord {
+    state: TrainState,
+    log: Vec<LogEntry>,
+    metrics: File,
+    /// When the current step began (the previous step's bookkeeping ended).
+    step_start: Instant,
+    error: Option<TrainError>,
+}
+
+/// The bookkeeping of a run on Burn's `Learner` (see the module docs).
+pub(crate) struct RunObserver<B> {
+    config: TrainConfig,
+    checkpoint: PathBuf,
+    metrics_path: PathBuf,
+    dataset: Dataset,
+    full: Route,
+    end: u64,
+    interrupter: Interrupter,
+    progress: ProgressBar,
+    run: Mutex<RunRecord>,
+    _backend: PhantomData<fn() -> B>,
+}
+
+impl<B: AutodiffBackend> RunObserver<B> {
+    /// A run at `state`, up to step `end`, logging to `metrics` (at `metrics_path`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        config: TrainConfig,
+        state: TrainState,
+        end: u64,
+        checkpoint: PathBuf,
+        metrics: File,
+        metrics_path: PathBuf,
+        dataset: Dataset,
+        full: Route,
+        show_progress: bool,
+    ) -> Self {
+        let progress = progress_bar(show_progress, state.step, end);
+        Self {
+            config,
+            checkpoint,
+            metrics_path,
+            dataset,
+            full,
+            end,
+            interrupter: Interrupter::new(),
+            progress,
+            run: Mutex::new(RunRecord {
+                state,
+                log: Vec::new(),
+                metrics,
+                step_start: Instant::now(),
+                error: None,
+            }),
+            _backend: PhantomData,
+        }
+    }
+
+    /// The interrupter this observer stops the run with; Burn's training must use it.
+    pub(crate) fn interrupter(&self) -> Interrupter {
+        self.interrupter.clone()
+    }
+
+    /// Marks the start of the first step (after the run's setup).
+    pub(crate) fn start(&self) {
+        self.lock().step_start = Instant::now();
+    }
+
+    /// The state and log of the run, or its first error.
+    pub(crate) fn finish(&self) -> Result<(TrainState, Vec<LogEntry>)> {
+        self.progress.finish();
+        let mut run = self.lock();
+        if let Some(error) = run.error.take() {
+            return Err(error);
+        }
+        Ok((run.state.clone(), std::mem::take(&mut run.log)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, RunRecord> {
+        // A panic while holding the lock leaves a record that is still consistent to read.
+        self.run
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn record_step(
+        &self,
+        run: &mut RunRecord,
+        model: &RoutedLm<B>,
+        optimizer: &AdamWAdaptor<B>,
+        learning_rate: f64,
+        loss: Tensor<B::InnerBackend, 1>,
+        grad_norm: Tensor<B::InnerBackend, 1>,
+    ) -> Result<()> {
+        let step = run.state.step;
+        // The step's only wait on the device: loss and gradient norm come back together.
+        let [train_loss, grad_norm] = read_scalars([loss, grad_norm]);
+        // Checked after the update, so a non-finite gradient norm (finite loss, but an update
+        // that just wrote NaN or infinity into the weights) stops the run too, before a
+        // checkpoint could save those weights.
+        if !train_loss.is_finite() || !grad_norm.is_finite() {
+            return Err(TrainError::Config(format!(
+                "training diverged at step {step} (loss {train_loss}, gradient norm {grad_norm}); lower the learning rate"
+            )));
+        }
+        run.state.step += 1;
+        run.state.router.set_step(run.state.step);
+        let config = &self.config;
+        let last = run.state.step == self.end;
+        let validate = last || (config.eval_every > 0 && run.state.step % config.eval_every == 0);
+        let val_loss = if validate {
+            let metrics = validation_metrics(
+                &model.transformer.valid(),
+                &self.dataset,
+                &self.full,
+                config.eval_batches,
+                config.batch_size,
+            )?;
+            Some(metrics.loss)
+        } else {
+            None
+        };
+        let seconds = run.step_start.elapsed().as_secs_f64();
+        run.state.elapsed_seconds += seconds;
+        let entry = LogEntry {
+            step,
+            learning_rate,
+            train_loss,
+            grad_norm,
+            val_loss,
+            tokens_per_second: (config.batch_size * config.seq_len) as f64 / seconds,
+        };
+        writeln!(
+            run.metrics,
+            "{}",
+            serde_json::to_string(&entry).expect("log entries serialize")
+        )
+        .map_err(|e| TrainError::io(&self.metrics_path, e))?;
+        self.progress.set_position(run.state.step);
+        self.progress
+            .set_message(progress_message(&entry, &run.log));
+        run.log.push(entry);
+        if last || (config.checkpoint_every > 0 && run.state.step % config.checkpoint_every == 0) {
+            save_checkpoint(
+                &self.checkpoint,
+                config,
+                &run.state,
+                &model.transformer,
+                optimizer.to_record(),
+            )?;
+        }
+        run.step_start = Instant::now();
+        Ok(())
+    }
+}
+
+impl<B: AutodiffBackend> StepObserver<B> for RunObserver<B> {
+    fn after_step(
+        &self,
+        model: &RoutedLm<B>,
+        optimizer: &AdamWAdaptor<B>,
+        learning_rate: f64,
+        loss: Tensor<B::InnerBackend, 1>,
+        grad_norm: Tensor<B::InnerBackend, 1>,
+    ) {
+        let mut run = self.lock();
+        if run.error.is_some() {
+            return;
+        }
+        if let Err(error) =
+            self.record_step(&mut run, model, optimizer, learning_rate, loss, grad_norm)
+        {
+            run.error = Some(error);
+            self.interrupter.stop(Some("the run stopped on an error"));
+        }
+    }
+}
+
+fn progress_bar(show: bool, position: u64, total: u64) -> ProgressBar {
+    if !show {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total).with_position(position);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
+fn progress_message(entry: &LogEntry, log: &[LogEntry]) -> String {
+    // Smooth over the last 20 steps: single batches are noisy.
+    let recent: Vec<&LogEntry> = log
+        .iter()
+        .rev()
+        .take(19)
+        .chain(std::iter::once(entry))
+        .collect();
+    let loss = recent.iter().map(|e| e.train_loss).sum::<f64>() / recent.len() as f64;
+    let speed = recent.iter().map(|e| e.tokens_per_second).sum::<f64>() / recent.len() as f64;
+    let val = log
+        .iter()
+        .chain(std::iter::once(entry))
+        .rev()
+        .find_map(|e| e.val_loss)
+        .map(|v| format!(" val {v:.3}"))
+        .unwrap_or_default();
+    format!("loss {loss:.3}{val} | {speed:.0} tok/s")
+}
+
+/// Reads one-element tensors back from the device in a single transfer.
+fn read_scalars<B: Backend, const N: usize>(scalars: [Tensor<B, 1>; N]) -> [f64; N] {
+    let values = Tensor::cat(scalars.to_vec(), 0)
+        .into_data()
+        .convert::<f64>()
+        .into_vec::<f64>()
+        .expect("a float tensor converts to f64");
+    std::array::from_fn(|i| values[i])
+}
