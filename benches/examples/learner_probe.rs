@@ -11,11 +11,12 @@
 //! step): the plain loop; Burn's `Learner` alone (`RoutedLmTraining`, one validation batch after
 //! the last step); and a whole run (`trainer::train_on`: the `Learner` plus the run's per-step
 //! log line, a validation batch and a checkpoint at the end). `devices` (default 1) runs the
-//! `Learner` on that many instances of the backend's default device (Burn's multi-device
-//! strategy, one worker thread per device); on a CPU they share its cores.
+//! `Learner` data-parallel on `kv_routing_backend::training_devices(devices)` (Burn's
+//! multi-device strategy, one worker thread per device): GPUs on cuda, workers sharing the
+//! device elsewhere.
 use std::time::Instant;
 
-use kv_routing_backend::{device, AutodiffBackend};
+use kv_routing_backend::{device, training_devices, AutodiffBackend};
 use kv_routing_benches::*;
 use kv_routing_train::data::DataSource;
 use kv_routing_train::learner::{LearnerSetup, RoutedLmTraining, SilentRenderer};
@@ -66,7 +67,7 @@ fn main() {
             .init_seeded::<AutodiffBackend>(config.init_seed, &device)
             .expect("a valid model")
     };
-    let devices = vec![device.clone(); devices];
+    let devices = training_devices(devices);
     let tokens_per_second = |start: Instant| tokens / start.elapsed().as_secs_f64();
     let (mut learner_ratios, mut run_ratios) = (Vec::new(), Vec::new());
     for round in 0..rounds {

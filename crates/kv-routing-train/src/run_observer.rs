@@ -140,7 +140,8 @@ impl<B: AutodiffBackend> RunObserver<B> {
         run.state.router.set_step(run.state.step);
         let config = &self.config;
         let last = run.state.step == self.end;
-        let validate = last || (config.eval_every > 0 && run.state.step % config.eval_every == 0);
+        let validate =
+            last || (config.eval_every > 0 && run.state.step.is_multiple_of(config.eval_every));
         let val_loss = if validate {
             let metrics = validation_metrics(
                 &model.transformer.valid(),
@@ -173,7 +174,10 @@ impl<B: AutodiffBackend> RunObserver<B> {
         self.progress
             .set_message(progress_message(&entry, &run.log));
         run.log.push(entry);
-        if last || (config.checkpoint_every > 0 && run.state.step % config.checkpoint_every == 0) {
+        if last
+            || (config.checkpoint_every > 0
+                && run.state.step.is_multiple_of(config.checkpoint_every))
+        {
             save_checkpoint(
                 &self.checkpoint,
                 config,

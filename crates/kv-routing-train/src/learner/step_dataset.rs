@@ -37,7 +37,7 @@ impl StepLayout {
     /// devices and `accumulation` micro-batches; an error when it does not divide evenly.
     pub fn split(batch_size: usize, devices: usize, accumulation: usize) -> Result<Self> {
         let parts = devices.checked_mul(accumulation).unwrap_or(0);
-        if parts == 0 || batch_size == 0 || batch_size % parts != 0 {
+        if parts == 0 || batch_size == 0 || !batch_size.is_multiple_of(parts) {
             return Err(TrainError::Config(format!(
                 "a batch of {batch_size} sequences does not split evenly over {devices} devices x {accumulation} accumulated micro-batches"
             )));
