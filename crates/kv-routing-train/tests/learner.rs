@@ -217,6 +217,100 @@ fn the_learner_and_a_whole_run_train_as_the_reference_loop_does() {
     assert!(max_difference(&learner_run(&other, 1, 1), &learned) > 1e-5);
 }
 
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|entry| {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files_under(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
+}
+
+/// A Burn user's own assembly: the routed model, data and batcher of this crate with Burn's
+/// AdamW and per-tensor clipping, Burn's cosine scheduler, Burn's file checkpointer and metric
+/// logger; three epochs straight, and two then a third resumed from Burn's checkpoint of the
+/// second, which end alike.
+#[test]
+fn burn_users_assemble_their_own_learner_from_the_parts() {
+    use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
+    use burn::grad_clipping::GradientClippingConfig;
+    use burn::optim::AdamWConfig;
+    use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+    use burn_train::metric::LossMetric;
+    use burn_train::{Learner, SupervisedTraining};
+
+    let config = tiny_run();
+    let (straight_dir, split_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let data = Arc::new(Dataset::open(&config.data, config.seq_len).unwrap());
+    let layout = StepLayout::split(4, 1, 1).unwrap();
+    let training = |directory: &std::path::Path, epochs: usize, resume: Option<usize>| {
+        let train = StepDataset::new(data.clone(), Split::Train, 0, 2, layout).unwrap();
+        let valid = StepDataset::new(data.clone(), Split::Validation, 0, 1, layout).unwrap();
+        let mut training = SupervisedTraining::new(
+            directory,
+            burn::data::dataloader::DataLoaderBuilder::<B, _, _>::new(StepBatcher)
+                .batch_size(4)
+                .build(train),
+            burn::data::dataloader::DataLoaderBuilder::<Flex, _, _>::new(StepBatcher)
+                .batch_size(4)
+                .build(valid),
+        )
+        .metric_train_numeric(LossMetric::<Flex>::new())
+        .metric_valid_numeric(LossMetric::<Flex>::new())
+        .with_file_checkpointer(NamedMpkFileRecorder::<FullPrecisionSettings>::new())
+        .with_application_logger(None)
+        .renderer(SilentRenderer)
+        .num_epochs(epochs);
+        if let Some(epoch) = resume {
+            training = training.checkpoint(epoch);
+        }
+        training
+    };
+    let learner = || {
+        let router =
+            StochasticRouter::new(config.model.n_layers, config.p, config.route_seed).unwrap();
+        Learner::new(
+            RoutedLm::new(model(&config), router).unwrap(),
+            AdamWConfig::new()
+                .with_grad_clipping(Some(GradientClippingConfig::Norm(1.0)))
+                .init::<B, RoutedLm<B>>(),
+            CosineAnnealingLrSchedulerConfig::new(1e-3, 10)
+                .init()
+                .unwrap(),
+        )
+    };
+    let initial = parameters(&model(&config));
+    let straight = training(straight_dir.path(), 3, None)
+        .launch(learner())
+        .model;
+    assert!(max_difference(&parameters(&straight), &initial) > 1e-4);
+
+    let two_epochs = training(split_dir.path(), 2, None).launch(learner()).model;
+    let files = files_under(split_dir.path());
+    let named = |name: &str| files.iter().any(|f| f.file_name().unwrap() == name);
+    assert!(named("model-2.mpk") && named("optim-2.mpk"), "{files:?}");
+    assert!(
+        named("Loss.log"),
+        "Burn's metric logger wrote nothing: {files:?}"
+    );
+    // Resumed from Burn's checkpoint of epoch 2 (the fresh learner's state is replaced).
+    let resumed = training(split_dir.path(), 3, Some(2))
+        .launch(learner())
+        .model;
+    assert!(max_difference(&parameters(&resumed), &parameters(&two_epochs)) > 1e-6);
+    let difference = max_difference(&parameters(&resumed), &parameters(&straight));
+    assert!(
+        difference < 1e-6,
+        "resumed and straight differ by {difference}"
+    );
+}
+
 #[test]
 fn layouts_and_models_that_do_not_fit_are_refused() {
     let config = tiny_run();
