@@ -238,8 +238,8 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 /// second, which end alike.
 #[test]
 fn burn_users_assemble_their_own_learner_from_the_parts() {
-    use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
     use burn::grad_clipping::GradientClippingConfig;
+    use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
     use burn::optim::AdamWConfig;
     use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
     use burn_train::metric::LossMetric;
