@@ -338,3 +338,71 @@ fn layouts_and_models_that_do_not_fit_are_refused() {
     );
     assert!(matches!(mismatched, Err(TrainError::Config(m)) if m.contains("layers")));
 }
+
+/// Why the optimizer clips the global norm (docs/training.md): on the first step of the tiny
+/// run, Burn's `GradientClipping::Norm` (each tensor clipped to the norm on its own) turns the
+/// gradient, global-norm clipping only scales it.
+#[test]
+fn per_tensor_clipping_turns_the_update_global_clipping_keeps_it() {
+    use burn::grad_clipping::GradientClippingConfig;
+
+    struct Clipped<'a> {
+        grads: &'a GradientsParams,
+        clipping: burn::grad_clipping::GradientClipping,
+        raw: Vec<f32>,
+        per_tensor: Vec<f32>,
+    }
+    impl ModuleVisitor<B> for Clipped<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(grad) = self.grads.get::<Flex, D>(param.id) {
+                let clipped = self.clipping.clip_gradient(grad.clone());
+                self.raw.extend(grad.into_data().iter::<f32>());
+                self.per_tensor.extend(clipped.into_data().iter::<f32>());
+            }
+        }
+    }
+    let cosine = |a: &[f32], b: &[f32]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        dot / (norm(a) * norm(b))
+    };
+
+    let config = tiny_run();
+    let router = StochasticRouter::new(config.model.n_layers, config.p, config.route_seed).unwrap();
+    let lm = RoutedLm::new(model(&config), router).unwrap();
+    let batch = step_zero_batches(&config, StepLayout::split(4, 1, 1).unwrap()).remove(0);
+    let grads = TrainStep::step(&lm, batch).grads;
+    let (raw, per_tensor) = {
+        let mut visitor = Clipped {
+            grads: &grads,
+            clipping: GradientClippingConfig::Norm(config.grad_clip as f32).init(),
+            raw: Vec::new(),
+            per_tensor: Vec::new(),
+        };
+        lm.visit(&mut visitor);
+        (visitor.raw, visitor.per_tensor)
+    };
+    let mut global = grads;
+    kv_routing_train::grad_clip::clip_global_norm(&lm, &mut global, config.grad_clip);
+    let global: Vec<f32> = {
+        let mut visitor = Clipped {
+            grads: &global,
+            clipping: GradientClippingConfig::Value(f32::MAX).init(),
+            raw: Vec::new(),
+            per_tensor: Vec::new(),
+        };
+        lm.visit(&mut visitor);
+        visitor.raw
+    };
+    let kept = cosine(&raw, &global);
+    let turned = cosine(&raw, &per_tensor);
+    println!("cosine to the raw gradient: global {kept:.6}, per tensor {turned:.6}");
+    assert!(
+        kept > 0.999_999,
+        "global clipping turned the gradient ({kept})"
+    );
+    assert!(
+        turned < 0.99,
+        "per-tensor clipping kept the direction ({turned})"
+    );
+}
