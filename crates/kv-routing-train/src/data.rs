@@ -133,6 +133,15 @@ impl Dataset {
         matches!(self.source, DataSource::Synthetic { .. })
     }
 
+    /// The largest token id any sample can hold (a byte for the synthetic corpus and byte
+    /// tokens; the largest id of the tokenized text otherwise).
+    pub fn max_token(&self) -> u32 {
+        match &self.text {
+            Some(text) => text.iter().copied().max().unwrap_or(0),
+            None => u8::MAX as u32,
+        }
+    }
+
     /// Sample `index` of `split`.
     pub fn sample(&self, split: Split, index: u64) -> Sample {
         match (&self.source, &self.text) {

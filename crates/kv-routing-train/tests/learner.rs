@@ -312,6 +312,44 @@ fn burn_users_assemble_their_own_learner_from_the_parts() {
 }
 
 #[test]
+fn tokens_outside_the_vocabulary_are_refused_before_any_step() {
+    // A word-level tokenizer whose "b" is id 300, past the byte model's vocabulary.
+    let dir = tempfile::tempdir().unwrap();
+    let tokenizer = dir.path().join("tokenizer.json");
+    std::fs::write(
+        &tokenizer,
+        r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+            "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,
+            "decoder":null,"model":{"type":"WordLevel","vocab":{"[UNK]":0,"a":1,"b":300},
+            "unk_token":"[UNK]"}}"#,
+    )
+    .unwrap();
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "a b ".repeat(400)).unwrap();
+    let config = TrainConfig {
+        data: kv_routing_train::data::DataSource::TextFile {
+            path: text,
+            seed: 0,
+            tokenizer: Some(tokenizer),
+        },
+        ..tiny_run()
+    };
+    let out = dir.path().join("run");
+    let error = train_on::<B>(
+        config,
+        Start::Fresh,
+        &out,
+        RunOptions::default(),
+        &[FlexDevice],
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&error, TrainError::Data(m) if m.contains("token id 300")),
+        "{error}"
+    );
+}
+
+#[test]
 fn layouts_and_models_that_do_not_fit_are_refused() {
     let config = tiny_run();
     let directory = tempfile::tempdir().unwrap();

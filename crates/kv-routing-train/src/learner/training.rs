@@ -158,6 +158,15 @@ impl<B: AutodiffBackend> RoutedLmTraining<B> {
             }
             None => Arc::new(Dataset::open(&config.data, config.seq_len)?),
         };
+        // Checked here, before any step: Burn's step traits cannot return the error a token
+        // outside the vocabulary is, so a step would have to panic.
+        let max_token = data.max_token();
+        if max_token as usize >= model.vocab_size() {
+            return Err(TrainError::Data(format!(
+                "the data holds token id {max_token}, outside the model's vocabulary of {} (a tokenizer that does not belong to the model?)",
+                model.vocab_size()
+            )));
+        }
         let train = StepDataset::new(
             data.clone(),
             Split::Train,
