@@ -7,11 +7,11 @@
 //! stops the run after the current step, and [`RunObserver::finish`] returns it. A step that
 //! diverged or failed is never checkpointed: the last checkpoint stays the run's state.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::marker::PhantomData;
-use std::path::PathBuf;
-use std::sync::Mutex;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
@@ -28,13 +28,14 @@ use crate::error::{Result, TrainError};
 use crate::evaluate::validation_metrics;
 use crate::learner::{AdamWAdaptor, RoutedLm, StepObserver};
 use crate::train_config::TrainConfig;
-use crate::trainer::LogEntry;
+use crate::trainer::{checkpoint_dir, LogEntry};
 
 /// What the run has done so far.
 struct RunRecord {
     state: TrainState,
     log: Vec<LogEntry>,
-    metrics: File,
+    /// `metrics.jsonl`, opened by [`RunObserver::start`].
+    metrics: Option<File>,
     /// When the current step began (the previous step's bookkeeping ended).
     step_start: Instant,
     error: Option<TrainError>,
@@ -45,7 +46,7 @@ pub(crate) struct RunObserver<B> {
     config: TrainConfig,
     checkpoint: PathBuf,
     metrics_path: PathBuf,
-    dataset: Dataset,
+    dataset: Arc<Dataset>,
     full: Route,
     end: u64,
     interrupter: Interrupter,
@@ -55,24 +56,22 @@ pub(crate) struct RunObserver<B> {
 }
 
 impl<B: AutodiffBackend> RunObserver<B> {
-    /// A run at `state`, up to step `end`, logging to `metrics` (at `metrics_path`).
-    #[allow(clippy::too_many_arguments)]
+    /// A run at `state`, up to step `end`, writing under `out_dir` (its checkpoint and
+    /// `metrics.jsonl`).
     pub(crate) fn new(
         config: TrainConfig,
         state: TrainState,
         end: u64,
-        checkpoint: PathBuf,
-        metrics: File,
-        metrics_path: PathBuf,
-        dataset: Dataset,
+        out_dir: &Path,
+        dataset: Arc<Dataset>,
         full: Route,
         show_progress: bool,
     ) -> Self {
         let progress = progress_bar(show_progress, state.step, end);
         Self {
             config,
-            checkpoint,
-            metrics_path,
+            checkpoint: checkpoint_dir(out_dir),
+            metrics_path: out_dir.join("metrics.jsonl"),
             dataset,
             full,
             end,
@@ -81,7 +80,7 @@ impl<B: AutodiffBackend> RunObserver<B> {
             run: Mutex::new(RunRecord {
                 state,
                 log: Vec::new(),
-                metrics,
+                metrics: None,
                 step_start: Instant::now(),
                 error: None,
             }),
@@ -94,9 +93,23 @@ impl<B: AutodiffBackend> RunObserver<B> {
         self.interrupter.clone()
     }
 
-    /// Marks the start of the first step (after the run's setup).
-    pub(crate) fn start(&self) {
-        self.lock().step_start = Instant::now();
+    /// Opens the run's log (a new run starts a new one; a resumed one keeps the checkpoint's
+    /// steps) and marks the start of the first step. Called once the run is set up.
+    pub(crate) fn start(&self) -> Result<()> {
+        let mut run = self.lock();
+        let path = &self.metrics_path;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+        }
+        keep_metrics_before(path, run.state.step)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| TrainError::io(path, e))?;
+        run.metrics = Some(file);
+        run.step_start = Instant::now();
+        Ok(())
     }
 
     /// The state and log of the run, or its first error.
@@ -164,8 +177,12 @@ impl<B: AutodiffBackend> RunObserver<B> {
             val_loss,
             tokens_per_second: (config.batch_size * config.seq_len) as f64 / seconds,
         };
+        let metrics = run
+            .metrics
+            .as_mut()
+            .expect("the log is opened by `start`, before Burn runs a step");
         writeln!(
-            run.metrics,
+            metrics,
             "{}",
             serde_json::to_string(&entry).expect("log entries serialize")
         )
@@ -211,6 +228,35 @@ impl<B: AutodiffBackend> StepObserver<B> for RunObserver<B> {
             self.interrupter.stop(Some("the run stopped on an error"));
         }
     }
+}
+
+/// Cuts `metrics.jsonl` back to the steps before `next_step`, the checkpoint's (all of it for a
+/// new run). A run stopped or killed after its last checkpoint logged steps that the resumed
+/// run trains again (and a kill can leave half a line); without this they would be logged
+/// twice (found by `crates/kv-routing-cli/tests/crash_safety.rs`). Rewritten through a
+/// temporary file and a rename, so a kill here leaves the old log or the new one.
+fn keep_metrics_before(path: &Path, next_step: u64) -> Result<()> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(TrainError::io(path, e)),
+    };
+    let kept: String = text
+        .lines()
+        .filter(|line| {
+            serde_json::from_str::<LogEntry>(line).is_ok_and(|entry| entry.step < next_step)
+        })
+        .flat_map(|line| [line, "\n"])
+        .collect();
+    if kept.len() == text.len() {
+        return Ok(());
+    }
+    let staged = path.with_extension("jsonl.tmp");
+    let mut file = std::fs::File::create(&staged).map_err(|e| TrainError::io(&staged, e))?;
+    file.write_all(kept.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| TrainError::io(&staged, e))?;
+    std::fs::rename(&staged, path).map_err(|e| TrainError::io(path, e))
 }
 
 fn progress_bar(show: bool, position: u64, total: u64) -> ProgressBar {

@@ -6,8 +6,6 @@
 //! data-parallel on several ([`train_on`]); the run's bookkeeping (log, validation, checkpoints,
 //! divergence) happens after each optimizer step, in `crate::run_observer`.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -225,20 +223,11 @@ pub fn train_on<B: AutodiffBackend>(
         ),
         model.min_forward_bytes(config.batch_size, config.seq_len, true),
     )?;
-    let dataset = Dataset::open(&config.data, config.seq_len)?;
+    let dataset = Arc::new(Dataset::open(&config.data, config.seq_len)?);
     let optimizer = match start {
         Start::Resume { .. } => Some(load_optimizer(&checkpoint, &model, device)?),
         _ => None,
     };
-    std::fs::create_dir_all(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
-    let metrics_path = out_dir.join("metrics.jsonl");
-    // A new run (step 0) starts a new log; a resumed one keeps the checkpoint's steps.
-    keep_metrics_before(&metrics_path, state.step)?;
-    let metrics = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| TrainError::io(&metrics_path, e))?;
 
     let full = CachePlan::full(config.model.n_layers)?.route();
     let end = options
@@ -268,16 +257,14 @@ pub fn train_on<B: AutodiffBackend>(
         config.clone(),
         state,
         end,
-        checkpoint,
-        metrics,
-        metrics_path,
+        out_dir,
         dataset.clone(),
         full,
         options.show_progress,
     ));
     let setup = LearnerSetup::new(devices.to_vec())
         .with_steps(first_step..end)
-        .with_dataset(Arc::new(dataset))
+        .with_dataset(dataset)
         .observed_by(observer.clone())
         .without_validation();
     let mut run = RoutedLmTraining::new(&config, model, setup, out_dir)?;
@@ -291,7 +278,8 @@ pub fn train_on<B: AutodiffBackend>(
         .with_application_logger(None)
         .with_metric_logger(InMemoryMetricLogger::new())
         .with_interrupter(observer.interrupter());
-    observer.start();
+    // Only once the run is set up (a layout or vocabulary error leaves the log as it was).
+    observer.start()?;
     run.launch();
     let (state, log) = observer.finish()?;
     let final_val_loss = log
@@ -306,33 +294,4 @@ pub fn train_on<B: AutodiffBackend>(
         seconds: run_start.elapsed().as_secs_f64(),
         config,
     })
-}
-
-/// Cuts `metrics.jsonl` back to the steps before `next_step`, the checkpoint's (all of it for a
-/// new run). A run stopped or killed after its last checkpoint logged steps that the resumed
-/// run trains again (and a kill can leave half a line); without this they would be logged
-/// twice (found by `crates/kv-routing-cli/tests/crash_safety.rs`). Rewritten through a
-/// temporary file and a rename, so a kill here leaves the old log or the new one.
-fn keep_metrics_before(path: &Path, next_step: u64) -> Result<()> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(TrainError::io(path, e)),
-    };
-    let kept: String = text
-        .lines()
-        .filter(|line| {
-            serde_json::from_str::<LogEntry>(line).is_ok_and(|entry| entry.step < next_step)
-        })
-        .flat_map(|line| [line, "\n"])
-        .collect();
-    if kept.len() == text.len() {
-        return Ok(());
-    }
-    let staged = path.with_extension("jsonl.tmp");
-    let mut file = std::fs::File::create(&staged).map_err(|e| TrainError::io(&staged, e))?;
-    file.write_all(kept.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| TrainError::io(&staged, e))?;
-    std::fs::rename(&staged, path).map_err(|e| TrainError::io(path, e))
 }
