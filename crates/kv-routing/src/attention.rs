@@ -268,6 +268,8 @@ impl<B: Backend> StochasticKvAttention<B> {
                 }
             };
             softmax(scores, 3).matmul(kv.value.clone())
+        } else if let Some(context) = fused_causal_attention(&query, kv, mask) {
+            context
         } else {
             let key = repeat_kv_heads(kv.key.clone(), groups);
             let value = repeat_kv_heads(kv.value.clone(), groups);
@@ -345,6 +347,24 @@ impl<B: Backend> StochasticKvAttention<B> {
             });
         }
         Ok(())
+    }
+}
+
+/// The backend-specific causal attention of a multi-token step, where one exists: flex f32
+/// tensors with the `flex` feature ([`crate::flex_attention`]). `None` leaves the step to
+/// Burn's fused op.
+fn fused_causal_attention<B: Backend>(
+    query: &Tensor<B, 4>,
+    kv: &KeyValue<B>,
+    mask: &AttentionMask<B>,
+) -> Option<Tensor<B, 4>> {
+    match mask {
+        #[cfg(feature = "flex")]
+        AttentionMask::Causal => crate::flex_attention::causal_attention(query, &kv.key, &kv.value),
+        _ => {
+            let _ = (query, kv);
+            None
+        }
     }
 }
 

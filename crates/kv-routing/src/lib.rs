@@ -23,6 +23,8 @@ mod cache_plan;
 mod decoder_block;
 mod error;
 mod feed_forward;
+#[cfg(feature = "flex")]
+mod flex_attention;
 mod generation;
 mod key_value;
 pub mod kv_cache;

@@ -44,15 +44,23 @@ pub fn route_kinds(n_layers: usize) -> Vec<(String, Route)> {
 
 /// Attention with keys/values from another module matches the oracle for MHA, GQA and MQA, for
 /// a full causal pass, a chunk of queries fewer than keys (bottom-right causal alignment), and a
-/// single decode query.
+/// single decode query; and for prompts long enough to take the multi-token path of a backend
+/// (flex's parallel attention: several query blocks, a chunk after a history).
 pub fn attention_module_matches_oracle<B: Backend>(device: &B::Device) {
     let tolerance = tolerance::<B>(device);
-    let (batch, seq, d_model) = (2, 7, 32);
-    for n_kv_heads in [4, 2, 1] {
+    let (batch, d_model) = (2, 32);
+    for (seq, q_lens, n_kv_heads) in [
+        (7, vec![7, 3, 1], 4),
+        (7, vec![7, 3, 1], 2),
+        (7, vec![7, 3, 1], 1),
+        (150, vec![150, 70], 2),
+    ] {
         let config = StochasticKvAttentionConfig::new(d_model, 4).with_n_kv_heads(Some(n_kv_heads));
         let donor = reinit_seeded(config.init::<B>(device).unwrap(), 1, 0.2).unwrap();
         let reader = reinit_seeded(config.init::<B>(device).unwrap(), 2, 0.2).unwrap();
-        let rope = RotaryEmbeddingConfig::new(8, 32).init::<B>(device).unwrap();
+        let rope = RotaryEmbeddingConfig::new(8, seq)
+            .init::<B>(device)
+            .unwrap();
         let donor_oracle = OracleAttention::from_module(&donor, 10000.0);
         let reader_oracle = OracleAttention::from_module(&reader, 10000.0);
 
@@ -74,7 +82,7 @@ pub fn attention_module_matches_oracle<B: Backend>(device: &B::Device) {
             )
             .unwrap();
 
-        for q_len in [seq, 3, 1] {
+        for q_len in q_lens {
             let start = seq - q_len;
             let query_rows: Vec<f64> = (0..batch)
                 .flat_map(|b| {
