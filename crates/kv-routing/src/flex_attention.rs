@@ -246,15 +246,18 @@ fn softmax_prefix_portable(row: &mut [f32], visible: usize) {
 }
 
 /// `e^x` for `x <= 0` (a score minus its row's maximum), within 2 ulp of `f32::exp`, written
-/// so that it vectorizes: range reduction to `x = n ln 2 + r` with `|r| <= ln 2 / 2`, a degree-6
-/// polynomial for `e^r` (Cephes' `expf` coefficients), and `2^n` built from its exponent bits.
-/// Below -87.3, where `e^x` leaves the normal range, it returns 0.
+/// branch-free so that it vectorizes: range reduction to `x = n ln 2 + r` with `|r| <= ln 2 / 2`,
+/// a degree-6 polynomial for `e^r` (Cephes' `expf` coefficients), and `2^n` built from exponent
+/// bits. `n` is rounded by adding `1.5 * 2^23`, which leaves it in the low mantissa bits (no
+/// float-to-int conversion, whose saturation keeps compilers from vectorizing). Inputs below
+/// -87.3, where `e^x` leaves the normal range, give `e^-87.3` (1.2e-38): a weight no sum notices.
 #[inline(always)]
 fn exp(x: f32) -> f32 {
-    const LOWEST: f32 = -87.3;
-    let clamped = if x < LOWEST { LOWEST } else { x };
-    let n = (clamped * std::f32::consts::LOG2_E).round();
-    let r = clamped - n * 0.693_359_4 + n * 2.121_944_4e-4;
+    const ROUNDING: f32 = 12_582_912.0;
+    let x = x.max(-87.3);
+    let shifted = x * std::f32::consts::LOG2_E + ROUNDING;
+    let n = shifted - ROUNDING;
+    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let p = 1.987_569_1e-4;
     let p = p * r + 1.398_199_9e-3;
     let p = p * r + 8.333_452e-3;
@@ -262,12 +265,9 @@ fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let e_r = p * r * r + r + 1.0;
-    let two_n = f32::from_bits(((n as i32 + 127) << 23) as u32);
-    if x < LOWEST {
-        0.0
-    } else {
-        e_r * two_n
-    }
+    // The low bits of `shifted` are `n` (two's complement); moved into the exponent field.
+    let two_n = f32::from_bits(shifted.to_bits().wrapping_add(127) << 23);
+    e_r * two_n
 }
 
 #[cfg(test)]
@@ -395,7 +395,7 @@ mod tests {
             );
             x -= 0.001_7;
         }
-        assert_eq!(exp(-100.0), 0.0);
+        assert!(exp(-100.0) < 1.3e-38);
         assert_eq!(exp(0.0), 1.0);
     }
 }
