@@ -235,14 +235,18 @@ impl<B: Backend> StochasticKvAttention<B> {
             .mul_scalar((self.head_dim as f64).powf(-0.5))
             .swap_dims(1, 2);
         let groups = self.n_heads / self.n_kv_heads;
-        // Scores take `seq_len * kv_len` values per query head; repeating the key/value heads
+        // A backend's own causal attention goes first (flex f32: one parallel pass that reads
+        // the cache through its strides, skips the causal half and needs no mask tensor).
+        // Otherwise, with Burn's ops: scores take `seq_len * kv_len` values per query head; repeating the key/value heads
         // for the fused op takes `2 * head_dim * kv_len`. Below `2 * head_dim` queries — every
         // decode step, and the short chunks of a conversation's next turn — the scores are the
         // smaller, so the query heads of a group are stacked as rows against their shared
         // key/value head and plain matmuls read the cache view in place through its strides:
         // nothing of the history is copied. (A fused attention op may also copy the visible
         // keys/values to contiguous buffers first, as flex's does.)
-        let context = if seq_len < 2 * self.head_dim {
+        let context = if let Some(context) = fused_causal_attention(&query, kv, mask) {
+            context
+        } else if seq_len < 2 * self.head_dim {
             let rows = groups * seq_len;
             let query = query.reshape([batch, self.n_kv_heads, rows, self.head_dim]);
             let scores = query.matmul(kv.key.clone().swap_dims(2, 3));
@@ -268,8 +272,6 @@ impl<B: Backend> StochasticKvAttention<B> {
                 }
             };
             softmax(scores, 3).matmul(kv.value.clone())
-        } else if let Some(context) = fused_causal_attention(&query, kv, mask) {
-            context
         } else {
             let key = repeat_kv_heads(kv.key.clone(), groups);
             let value = repeat_kv_heads(kv.value.clone(), groups);

@@ -1,11 +1,12 @@
 //! Causal grouped-query attention on burn-flex's f32 tensors in one parallel pass (feature
-//! `flex`).
+//! `flex`), for every step with a causal mask: prefills, chunks and decode steps.
 //!
 //! Burn 0.21's flex runs its fused attention op on one thread, with a scalar softmax and no
 //! skipping of the causal half: on SmolLM2-135M it took more time of a 512-token prefill than
 //! all of the model's projections (docs/benchmarks.md). Composing the same attention from Burn
 //! ops (batched matmul, mask, softmax) was no faster: the score tensor and the mask are built,
-//! filled and freed once per layer. This module is the prefill's attention written for the CPU:
+//! filled and freed once per layer. In decode steps the composed form runs its small products
+//! on one thread. This module is the attention written for the CPU:
 //!
 //! - one task per (sequence, query head, block of [`QUERY_BLOCK`] queries), spread over rayon's
 //!   pool (the pool flex's matmuls use);
