@@ -24,12 +24,12 @@
 //! Burn's differentiable ops) and any other element type than f32. The conformance suite runs
 //! through it on flex; `tests` below check it against an f64 reference.
 
-use std::any::Any;
-
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
+
+use crate::flex_tensor::{flex_f32, from_flex};
 
 /// Queries per task. Small enough that a block's scores (`QUERY_BLOCK * kv_len` values) stay in
 /// a core's cache at the context lengths of a prefill, large enough that a block's product is
@@ -44,25 +44,9 @@ pub(crate) fn causal_attention<B: Backend>(
     key: &Tensor<B, 4>,
     value: &Tensor<B, 4>,
 ) -> Option<Tensor<B, 4>> {
-    let query = flex_f32(query)?;
-    let key = flex_f32(key)?;
-    let value = flex_f32(value)?;
-    let context = attend(&query, &key, &value)?;
-    let mut primitive = Some(context);
-    let primitive = (&mut primitive as &mut dyn Any)
-        .downcast_mut::<Option<B::FloatTensorPrimitive>>()?
-        .take()?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
-}
-
-/// The flex tensor behind `tensor` (an `Arc` clone, no copy), when `B` is flex and the tensor
-/// holds f32 with non-negative strides.
-fn flex_f32<B: Backend>(tensor: &Tensor<B, 4>) -> Option<FlexTensor> {
-    let mut primitive = Some(tensor.clone().into_primitive().tensor());
-    let flex = (&mut primitive as &mut dyn Any)
-        .downcast_mut::<Option<FlexTensor>>()?
-        .take()?;
-    (flex.dtype() == DType::F32 && flex.layout().has_positive_strides()).then_some(flex)
+    let strided = |t: &Tensor<B, 4>| flex_f32(t).filter(|t| t.layout().has_positive_strides());
+    let context = attend(&strided(query)?, &strided(key)?, &strided(value)?)?;
+    from_flex(context)
 }
 
 /// A strided 4-D f32 operand: its storage, the offset of element 0 and its strides.

@@ -25,6 +25,10 @@ mod error;
 mod feed_forward;
 #[cfg(feature = "flex")]
 mod flex_attention;
+#[cfg(feature = "flex")]
+mod flex_matvec;
+#[cfg(feature = "flex")]
+mod flex_tensor;
 mod generation;
 mod key_value;
 pub mod kv_cache;

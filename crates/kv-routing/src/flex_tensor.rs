@@ -1,0 +1,34 @@
+//! The flex tensor behind a generic `Tensor<B, D>` and back (feature `flex`), for the CPU
+//! kernels of [`crate::flex_attention`] and [`crate::flex_matvec`].
+//!
+//! Generic code cannot name `B`'s tensor type, but it can ask whether it *is* flex's: the
+//! primitive goes through `Any` and is downcast, which succeeds exactly when `B` is
+//! `burn_flex::Flex` (not `Autodiff<Flex>`, whose primitive is another type). No copy is made:
+//! flex tensors share their buffer (`Arc`).
+
+use std::any::Any;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn_flex::FlexTensor;
+
+/// The flex tensor behind `tensor` when `B` is flex and the tensor holds f32.
+pub(crate) fn flex_f32<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FlexTensor> {
+    let mut primitive = Some(tensor.clone().into_primitive().tensor());
+    let flex = (&mut primitive as &mut dyn Any)
+        .downcast_mut::<Option<FlexTensor>>()?
+        .take()?;
+    (flex.dtype() == DType::F32).then_some(flex)
+}
+
+/// `tensor` as a `Tensor<B, D>`, when `B` is flex and the ranks agree.
+pub(crate) fn from_flex<B: Backend, const D: usize>(tensor: FlexTensor) -> Option<Tensor<B, D>> {
+    if tensor.layout().num_dims() != D {
+        return None;
+    }
+    let mut primitive = Some(tensor);
+    let primitive = (&mut primitive as &mut dyn Any)
+        .downcast_mut::<Option<B::FloatTensorPrimitive>>()?
+        .take()?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
+}
