@@ -32,7 +32,7 @@ pub fn device() -> Device {
 /// buffers in again, page by page: 21% of a SmolLM2-135M prefill of 512 tokens, 12% at 2,048
 /// (docs/benchmarks.md). Raising the mmap threshold to glibc's maximum (32 MiB) and never
 /// trimming the heap makes freed blocks reusable. The cost is that the process keeps its peak
-/// heap. Programs that want glibc's defaults can call nothing but `burn_flex::FlexDevice`.
+/// heap. Programs that want glibc's defaults use `burn_flex::FlexDevice` instead of [`device`].
 pub fn retain_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes the allocator's parameters; it is called before the
