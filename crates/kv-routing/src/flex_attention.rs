@@ -29,6 +29,7 @@ use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use crate::flex_matvec::dot;
 use crate::flex_tensor::{flex_f32, from_flex};
 
 /// Queries per task. Small enough that a block's scores (`QUERY_BLOCK * kv_len` values) stay in
@@ -141,8 +142,6 @@ fn attend(query: &FlexTensor, key: &FlexTensor, value: &FlexTensor) -> Option<Fl
                 }
             };
             let keys = visible(rows - 1);
-            scores.clear();
-            scores.resize(rows * keys, 0.0);
             let kv_head = if stacked { head } else { head / groups };
             if rows <= FEW_ROWS && unit_dim_stride {
                 few_row_attention(
@@ -155,6 +154,8 @@ fn attend(query: &FlexTensor, key: &FlexTensor, value: &FlexTensor) -> Option<Fl
                 );
                 return;
             }
+            scores.clear();
+            scores.resize(rows * keys, 0.0);
             // SAFETY: every operand pointer addresses `rows` (or `keys`) rows of `head_dim`
             // elements inside its storage, through the strides of its own layout (shapes were
             // checked above); `scores` and `out` are exclusive buffers of exactly the written
@@ -305,29 +306,6 @@ fn few_row_attention_portable(
             }
         }
     }
-}
-
-/// Partial sums of [`dot`]: two vector registers, two independent chains of adds.
-const DOT_LANES: usize = 16;
-
-/// `a · b` with [`DOT_LANES`] independent partial sums.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; DOT_LANES];
-    let mut a_chunks = a.chunks_exact(DOT_LANES);
-    let mut b_chunks = b.chunks_exact(DOT_LANES);
-    for (x, y) in (&mut a_chunks).zip(&mut b_chunks) {
-        for ((lane, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
-            *lane = x.mul_add(y, *lane);
-        }
-    }
-    let tail: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    lanes.iter().sum::<f32>() + tail
 }
 
 /// Softmax over `row[..visible]` in place; `row[visible..]` (future keys) becomes 0.

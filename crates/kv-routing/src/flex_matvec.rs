@@ -122,25 +122,30 @@ unsafe fn dot_rows_avx2(
 
 #[inline(always)]
 fn dot_rows_portable(weights: &[f32], row_stride: usize, first: usize, x: &[f32], out: &mut [f32]) {
-    let d_input = x.len();
     for (o, out) in out.iter_mut().enumerate() {
-        let row = &weights[(first + o) * row_stride..][..d_input];
-        let mut lanes = [0.0f32; LANES];
-        let mut row_chunks = row.chunks_exact(LANES);
-        let mut x_chunks = x.chunks_exact(LANES);
-        for (w, v) in (&mut row_chunks).zip(&mut x_chunks) {
-            for ((lane, &w), &v) in lanes.iter_mut().zip(w).zip(v) {
-                *lane = w.mul_add(v, *lane);
-            }
-        }
-        let tail: f32 = row_chunks
-            .remainder()
-            .iter()
-            .zip(x_chunks.remainder())
-            .map(|(w, v)| w * v)
-            .sum();
-        *out = lanes.iter().sum::<f32>() + tail;
+        *out = dot(&weights[(first + o) * row_stride..][..x.len()], x);
     }
+}
+
+/// `a · b` with [`LANES`] independent partial sums (inlined into its callers' vector code; the
+/// attention kernel's scores use it too).
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; LANES];
+    let mut a_chunks = a.chunks_exact(LANES);
+    let mut b_chunks = b.chunks_exact(LANES);
+    for (x, y) in (&mut a_chunks).zip(&mut b_chunks) {
+        for ((lane, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
+            *lane = x.mul_add(y, *lane);
+        }
+    }
+    let tail: f32 = a_chunks
+        .remainder()
+        .iter()
+        .zip(b_chunks.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    lanes.iter().sum::<f32>() + tail
 }
 
 /// `out[o] = sum_i x[i] * weights[i * row_stride + first + o]`.
