@@ -20,6 +20,7 @@
 mod attention;
 mod attention_mask;
 mod cache_plan;
+mod compute_threads;
 mod decoder_block;
 mod error;
 mod feed_forward;

@@ -528,19 +528,22 @@ impl<B: Backend> RoutedTransformer<B> {
         Ok(hidden)
     }
 
-    /// The block loop shared by every path.
+    /// The block loop shared by every path, on the backend's compute threads
+    /// ([`crate::compute_threads`]).
     fn run_blocks(
         &self,
         ids: Tensor<B, 2, Int>,
         rope: &RopeAngles<B>,
         mask: &AttentionMask<B>,
-        store: &mut impl KvStore<B>,
+        store: &mut (impl KvStore<B> + Send),
     ) -> crate::Result<Tensor<B, 3>> {
-        let mut x = self.embedding.forward(ids);
-        for (layer, block) in self.blocks.iter().enumerate() {
-            x = block.forward(layer, x, rope, mask, store)?;
-        }
-        Ok(x)
+        crate::compute_threads::run::<B, _>(|| {
+            let mut x = self.embedding.forward(ids);
+            for (layer, block) in self.blocks.iter().enumerate() {
+                x = block.forward(layer, x, rope, mask, store)?;
+            }
+            Ok(x)
+        })
     }
 
     /// Validates token ids and uploads them right-padded (with id 0) as `[batch, max_len]`.
