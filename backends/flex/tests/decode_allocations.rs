@@ -74,9 +74,9 @@ fn worst_step_allocation(vocab: usize, history: usize, k: usize) -> (usize, usiz
 
 /// A copy grows with what it copies: tripling the history or doubling the vocabulary would add
 /// that much to a step. What a step must allocate (logits, activations, attention scores, and
-/// the bounded packing buffers of gemm's AVX-512 kernels, about 2.5 MB a step here) does not
-/// grow like either, so the test compares steps of different sizes instead of a step with a
-/// fixed threshold.
+/// the bounded packing buffers gemm's AVX-512 kernels take for the products they compute: 2.5
+/// MB a step once, when batch-2 projections went through them) does not grow like either, so
+/// the test compares steps of different sizes instead of a step with a fixed threshold.
 #[test]
 fn a_decode_step_allocates_neither_the_tied_embedding_nor_the_cache_history() {
     let embedding_bytes = |vocab: usize| vocab * 256 * 4;

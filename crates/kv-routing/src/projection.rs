@@ -15,8 +15,9 @@
 //! a tall left operand about twice as fast as it reads a wide right one when the other side has
 //! few rows (SmolLM2's `[1536, 576]` MLP matrices at 8 rows: 3.9 against 8.2 ms for 30 of them;
 //! its `[49152, 576]` tied head: 5.0 against 9.0 ms; measured in docs/benchmarks.md). One row
-//! keeps the direct form (matrix-vector), as do many rows (no difference from 64 rows on); on
-//! flex, one row goes to [`crate::flex_matvec`], which streams the weight on every core.
+//! keeps the direct form (matrix-vector), as do many rows (no difference from 64 rows on). On
+//! flex, up to [`crate::flex_matvec::MAX_ROWS`] rows go to [`crate::flex_matvec`] instead,
+//! which streams each weight once, on every core.
 
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
@@ -53,7 +54,7 @@ pub fn matmul_last_axis<B: Backend, const D: usize>(
     let mut dims = x.dims();
     let rows = dims[..D - 1].iter().product();
     let x = x.reshape([rows, d_input]);
-    let y = if let Some(y) = one_row_product(&x, &weight) {
+    let y = if let Some(y) = few_row_product(&x, &weight) {
         y
     } else if (2..=FEW_ROWS).contains(&rows) {
         weight.transpose().matmul(x.transpose()).transpose()
@@ -64,12 +65,12 @@ pub fn matmul_last_axis<B: Backend, const D: usize>(
     y.reshape(dims)
 }
 
-/// A backend's own kernel for a one-row product, where one exists: flex f32 tensors with the
-/// `flex` feature ([`crate::flex_matvec`], the weight streamed by every core). `None` leaves the
-/// product to the backend's matmul.
-fn one_row_product<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+/// A backend's own kernel for a product of one or a few rows, where one exists: flex f32 tensors
+/// with the `flex` feature ([`crate::flex_matvec`], the weight streamed once by every core).
+/// `None` leaves the product to the backend's matmul.
+fn few_row_product<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     #[cfg(feature = "flex")]
-    if x.dims()[0] == 1 {
+    if x.dims()[0] <= crate::flex_matvec::MAX_ROWS {
         return crate::flex_matvec::matvec(x, weight);
     }
     let _ = (x, weight);
