@@ -453,6 +453,8 @@ mod tests {
             // Decode steps of a batch: a group's heads stacked as one task's rows.
             (8, 9, 3, 1, 40, 64),
             (16, 4, 2, 1, 0, 8),
+            // A head size with a vector tail (not a multiple of 8 or 16).
+            (2, 4, 2, 5, 3, 12),
             (2, 3, 3, 130, 0, 32),
         ] {
             let kv_len = history + seq_len;
