@@ -161,56 +161,65 @@ fn attend(query: &FlexTensor, key: &FlexTensor, value: &FlexTensor) -> Option<Fl
             // checked above); `scores` and `out` are exclusive buffers of exactly the written
             // size.
             unsafe {
-                gemm::gemm(
-                    rows,
-                    keys,
-                    head_dim,
-                    scores.as_mut_ptr(),
-                    1,
-                    keys as isize,
-                    false,
-                    q.row(b, head, first),
-                    q.strides[3] as isize,
-                    q.strides[2] as isize,
-                    k.row(b, kv_head, 0),
-                    k.strides[2] as isize,
-                    k.strides[3] as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                product(
+                    [rows, keys, head_dim],
+                    (scores.as_mut_ptr(), keys),
+                    (q.row(b, head, first), q.strides[2], q.strides[3]),
+                    (k.row(b, kv_head, 0), k.strides[3], k.strides[2]),
                 );
             }
             for (row, scores) in scores.chunks_exact_mut(keys).enumerate() {
                 softmax_prefix(scores, visible(row));
             }
+            // SAFETY: as above; the scores are `rows` rows of `keys` values.
             unsafe {
-                gemm::gemm(
-                    rows,
-                    head_dim,
-                    keys,
-                    out.as_mut_ptr(),
-                    1,
-                    head_dim as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    keys as isize,
-                    v.row(b, kv_head, 0),
-                    v.strides[3] as isize,
-                    v.strides[2] as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                product(
+                    [rows, head_dim, keys],
+                    (out.as_mut_ptr(), head_dim),
+                    (scores.as_ptr(), keys, 1),
+                    (v.row(b, kv_head, 0), v.strides[2], v.strides[3]),
                 );
             }
         });
     Some(context)
+}
+
+/// `dst = lhs rhs` on one thread, for `[m, n, k]`: `dst` is `m` rows of `n` contiguous values
+/// (its row stride given), `lhs` is `m x k` and `rhs` is `k x n`, each given as a pointer with
+/// its row and column strides.
+///
+/// # Safety
+/// Every pointer addresses the whole matrix its strides describe, and `dst` is exclusive.
+unsafe fn product(
+    [m, n, k]: [usize; 3],
+    (dst, dst_row_stride): (*mut f32, usize),
+    (lhs, lhs_row_stride, lhs_col_stride): (*const f32, usize, usize),
+    (rhs, rhs_row_stride, rhs_col_stride): (*const f32, usize, usize),
+) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_row_stride as isize,
+            false,
+            lhs,
+            lhs_col_stride as isize,
+            lhs_row_stride as isize,
+            rhs,
+            rhs_col_stride as isize,
+            rhs_row_stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
 }
 
 /// `count` rows of `width` contiguous values, one stride apart, in an operand's storage.

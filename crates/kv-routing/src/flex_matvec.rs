@@ -80,14 +80,8 @@ pub(crate) fn matvec<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>) -> Opt
 
     let mut y = FlexTensor::empty(Shape::from(vec![1, d_output]), DType::F32);
     let out = y.storage_mut::<f32>();
-    let product = |first: usize, out: &mut [f32]| match layout {
-        WeightLayout::RowPerOutput { row_stride } => {
-            dot_rows(weight_values, row_stride, first, x_values, out)
-        }
-        WeightLayout::RowPerInput { row_stride } => {
-            scale_rows(weight_values, row_stride, first, x_values, out)
-        }
-    };
+    let product =
+        |first: usize, out: &mut [f32]| one_row(layout, weight_values, first, x_values, out);
     if d_input * d_output < PARALLEL_VALUES {
         product(0, out);
     } else {
@@ -118,36 +112,57 @@ enum WeightLayout {
 /// Lanes of an accumulator: two AVX registers, independent chains for the adds.
 const LANES: usize = 16;
 
-/// `out[o] = dot(weights row first + o, x)`.
-fn dot_rows(weights: &[f32], row_stride: usize, first: usize, x: &[f32], out: &mut [f32]) {
+/// The outputs of `out`, from output `first` on, for one input row `x`: dot products with the
+/// weight rows, or the input's values scaled into the outputs, as `layout` stores the weight.
+fn one_row(layout: WeightLayout, weights: &[f32], first: usize, x: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function is compiled for (checked above).
-        return unsafe { dot_rows_avx2(weights, row_stride, first, x, out) };
+        return unsafe { one_row_avx2(layout, weights, first, x, out) };
     }
-    dot_rows_portable(weights, row_stride, first, x, out)
+    one_row_portable(layout, weights, first, x, out)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn dot_rows_avx2(
+unsafe fn one_row_avx2(
+    layout: WeightLayout,
     weights: &[f32],
-    row_stride: usize,
     first: usize,
     x: &[f32],
     out: &mut [f32],
 ) {
-    dot_rows_portable(weights, row_stride, first, x, out)
+    one_row_portable(layout, weights, first, x, out)
 }
 
 #[inline(always)]
-fn dot_rows_portable(weights: &[f32], row_stride: usize, first: usize, x: &[f32], out: &mut [f32]) {
-    for (o, out) in out.iter_mut().enumerate() {
-        let row = (first + o) * row_stride;
-        if let Some(ahead) = weights.get(row + PREFETCH_ROWS * row_stride..) {
-            prefetch(&ahead[..x.len().min(ahead.len())]);
+fn one_row_portable(
+    layout: WeightLayout,
+    weights: &[f32],
+    first: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    match layout {
+        WeightLayout::RowPerOutput { row_stride } => {
+            for (o, out) in out.iter_mut().enumerate() {
+                let row = (first + o) * row_stride;
+                if let Some(ahead) = weights.get(row + PREFETCH_ROWS * row_stride..) {
+                    prefetch(&ahead[..x.len().min(ahead.len())]);
+                }
+                *out = dot(&weights[row..][..x.len()], x);
+            }
         }
-        *out = dot(&weights[row..][..x.len()], x);
+        WeightLayout::RowPerInput { row_stride } => {
+            out.fill(0.0);
+            let width = out.len();
+            for (i, &v) in x.iter().enumerate() {
+                let row = &weights[i * row_stride + first..][..width];
+                for (o, &w) in out.iter_mut().zip(row) {
+                    *o = w.mul_add(v, *o);
+                }
+            }
+        }
     }
 }
 
@@ -345,46 +360,6 @@ unsafe fn pair_dots<const R: usize>(
         }
         dots[0][r] = lanes[0].iter().sum();
         dots[1][r] = lanes[1].iter().sum();
-    }
-}
-
-/// `out[o] = sum_i x[i] * weights[i * row_stride + first + o]`.
-fn scale_rows(weights: &[f32], row_stride: usize, first: usize, x: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for (checked above).
-        return unsafe { scale_rows_avx2(weights, row_stride, first, x, out) };
-    }
-    scale_rows_portable(weights, row_stride, first, x, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn scale_rows_avx2(
-    weights: &[f32],
-    row_stride: usize,
-    first: usize,
-    x: &[f32],
-    out: &mut [f32],
-) {
-    scale_rows_portable(weights, row_stride, first, x, out)
-}
-
-#[inline(always)]
-fn scale_rows_portable(
-    weights: &[f32],
-    row_stride: usize,
-    first: usize,
-    x: &[f32],
-    out: &mut [f32],
-) {
-    out.fill(0.0);
-    let width = out.len();
-    for (i, &v) in x.iter().enumerate() {
-        let row = &weights[i * row_stride + first..][..width];
-        for (o, &w) in out.iter_mut().zip(row) {
-            *o = w.mul_add(v, *o);
-        }
     }
 }
 
