@@ -29,8 +29,8 @@ use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flex_matvec::dot;
 use crate::flex_tensor::{flex_f32, from_flex};
+use crate::flex_vector::{dot, exp, has_avx2_fma};
 
 /// Queries per task. Small enough that a block's scores (`QUERY_BLOCK * kv_len` values) stay in
 /// a core's cache at the context lengths of a prefill, large enough that a block's product is
@@ -266,7 +266,7 @@ fn few_row_attention(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU has the features the function is compiled for (checked above).
         return unsafe { few_row_attention_avx2(queries, keys, values, visible, scores, out) };
     }
@@ -320,7 +320,7 @@ fn few_row_attention_portable(
 /// Softmax over `row[..visible]` in place; `row[visible..]` (future keys) becomes 0.
 fn softmax_prefix(row: &mut [f32], visible: usize) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU has the features the function is compiled for (checked above).
         return unsafe { softmax_prefix_avx2(row, visible) };
     }
@@ -369,31 +369,6 @@ fn softmax_prefix_portable(row: &mut [f32], visible: usize) {
     for x in live.iter_mut() {
         *x *= inverse;
     }
-}
-
-/// `e^x` for `x <= 0` (a score minus its row's maximum), within 2 ulp of `f32::exp`, written
-/// branch-free so that it vectorizes: range reduction to `x = n ln 2 + r` with `|r| <= ln 2 / 2`,
-/// a degree-6 polynomial for `e^r` (Cephes' `expf` coefficients), and `2^n` built from exponent
-/// bits. `n` is rounded by adding `1.5 * 2^23`, which leaves it in the low mantissa bits (no
-/// float-to-int conversion, whose saturation keeps compilers from vectorizing). Inputs below
-/// -87.3, where `e^x` leaves the normal range, give `e^-87.3` (1.2e-38): a weight no sum notices.
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const ROUNDING: f32 = 12_582_912.0;
-    let x = x.max(-87.3);
-    let shifted = x * std::f32::consts::LOG2_E + ROUNDING;
-    let n = shifted - ROUNDING;
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let p = 1.987_569_1e-4;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
-    let e_r = p * r * r + r + 1.0;
-    // The low bits of `shifted` are `n` (two's complement); moved into the exponent field.
-    let two_n = f32::from_bits(shifted.to_bits().wrapping_add(127) << 23);
-    e_r * two_n
 }
 
 #[cfg(test)]
@@ -517,20 +492,5 @@ mod tests {
         type Diff = burn_autodiff::Autodiff<Flex>;
         let d = Tensor::<Diff, 4>::ones([1, 1, 4, 8], &device);
         assert!(causal_attention(&d, &d, &d).is_none());
-    }
-
-    #[test]
-    fn exp_is_within_two_ulp_of_std() {
-        let mut x = 0.0f32;
-        while x > -87.0 {
-            let (ours, std) = (exp(x), x.exp());
-            assert!(
-                (ours - std).abs() <= 2.0 * f32::EPSILON * std,
-                "{x}: {ours} vs {std}"
-            );
-            x -= 0.001_7;
-        }
-        assert!(exp(-100.0) < 1.3e-38);
-        assert_eq!(exp(0.0), 1.0);
     }
 }

@@ -26,6 +26,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::flex_tensor::{flex_f32, from_flex};
+use crate::flex_vector::{dot, has_avx2_fma, prefetch};
 
 /// Weights smaller than this (values) are multiplied on the calling thread: below it, handing
 /// the halves to the pool costs more than the second core's bandwidth saves.
@@ -109,14 +110,11 @@ enum WeightLayout {
     RowPerInput { row_stride: usize },
 }
 
-/// Lanes of an accumulator: two AVX registers, independent chains for the adds.
-const LANES: usize = 16;
-
 /// The outputs of `out`, from output `first` on, for one input row `x`: dot products with the
 /// weight rows, or the input's values scaled into the outputs, as `layout` stores the weight.
 fn one_row(layout: WeightLayout, weights: &[f32], first: usize, x: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU has the features the function is compiled for (checked above).
         return unsafe { one_row_avx2(layout, weights, first, x, out) };
     }
@@ -171,43 +169,6 @@ fn one_row_portable(
 /// itself (measured: batch-8 decode of SmolLM2 1.37x faster with it).
 const PREFETCH_ROWS: usize = 2;
 
-/// Asks the CPU to start loading `values` into its cache, one request per 64-byte line (x86-64;
-/// nothing elsewhere).
-#[inline(always)]
-pub(crate) fn prefetch(values: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in values.chunks(16) {
-        // SAFETY: a prefetch is a hint: it reads nothing the program sees and cannot fault.
-        unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = values;
-}
-
-/// `a · b` with [`LANES`] independent partial sums (inlined into its callers' vector code; the
-/// attention kernel's scores use it too).
-#[inline(always)]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let mut a_chunks = a.chunks_exact(LANES);
-    let mut b_chunks = b.chunks_exact(LANES);
-    for (x, y) in (&mut a_chunks).zip(&mut b_chunks) {
-        for ((lane, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
-            *lane = x.mul_add(y, *lane);
-        }
-    }
-    let tail: f32 = a_chunks
-        .remainder()
-        .iter()
-        .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    lanes.iter().sum::<f32>() + tail
-}
-
 /// `x W` for 2 to [`MAX_ROWS`] rows of `x` and a checkpoint-layout weight: every weight row is
 /// read once, from memory, and multiplied with all input rows while it is in the core's cache.
 fn few_rows(
@@ -255,7 +216,7 @@ fn dot_rows_few(
         "weight rows out of the storage"
     );
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if has_avx2_fma() {
         // SAFETY: the CPU has the features the function is compiled for (checked above), and
         // every row it reads lies inside `weights` (asserted above) and `x`.
         return unsafe { dot_rows_few_avx2(weights, row_stride, first, x, rows, out) };

@@ -30,6 +30,8 @@ mod flex_attention;
 mod flex_matvec;
 #[cfg(feature = "flex")]
 mod flex_tensor;
+#[cfg(feature = "flex")]
+mod flex_vector;
 mod generation;
 mod key_value;
 pub mod kv_cache;
