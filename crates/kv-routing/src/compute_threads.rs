@@ -13,6 +13,8 @@ use burn::tensor::backend::Backend;
 
 /// Runs `work` on rayon's pool when `B` is flex and the caller is outside the pool; otherwise
 /// on the calling thread.
+// Without the `flex` feature no backend is moved, and `B` only keeps the call sites the same.
+#[cfg_attr(not(feature = "flex"), allow(clippy::extra_unused_type_parameters))]
 pub(crate) fn run<B: Backend, R: Send>(work: impl FnOnce() -> R + Send) -> R {
     #[cfg(feature = "flex")]
     if std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn_flex::Flex>()

@@ -70,7 +70,21 @@ impl<B: Backend> SwiGluFeedForward<B> {
     /// - x: `[batch, seq_len, d_model]`
     /// - output: `[batch, seq_len, d_model]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gated = silu(project(&self.gate, x.clone())) * project(&self.up, x);
+        let gate = project(&self.gate, x.clone());
+        let up = project(&self.up, x);
+        let gated = fused_gate(&gate, &up).unwrap_or_else(|| silu(gate) * up);
         project(&self.down, gated)
+    }
+}
+
+/// A backend's own `silu(gate) * up`, where one exists: flex f32 tensors with the `flex` feature
+/// ([`crate::flex_swiglu`], one vectorized pass). `None` leaves it to Burn's ops.
+fn fused_gate<B: Backend>(gate: &Tensor<B, 3>, up: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
+    #[cfg(feature = "flex")]
+    return crate::flex_swiglu::swiglu(gate, up);
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (gate, up);
+        None
     }
 }

@@ -29,6 +29,8 @@ mod flex_attention;
 #[cfg(feature = "flex")]
 mod flex_matvec;
 #[cfg(feature = "flex")]
+mod flex_swiglu;
+#[cfg(feature = "flex")]
 mod flex_tensor;
 #[cfg(feature = "flex")]
 mod flex_vector;
