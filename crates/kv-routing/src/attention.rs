@@ -237,13 +237,13 @@ impl<B: Backend> StochasticKvAttention<B> {
         let groups = self.n_heads / self.n_kv_heads;
         // A backend's own causal attention goes first (flex f32: one parallel pass that reads
         // the cache through its strides, skips the causal half and needs no mask tensor).
-        // Otherwise, with Burn's ops: scores take `seq_len * kv_len` values per query head; repeating the key/value heads
-        // for the fused op takes `2 * head_dim * kv_len`. Below `2 * head_dim` queries — every
-        // decode step, and the short chunks of a conversation's next turn — the scores are the
-        // smaller, so the query heads of a group are stacked as rows against their shared
-        // key/value head and plain matmuls read the cache view in place through its strides:
-        // nothing of the history is copied. (A fused attention op may also copy the visible
-        // keys/values to contiguous buffers first, as flex's does.)
+        // Otherwise, with Burn's ops: scores take `seq_len * kv_len` values per query head;
+        // repeating the key/value heads for the fused op takes `2 * head_dim * kv_len`. Below
+        // `2 * head_dim` queries — every decode step, and the short chunks of a conversation's
+        // next turn — the scores are the smaller, so the query heads of a group are stacked as
+        // rows against their shared key/value head and plain matmuls read the cache view in
+        // place through its strides: nothing of the history is copied. (A fused attention op
+        // may also copy the visible keys/values to contiguous buffers first, as flex's does.)
         let context = if let Some(context) = fused_causal_attention(&query, kv, mask) {
             context
         } else if seq_len < 2 * self.head_dim {
@@ -352,9 +352,9 @@ impl<B: Backend> StochasticKvAttention<B> {
     }
 }
 
-/// The backend-specific causal attention of a multi-token step, where one exists: flex f32
-/// tensors with the `flex` feature ([`crate::flex_attention`]). `None` leaves the step to
-/// Burn's fused op.
+/// The backend-specific causal attention of a step (prefill, chunk or decode), where one
+/// exists: flex f32 tensors with the `flex` feature ([`crate::flex_attention`]). `None` leaves
+/// the step to Burn's ops.
 fn fused_causal_attention<B: Backend>(
     query: &Tensor<B, 4>,
     kv: &KeyValue<B>,

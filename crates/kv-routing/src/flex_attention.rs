@@ -73,10 +73,15 @@ impl<'a> Operand<'a> {
         }
     }
 
+    /// Index in the storage of element `[batch, head, row, 0]`.
+    fn offset(&self, batch: usize, head: usize, row: usize) -> usize {
+        let [sb, sh, sr, _] = self.strides;
+        self.start + batch * sb + head * sh + row * sr
+    }
+
     /// Pointer to element `[batch, head, row, 0]`.
     fn row(&self, batch: usize, head: usize, row: usize) -> *const f32 {
-        let [sb, sh, sr, _] = self.strides;
-        self.data[self.start + batch * sb + head * sh + row * sr..].as_ptr()
+        self.data[self.offset(batch, head, row)..].as_ptr()
     }
 }
 
@@ -239,12 +244,12 @@ impl<'a> Rows<'a> {
         count: usize,
         width: usize,
     ) -> Self {
-        let [sb, sh, sr, _] = operand.strides;
-        let start = operand.start + batch * sb + head * sh + first * sr;
-        let end = start + (count - 1) * sr + width;
+        let stride = operand.strides[2];
+        let start = operand.offset(batch, head, first);
+        let end = start + (count - 1) * stride + width;
         Self {
             data: &operand.data[start..end],
-            stride: sr,
+            stride,
             count,
             width,
         }
