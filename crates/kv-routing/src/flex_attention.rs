@@ -29,8 +29,9 @@ use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use crate::flex_few_row_attention::few_row_attention;
 use crate::flex_tensor::{flex_f32, from_flex};
-use crate::flex_vector::{dot, exp, has_avx2_fma};
+use crate::flex_vector::{exp, has_avx2_fma};
 
 /// Queries per task. Small enough that a block's scores (`QUERY_BLOCK * kv_len` values) stay in
 /// a core's cache at the context lengths of a prefill, large enough that a block's product is
@@ -228,11 +229,11 @@ unsafe fn product(
 }
 
 /// `count` rows of `width` contiguous values, one stride apart, in an operand's storage.
-struct Rows<'a> {
+pub(crate) struct Rows<'a> {
     data: &'a [f32],
     stride: usize,
-    count: usize,
-    width: usize,
+    pub(crate) count: usize,
+    pub(crate) width: usize,
 }
 
 impl<'a> Rows<'a> {
@@ -255,70 +256,8 @@ impl<'a> Rows<'a> {
         }
     }
 
-    fn row(&self, index: usize) -> &'a [f32] {
+    pub(crate) fn row(&self, index: usize) -> &'a [f32] {
         &self.data[index * self.stride..][..self.width]
-    }
-}
-
-/// Attention of a few query rows (at most [`FEW_ROWS`]) read in place: each key and value row
-/// is loaded once for all query rows, with no packing. `out` is `[rows, width]`.
-fn few_row_attention(
-    queries: &Rows,
-    keys: &Rows,
-    values: &Rows,
-    visible: &dyn Fn(usize) -> usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
-        // SAFETY: the CPU has the features the function is compiled for (checked above).
-        return unsafe { few_row_attention_avx2(queries, keys, values, visible, scores, out) };
-    }
-    few_row_attention_portable(queries, keys, values, visible, scores, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn few_row_attention_avx2(
-    queries: &Rows,
-    keys: &Rows,
-    values: &Rows,
-    visible: &dyn Fn(usize) -> usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    few_row_attention_portable(queries, keys, values, visible, scores, out)
-}
-
-#[inline(always)]
-fn few_row_attention_portable(
-    queries: &Rows,
-    keys: &Rows,
-    values: &Rows,
-    visible: &dyn Fn(usize) -> usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    let (rows, key_count, width) = (queries.count, keys.count, queries.width);
-    scores.clear();
-    scores.resize(rows * key_count, 0.0);
-    for j in 0..key_count {
-        let key = keys.row(j);
-        for r in 0..rows {
-            scores[r * key_count + j] = dot(queries.row(r), key);
-        }
-    }
-    for (r, out) in out.chunks_exact_mut(width).enumerate() {
-        let weights = &mut scores[r * key_count..][..key_count];
-        let seen = visible(r);
-        softmax_prefix_portable(weights, seen);
-        out.fill(0.0);
-        for (j, &weight) in weights[..seen].iter().enumerate() {
-            for (o, &x) in out.iter_mut().zip(values.row(j)) {
-                *o = x.mul_add(weight, *o);
-            }
-        }
     }
 }
 
@@ -342,7 +281,7 @@ unsafe fn softmax_prefix_avx2(row: &mut [f32], visible: usize) {
 const LANES: usize = 8;
 
 #[inline(always)]
-fn softmax_prefix_portable(row: &mut [f32], visible: usize) {
+pub(crate) fn softmax_prefix_portable(row: &mut [f32], visible: usize) {
     let (live, future) = row.split_at_mut(visible);
     future.fill(0.0);
     let mut maxima = [f32::NEG_INFINITY; LANES];
@@ -442,8 +381,14 @@ mod tests {
             // Decode steps of a batch: a group's heads stacked as one task's rows.
             (8, 9, 3, 1, 40, 64),
             (16, 4, 2, 1, 0, 8),
-            // A head size with a vector tail (not a multiple of 8 or 16).
+            // A head size with a vector tail (not a multiple of 8 or 16): the portable path.
             (2, 4, 2, 5, 3, 12),
+            // Few causal rows over more than one block of values, whose later rows see keys of
+            // a block the first rows do not; a key count that is not whole key blocks; a head
+            // size of one whole output slab and a narrower one (72), and of two slabs (128).
+            (2, 4, 2, 6, 130, 72),
+            (1, 2, 1, 3, 197, 128),
+            (4, 8, 2, 1, 300, 64),
             (2, 3, 3, 130, 0, 32),
         ] {
             let kv_len = history + seq_len;

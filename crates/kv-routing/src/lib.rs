@@ -27,6 +27,8 @@ mod feed_forward;
 #[cfg(feature = "flex")]
 mod flex_attention;
 #[cfg(feature = "flex")]
+mod flex_few_row_attention;
+#[cfg(feature = "flex")]
 mod flex_matvec;
 #[cfg(feature = "flex")]
 mod flex_swiglu;

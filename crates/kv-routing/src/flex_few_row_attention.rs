@@ -1,0 +1,209 @@
+//! Attention of a few query rows read against keys and values in place: the decode steps and
+//! short chunks of [`flex_attention`](crate::flex_attention) (feature `flex`).
+//!
+//! A decode step's attention is a stream of the cache: each key and value row comes from memory
+//! once and serves a handful of query rows (one head, or a group's heads stacked). Its speed is
+//! what the stream gets, on two conditions (measured in docs/benchmarks.md):
+//!
+//! - the arithmetic per key stays below the stream: the dot products of [`KEY_BLOCK`] keys are
+//!   reduced together by one tree of horizontal adds (a dot product reduced on its own costs as
+//!   much as its multiplications), and a row's outputs accumulate in registers, not in memory;
+//! - the stream is requested ahead: with a few multiply-adds per loaded value the CPU's own
+//!   prefetcher falls behind, so the rows [`PREFETCH_ROWS`] ahead are requested explicitly. The
+//!   values are added in blocks of [`VALUE_BLOCK`] keys: the first query row brings a block in,
+//!   the others re-read it from the first-level cache while the next block is on its way.
+//!
+//! # Contract
+//! [`few_row_attention`] writes, for each query row `r` (already scaled), `softmax(q_r kᵀ) v`
+//! over the first `visible(r)` keys into `out[r * width..][..width]`; `visible` never exceeds the
+//! key count, and the last row sees every key. `scores` is the caller's scratch space. The sums
+//! are in another order than the reference's: results agree to f32 rounding.
+
+use crate::flex_attention::{softmax_prefix_portable, Rows};
+use crate::flex_vector::dot;
+#[cfg(target_arch = "x86_64")]
+use crate::flex_vector::{has_avx2_fma, prefetch};
+
+/// Keys whose scores the vector path computes and reduces together (one per lane of an AVX
+/// register).
+const KEY_BLOCK: usize = 8;
+
+/// Keys added to the outputs of every row before the next block: 16 KiB of values at a head
+/// size of 64, well inside the first-level cache.
+const VALUE_BLOCK: usize = 64;
+
+/// How far ahead of the key (or value) row being used the kernel asks for rows: about the
+/// bytes in flight that cover the memory's latency at this stream's speed (measured: batch-8
+/// decode attention of SmolLM2's shape, 24-26 GB/s without, 33-37 with 32 to 128 rows ahead,
+/// 64 kept).
+const PREFETCH_ROWS: usize = 64;
+
+/// Output values (8 AVX vectors) one pass over the values accumulates in registers.
+const OUTPUT_SLAB: usize = 64;
+
+/// See the module docs.
+pub(crate) fn few_row_attention(
+    queries: &Rows,
+    keys: &Rows,
+    values: &Rows,
+    visible: &dyn Fn(usize) -> usize,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    let (rows, key_count) = (queries.count, keys.count);
+    scores.clear();
+    scores.resize(rows * key_count, 0.0);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() && queries.width.is_multiple_of(8) {
+        // SAFETY: the CPU has the features the functions are compiled for (checked above), and
+        // the width is whole vectors, as they require.
+        unsafe {
+            scores_avx2(queries, keys, scores);
+            softmax_rows(scores, key_count, visible);
+            weighted_values_avx2(values, visible, scores, out);
+        }
+        return;
+    }
+    for j in 0..key_count {
+        let key = keys.row(j);
+        for r in 0..rows {
+            scores[r * key_count + j] = dot(queries.row(r), key);
+        }
+    }
+    softmax_rows(scores, key_count, visible);
+    for (r, out) in out.chunks_exact_mut(queries.width).enumerate() {
+        let weights = &scores[r * key_count..][..visible(r)];
+        out.fill(0.0);
+        for (j, &weight) in weights.iter().enumerate() {
+            for (o, &x) in out.iter_mut().zip(values.row(j)) {
+                *o = x.mul_add(weight, *o);
+            }
+        }
+    }
+}
+
+/// Each row of `scores` (`key_count` values) softmaxed over its visible keys.
+#[inline(always)]
+fn softmax_rows(scores: &mut [f32], key_count: usize, visible: &dyn Fn(usize) -> usize) {
+    for (r, row) in scores.chunks_exact_mut(key_count).enumerate() {
+        softmax_prefix_portable(row, visible(r));
+    }
+}
+
+/// `scores[r * key_count + j] = q_r · k_j` for every query row and key.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; the rows' width is a multiple of 8; `scores` holds `rows *
+/// key_count` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn scores_avx2(queries: &Rows, keys: &Rows, scores: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (rows, key_count, width) = (queries.count, keys.count, queries.width);
+    let whole_blocks = key_count - key_count % KEY_BLOCK;
+    for first in (0..whole_blocks).step_by(KEY_BLOCK) {
+        if first + PREFETCH_ROWS + KEY_BLOCK <= key_count {
+            for j in first + PREFETCH_ROWS..first + PREFETCH_ROWS + KEY_BLOCK {
+                prefetch(keys.row(j));
+            }
+        }
+        let block: [*const f32; KEY_BLOCK] = std::array::from_fn(|i| keys.row(first + i).as_ptr());
+        for r in 0..rows {
+            let query = queries.row(r).as_ptr();
+            // SAFETY: every pointer addresses `width` values (`Rows::row`), `c + 8 <= width`
+            // (whole vectors), and the block's 8 sums land inside `scores` row `r`.
+            unsafe {
+                let mut sums = [_mm256_setzero_ps(); KEY_BLOCK];
+                for c in (0..width).step_by(8) {
+                    let q = _mm256_loadu_ps(query.add(c));
+                    for (sum, key) in sums.iter_mut().zip(&block) {
+                        *sum = _mm256_fmadd_ps(q, _mm256_loadu_ps(key.add(c)), *sum);
+                    }
+                }
+                // Lane i of `total` is the sum of `sums[i]`'s lanes: pairs added within each
+                // 128-bit half three times, then the halves.
+                let [s0, s1, s2, s3, s4, s5, s6, s7] = sums;
+                let low = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+                let high = _mm256_hadd_ps(_mm256_hadd_ps(s4, s5), _mm256_hadd_ps(s6, s7));
+                let total = _mm256_add_ps(
+                    _mm256_permute2f128_ps::<0x20>(low, high),
+                    _mm256_permute2f128_ps::<0x31>(low, high),
+                );
+                _mm256_storeu_ps(
+                    scores[r * key_count + first..][..KEY_BLOCK].as_mut_ptr(),
+                    total,
+                );
+            }
+        }
+    }
+    for j in whole_blocks..key_count {
+        let key = keys.row(j);
+        for r in 0..rows {
+            scores[r * key_count + j] = dot(queries.row(r), key);
+        }
+    }
+}
+
+/// `out_r = Σ_j weights[r, j] v_j` over each row's visible keys, `weights` the softmaxed scores.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; the rows' width is a multiple of 8; `out` holds `rows * width`
+/// values and `weights` `rows * key_count`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weighted_values_avx2(
+    values: &Rows,
+    visible: &dyn Fn(usize) -> usize,
+    weights: &[f32],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const VECTORS: usize = OUTPUT_SLAB / 8;
+    let (key_count, width) = (values.count, values.width);
+    for block in (0..key_count).step_by(VALUE_BLOCK) {
+        for (r, out) in out.chunks_exact_mut(width).enumerate() {
+            let seen = visible(r).min(block + VALUE_BLOCK);
+            if seen <= block {
+                continue;
+            }
+            let weights = &weights[r * key_count..][block..seen];
+            for slab in (0..width).step_by(OUTPUT_SLAB) {
+                let vectors = ((width - slab) / 8).min(VECTORS);
+                let out = out[slab..][..vectors * 8].as_mut_ptr();
+                // SAFETY: `out` addresses `vectors` whole vectors (the slice above), and so does
+                // every value row from `slab` on (`width` values each).
+                unsafe {
+                    let mut sums = [_mm256_setzero_ps(); VECTORS];
+                    if block > 0 {
+                        for (i, sum) in sums.iter_mut().enumerate().take(vectors) {
+                            *sum = _mm256_loadu_ps(out.add(i * 8));
+                        }
+                    }
+                    for (j, &weight) in (block..).zip(weights) {
+                        if r == 0 && slab == 0 && j + PREFETCH_ROWS < key_count {
+                            prefetch(values.row(j + PREFETCH_ROWS));
+                        }
+                        let value = values.row(j)[slab..].as_ptr();
+                        let weight = _mm256_set1_ps(weight);
+                        // A whole slab unrolled (every head size that is a multiple of 64 takes
+                        // only this branch); the last, narrower slab of other sizes below.
+                        if vectors == VECTORS {
+                            for (i, sum) in sums.iter_mut().enumerate() {
+                                let v = _mm256_loadu_ps(value.add(i * 8));
+                                *sum = _mm256_fmadd_ps(weight, v, *sum);
+                            }
+                        } else {
+                            for (i, sum) in sums.iter_mut().enumerate().take(vectors) {
+                                let v = _mm256_loadu_ps(value.add(i * 8));
+                                *sum = _mm256_fmadd_ps(weight, v, *sum);
+                            }
+                        }
+                    }
+                    for (i, sum) in sums.iter().enumerate().take(vectors) {
+                        _mm256_storeu_ps(out.add(i * 8), *sum);
+                    }
+                }
+            }
+        }
+    }
+}
