@@ -29,9 +29,11 @@ use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flex_few_row_attention::few_row_attention;
-use crate::flex_tensor::{flex_f32, from_flex};
-use crate::flex_vector::{exp, has_avx2_fma};
+use half::f16;
+
+use crate::flex_few_row_attention::{few_row_attention, FewRowScratch};
+use crate::flex_tensor::{flex_float, from_flex};
+use crate::flex_vector::{exp, has_avx2_fma_f16c, Element};
 
 /// Queries per task. Small enough that a block's scores (`QUERY_BLOCK * kv_len` values) stay in
 /// a core's cache at the context lengths of a prefill, large enough that a block's product is
@@ -51,24 +53,32 @@ pub(crate) fn causal_attention<B: Backend>(
     key: &Tensor<B, 4>,
     value: &Tensor<B, 4>,
 ) -> Option<Tensor<B, 4>> {
-    let strided = |t: &Tensor<B, 4>| flex_f32(t).filter(|t| t.layout().has_positive_strides());
-    let context = attend(&strided(query)?, &strided(key)?, &strided(value)?)?;
-    from_flex(context)
+    let strided = |t: &Tensor<B, 4>| flex_float(t).filter(|t| t.layout().has_positive_strides());
+    let (query, key, value) = (strided(query)?, strided(key)?, strided(value)?);
+    if query.dtype() != key.dtype() || key.dtype() != value.dtype() {
+        return None;
+    }
+    let context = match query.dtype() {
+        DType::F32 => attend::<f32>(&query, &key, &value),
+        DType::F16 if has_avx2_fma_f16c() => attend::<f16>(&query, &key, &value),
+        _ => None,
+    };
+    from_flex(context?)
 }
 
-/// A strided 4-D f32 operand: its storage, the offset of element 0 and its strides.
-struct Operand<'a> {
-    data: &'a [f32],
+/// A strided 4-D operand: its storage, the offset of element 0 and its strides.
+struct Operand<'a, E> {
+    data: &'a [E],
     start: usize,
     strides: [usize; 4],
 }
 
-impl<'a> Operand<'a> {
+impl<'a, E: Element> Operand<'a, E> {
     fn new(tensor: &'a FlexTensor) -> Self {
         let layout = tensor.layout();
         let s = layout.strides();
         Self {
-            data: tensor.storage::<f32>(),
+            data: E::storage(tensor),
             start: layout.start_offset(),
             strides: [s[0] as usize, s[1] as usize, s[2] as usize, s[3] as usize],
         }
@@ -80,13 +90,18 @@ impl<'a> Operand<'a> {
         self.start + batch * sb + head * sh + row * sr
     }
 
-    /// Pointer to element `[batch, head, row, 0]`.
-    fn row(&self, batch: usize, head: usize, row: usize) -> *const f32 {
-        self.data[self.offset(batch, head, row)..].as_ptr()
+    /// Pointer to element `[batch, head, row, 0]`, for f32 operands (gemm's).
+    fn row_f32(&self, batch: usize, head: usize, row: usize) -> *const f32 {
+        assert_eq!(E::DTYPE, DType::F32, "gemm multiplies f32 operands here");
+        self.data[self.offset(batch, head, row)..].as_ptr().cast()
     }
 }
 
-fn attend(query: &FlexTensor, key: &FlexTensor, value: &FlexTensor) -> Option<FlexTensor> {
+fn attend<E: Element>(
+    query: &FlexTensor,
+    key: &FlexTensor,
+    value: &FlexTensor,
+) -> Option<FlexTensor> {
     let dims = |t: &FlexTensor| -> [usize; 4] {
         let shape = t.layout().shape();
         [shape[0], shape[1], shape[2], shape[3]]
@@ -106,7 +121,11 @@ fn attend(query: &FlexTensor, key: &FlexTensor, value: &FlexTensor) -> Option<Fl
     }
     let groups = heads / kv_heads;
     let history = kv_len - seq_len;
-    let (mut q, k, v) = (Operand::new(query), Operand::new(key), Operand::new(value));
+    let (mut q, k, v) = (
+        Operand::<E>::new(query),
+        Operand::<E>::new(key),
+        Operand::<E>::new(value),
+    );
     // A decode step (one query per sequence) with tasks enough to keep the pool busy: the query
     // heads of a group become the rows of one task, which then reads its key/value head once
     // instead of once per query head. The heads of a group lie at one stride from each other, in
@@ -122,11 +141,14 @@ fn attend(query: &FlexTensor, key: &FlexTensor, value: &FlexTensor) -> Option<Fl
         (heads, seq_len)
     };
 
-    let mut context = FlexTensor::empty(
-        Shape::from(vec![batch, heads, seq_len, head_dim]),
-        DType::F32,
-    );
-    let output = context.storage_mut::<f32>();
+    // Other element types than f32 take only the few-row path (gemm here multiplies f32).
+    let few_rows_only = unit_dim_stride && (stacked || seq_len <= FEW_ROWS);
+    if E::DTYPE != DType::F32 && !few_rows_only {
+        return None;
+    }
+    let mut context =
+        FlexTensor::empty(Shape::from(vec![batch, heads, seq_len, head_dim]), E::DTYPE);
+    let output = E::storage_mut(&mut context);
     output
         .par_chunks_mut(task_rows * head_dim)
         .enumerate()
@@ -135,59 +157,72 @@ fn attend(query: &FlexTensor, key: &FlexTensor, value: &FlexTensor) -> Option<Fl
                 .enumerate()
                 .map(move |(block, out)| (sequence_head, block, out))
         })
-        .for_each_init(Vec::new, |scores, (sequence_head, block, out)| {
-            let (b, head) = (sequence_head / task_heads, sequence_head % task_heads);
-            let first = block * QUERY_BLOCK;
-            let rows = out.len() / head_dim;
-            // Keys visible to row `row` of the block; the last row sees them all.
-            let visible = |row: usize| {
-                if stacked {
-                    kv_len
-                } else {
-                    history + first + row + 1
+        .for_each_init(
+            FewRowScratch::default,
+            |scratch, (sequence_head, block, out)| {
+                let (b, head) = (sequence_head / task_heads, sequence_head % task_heads);
+                let first = block * QUERY_BLOCK;
+                let rows = out.len() / head_dim;
+                // Keys visible to row `row` of the block; the last row sees them all.
+                let visible = |row: usize| {
+                    if stacked {
+                        kv_len
+                    } else {
+                        history + first + row + 1
+                    }
+                };
+                let keys = visible(rows - 1);
+                let kv_head = if stacked { head } else { head / groups };
+                if rows <= FEW_ROWS && unit_dim_stride {
+                    few_row_attention(
+                        &Rows::new(&q, b, head, first, rows, head_dim),
+                        &Rows::new(&k, b, kv_head, 0, keys, head_dim),
+                        &Rows::new(&v, b, kv_head, 0, keys, head_dim),
+                        &visible,
+                        scratch,
+                        out,
+                    );
+                    return;
                 }
-            };
-            let keys = visible(rows - 1);
-            let kv_head = if stacked { head } else { head / groups };
-            if rows <= FEW_ROWS && unit_dim_stride {
-                few_row_attention(
-                    &Rows::new(&q, b, head, first, rows, head_dim),
-                    &Rows::new(&k, b, kv_head, 0, keys, head_dim),
-                    &Rows::new(&v, b, kv_head, 0, keys, head_dim),
-                    &visible,
-                    scores,
-                    out,
-                );
-                return;
-            }
-            scores.clear();
-            scores.resize(rows * keys, 0.0);
-            // SAFETY: every operand pointer addresses `rows` (or `keys`) rows of `head_dim`
-            // elements inside its storage, through the strides of its own layout (shapes were
-            // checked above); `scores` and `out` are exclusive buffers of exactly the written
-            // size.
-            unsafe {
-                product(
-                    [rows, keys, head_dim],
-                    (scores.as_mut_ptr(), keys),
-                    (q.row(b, head, first), q.strides[2], q.strides[3]),
-                    (k.row(b, kv_head, 0), k.strides[3], k.strides[2]),
-                );
-            }
-            for (row, scores) in scores.chunks_exact_mut(keys).enumerate() {
-                softmax_prefix(scores, visible(row));
-            }
-            // SAFETY: as above; the scores are `rows` rows of `keys` values.
-            unsafe {
-                product(
-                    [rows, head_dim, keys],
-                    (out.as_mut_ptr(), head_dim),
-                    (scores.as_ptr(), keys, 1),
-                    (v.row(b, kv_head, 0), v.strides[2], v.strides[3]),
-                );
-            }
-        });
+                // f32 from here on (checked above): gemm's operands.
+                let out = as_f32_mut(out);
+                let scores = &mut scratch.scores;
+                scores.clear();
+                scores.resize(rows * keys, 0.0);
+                // SAFETY: every operand pointer addresses `rows` (or `keys`) rows of `head_dim`
+                // elements inside its storage, through the strides of its own layout (shapes were
+                // checked above); `scores` and `out` are exclusive buffers of exactly the written
+                // size.
+                unsafe {
+                    product(
+                        [rows, keys, head_dim],
+                        (scores.as_mut_ptr(), keys),
+                        (q.row_f32(b, head, first), q.strides[2], q.strides[3]),
+                        (k.row_f32(b, kv_head, 0), k.strides[3], k.strides[2]),
+                    );
+                }
+                for (row, scores) in scores.chunks_exact_mut(keys).enumerate() {
+                    softmax_prefix(scores, visible(row));
+                }
+                // SAFETY: as above; the scores are `rows` rows of `keys` values.
+                unsafe {
+                    product(
+                        [rows, head_dim, keys],
+                        (out.as_mut_ptr(), head_dim),
+                        (scores.as_ptr(), keys, 1),
+                        (v.row_f32(b, kv_head, 0), v.strides[2], v.strides[3]),
+                    );
+                }
+            },
+        );
     Some(context)
+}
+
+/// `values` as f32 values: the caller has checked that `E` is f32.
+fn as_f32_mut<E: Element>(values: &mut [E]) -> &mut [f32] {
+    assert_eq!(E::DTYPE, DType::F32, "f32 values expected");
+    // SAFETY: `f32` is the only `Element` stored as `DType::F32` (asserted), so `E` is f32.
+    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), values.len()) }
 }
 
 /// `dst = lhs rhs` on one thread, for `[m, n, k]`: `dst` is `m` rows of `n` contiguous values
@@ -229,16 +264,16 @@ unsafe fn product(
 }
 
 /// `count` rows of `width` contiguous values, one stride apart, in an operand's storage.
-pub(crate) struct Rows<'a> {
-    data: &'a [f32],
+pub(crate) struct Rows<'a, E> {
+    data: &'a [E],
     stride: usize,
     pub(crate) count: usize,
     pub(crate) width: usize,
 }
 
-impl<'a> Rows<'a> {
+impl<'a, E: Element> Rows<'a, E> {
     fn new(
-        operand: &Operand<'a>,
+        operand: &Operand<'a, E>,
         batch: usize,
         head: usize,
         first: usize,
@@ -256,7 +291,7 @@ impl<'a> Rows<'a> {
         }
     }
 
-    pub(crate) fn row(&self, index: usize) -> &'a [f32] {
+    pub(crate) fn row(&self, index: usize) -> &'a [E] {
         &self.data[index * self.stride..][..self.width]
     }
 }
@@ -264,7 +299,7 @@ impl<'a> Rows<'a> {
 /// Softmax over `row[..visible]` in place; `row[visible..]` (future keys) becomes 0.
 fn softmax_prefix(row: &mut [f32], visible: usize) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if has_avx2_fma_f16c() {
         // SAFETY: the CPU has the features the function is compiled for (checked above).
         return unsafe { softmax_prefix_avx2(row, visible) };
     }
@@ -272,7 +307,7 @@ fn softmax_prefix(row: &mut [f32], visible: usize) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn softmax_prefix_avx2(row: &mut [f32], visible: usize) {
     softmax_prefix_portable(row, visible)
 }
@@ -430,6 +465,40 @@ mod tests {
                 worst < 2e-5,
                 "({batch}, {heads}, {kv_heads}, {seq_len}, {history}, {head_dim}): {worst}"
             );
+
+            // f16 operands (a model loaded in half precision): the few-row path only, f32 sums
+            // of the f16 values, one rounding of the output (2^-11 relative, outputs below 4).
+            let half = |t: &Tensor<Flex, 4>| t.clone().cast(DType::F16);
+            let (q, k, v) = (half(&q), half(&k), half(&v));
+            let Some(out) = causal_attention(&q, &k, &v) else {
+                assert!(
+                    seq_len > FEW_ROWS || !has_avx2_fma_f16c(),
+                    "{seq_len} rows in f16"
+                );
+                continue;
+            };
+            assert_eq!(
+                (out.dims(), out.dtype()),
+                ([batch, heads, seq_len, head_dim], DType::F16)
+            );
+            let widened = |t: &Tensor<Flex, 4>| values(&t.clone().cast(DType::F32));
+            let expected = reference(
+                &widened(&q),
+                &widened(&k),
+                &widened(&v),
+                [batch, heads, seq_len, head_dim],
+                kv_heads,
+                kv_len,
+            );
+            let worst = widened(&out)
+                .iter()
+                .zip(&expected)
+                .map(|(&a, &b)| (a as f64 - b).abs())
+                .fold(0.0, f64::max);
+            assert!(
+                worst < 2e-3,
+                "f16 ({batch}, {heads}, {kv_heads}, {seq_len}, {history}, {head_dim}): {worst}"
+            );
         }
     }
 
@@ -438,7 +507,10 @@ mod tests {
         let device = Default::default();
         let t = Tensor::<Flex, 4>::ones([1, 1, 4, 8], &device);
         let half = t.clone().cast(DType::F16);
-        assert!(causal_attention(&half, &half, &half).is_none());
+        // Mixed element types; bf16.
+        assert!(causal_attention(&half, &t, &t).is_none());
+        let bf16 = t.clone().cast(DType::BF16);
+        assert!(causal_attention(&bf16, &bf16, &bf16).is_none());
         type Diff = burn_autodiff::Autodiff<Flex>;
         let d = Tensor::<Diff, 4>::ones([1, 1, 4, 8], &device);
         assert!(causal_attention(&d, &d, &d).is_none());

@@ -20,9 +20,9 @@
 //! are in another order than the reference's: results agree to f32 rounding.
 
 use crate::flex_attention::{softmax_prefix_portable, Rows};
-use crate::flex_vector::dot;
 #[cfg(target_arch = "x86_64")]
-use crate::flex_vector::{has_avx2_fma, prefetch};
+use crate::flex_vector::prefetch;
+use crate::flex_vector::{dot, has_avx2_fma_f16c, Element};
 
 /// Keys whose scores the vector path computes and reduces together (one per lane of an AVX
 /// register).
@@ -41,44 +41,67 @@ const PREFETCH_ROWS: usize = 64;
 /// Output values (8 AVX vectors) one pass over the values accumulates in registers.
 const OUTPUT_SLAB: usize = 64;
 
+/// A task thread's buffers, reused from task to task.
+#[derive(Default)]
+pub(crate) struct FewRowScratch {
+    /// `[rows, keys]` scores, then softmax weights (also the f32 gemm path's scores).
+    pub(crate) scores: Vec<f32>,
+    /// `[rows, width]` queries in f32.
+    queries: Vec<f32>,
+    /// `[rows, width]` outputs in f32, rounded into the output's element type at the end.
+    out: Vec<f32>,
+}
+
 /// See the module docs.
-pub(crate) fn few_row_attention(
-    queries: &Rows,
-    keys: &Rows,
-    values: &Rows,
+pub(crate) fn few_row_attention<E: Element>(
+    queries: &Rows<E>,
+    keys: &Rows<E>,
+    values: &Rows<E>,
     visible: &dyn Fn(usize) -> usize,
-    scores: &mut Vec<f32>,
-    out: &mut [f32],
+    scratch: &mut FewRowScratch,
+    out: &mut [E],
 ) {
-    let (rows, key_count) = (queries.count, keys.count);
+    let (rows, key_count, width) = (queries.count, keys.count, queries.width);
+    let FewRowScratch {
+        scores,
+        queries: q,
+        out: sums,
+    } = scratch;
+    q.clear();
+    q.extend((0..rows).flat_map(|r| queries.row(r).iter().map(|v| v.to_f32())));
     scores.clear();
     scores.resize(rows * key_count, 0.0);
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() && queries.width.is_multiple_of(8) {
+    sums.clear();
+    sums.resize(rows * width, 0.0);
+    let vector_path = cfg!(target_arch = "x86_64") && has_avx2_fma_f16c() && width % 8 == 0;
+    if vector_path {
+        #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU has the features the functions are compiled for (checked above), and
         // the width is whole vectors, as they require.
         unsafe {
-            scores_avx2(queries, keys, scores);
+            scores_avx2(q, width, keys, scores);
             softmax_rows(scores, key_count, visible);
-            weighted_values_avx2(values, visible, scores, out);
+            weighted_values_avx2(values, visible, scores, sums);
         }
-        return;
-    }
-    for j in 0..key_count {
-        let key = keys.row(j);
-        for r in 0..rows {
-            scores[r * key_count + j] = dot(queries.row(r), key);
-        }
-    }
-    softmax_rows(scores, key_count, visible);
-    for (r, out) in out.chunks_exact_mut(queries.width).enumerate() {
-        let weights = &scores[r * key_count..][..visible(r)];
-        out.fill(0.0);
-        for (j, &weight) in weights.iter().enumerate() {
-            for (o, &x) in out.iter_mut().zip(values.row(j)) {
-                *o = x.mul_add(weight, *o);
+    } else {
+        for j in 0..key_count {
+            let key = keys.row(j);
+            for (r, q) in q.chunks_exact(width).enumerate() {
+                scores[r * key_count + j] = dot(key, q);
             }
         }
+        softmax_rows(scores, key_count, visible);
+        for (r, sums) in sums.chunks_exact_mut(width).enumerate() {
+            let weights = &scores[r * key_count..][..visible(r)];
+            for (j, &weight) in weights.iter().enumerate() {
+                for (o, x) in sums.iter_mut().zip(values.row(j)) {
+                    *o = x.to_f32().mul_add(weight, *o);
+                }
+            }
+        }
+    }
+    for (o, &sum) in out.iter_mut().zip(sums.iter()) {
+        *o = E::from_f32(sum);
     }
 }
 
@@ -96,10 +119,15 @@ fn softmax_rows(scores: &mut [f32], key_count: usize, visible: &dyn Fn(usize) ->
 /// The CPU has AVX2 and FMA; the rows' width is a multiple of 8; `scores` holds `rows *
 /// key_count` values.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn scores_avx2(queries: &Rows, keys: &Rows, scores: &mut [f32]) {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores_avx2<E: Element>(
+    queries: &[f32],
+    width: usize,
+    keys: &Rows<E>,
+    scores: &mut [f32],
+) {
     use std::arch::x86_64::*;
-    let (rows, key_count, width) = (queries.count, keys.count, queries.width);
+    let (rows, key_count) = (queries.len() / width, keys.count);
     let whole_blocks = key_count - key_count % KEY_BLOCK;
     for first in (0..whole_blocks).step_by(KEY_BLOCK) {
         if first + PREFETCH_ROWS + KEY_BLOCK <= key_count {
@@ -107,9 +135,9 @@ unsafe fn scores_avx2(queries: &Rows, keys: &Rows, scores: &mut [f32]) {
                 prefetch(keys.row(j));
             }
         }
-        let block: [*const f32; KEY_BLOCK] = std::array::from_fn(|i| keys.row(first + i).as_ptr());
+        let block: [*const E; KEY_BLOCK] = std::array::from_fn(|i| keys.row(first + i).as_ptr());
         for r in 0..rows {
-            let query = queries.row(r).as_ptr();
+            let query = queries[r * width..][..width].as_ptr();
             // SAFETY: every pointer addresses `width` values (`Rows::row`), `c + 8 <= width`
             // (whole vectors), and the block's 8 sums land inside `scores` row `r`.
             unsafe {
@@ -117,7 +145,7 @@ unsafe fn scores_avx2(queries: &Rows, keys: &Rows, scores: &mut [f32]) {
                 for c in (0..width).step_by(8) {
                     let q = _mm256_loadu_ps(query.add(c));
                     for (sum, key) in sums.iter_mut().zip(&block) {
-                        *sum = _mm256_fmadd_ps(q, _mm256_loadu_ps(key.add(c)), *sum);
+                        *sum = _mm256_fmadd_ps(q, E::load8(key.add(c)), *sum);
                     }
                 }
                 // Lane i of `total` is the sum of `sums[i]`'s lanes: pairs added within each
@@ -139,7 +167,7 @@ unsafe fn scores_avx2(queries: &Rows, keys: &Rows, scores: &mut [f32]) {
     for j in whole_blocks..key_count {
         let key = keys.row(j);
         for r in 0..rows {
-            scores[r * key_count + j] = dot(queries.row(r), key);
+            scores[r * key_count + j] = dot(key, &queries[r * width..][..width]);
         }
     }
 }
@@ -150,9 +178,9 @@ unsafe fn scores_avx2(queries: &Rows, keys: &Rows, scores: &mut [f32]) {
 /// The CPU has AVX2 and FMA; the rows' width is a multiple of 8; `out` holds `rows * width`
 /// values and `weights` `rows * key_count`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn weighted_values_avx2(
-    values: &Rows,
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weighted_values_avx2<E: Element>(
+    values: &Rows<E>,
     visible: &dyn Fn(usize) -> usize,
     weights: &[f32],
     out: &mut [f32],
@@ -189,12 +217,12 @@ unsafe fn weighted_values_avx2(
                         // only this branch); the last, narrower slab of other sizes below.
                         if vectors == VECTORS {
                             for (i, sum) in sums.iter_mut().enumerate() {
-                                let v = _mm256_loadu_ps(value.add(i * 8));
+                                let v = E::load8(value.add(i * 8));
                                 *sum = _mm256_fmadd_ps(weight, v, *sum);
                             }
                         } else {
                             for (i, sum) in sums.iter_mut().enumerate().take(vectors) {
-                                let v = _mm256_loadu_ps(value.add(i * 8));
+                                let v = E::load8(value.add(i * 8));
                                 *sum = _mm256_fmadd_ps(weight, v, *sum);
                             }
                         }

@@ -25,8 +25,12 @@ use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::flex_tensor::{flex_f32, from_flex};
-use crate::flex_vector::{dot, has_avx2_fma, prefetch};
+use half::f16;
+
+use crate::flex_tensor::{flex_float, from_flex};
+#[cfg(target_arch = "x86_64")]
+use crate::flex_vector::widening_dot;
+use crate::flex_vector::{dot, has_avx2_fma_f16c, prefetch, Element};
 
 /// Weights smaller than this (values) are multiplied on the calling thread: below it, handing
 /// the halves to the pool costs more than the second core's bandwidth saves.
@@ -39,61 +43,91 @@ pub(crate) const MAX_ROWS: usize = 8;
 /// kilobytes of weight.
 const TASKS_PER_THREAD: usize = 4;
 
-/// `x W` for `x` `[1, in]` and `W` `[in, out]` flex f32 tensors; `None` otherwise (see the
-/// module docs).
+/// `x W` for `x` `[rows, in]` and `W` `[in, out]` flex tensors of one element type (f32, or
+/// f16 where the CPU converts it: [`has_avx2_fma_f16c`]); `None` otherwise (see the module
+/// docs).
 pub(crate) fn matvec<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-    let x = flex_f32(x)?;
-    let weight = flex_f32(weight)?;
-    let [rows, d_input] = dims(&x);
-    let [weight_input, d_output] = dims(&weight);
+    let x = flex_float(x)?;
+    let weight = flex_float(weight)?;
+    let y = match (x.dtype(), weight.dtype()) {
+        (DType::F32, DType::F32) => product::<f32>(&x, &weight),
+        (DType::F16, DType::F16) if has_avx2_fma_f16c() => product::<f16>(&x, &weight),
+        _ => None,
+    };
+    from_flex(y?)
+}
+
+fn product<E: Element>(x: &FlexTensor, weight: &FlexTensor) -> Option<FlexTensor> {
+    let [rows, d_input] = dims(x);
+    let [weight_input, d_output] = dims(weight);
     if !(1..=MAX_ROWS).contains(&rows) || weight_input != d_input || d_input == 0 || d_output == 0 {
         return None;
     }
-    let x_values = x.as_slice::<f32>()?;
+    let (x_start, x_end) = x.layout().contiguous_offsets()?;
+    // The input rows in f32 (a copy of at most a few kilobytes for f16 inputs).
+    let widened: Vec<f32>;
+    let x_values: &[f32] = match E::DTYPE {
+        DType::F32 => &x.storage::<f32>()[x_start..x_end],
+        _ => {
+            widened = E::storage(x)[x_start..x_end]
+                .iter()
+                .map(|v| v.to_f32())
+                .collect();
+            &widened
+        }
+    };
     let layout = weight.layout();
     let (start, strides) = (layout.start_offset(), layout.strides());
-    let storage = weight.storage::<f32>();
     let (input_stride, output_stride) = (strides[0], strides[1]);
-    let layout = if input_stride == 1 && output_stride >= d_input as isize {
-        WeightLayout::RowPerOutput {
-            row_stride: output_stride as usize,
-        }
-    } else if rows == 1 && output_stride == 1 && input_stride >= d_output as isize {
-        WeightLayout::RowPerInput {
-            row_stride: input_stride as usize,
-        }
-    } else {
-        return None;
-    };
-    let weight_values = &storage[start..];
-    if rows > 1 {
-        let WeightLayout::RowPerOutput { row_stride } = layout else {
-            return None;
-        };
-        return from_flex(few_rows(
-            weight_values,
-            row_stride,
-            x_values,
-            rows,
-            d_output,
-        ));
+    if input_stride == 1 && output_stride >= d_input as isize {
+        let weights = &E::storage(weight)[start..];
+        let row_stride = output_stride as usize;
+        return Some(if rows == 1 {
+            one_row::<E>(weights, row_stride, x_values, d_output)
+        } else {
+            few_rows::<E>(weights, row_stride, x_values, rows, d_output)
+        });
     }
+    // A contiguous `[in, out]` weight (a model initialized here): one f32 row.
+    if E::DTYPE == DType::F32
+        && rows == 1
+        && output_stride == 1
+        && input_stride >= d_output as isize
+    {
+        let weights = &weight.storage::<f32>()[start..];
+        let mut y = FlexTensor::empty(Shape::from(vec![1, d_output]), DType::F32);
+        let row_stride = input_stride as usize;
+        split_outputs(y.storage_mut::<f32>(), d_input, |first, out| {
+            scaled_rows(weights, row_stride, first, x_values, out)
+        });
+        return Some(y);
+    }
+    None
+}
 
-    let mut y = FlexTensor::empty(Shape::from(vec![1, d_output]), DType::F32);
-    let out = y.storage_mut::<f32>();
-    let product =
-        |first: usize, out: &mut [f32]| one_row(layout, weight_values, first, x_values, out);
-    if d_input * d_output < PARALLEL_VALUES {
+/// `out` (all outputs, `d_input` weights each) computed by `product(first output, outputs)`:
+/// on the calling thread for small weights, else in chunks over the pool.
+fn split_outputs<T: Send>(out: &mut [T], d_input: usize, product: impl Fn(usize, &mut [T]) + Sync) {
+    if d_input * out.len() < PARALLEL_VALUES {
         product(0, out);
     } else {
         let tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
         // Multiples of 16 outputs keep each task's vector loops whole.
-        let chunk = d_output.div_ceil(tasks).next_multiple_of(16);
+        let chunk = out.len().div_ceil(tasks).next_multiple_of(16);
         out.par_chunks_mut(chunk)
             .enumerate()
             .for_each(|(task, out)| product(task * chunk, out));
     }
-    from_flex(y)
+}
+
+/// `x W` for one input row and a checkpoint-layout weight (`[out, in]` rows, `row_stride`
+/// apart): one dot product per output, the outputs split over the pool.
+fn one_row<E: Element>(weights: &[E], row_stride: usize, x: &[f32], d_output: usize) -> FlexTensor {
+    let mut y = FlexTensor::empty(Shape::from(vec![1, d_output]), E::DTYPE);
+    split_outputs(E::storage_mut(&mut y), x.len(), |first, out| {
+        dot_rows(weights, row_stride, first, x, out)
+    });
+    y
 }
 
 fn dims(tensor: &FlexTensor) -> [usize; 2] {
@@ -101,65 +135,99 @@ fn dims(tensor: &FlexTensor) -> [usize; 2] {
     [shape[0], shape[1]]
 }
 
-/// Where an output's weights lie.
-#[derive(Clone, Copy)]
-enum WeightLayout {
-    /// Output `o` reads `weights[o * row_stride..][..in]` (a checkpoint's `[out, in]` matrix).
-    RowPerOutput { row_stride: usize },
-    /// Input `i` holds the weights of every output at `weights[i * row_stride..][..out]`.
-    RowPerInput { row_stride: usize },
-}
-
-/// The outputs of `out`, from output `first` on, for one input row `x`: dot products with the
-/// weight rows, or the input's values scaled into the outputs, as `layout` stores the weight.
-fn one_row(layout: WeightLayout, weights: &[f32], first: usize, x: &[f32], out: &mut [f32]) {
+/// `out[o] = weight row (first + o) · x`, each row streamed once and the rows
+/// [`PREFETCH_ROWS`] ahead requested.
+fn dot_rows<E: Element>(weights: &[E], row_stride: usize, first: usize, x: &[f32], out: &mut [E]) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if has_avx2_fma_f16c() {
         // SAFETY: the CPU has the features the function is compiled for (checked above).
-        return unsafe { one_row_avx2(layout, weights, first, x, out) };
+        return unsafe { dot_rows_avx2(weights, row_stride, first, x, out) };
     }
-    one_row_portable(layout, weights, first, x, out)
+    dot_rows_portable(weights, row_stride, first, x, out)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn one_row_avx2(
-    layout: WeightLayout,
-    weights: &[f32],
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows_avx2<E: Element>(
+    weights: &[E],
+    row_stride: usize,
     first: usize,
     x: &[f32],
-    out: &mut [f32],
+    out: &mut [E],
 ) {
-    one_row_portable(layout, weights, first, x, out)
+    if E::DTYPE == DType::F32 {
+        // f32 rows: the compiler's vectorization of `dot`, compiled here for AVX2.
+        return dot_rows_portable(weights, row_stride, first, x, out);
+    }
+    for (o, out) in out.iter_mut().enumerate() {
+        let row = (first + o) * row_stride;
+        prefetch_row(weights, row + PREFETCH_ROWS * row_stride, x.len());
+        // SAFETY: the CPU has the features (this function's contract).
+        *out = E::from_f32(unsafe { widening_dot(&weights[row..][..x.len()], x) });
+    }
 }
 
 #[inline(always)]
-fn one_row_portable(
-    layout: WeightLayout,
+fn dot_rows_portable<E: Element>(
+    weights: &[E],
+    row_stride: usize,
+    first: usize,
+    x: &[f32],
+    out: &mut [E],
+) {
+    for (o, out) in out.iter_mut().enumerate() {
+        let row = (first + o) * row_stride;
+        prefetch_row(weights, row + PREFETCH_ROWS * row_stride, x.len());
+        *out = E::from_f32(dot(&weights[row..][..x.len()], x));
+    }
+}
+
+/// Requests the `len` weights from `start` on, or those of them inside the storage.
+#[inline(always)]
+fn prefetch_row<E>(weights: &[E], start: usize, len: usize) {
+    if let Some(ahead) = weights.get(start..) {
+        prefetch(&ahead[..len.min(ahead.len())]);
+    }
+}
+
+/// `out` from output `first` on, for one input row `x` and a contiguous `[in, out]` weight
+/// whose input `i` holds the weights of every output at `weights[i * row_stride..]`: the
+/// input's values scaled into the outputs.
+fn scaled_rows(weights: &[f32], row_stride: usize, first: usize, x: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma_f16c() {
+        // SAFETY: the CPU has the features the function is compiled for (checked above).
+        return unsafe { scaled_rows_avx2(weights, row_stride, first, x, out) };
+    }
+    scaled_rows_portable(weights, row_stride, first, x, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scaled_rows_avx2(
     weights: &[f32],
+    row_stride: usize,
     first: usize,
     x: &[f32],
     out: &mut [f32],
 ) {
-    match layout {
-        WeightLayout::RowPerOutput { row_stride } => {
-            for (o, out) in out.iter_mut().enumerate() {
-                let row = (first + o) * row_stride;
-                if let Some(ahead) = weights.get(row + PREFETCH_ROWS * row_stride..) {
-                    prefetch(&ahead[..x.len().min(ahead.len())]);
-                }
-                *out = dot(&weights[row..][..x.len()], x);
-            }
-        }
-        WeightLayout::RowPerInput { row_stride } => {
-            out.fill(0.0);
-            let width = out.len();
-            for (i, &v) in x.iter().enumerate() {
-                let row = &weights[i * row_stride + first..][..width];
-                for (o, &w) in out.iter_mut().zip(row) {
-                    *o = w.mul_add(v, *o);
-                }
-            }
+    scaled_rows_portable(weights, row_stride, first, x, out)
+}
+
+#[inline(always)]
+fn scaled_rows_portable(
+    weights: &[f32],
+    row_stride: usize,
+    first: usize,
+    x: &[f32],
+    out: &mut [f32],
+) {
+    out.fill(0.0);
+    let width = out.len();
+    for (i, &v) in x.iter().enumerate() {
+        let row = &weights[i * row_stride + first..][..width];
+        for (o, &w) in out.iter_mut().zip(row) {
+            *o = w.mul_add(v, *o);
         }
     }
 }
@@ -171,8 +239,8 @@ const PREFETCH_ROWS: usize = 2;
 
 /// `x W` for 2 to [`MAX_ROWS`] rows of `x` and a checkpoint-layout weight: every weight row is
 /// read once, from memory, and multiplied with all input rows while it is in the core's cache.
-fn few_rows(
-    weights: &[f32],
+fn few_rows<E: Element>(
+    weights: &[E],
     row_stride: usize,
     x: &[f32],
     rows: usize,
@@ -186,11 +254,11 @@ fn few_rows(
         .par_chunks_mut(chunk * rows)
         .enumerate()
         .for_each(|(task, out)| dot_rows_few(weights, row_stride, task * chunk, x, rows, out));
-    let mut y = FlexTensor::empty(Shape::from(vec![rows, d_output]), DType::F32);
-    let out = y.storage_mut::<f32>();
+    let mut y = FlexTensor::empty(Shape::from(vec![rows, d_output]), E::DTYPE);
+    let out = E::storage_mut(&mut y);
     for (o, values) in by_output.chunks_exact(rows).enumerate() {
         for (r, &value) in values.iter().enumerate() {
-            out[r * d_output + o] = value;
+            out[r * d_output + o] = E::from_f32(value);
         }
     }
     y
@@ -201,8 +269,8 @@ fn few_rows(
 const ROWS_PER_PASS: usize = 4;
 
 /// `out[o * rows + r] = dot(weights row first + o, x row r)` for the outputs of `out`.
-fn dot_rows_few(
-    weights: &[f32],
+fn dot_rows_few<E: Element>(
+    weights: &[E],
     row_stride: usize,
     first: usize,
     x: &[f32],
@@ -216,7 +284,7 @@ fn dot_rows_few(
         "weight rows out of the storage"
     );
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if has_avx2_fma_f16c() {
         // SAFETY: the CPU has the features the function is compiled for (checked above), and
         // every row it reads lies inside `weights` (asserted above) and `x`.
         return unsafe { dot_rows_few_avx2(weights, row_stride, first, x, rows, out) };
@@ -232,9 +300,9 @@ fn dot_rows_few(
 /// Weight rows two at a time (the second output's row is the first's when the count is odd),
 /// input rows [`ROWS_PER_PASS`] at a time while the pair sits in the core's first-level cache.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_rows_few_avx2(
-    weights: &[f32],
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows_few_avx2<E: Element>(
+    weights: &[E],
     row_stride: usize,
     first: usize,
     x: &[f32],
@@ -260,10 +328,10 @@ unsafe fn dot_rows_few_avx2(
             // (the slices above).
             unsafe {
                 match count {
-                    1 => pair_dots::<1>(w0, w1, x, d_input, &mut dots),
-                    2 => pair_dots::<2>(w0, w1, x, d_input, &mut dots),
-                    3 => pair_dots::<3>(w0, w1, x, d_input, &mut dots),
-                    _ => pair_dots::<ROWS_PER_PASS>(w0, w1, x, d_input, &mut dots),
+                    1 => pair_dots::<E, 1>(w0, w1, x, d_input, &mut dots),
+                    2 => pair_dots::<E, 2>(w0, w1, x, d_input, &mut dots),
+                    3 => pair_dots::<E, 3>(w0, w1, x, d_input, &mut dots),
+                    _ => pair_dots::<E, ROWS_PER_PASS>(w0, w1, x, d_input, &mut dots),
                 }
             }
             out[o * rows + r..][..count].copy_from_slice(&dots[0][..count]);
@@ -277,13 +345,14 @@ unsafe fn dot_rows_few_avx2(
 /// `x` (all of `width` values), into `dots[0][..R]` and `dots[1][..R]`.
 ///
 /// # Safety
-/// The CPU has AVX2 and FMA; `w0` and `w1` point at `width` readable values, `x` at `R * width`.
+/// The CPU has AVX2, FMA and F16C; `w0` and `w1` point at `width` readable values, `x` at
+/// `R * width`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn pair_dots<const R: usize>(
-    w0: *const f32,
-    w1: *const f32,
+unsafe fn pair_dots<E: Element, const R: usize>(
+    w0: *const E,
+    w1: *const E,
     x: *const f32,
     width: usize,
     dots: &mut [[f32; ROWS_PER_PASS]; 2],
@@ -297,8 +366,8 @@ unsafe fn pair_dots<const R: usize>(
     while c < whole {
         // SAFETY: `c + VECTOR <= width`: inside every row (the function's contract).
         unsafe {
-            let a = _mm256_loadu_ps(w0.add(c));
-            let b = _mm256_loadu_ps(w1.add(c));
+            let a = E::load8(w0.add(c));
+            let b = E::load8(w1.add(c));
             for r in 0..R {
                 let v = _mm256_loadu_ps(x.add(r * width + c));
                 sums0[r] = _mm256_fmadd_ps(a, v, sums0[r]);
@@ -315,8 +384,8 @@ unsafe fn pair_dots<const R: usize>(
             _mm256_storeu_ps(lanes[1].as_mut_ptr(), sums1[r]);
             for i in whole..width {
                 let v = *x.add(r * width + i);
-                lanes[0][0] += *w0.add(i) * v;
-                lanes[1][0] += *w1.add(i) * v;
+                lanes[0][0] += (*w0.add(i)).to_f32() * v;
+                lanes[1][0] += (*w1.add(i)).to_f32() * v;
             }
         }
         dots[0][r] = lanes[0].iter().sum();
@@ -389,12 +458,49 @@ mod tests {
     }
 
     #[test]
+    fn f16_weights_match_f64_of_their_values() {
+        if !has_avx2_fma_f16c() {
+            return; // f16 is left to flex's matmul on such CPUs.
+        }
+        let device = Default::default();
+        for (rows, d_input, d_output) in
+            [(1, 37, 29), (1, 576, 1536), (3, 576, 1536), (8, 64, 2048)]
+        {
+            let half = |dims: [usize; 2]| {
+                Tensor::<Flex, 2>::random(dims, Distribution::Default, &device).cast(DType::F16)
+            };
+            let x = half([rows, d_input]);
+            // The checkpoint layout: `[out, in]` stored, multiplied through its transposed view.
+            let weight = half([d_output, d_input]).transpose();
+            let widened = |t: &Tensor<Flex, 2>| {
+                t.clone()
+                    .cast(DType::F32)
+                    .to_data()
+                    .to_vec::<f32>()
+                    .unwrap()
+            };
+            let expected = reference(&widened(&x), &widened(&weight), rows, d_input, d_output);
+            let y = matvec(&x, &weight).expect("f16 takes the kernel");
+            assert_eq!((y.dims(), y.dtype()), ([rows, d_output], DType::F16));
+            let worst = widened(&y)
+                .iter()
+                .zip(&expected)
+                .map(|(&a, &b)| (a as f64 - b).abs() / (1.0 + b.abs()))
+                .fold(0.0, f64::max);
+            // The sums are f32; the one rounding to f16 at the end is within 2^-11.
+            assert!(worst < 1e-3, "{rows}x{d_input}x{d_output}: {worst}");
+        }
+    }
+
+    #[test]
     fn other_shapes_and_types_take_the_generic_path() {
         let device = Default::default();
         let w = Tensor::<Flex, 2>::ones([8, 4], &device);
         let many_rows = Tensor::<Flex, 2>::ones([MAX_ROWS + 1, 8], &device);
         assert!(matvec(&many_rows, &w).is_none());
         let x = Tensor::<Flex, 2>::ones([1, 8], &device);
+        // Mixed element types, and f16 weights in the `[in, out]` layout of a model built here.
+        assert!(matvec(&x.clone().cast(DType::F16), &w.clone()).is_none());
         assert!(matvec(&x.clone().cast(DType::F16), &w.clone().cast(DType::F16)).is_none());
     }
 }

@@ -16,7 +16,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use crate::flex_tensor::{flex_f32, from_flex};
-use crate::flex_vector::{exp, has_avx2_fma};
+use crate::flex_vector::{exp, has_avx2_fma_f16c};
 
 /// Values per task: below this a tensor (a decode step's) is computed on the calling thread.
 const VALUES_PER_TASK: usize = 1 << 15;
@@ -43,7 +43,7 @@ pub(crate) fn swiglu<B: Backend, const D: usize>(
 
 fn gate_values(g: &[f32], u: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma() {
+    if has_avx2_fma_f16c() {
         // SAFETY: the CPU has the features the function is compiled for (checked above).
         return unsafe { gate_values_avx2(g, u, out) };
     }
@@ -51,7 +51,7 @@ fn gate_values(g: &[f32], u: &[f32], out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn gate_values_avx2(g: &[f32], u: &[f32], out: &mut [f32]) {
     gate_values_portable(g, u, out)
 }

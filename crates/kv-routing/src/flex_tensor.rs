@@ -14,11 +14,17 @@ use burn_flex::FlexTensor;
 
 /// The flex tensor behind `tensor` when `B` is flex and the tensor holds f32.
 pub(crate) fn flex_f32<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FlexTensor> {
+    flex_float(tensor).filter(|flex| flex.dtype() == DType::F32)
+}
+
+/// The flex tensor behind `tensor` when `B` is flex and the tensor holds f32 or f16, the types
+/// the kernels read ([`crate::flex_vector::Element`]).
+pub(crate) fn flex_float<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FlexTensor> {
     let mut primitive = Some(tensor.clone().into_primitive().tensor());
     let flex = (&mut primitive as &mut dyn Any)
         .downcast_mut::<Option<FlexTensor>>()?
         .take()?;
-    (flex.dtype() == DType::F32).then_some(flex)
+    matches!(flex.dtype(), DType::F32 | DType::F16).then_some(flex)
 }
 
 /// `tensor` as a `Tensor<B, D>`, when `B` is flex and the ranks agree.

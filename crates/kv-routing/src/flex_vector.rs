@@ -1,37 +1,167 @@
 //! The vector arithmetic the flex kernels share (feature `flex`): a dot product and an
-//! exponential written so that the compiler vectorizes them, a prefetch hint, and the check for
-//! the AVX2 and FMA instructions the kernels are compiled for.
+//! exponential written so that the compiler vectorizes them, a prefetch hint, the element types
+//! the kernels read (f32 and f16, widened to f32 in registers), and the check for the
+//! instructions the kernels are compiled for.
 
-/// Whether the CPU runs AVX2 and FMA, the features of the kernels' `#[target_feature]`
-/// variants (the portable code runs otherwise).
+use burn::tensor::DType;
+use burn_flex::FlexTensor;
+use half::f16;
+
+/// Whether the CPU runs AVX2, FMA and F16C, the features of the kernels' `#[target_feature]`
+/// variants (the portable code runs otherwise). Every x86-64 CPU with AVX2 has the other two.
 #[inline]
-pub(crate) fn has_avx2_fma() -> bool {
+pub(crate) fn has_avx2_fma_f16c() -> bool {
     #[cfg(target_arch = "x86_64")]
     return std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma");
+        && std::arch::is_x86_feature_detected!("fma")
+        && std::arch::is_x86_feature_detected!("f16c");
     #[cfg(not(target_arch = "x86_64"))]
     false
+}
+
+/// An element type the kernels read weights and cache rows in. Arithmetic is f32 whatever the
+/// storage: f16 values are widened as they are loaded (F16C) and results rounded once, when
+/// stored, so an f16 model streams half the bytes with f32 sums.
+pub(crate) trait Element: Copy + Send + Sync + 'static {
+    /// The flex tensor element type that stores `Self`.
+    const DTYPE: DType;
+
+    fn to_f32(self) -> f32;
+
+    fn from_f32(value: f32) -> Self;
+
+    /// `tensor`'s whole storage, when it holds `Self` (flex asserts it does).
+    fn storage(tensor: &FlexTensor) -> &[Self];
+
+    /// `tensor`'s whole storage, writable.
+    fn storage_mut(tensor: &mut FlexTensor) -> &mut [Self];
+
+    /// Eight values from `values` widened to f32.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `values` addresses eight readable values.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(values: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Element for f32 {
+    const DTYPE: DType = DType::F32;
+
+    fn storage(tensor: &FlexTensor) -> &[Self] {
+        tensor.storage::<Self>()
+    }
+
+    fn storage_mut(tensor: &mut FlexTensor) -> &mut [Self] {
+        tensor.storage_mut::<Self>()
+    }
+
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+
+    #[inline(always)]
+    fn from_f32(value: f32) -> Self {
+        value
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(values: *const Self) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller's contract.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(values) }
+    }
+}
+
+impl Element for f16 {
+    const DTYPE: DType = DType::F16;
+
+    fn storage(tensor: &FlexTensor) -> &[Self] {
+        tensor.storage::<Self>()
+    }
+
+    fn storage_mut(tensor: &mut FlexTensor) -> &mut [Self] {
+        tensor.storage_mut::<Self>()
+    }
+
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+
+    #[inline(always)]
+    fn from_f32(value: f32) -> Self {
+        f16::from_f32(value)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(values: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::{_mm256_cvtph_ps, _mm_loadu_si128};
+        // SAFETY: the caller's contract: eight f16 values are 16 readable bytes.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(values.cast())) }
+    }
 }
 
 /// Lanes of [`dot`]'s partial sums: two AVX registers, two independent chains of adds.
 const LANES: usize = 16;
 
-/// `a · b` with [`LANES`] independent partial sums (inlined into its callers' vector code).
+/// `a · b` with [`LANES`] independent partial sums, `a`'s elements widened to f32 (inlined into
+/// its callers' vector code; for f32 the widening is nothing).
 #[inline(always)]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot<E: Element>(a: &[E], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let mut a_chunks = a.chunks_exact(LANES);
     let mut b_chunks = b.chunks_exact(LANES);
     for (x, y) in (&mut a_chunks).zip(&mut b_chunks) {
         for ((lane, &x), &y) in lanes.iter_mut().zip(x).zip(y) {
-            *lane = x.mul_add(y, *lane);
+            *lane = x.to_f32().mul_add(y, *lane);
         }
     }
     let tail: f32 = a_chunks
         .remainder()
         .iter()
         .zip(b_chunks.remainder())
-        .map(|(x, y)| x * y)
+        .map(|(x, y)| x.to_f32() * y)
+        .sum();
+    lanes.iter().sum::<f32>() + tail
+}
+
+/// `w · x` for weights of any [`Element`] type and f32 `x` of the same length, widened in
+/// registers: four independent sums of eight lanes.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn widening_dot<E: Element>(w: &[E], x: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    assert_eq!(w.len(), x.len(), "dot product of unequal lengths");
+    let whole = w.len() - w.len() % 32;
+    let (w_ptr, x_ptr) = (w.as_ptr(), x.as_ptr());
+    let mut sums = [_mm256_setzero_ps(); 4];
+    for c in (0..whole).step_by(32) {
+        for (i, sum) in sums.iter_mut().enumerate() {
+            // SAFETY: `c + 8 * i + 8 <= whole <= len` for both slices.
+            unsafe {
+                let offset = c + 8 * i;
+                let product = E::load8(w_ptr.add(offset));
+                *sum = _mm256_fmadd_ps(product, _mm256_loadu_ps(x_ptr.add(offset)), *sum);
+            }
+        }
+    }
+    let [a, b, c, d] = sums;
+    let total = _mm256_add_ps(_mm256_add_ps(a, b), _mm256_add_ps(c, d));
+    let mut lanes = [0.0f32; 8];
+    // SAFETY: `lanes` holds eight values.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), total) };
+    let tail: f32 = w[whole..]
+        .iter()
+        .zip(&x[whole..])
+        .map(|(w, x)| w.to_f32() * x)
         .sum();
     lanes.iter().sum::<f32>() + tail
 }
@@ -39,9 +169,9 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Asks the CPU to start loading `values` into its cache, one request per 64-byte line (x86-64;
 /// nothing elsewhere).
 #[inline(always)]
-pub(crate) fn prefetch(values: &[f32]) {
+pub(crate) fn prefetch<T>(values: &[T]) {
     #[cfg(target_arch = "x86_64")]
-    for line in values.chunks(16) {
+    for line in values.chunks(64 / size_of::<T>()) {
         // SAFETY: a prefetch is a hint: it reads nothing the program sees and cannot fault.
         unsafe {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
