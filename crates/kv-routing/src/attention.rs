@@ -23,6 +23,7 @@ use crate::error::KvRoutingError;
 use crate::key_value::KeyValue;
 use crate::kv_store::KvStore;
 use crate::projection::project;
+use crate::rms_norm::rms_norm;
 use crate::rope::RopeAngles;
 
 /// Configuration of a [`StochasticKvAttention`].
@@ -373,7 +374,7 @@ fn fused_causal_attention<B: Backend>(
 /// Applies a per-head norm over the last (head_dim) axis, when there is one.
 fn normalize_heads<B: Backend>(norm: &Option<RmsNorm<B>>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     match norm {
-        Some(norm) => norm.forward(x),
+        Some(norm) => rms_norm(norm, x),
         None => x,
     }
 }

@@ -10,6 +10,7 @@ use crate::attention_mask::AttentionMask;
 use crate::error::Result;
 use crate::feed_forward::SwiGluFeedForward;
 use crate::kv_store::KvStore;
+use crate::rms_norm::rms_norm;
 use crate::rope::RopeAngles;
 
 /// `x + attn(norm(x))`, then `x + mlp(norm(x))`.
@@ -40,8 +41,8 @@ impl<B: Backend> DecoderBlock<B> {
         mask: &AttentionMask<B>,
         store: &mut impl KvStore<B>,
     ) -> Result<Tensor<B, 3>> {
-        let normed = self.attention_norm.forward(x.clone());
+        let normed = rms_norm(&self.attention_norm, x.clone());
         let x = x + self.attention.forward(layer, normed, rope, mask, store)?;
-        Ok(x.clone() + self.mlp.forward(self.mlp_norm.forward(x)))
+        Ok(x.clone() + self.mlp.forward(rms_norm(&self.mlp_norm, x)))
     }
 }

@@ -33,7 +33,7 @@ use half::f16;
 
 use crate::flex_few_row_attention::{few_row_attention, FewRowScratch};
 use crate::flex_tensor::{flex_float, from_flex};
-use crate::flex_vector::{exp, has_avx2_fma_f16c, Element};
+use crate::flex_vector::{as_f32_mut, exp, has_avx2_fma_f16c, Element};
 
 /// Queries per task. Small enough that a block's scores (`QUERY_BLOCK * kv_len` values) stay in
 /// a core's cache at the context lengths of a prefill, large enough that a block's product is
@@ -185,7 +185,7 @@ fn attend<E: Element>(
                     return;
                 }
                 // f32 from here on (checked above): gemm's operands.
-                let out = as_f32_mut(out);
+                let out = as_f32_mut(out).expect("f32 attention (checked above)");
                 let scores = &mut scratch.scores;
                 scores.clear();
                 scores.resize(rows * keys, 0.0);
@@ -216,13 +216,6 @@ fn attend<E: Element>(
             },
         );
     Some(context)
-}
-
-/// `values` as f32 values: the caller has checked that `E` is f32.
-fn as_f32_mut<E: Element>(values: &mut [E]) -> &mut [f32] {
-    assert_eq!(E::DTYPE, DType::F32, "f32 values expected");
-    // SAFETY: `f32` is the only `Element` stored as `DType::F32` (asserted), so `E` is f32.
-    unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), values.len()) }
 }
 
 /// `dst = lhs rhs` on one thread, for `[m, n, k]`: `dst` is `m` rows of `n` contiguous values

@@ -68,7 +68,10 @@ pub(crate) fn few_row_attention<E: Element>(
         out: sums,
     } = scratch;
     q.clear();
-    q.extend((0..rows).flat_map(|r| queries.row(r).iter().map(|v| v.to_f32())));
+    q.resize(rows * width, 0.0);
+    for (r, q) in q.chunks_exact_mut(width).enumerate() {
+        E::widen(queries.row(r), q);
+    }
     scores.clear();
     scores.resize(rows * key_count, 0.0);
     sums.clear();
@@ -100,9 +103,7 @@ pub(crate) fn few_row_attention<E: Element>(
             }
         }
     }
-    for (o, &sum) in out.iter_mut().zip(sums.iter()) {
-        *o = E::from_f32(sum);
-    }
+    E::narrow(sums, out);
 }
 
 /// Each row of `scores` (`key_count` values) softmaxed over its visible keys.

@@ -30,7 +30,7 @@ use half::f16;
 use crate::flex_tensor::{flex_float, from_flex};
 #[cfg(target_arch = "x86_64")]
 use crate::flex_vector::widening_dot;
-use crate::flex_vector::{dot, has_avx2_fma_f16c, prefetch, Element};
+use crate::flex_vector::{as_f32, dot, has_avx2_fma_f16c, prefetch, Element};
 
 /// Weights smaller than this (values) are multiplied on the calling thread: below it, handing
 /// the halves to the pool costs more than the second core's bandwidth saves.
@@ -65,17 +65,13 @@ fn product<E: Element>(x: &FlexTensor, weight: &FlexTensor) -> Option<FlexTensor
     }
     let (x_start, x_end) = x.layout().contiguous_offsets()?;
     // The input rows in f32 (a copy of at most a few kilobytes for f16 inputs).
-    let widened: Vec<f32>;
-    let x_values: &[f32] = match E::DTYPE {
-        DType::F32 => &x.storage::<f32>()[x_start..x_end],
-        _ => {
-            widened = E::storage(x)[x_start..x_end]
-                .iter()
-                .map(|v| v.to_f32())
-                .collect();
-            &widened
-        }
-    };
+    let x_values = &E::storage(x)[x_start..x_end];
+    let mut widened = Vec::new();
+    let x_values = as_f32(x_values).unwrap_or_else(|| {
+        widened.resize(x_values.len(), 0.0);
+        E::widen(x_values, &mut widened);
+        &widened
+    });
     let layout = weight.layout();
     let (start, strides) = (layout.start_offset(), layout.strides());
     let (input_stride, output_stride) = (strides[0], strides[1]);

@@ -1,5 +1,5 @@
 //! The flex tensor behind a generic `Tensor<B, D>` and back (feature `flex`), for the CPU
-//! kernels of [`crate::flex_attention`] and [`crate::flex_matvec`].
+//! kernels (`crate::flex_*`).
 //!
 //! Generic code cannot name `B`'s tensor type, but it can ask whether it *is* flex's: the
 //! primitive goes through `Any` and is downcast, which succeeds exactly when `B` is
@@ -11,11 +11,6 @@ use std::any::Any;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_flex::FlexTensor;
-
-/// The flex tensor behind `tensor` when `B` is flex and the tensor holds f32.
-pub(crate) fn flex_f32<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FlexTensor> {
-    flex_float(tensor).filter(|flex| flex.dtype() == DType::F32)
-}
 
 /// The flex tensor behind `tensor` when `B` is flex and the tensor holds f32 or f16, the types
 /// the kernels read ([`crate::flex_vector::Element`]).

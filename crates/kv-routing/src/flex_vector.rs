@@ -6,6 +6,7 @@
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 /// Whether the CPU runs AVX2, FMA and F16C, the features of the kernels' `#[target_feature]`
 /// variants (the portable code runs otherwise). Every x86-64 CPU with AVX2 has the other two.
@@ -30,6 +31,12 @@ pub(crate) trait Element: Copy + Send + Sync + 'static {
 
     fn from_f32(value: f32) -> Self;
 
+    /// `dst = src` widened to f32 (equal lengths).
+    fn widen(src: &[Self], dst: &mut [f32]);
+
+    /// `dst = src` rounded to `Self` (equal lengths).
+    fn narrow(src: &[f32], dst: &mut [Self]);
+
     /// `tensor`'s whole storage, when it holds `Self` (flex asserts it does).
     fn storage(tensor: &FlexTensor) -> &[Self];
 
@@ -46,6 +53,14 @@ pub(crate) trait Element: Copy + Send + Sync + 'static {
 
 impl Element for f32 {
     const DTYPE: DType = DType::F32;
+
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+
+    fn narrow(src: &[f32], dst: &mut [Self]) {
+        dst.copy_from_slice(src);
+    }
 
     fn storage(tensor: &FlexTensor) -> &[Self] {
         tensor.storage::<Self>()
@@ -77,6 +92,15 @@ impl Element for f32 {
 impl Element for f16 {
     const DTYPE: DType = DType::F16;
 
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        // half converts slices eight values at a time with F16C where the CPU has it.
+        src.convert_to_f32_slice(dst);
+    }
+
+    fn narrow(src: &[f32], dst: &mut [Self]) {
+        dst.convert_from_f32_slice(src);
+    }
+
     fn storage(tensor: &FlexTensor) -> &[Self] {
         tensor.storage::<Self>()
     }
@@ -103,6 +127,24 @@ impl Element for f16 {
         // SAFETY: the caller's contract: eight f16 values are 16 readable bytes.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(values.cast())) }
     }
+}
+
+/// `values` as f32 values, when `E` is f32.
+#[inline(always)]
+pub(crate) fn as_f32<E: Element>(values: &[E]) -> Option<&[f32]> {
+    (E::DTYPE == DType::F32).then(|| {
+        // SAFETY: `f32` is the only `Element` stored as `DType::F32`, so `E` is f32.
+        unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) }
+    })
+}
+
+/// `values` as f32 values, writable, when `E` is f32.
+#[inline(always)]
+pub(crate) fn as_f32_mut<E: Element>(values: &mut [E]) -> Option<&mut [f32]> {
+    (E::DTYPE == DType::F32).then(|| {
+        // SAFETY: as in `as_f32`.
+        unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), values.len()) }
+    })
 }
 
 /// Lanes of [`dot`]'s partial sums: two AVX registers, two independent chains of adds.

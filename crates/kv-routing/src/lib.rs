@@ -31,6 +31,8 @@ mod flex_few_row_attention;
 #[cfg(feature = "flex")]
 mod flex_matvec;
 #[cfg(feature = "flex")]
+mod flex_rms_norm;
+#[cfg(feature = "flex")]
 mod flex_swiglu;
 #[cfg(feature = "flex")]
 mod flex_tensor;
@@ -43,6 +45,7 @@ mod kv_store;
 mod memory_budget;
 mod precision;
 mod projection;
+mod rms_norm;
 mod rope;
 mod route;
 mod routed_transformer;

@@ -20,6 +20,7 @@ use crate::kv_cache::{KvCacheLayout, KvCacheManager};
 use crate::kv_store::{KvStore, SequenceKv};
 use crate::memory_budget::{checked_product, MemoryBudget};
 use crate::projection::{matmul_last_axis, project};
+use crate::rms_norm::rms_norm;
 use crate::rope::{RopeAngles, RopeScaling, RotaryEmbedding, RotaryEmbeddingConfig};
 use crate::route::Route;
 use crate::seeded_init::reinit_seeded;
@@ -492,7 +493,7 @@ impl<B: Backend> RoutedTransformer<B> {
     /// - hidden: `[..., d_model]`
     /// - output: `[..., vocab_size]`
     pub fn vocab_logits<const D: usize>(&self, hidden: Tensor<B, D>) -> Tensor<B, D> {
-        let normed = self.norm.forward(hidden);
+        let normed = rms_norm(&self.norm, hidden);
         match &self.lm_head {
             Some(head) => project(head, normed),
             // A rank-2 product with the transposed embedding *view*: backends multiply by its
