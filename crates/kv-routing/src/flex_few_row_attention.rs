@@ -20,9 +20,9 @@
 //! are in another order than the reference's: results agree to f32 rounding.
 
 use crate::flex_attention::{softmax_prefix_portable, Rows};
+use crate::flex_vector::{dot, Element};
 #[cfg(target_arch = "x86_64")]
-use crate::flex_vector::prefetch;
-use crate::flex_vector::{dot, has_avx2_fma_f16c, Element};
+use crate::flex_vector::{has_avx2_fma_f16c, prefetch};
 
 /// Keys whose scores the vector path computes and reduces together (one per lane of an AVX
 /// register).
@@ -76,34 +76,68 @@ pub(crate) fn few_row_attention<E: Element>(
     scores.resize(rows * key_count, 0.0);
     sums.clear();
     sums.resize(rows * width, 0.0);
-    let vector_path = cfg!(target_arch = "x86_64") && has_avx2_fma_f16c() && width % 8 == 0;
-    if vector_path {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has the features the functions are compiled for (checked above), and
-        // the width is whole vectors, as they require.
-        unsafe {
-            scores_avx2(q, width, keys, scores);
-            softmax_rows(scores, key_count, visible);
-            weighted_values_avx2(values, visible, scores, sums);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma_f16c() {
+        // SAFETY: the CPU has the features the function is compiled for (checked above).
+        unsafe { attend_avx2(q, width, keys, values, visible, scores, sums) };
+        return E::narrow(sums, out);
+    }
+    attend_portable(q, width, keys, values, visible, scores, sums);
+    E::narrow(sums, out);
+}
+
+/// `sums` (`[rows, width]`) for the f32 queries `q`, through the vector path when the width is
+/// whole vectors.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn attend_avx2<E: Element>(
+    q: &[f32],
+    width: usize,
+    keys: &Rows<E>,
+    values: &Rows<E>,
+    visible: &dyn Fn(usize) -> usize,
+    scores: &mut [f32],
+    sums: &mut [f32],
+) {
+    if !width.is_multiple_of(8) {
+        return attend_portable(q, width, keys, values, visible, scores, sums);
+    }
+    // SAFETY: the features are this function's; the width is whole vectors (checked above).
+    unsafe {
+        scores_avx2(q, width, keys, scores);
+        softmax_rows(scores, keys.count, visible);
+        weighted_values_avx2(values, visible, scores, sums);
+    }
+}
+
+/// `sums` (`[rows, width]`) in plain loops, for CPUs without the vector path's features and
+/// widths that are not whole vectors.
+#[inline(always)]
+fn attend_portable<E: Element>(
+    q: &[f32],
+    width: usize,
+    keys: &Rows<E>,
+    values: &Rows<E>,
+    visible: &dyn Fn(usize) -> usize,
+    scores: &mut [f32],
+    sums: &mut [f32],
+) {
+    let key_count = keys.count;
+    for j in 0..key_count {
+        let key = keys.row(j);
+        for (r, q) in q.chunks_exact(width).enumerate() {
+            scores[r * key_count + j] = dot(key, q);
         }
-    } else {
-        for j in 0..key_count {
-            let key = keys.row(j);
-            for (r, q) in q.chunks_exact(width).enumerate() {
-                scores[r * key_count + j] = dot(key, q);
-            }
-        }
-        softmax_rows(scores, key_count, visible);
-        for (r, sums) in sums.chunks_exact_mut(width).enumerate() {
-            let weights = &scores[r * key_count..][..visible(r)];
-            for (j, &weight) in weights.iter().enumerate() {
-                for (o, x) in sums.iter_mut().zip(values.row(j)) {
-                    *o = x.to_f32().mul_add(weight, *o);
-                }
+    }
+    softmax_rows(scores, key_count, visible);
+    for (r, sums) in sums.chunks_exact_mut(width).enumerate() {
+        let weights = &scores[r * key_count..][..visible(r)];
+        for (j, &weight) in weights.iter().enumerate() {
+            for (o, x) in sums.iter_mut().zip(values.row(j)) {
+                *o = x.to_f32().mul_add(weight, *o);
             }
         }
     }
-    E::narrow(sums, out);
 }
 
 /// Each row of `scores` (`key_count` values) softmaxed over its visible keys.

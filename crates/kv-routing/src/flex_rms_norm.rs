@@ -19,7 +19,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::flex_tensor::{flex_float, from_flex};
-use crate::flex_vector::{as_f32, dot, Element};
+use crate::flex_vector::{as_f32, dot, has_avx2_fma_f16c, Element};
 
 /// Values per task: below this (a decode step) the rows are normalized on the calling thread.
 const VALUES_PER_TASK: usize = 1 << 15;
@@ -58,23 +58,62 @@ fn normalize<E: Element>(x: &FlexTensor, gamma: &FlexTensor, epsilon: f32) -> Op
         .par_chunks_mut(rows_per_task * width)
         .zip(values.par_chunks(rows_per_task * width))
         .for_each_init(
-            || (vec![0.0f32; width], vec![0.0f32; width]),
-            |(row_f32, scaled), (out, rows)| {
-                for (out, row) in out.chunks_exact_mut(width).zip(rows.chunks_exact(width)) {
-                    let row = as_f32(row).unwrap_or_else(|| {
-                        E::widen(row, row_f32);
-                        row_f32
-                    });
-                    let mean_square = dot(row, row) / width as f32;
-                    let inverse_rms = 1.0 / (mean_square + epsilon).sqrt();
-                    for ((s, &x), &g) in scaled.iter_mut().zip(row).zip(&widened_gamma) {
-                        *s = x * inverse_rms * g;
-                    }
-                    E::narrow(scaled, out);
-                }
-            },
+            || [vec![0.0f32; width], vec![0.0f32; width]],
+            |buffers, (out, rows)| normalize_rows(rows, &widened_gamma, epsilon, buffers, out),
         );
     Some(out)
+}
+
+/// The rows of `rows` (each `gamma.len()` values) normalized into `out`; `buffers` hold a row
+/// widened to f32 and its result.
+fn normalize_rows<E: Element>(
+    rows: &[E],
+    gamma: &[f32],
+    epsilon: f32,
+    buffers: &mut [Vec<f32>; 2],
+    out: &mut [E],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma_f16c() {
+        // SAFETY: the CPU has the features the function is compiled for (checked above).
+        return unsafe { normalize_rows_avx2(rows, gamma, epsilon, buffers, out) };
+    }
+    normalize_rows_portable(rows, gamma, epsilon, buffers, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn normalize_rows_avx2<E: Element>(
+    rows: &[E],
+    gamma: &[f32],
+    epsilon: f32,
+    buffers: &mut [Vec<f32>; 2],
+    out: &mut [E],
+) {
+    normalize_rows_portable(rows, gamma, epsilon, buffers, out)
+}
+
+#[inline(always)]
+fn normalize_rows_portable<E: Element>(
+    rows: &[E],
+    gamma: &[f32],
+    epsilon: f32,
+    [row_f32, scaled]: &mut [Vec<f32>; 2],
+    out: &mut [E],
+) {
+    let width = gamma.len();
+    for (out, row) in out.chunks_exact_mut(width).zip(rows.chunks_exact(width)) {
+        let row = as_f32(row).unwrap_or_else(|| {
+            E::widen(row, row_f32);
+            row_f32
+        });
+        let mean_square = dot(row, row) / width as f32;
+        let inverse_rms = 1.0 / (mean_square + epsilon).sqrt();
+        for ((s, &x), &g) in scaled.iter_mut().zip(row).zip(gamma) {
+            *s = x * inverse_rms * g;
+        }
+        E::narrow(scaled, out);
+    }
 }
 
 #[cfg(test)]
