@@ -1,4 +1,4 @@
-//! Causal grouped-query attention on burn-flex's f32 tensors in one parallel pass (feature
+//! Causal grouped-query attention on burn-flex's f32 (or f16) tensors in one parallel pass (feature
 //! `flex`), for every step with a causal mask: prefills, chunks and decode steps.
 //!
 //! Burn 0.21's flex runs its fused attention op on one thread, with a scalar softmax and no
@@ -21,8 +21,10 @@
 //! with the queries the *last* `seq_len` of the `kv_len` key slots (bottom-right causality, as
 //! [`AttentionMask::Causal`](crate::AttentionMask::Causal)). It returns `None`, leaving the work
 //! to the generic path, for any other backend (the autodiff backend included: training keeps
-//! Burn's differentiable ops) and any other element type than f32. The conformance suite runs
-//! through it on flex; `tests` below check it against an f64 reference.
+//! Burn's differentiable ops) and any other element type than f32 and f16; f16 operands take only
+//! the few-row path ([`crate::flex_few_row_attention`], decode steps and chunks of up to 8
+//! tokens; gemm here multiplies f32), and return `None` for longer steps. The conformance suite
+//! runs through it on flex; `tests` below check it against an f64 reference, in f32 and f16.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor};

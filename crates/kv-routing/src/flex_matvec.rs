@@ -1,4 +1,4 @@
-//! Products `x W` of one or a few rows on burn-flex's f32 tensors, spread over rayon's pool
+//! Products `x W` of one or a few rows on burn-flex's f32 or f16 tensors, spread over rayon's pool
 //! (feature `flex`).
 //!
 //! A batch-1 decode step multiplies one row by every weight of the model: it is a stream of the
@@ -13,12 +13,14 @@
 //! for the rows [`PREFETCH_ROWS`] ahead explicitly.
 //!
 //! # Contract
-//! [`matvec`] computes `y = x W` for `x` `[rows, in]` and `W` `[in, out]`, both flex f32, with
-//! `W` either the transposed view of a checkpoint's `[out, in]` matrix (each output a dot
-//! product with a contiguous row; 1 to [`MAX_ROWS`] rows) or contiguous `[in, out]` (each input
-//! row scaled into the outputs; one row). It returns `None`, leaving the product to the
-//! backend's matmul, for any other backend, element type, layout or row count. The sums are in
-//! another order than gemm's: results agree to f32 rounding, not bit for bit.
+//! [`matvec`] computes `y = x W` for `x` `[rows, in]` and `W` `[in, out]`, both flex f32 or both
+//! f16, with `W` either the transposed view of a checkpoint's `[out, in]` matrix (each output a
+//! dot product with a contiguous row; 1 to [`MAX_ROWS`] rows) or, in f32, contiguous `[in, out]`
+//! (each input row scaled into the outputs; one row). f16 weights are widened in registers
+//! (F16C) and summed in f32, each output rounded once. It returns `None`, leaving the product to
+//! the backend's matmul, for any other backend, element type, layout or row count, and for f16
+//! on CPUs without AVX2/FMA/F16C. The sums are in another order than gemm's: results agree to
+//! f32 rounding, not bit for bit.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor};
