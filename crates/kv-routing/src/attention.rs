@@ -354,7 +354,8 @@ impl<B: Backend> StochasticKvAttention<B> {
 }
 
 /// The backend-specific causal attention of a step (prefill, chunk or decode), where one
-/// exists: flex f32 or f16 tensors with the `flex` feature ([`crate::flex_attention`]). `None`
+/// exists: flex f32, f16 or bf16 tensors with the `flex` feature ([`crate::flex_attention`]).
+/// `None`
 /// leaves the step to Burn's ops.
 fn fused_causal_attention<B: Backend>(
     query: &Tensor<B, 4>,

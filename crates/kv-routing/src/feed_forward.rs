@@ -77,8 +77,8 @@ impl<B: Backend> SwiGluFeedForward<B> {
     }
 }
 
-/// A backend's own `silu(gate) * up`, where one exists: flex f32 or f16 tensors with the `flex`
-/// feature ([`crate::flex_swiglu`], one vectorized pass). `None` leaves it to Burn's ops.
+/// A backend's own `silu(gate) * up`, where one exists: flex f32, f16 or bf16 tensors with the
+/// `flex` feature ([`crate::flex_swiglu`], one vectorized pass). `None` leaves it to Burn's ops.
 fn fused_gate<B: Backend>(gate: &Tensor<B, 3>, up: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
     #[cfg(feature = "flex")]
     return crate::flex_swiglu::swiglu(gate, up);

@@ -1,5 +1,5 @@
-//! Causal grouped-query attention on burn-flex's f32 (or f16) tensors in one parallel pass (feature
-//! `flex`), for every step with a causal mask: prefills, chunks and decode steps.
+//! Causal grouped-query attention on burn-flex's f32 (or f16, bf16) tensors in one parallel pass
+//! (feature `flex`), for every step with a causal mask: prefills, chunks and decode steps.
 //!
 //! Burn 0.21's flex runs its fused attention op on one thread, with a scalar softmax and no
 //! skipping of the causal half: on SmolLM2-135M it took more time of a 512-token prefill than
@@ -21,17 +21,18 @@
 //! with the queries the *last* `seq_len` of the `kv_len` key slots (bottom-right causality, as
 //! [`AttentionMask::Causal`](crate::AttentionMask::Causal)). It returns `None`, leaving the work
 //! to the generic path, for any other backend (the autodiff backend included: training keeps
-//! Burn's differentiable ops) and any other element type than f32 and f16; f16 operands take only
-//! the few-row path ([`crate::flex_few_row_attention`], decode steps and chunks of up to 8
-//! tokens; gemm here multiplies f32), and return `None` for longer steps. The conformance suite
-//! runs through it on flex; `tests` below check it against an f64 reference, in f32 and f16.
+//! Burn's differentiable ops) and any other element type than f32, f16 and bf16. Half-precision
+//! operands take only the few-row path ([`crate::flex_few_row_attention`]: decode steps and
+//! chunks of up to 8 tokens; gemm here multiplies f32) and return `None` for longer steps. The
+//! conformance suite runs through it on flex; `tests` below check it against an f64 reference,
+//! in f32, f16 and bf16.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use half::f16;
+use half::{bf16, f16};
 
 use crate::flex_few_row_attention::{few_row_attention, FewRowScratch};
 use crate::flex_tensor::{flex_float, from_flex};
@@ -63,6 +64,7 @@ pub(crate) fn causal_attention<B: Backend>(
     let context = match query.dtype() {
         DType::F32 => attend::<f32>(&query, &key, &value),
         DType::F16 if has_avx2_fma_f16c() => attend::<f16>(&query, &key, &value),
+        DType::BF16 if has_avx2_fma_f16c() => attend::<bf16>(&query, &key, &value),
         _ => None,
     };
     from_flex(context?)
@@ -464,39 +466,43 @@ mod tests {
                 "({batch}, {heads}, {kv_heads}, {seq_len}, {history}, {head_dim}): {worst}"
             );
 
-            // f16 operands (a model loaded in half precision): the few-row path only, f32 sums
-            // of the f16 values, one rounding of the output (2^-11 relative, outputs below 4).
-            let half = |t: &Tensor<Flex, 4>| t.clone().cast(DType::F16);
-            let (q, k, v) = (half(&q), half(&k), half(&v));
-            let Some(out) = causal_attention(&q, &k, &v) else {
-                assert!(
-                    seq_len > FEW_ROWS || !has_avx2_fma_f16c(),
-                    "{seq_len} rows in f16"
+            // Half-precision operands (a model loaded in f16 or bf16): the few-row path only,
+            // f32 sums of their values, one rounding of the output (2^-11 or 2^-8 relative,
+            // outputs below 4).
+            for (dtype, tolerance) in [(DType::F16, 2e-3), (DType::BF16, 1.6e-2)] {
+                let half = |t: &Tensor<Flex, 4>| t.clone().cast(dtype);
+                let (q, k, v) = (half(&q), half(&k), half(&v));
+                let Some(out) = causal_attention(&q, &k, &v) else {
+                    assert!(
+                        seq_len > FEW_ROWS || !has_avx2_fma_f16c(),
+                        "{seq_len} rows in {dtype:?}"
+                    );
+                    continue;
+                };
+                assert_eq!(
+                    (out.dims(), out.dtype()),
+                    ([batch, heads, seq_len, head_dim], dtype)
                 );
-                continue;
-            };
-            assert_eq!(
-                (out.dims(), out.dtype()),
-                ([batch, heads, seq_len, head_dim], DType::F16)
-            );
-            let widened = |t: &Tensor<Flex, 4>| values(&t.clone().cast(DType::F32));
-            let expected = reference(
-                &widened(&q),
-                &widened(&k),
-                &widened(&v),
-                [batch, heads, seq_len, head_dim],
-                kv_heads,
-                kv_len,
-            );
-            let worst = widened(&out)
-                .iter()
-                .zip(&expected)
-                .map(|(&a, &b)| (a as f64 - b).abs())
-                .fold(0.0, f64::max);
-            assert!(
-                worst < 2e-3,
-                "f16 ({batch}, {heads}, {kv_heads}, {seq_len}, {history}, {head_dim}): {worst}"
-            );
+                let widened = |t: &Tensor<Flex, 4>| values(&t.clone().cast(DType::F32));
+                let expected = reference(
+                    &widened(&q),
+                    &widened(&k),
+                    &widened(&v),
+                    [batch, heads, seq_len, head_dim],
+                    kv_heads,
+                    kv_len,
+                );
+                let worst = widened(&out)
+                    .iter()
+                    .zip(&expected)
+                    .map(|(&a, &b)| (a as f64 - b).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    worst < tolerance,
+                    "{dtype:?} ({batch}, {heads}, {kv_heads}, {seq_len}, {history}, {head_dim}): \
+                 {worst}"
+                );
+            }
         }
     }
 
@@ -505,10 +511,10 @@ mod tests {
         let device = Default::default();
         let t = Tensor::<Flex, 4>::ones([1, 1, 4, 8], &device);
         let half = t.clone().cast(DType::F16);
-        // Mixed element types; bf16.
+        // Mixed element types; f64.
         assert!(causal_attention(&half, &t, &t).is_none());
-        let bf16 = t.clone().cast(DType::BF16);
-        assert!(causal_attention(&bf16, &bf16, &bf16).is_none());
+        let wide = t.clone().cast(DType::F64);
+        assert!(causal_attention(&wide, &wide, &wide).is_none());
         type Diff = burn_autodiff::Autodiff<Flex>;
         let d = Tensor::<Diff, 4>::ones([1, 1, 4, 8], &device);
         assert!(causal_attention(&d, &d, &d).is_none());

@@ -1,5 +1,5 @@
-//! Products `x W` of one or a few rows on burn-flex's f32 or f16 tensors, spread over rayon's pool
-//! (feature `flex`).
+//! Products `x W` of one or a few rows on burn-flex's f32, f16 or bf16 tensors, spread over
+//! rayon's pool (feature `flex`).
 //!
 //! A batch-1 decode step multiplies one row by every weight of the model: it is a stream of the
 //! weights from memory, and its speed is the bandwidth the stream gets. flex hands these
@@ -13,21 +13,21 @@
 //! for the rows [`PREFETCH_ROWS`] ahead explicitly.
 //!
 //! # Contract
-//! [`matvec`] computes `y = x W` for `x` `[rows, in]` and `W` `[in, out]`, both flex f32 or both
-//! f16, with `W` either the transposed view of a checkpoint's `[out, in]` matrix (each output a
-//! dot product with a contiguous row; 1 to [`MAX_ROWS`] rows) or, in f32, contiguous `[in, out]`
-//! (each input row scaled into the outputs; one row). f16 weights are widened in registers
-//! (F16C) and summed in f32, each output rounded once. It returns `None`, leaving the product to
-//! the backend's matmul, for any other backend, element type, layout or row count, and for f16
-//! on CPUs without AVX2/FMA/F16C. The sums are in another order than gemm's: results agree to
-//! f32 rounding, not bit for bit.
+//! [`matvec`] computes `y = x W` for `x` `[rows, in]` and `W` `[in, out]` of one element type
+//! (f32, f16 or bf16), with `W` either the transposed view of a checkpoint's `[out, in]` matrix
+//! (each output a dot product with a contiguous row; 1 to [`MAX_ROWS`] rows) or, in f32,
+//! contiguous `[in, out]` (each input row scaled into the outputs; one row). Half-precision
+//! weights are widened in registers and summed in f32, each output rounded once. It returns
+//! `None`, leaving the product to the backend's matmul, for any other backend, element type,
+//! layout or row count, and for half precision on CPUs without AVX2/FMA/F16C. The sums are in
+//! another order than gemm's: results agree to f32 rounding, not bit for bit.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use half::f16;
+use half::{bf16, f16};
 
 use crate::flex_tensor::{flex_float, from_flex};
 #[cfg(target_arch = "x86_64")]
@@ -54,6 +54,7 @@ pub(crate) fn matvec<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>) -> Opt
     let y = match (x.dtype(), weight.dtype()) {
         (DType::F32, DType::F32) => product::<f32>(&x, &weight),
         (DType::F16, DType::F16) if has_avx2_fma_f16c() => product::<f16>(&x, &weight),
+        (DType::BF16, DType::BF16) if has_avx2_fma_f16c() => product::<bf16>(&x, &weight),
         _ => None,
     };
     from_flex(y?)
@@ -456,37 +457,43 @@ mod tests {
     }
 
     #[test]
-    fn f16_weights_match_f64_of_their_values() {
+    fn half_precision_weights_match_f64_of_their_values() {
         if !has_avx2_fma_f16c() {
-            return; // f16 is left to flex's matmul on such CPUs.
+            return; // Half precision is left to flex's matmul on such CPUs.
         }
         let device = Default::default();
-        for (rows, d_input, d_output) in
-            [(1, 37, 29), (1, 576, 1536), (3, 576, 1536), (8, 64, 2048)]
-        {
-            let half = |dims: [usize; 2]| {
-                Tensor::<Flex, 2>::random(dims, Distribution::Default, &device).cast(DType::F16)
-            };
-            let x = half([rows, d_input]);
-            // The checkpoint layout: `[out, in]` stored, multiplied through its transposed view.
-            let weight = half([d_output, d_input]).transpose();
-            let widened = |t: &Tensor<Flex, 2>| {
-                t.clone()
-                    .cast(DType::F32)
-                    .to_data()
-                    .to_vec::<f32>()
-                    .unwrap()
-            };
-            let expected = reference(&widened(&x), &widened(&weight), rows, d_input, d_output);
-            let y = matvec(&x, &weight).expect("f16 takes the kernel");
-            assert_eq!((y.dims(), y.dtype()), ([rows, d_output], DType::F16));
-            let worst = widened(&y)
-                .iter()
-                .zip(&expected)
-                .map(|(&a, &b)| (a as f64 - b).abs() / (1.0 + b.abs()))
-                .fold(0.0, f64::max);
-            // The sums are f32; the one rounding to f16 at the end is within 2^-11.
-            assert!(worst < 1e-3, "{rows}x{d_input}x{d_output}: {worst}");
+        // One rounding of each f32 sum: within 2^-11 (f16) or 2^-8 (bf16) of the result.
+        for (dtype, tolerance) in [(DType::F16, 1e-3), (DType::BF16, 8e-3)] {
+            for (rows, d_input, d_output) in
+                [(1, 37, 29), (1, 576, 1536), (3, 576, 1536), (8, 64, 2048)]
+            {
+                let half = |dims: [usize; 2]| {
+                    Tensor::<Flex, 2>::random(dims, Distribution::Default, &device).cast(dtype)
+                };
+                let x = half([rows, d_input]);
+                // The checkpoint layout: `[out, in]` stored, multiplied through its transposed
+                // view.
+                let weight = half([d_output, d_input]).transpose();
+                let widened = |t: &Tensor<Flex, 2>| {
+                    t.clone()
+                        .cast(DType::F32)
+                        .to_data()
+                        .to_vec::<f32>()
+                        .unwrap()
+                };
+                let expected = reference(&widened(&x), &widened(&weight), rows, d_input, d_output);
+                let y = matvec(&x, &weight).expect("half precision takes the kernel");
+                assert_eq!((y.dims(), y.dtype()), ([rows, d_output], dtype));
+                let worst = widened(&y)
+                    .iter()
+                    .zip(&expected)
+                    .map(|(&a, &b)| (a as f64 - b).abs() / (1.0 + b.abs()))
+                    .fold(0.0, f64::max);
+                assert!(
+                    worst < tolerance,
+                    "{dtype:?} {rows}x{d_input}x{d_output}: {worst}"
+                );
+            }
         }
     }
 

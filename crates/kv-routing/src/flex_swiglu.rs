@@ -1,4 +1,4 @@
-//! SwiGLU's gate, `silu(gate) * up`, on burn-flex's f32 or f16 tensors in one vectorized,
+//! SwiGLU's gate, `silu(gate) * up`, on burn-flex's f32, f16 or bf16 tensors in one vectorized,
 //! parallel pass (feature `flex`).
 //!
 //! flex computes `silu` element by element with the C library's `expf`, on the calling thread,
@@ -16,7 +16,7 @@ use burn::tensor::{DType, Tensor};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use half::f16;
+use half::{bf16, f16};
 
 use crate::flex_tensor::{flex_float, from_flex};
 use crate::flex_vector::{as_f32, as_f32_mut, exp, has_avx2_fma_f16c, Element};
@@ -24,7 +24,8 @@ use crate::flex_vector::{as_f32, as_f32_mut, exp, has_avx2_fma_f16c, Element};
 /// Values per task: below this a tensor (a decode step's) is computed on the calling thread.
 const VALUES_PER_TASK: usize = 1 << 15;
 
-/// `silu(gate) * up` for flex f32 or f16 tensors of one shape and type, both contiguous; `None`
+/// `silu(gate) * up` for flex f32, f16 or bf16 tensors of one shape and type, both contiguous;
+/// `None`
 /// otherwise.
 pub(crate) fn swiglu<B: Backend, const D: usize>(
     gate: &Tensor<B, D>,
@@ -37,6 +38,7 @@ pub(crate) fn swiglu<B: Backend, const D: usize>(
     let out = match gate.dtype() {
         DType::F32 => gated::<f32>(&gate, &up),
         DType::F16 => gated::<f16>(&gate, &up),
+        DType::BF16 => gated::<bf16>(&gate, &up),
         _ => None,
     };
     from_flex(out?)
@@ -136,35 +138,37 @@ mod tests {
     }
 
     #[test]
-    fn f16_matches_f64_of_its_values_across_widened_blocks() {
+    fn half_precision_matches_f64_of_its_values_across_widened_blocks() {
         let device = Default::default();
-        // More values than a widened block, and a short last block.
+        // More values than a widened block, and a short last block. One rounding of each
+        // result: 2^-11 (f16) or 2^-8 (bf16) relative.
         let shape = [3, 7, 100];
-        let half = |d| Tensor::<Flex, 3>::random(shape, d, &device).cast(DType::F16);
-        let (gate, up) = (
-            half(Distribution::Uniform(-12.0, 12.0)),
-            half(Distribution::Default),
-        );
-        let out = swiglu(&gate, &up).expect("flex f16 takes the fast path");
-        assert_eq!(out.dtype(), DType::F16);
-        let values = |t: &Tensor<Flex, 3>| {
-            t.clone()
-                .cast(DType::F32)
-                .to_data()
-                .to_vec::<f32>()
-                .unwrap()
-        };
-        let (g, u, o) = (values(&gate), values(&up), values(&out));
-        for i in 0..g.len() {
-            let x = g[i] as f64;
-            let expected = x / (1.0 + (-x).exp()) * u[i] as f64;
-            // One rounding to f16: 2^-11 relative.
-            assert!(
-                (o[i] as f64 - expected).abs() <= 1e-3 * (1e-3 + expected.abs()),
-                "silu({x}) * {}: {} against {expected}",
-                u[i],
-                o[i]
+        for (dtype, tolerance) in [(DType::F16, 1e-3), (DType::BF16, 8e-3)] {
+            let half = |d| Tensor::<Flex, 3>::random(shape, d, &device).cast(dtype);
+            let (gate, up) = (
+                half(Distribution::Uniform(-12.0, 12.0)),
+                half(Distribution::Default),
             );
+            let out = swiglu(&gate, &up).expect("flex half precision takes the fast path");
+            assert_eq!(out.dtype(), dtype);
+            let values = |t: &Tensor<Flex, 3>| {
+                t.clone()
+                    .cast(DType::F32)
+                    .to_data()
+                    .to_vec::<f32>()
+                    .unwrap()
+            };
+            let (g, u, o) = (values(&gate), values(&up), values(&out));
+            for i in 0..g.len() {
+                let x = g[i] as f64;
+                let expected = x / (1.0 + (-x).exp()) * u[i] as f64;
+                assert!(
+                    (o[i] as f64 - expected).abs() <= tolerance * (1e-3 + expected.abs()),
+                    "{dtype:?} silu({x}) * {}: {} against {expected}",
+                    u[i],
+                    o[i]
+                );
+            }
         }
     }
 
@@ -177,7 +181,7 @@ mod tests {
         assert!(swiglu(&a, &b.clone().transpose()).is_none());
         let half = a.clone().cast(DType::F16);
         assert!(swiglu(&half, &a).is_none());
-        let bf16 = a.clone().cast(DType::BF16);
-        assert!(swiglu(&bf16, &bf16).is_none());
+        let wide = a.clone().cast(DType::F64);
+        assert!(swiglu(&wide, &wide).is_none());
     }
 }

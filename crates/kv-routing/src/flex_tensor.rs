@@ -12,14 +12,14 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_flex::FlexTensor;
 
-/// The flex tensor behind `tensor` when `B` is flex and the tensor holds f32 or f16, the types
-/// the kernels read ([`crate::flex_vector::Element`]).
+/// The flex tensor behind `tensor` when `B` is flex and the tensor holds f32, f16 or bf16, the
+/// types the kernels read ([`crate::flex_vector::Element`]).
 pub(crate) fn flex_float<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FlexTensor> {
     let mut primitive = Some(tensor.clone().into_primitive().tensor());
     let flex = (&mut primitive as &mut dyn Any)
         .downcast_mut::<Option<FlexTensor>>()?
         .take()?;
-    matches!(flex.dtype(), DType::F32 | DType::F16).then_some(flex)
+    matches!(flex.dtype(), DType::F32 | DType::F16 | DType::BF16).then_some(flex)
 }
 
 /// `tensor` as a `Tensor<B, D>`, when `B` is flex and the ranks agree.

@@ -1,12 +1,12 @@
 //! The vector arithmetic the flex kernels share (feature `flex`): a dot product and an
 //! exponential written so that the compiler vectorizes them, a prefetch hint, the element types
-//! the kernels read (f32 and f16, widened to f32 in registers), and the check for the
+//! the kernels read (f32, f16 and bf16, widened to f32 in registers), and the check for the
 //! instructions the kernels are compiled for.
 
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
-use half::f16;
 use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
 
 /// Whether the CPU runs AVX2, FMA and F16C, the features of the kernels' `#[target_feature]`
 /// variants (the portable code runs otherwise). Every x86-64 CPU with AVX2 has the other two.
@@ -21,8 +21,9 @@ pub(crate) fn has_avx2_fma_f16c() -> bool {
 }
 
 /// An element type the kernels read weights and cache rows in. Arithmetic is f32 whatever the
-/// storage: f16 values are widened as they are loaded (F16C) and results rounded once, when
-/// stored, so an f16 model streams half the bytes with f32 sums.
+/// storage: f16 and bf16 values are widened as they are loaded (F16C for f16, a shift for bf16)
+/// and results rounded once, when stored, so a half-precision model streams half the bytes with
+/// f32 sums.
 pub(crate) trait Element: Copy + Send + Sync + 'static {
     /// The flex tensor element type that stores `Self`.
     const DTYPE: DType;
@@ -126,6 +127,49 @@ impl Element for f16 {
         use std::arch::x86_64::{_mm256_cvtph_ps, _mm_loadu_si128};
         // SAFETY: the caller's contract: eight f16 values are 16 readable bytes.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(values.cast())) }
+    }
+}
+
+impl Element for bf16 {
+    const DTYPE: DType = DType::BF16;
+
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+
+    fn narrow(src: &[f32], dst: &mut [Self]) {
+        dst.convert_from_f32_slice(src);
+    }
+
+    fn storage(tensor: &FlexTensor) -> &[Self] {
+        tensor.storage::<Self>()
+    }
+
+    fn storage_mut(tensor: &mut FlexTensor) -> &mut [Self] {
+        tensor.storage_mut::<Self>()
+    }
+
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        bf16::to_f32(self)
+    }
+
+    #[inline(always)]
+    fn from_f32(value: f32) -> Self {
+        bf16::from_f32(value)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(values: *const Self) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // A bfloat16 is the high half of an f32: zero-extended to 32 bits and shifted up.
+        // SAFETY: the caller's contract: eight bf16 values are 16 readable bytes.
+        unsafe {
+            let bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(values.cast()));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(bits))
+        }
     }
 }
 

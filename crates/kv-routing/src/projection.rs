@@ -65,8 +65,8 @@ pub fn matmul_last_axis<B: Backend, const D: usize>(
     y.reshape(dims)
 }
 
-/// A backend's own kernel for a product of one or a few rows, where one exists: flex f32 or f16
-/// tensors with the `flex` feature ([`crate::flex_matvec`], the weight streamed once by every
+/// A backend's own kernel for a product of one or a few rows, where one exists: flex f32, f16 or
+/// bf16 tensors with the `flex` feature ([`crate::flex_matvec`], the weight streamed once by every
 /// core). `None` leaves the product to the backend's matmul.
 fn few_row_product<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
     #[cfg(feature = "flex")]
