@@ -90,35 +90,43 @@ impl Element for f32 {
     }
 }
 
+/// The methods `half`'s two types implement alike: slice conversions (eight values at a time
+/// with F16C, for f16, where the CPU has it), the flex storage and the value conversions. Only
+/// `load8` differs.
+macro_rules! half_precision_element {
+    ($half:ty, $dtype:expr) => {
+        const DTYPE: DType = $dtype;
+
+        fn widen(src: &[Self], dst: &mut [f32]) {
+            src.convert_to_f32_slice(dst);
+        }
+
+        fn narrow(src: &[f32], dst: &mut [Self]) {
+            dst.convert_from_f32_slice(src);
+        }
+
+        fn storage(tensor: &FlexTensor) -> &[Self] {
+            tensor.storage::<Self>()
+        }
+
+        fn storage_mut(tensor: &mut FlexTensor) -> &mut [Self] {
+            tensor.storage_mut::<Self>()
+        }
+
+        #[inline(always)]
+        fn to_f32(self) -> f32 {
+            <$half>::to_f32(self)
+        }
+
+        #[inline(always)]
+        fn from_f32(value: f32) -> Self {
+            <$half>::from_f32(value)
+        }
+    };
+}
+
 impl Element for f16 {
-    const DTYPE: DType = DType::F16;
-
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        // half converts slices eight values at a time with F16C where the CPU has it.
-        src.convert_to_f32_slice(dst);
-    }
-
-    fn narrow(src: &[f32], dst: &mut [Self]) {
-        dst.convert_from_f32_slice(src);
-    }
-
-    fn storage(tensor: &FlexTensor) -> &[Self] {
-        tensor.storage::<Self>()
-    }
-
-    fn storage_mut(tensor: &mut FlexTensor) -> &mut [Self] {
-        tensor.storage_mut::<Self>()
-    }
-
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        f16::to_f32(self)
-    }
-
-    #[inline(always)]
-    fn from_f32(value: f32) -> Self {
-        f16::from_f32(value)
-    }
+    half_precision_element!(f16, DType::F16);
 
     #[cfg(target_arch = "x86_64")]
     #[inline]
@@ -131,33 +139,7 @@ impl Element for f16 {
 }
 
 impl Element for bf16 {
-    const DTYPE: DType = DType::BF16;
-
-    fn widen(src: &[Self], dst: &mut [f32]) {
-        src.convert_to_f32_slice(dst);
-    }
-
-    fn narrow(src: &[f32], dst: &mut [Self]) {
-        dst.convert_from_f32_slice(src);
-    }
-
-    fn storage(tensor: &FlexTensor) -> &[Self] {
-        tensor.storage::<Self>()
-    }
-
-    fn storage_mut(tensor: &mut FlexTensor) -> &mut [Self] {
-        tensor.storage_mut::<Self>()
-    }
-
-    #[inline(always)]
-    fn to_f32(self) -> f32 {
-        bf16::to_f32(self)
-    }
-
-    #[inline(always)]
-    fn from_f32(value: f32) -> Self {
-        bf16::from_f32(value)
-    }
+    half_precision_element!(bf16, DType::BF16);
 
     #[cfg(target_arch = "x86_64")]
     #[inline]
