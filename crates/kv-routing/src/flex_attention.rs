@@ -355,6 +355,8 @@ mod tests {
     use burn::tensor::Distribution;
     use burn_flex::Flex;
 
+    use crate::flex_tensor::f32_values;
+
     /// Scaled-query causal attention in f64, bottom-right aligned, heads grouped.
     fn reference(
         q: &[f32],
@@ -397,10 +399,6 @@ mod tests {
             }
         }
         out
-    }
-
-    fn values(t: &Tensor<Flex, 4>) -> Vec<f32> {
-        t.to_data().to_vec::<f32>().unwrap()
     }
 
     #[test]
@@ -470,16 +468,15 @@ mod tests {
                     (out.dims(), out.dtype()),
                     ([batch, heads, seq_len, head_dim], dtype)
                 );
-                let widened = |t: &Tensor<Flex, 4>| values(&t.clone().cast(DType::F32));
                 let expected = reference(
-                    &widened(&q),
-                    &widened(&k),
-                    &widened(&v),
+                    &f32_values(&q),
+                    &f32_values(&k),
+                    &f32_values(&v),
                     [batch, heads, seq_len, head_dim],
                     kv_heads,
                     kv_len,
                 );
-                let worst = widened(&out)
+                let worst = f32_values(&out)
                     .iter()
                     .zip(&expected)
                     .map(|(&a, &b)| (a as f64 - b).abs())

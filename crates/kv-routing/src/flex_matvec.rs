@@ -398,6 +398,8 @@ mod tests {
     use burn::tensor::Distribution;
     use burn_flex::Flex;
 
+    use crate::flex_tensor::f32_values;
+
     fn reference(x: &[f32], w: &[f32], rows: usize, d_input: usize, d_output: usize) -> Vec<f64> {
         (0..rows * d_output)
             .map(|index| {
@@ -430,8 +432,8 @@ mod tests {
             let transposed = stored.clone().transpose();
             let contiguous = Tensor::<Flex, 2>::from_data(transposed.to_data(), &device);
             let expected = reference(
-                &x.to_data().to_vec::<f32>().unwrap(),
-                &contiguous.to_data().to_vec::<f32>().unwrap(),
+                &f32_values(&x),
+                &f32_values(&contiguous),
                 rows,
                 d_input,
                 d_output,
@@ -443,10 +445,7 @@ mod tests {
                     continue;
                 };
                 assert_eq!(y.dims(), [rows, d_output]);
-                let worst = y
-                    .to_data()
-                    .to_vec::<f32>()
-                    .unwrap()
+                let worst = f32_values(&y)
                     .iter()
                     .zip(&expected)
                     .map(|(&a, &b)| (a as f64 - b).abs() / (1.0 + b.abs()))
@@ -474,17 +473,16 @@ mod tests {
                 // The checkpoint layout: `[out, in]` stored, multiplied through its transposed
                 // view.
                 let weight = half([d_output, d_input]).transpose();
-                let widened = |t: &Tensor<Flex, 2>| {
-                    t.clone()
-                        .cast(DType::F32)
-                        .to_data()
-                        .to_vec::<f32>()
-                        .unwrap()
-                };
-                let expected = reference(&widened(&x), &widened(&weight), rows, d_input, d_output);
+                let expected = reference(
+                    &f32_values(&x),
+                    &f32_values(&weight),
+                    rows,
+                    d_input,
+                    d_output,
+                );
                 let y = matvec(&x, &weight).expect("half precision takes the kernel");
                 assert_eq!((y.dims(), y.dtype()), ([rows, d_output], dtype));
-                let worst = widened(&y)
+                let worst = f32_values(&y)
                     .iter()
                     .zip(&expected)
                     .map(|(&a, &b)| (a as f64 - b).abs() / (1.0 + b.abs()))

@@ -124,6 +124,8 @@ mod tests {
     use burn::tensor::Distribution;
     use burn_flex::Flex;
 
+    use crate::flex_tensor::f32_values;
+
     fn reference(x: &[f32], gamma: &[f32], epsilon: f64) -> Vec<f64> {
         x.chunks(gamma.len())
             .flat_map(|row| {
@@ -155,10 +157,8 @@ mod tests {
                 Tensor::<Flex, 1>::random([dims[2]], Distribution::Default, &device).cast(dtype);
             let out = rms_norm(&x, &gamma, 1e-5).expect("flex takes the kernel");
             assert_eq!((out.dims(), out.dtype()), (dims, dtype));
-            let values = |t: Tensor<Flex, 3>| t.cast(DType::F32).to_data().to_vec::<f32>().unwrap();
-            let gamma = gamma.cast(DType::F32).to_data().to_vec::<f32>().unwrap();
-            let expected = reference(&values(x), &gamma, 1e-5);
-            let worst = values(out)
+            let expected = reference(&f32_values(&x), &f32_values(&gamma), 1e-5);
+            let worst = f32_values(&out)
                 .iter()
                 .zip(&expected)
                 .map(|(&a, &b)| (a as f64 - b).abs() / (1.0 + b.abs()))

@@ -113,6 +113,8 @@ mod tests {
     use burn::tensor::Distribution;
     use burn_flex::Flex;
 
+    use crate::flex_tensor::f32_values;
+
     #[test]
     fn matches_f64_silu_times_up_on_one_and_several_tasks() {
         let device = Default::default();
@@ -122,8 +124,7 @@ mod tests {
                 Tensor::<Flex, 3>::random(shape, Distribution::Uniform(-30.0, 30.0), &device);
             let up = Tensor::<Flex, 3>::random(shape, Distribution::Default, &device);
             let out = swiglu(&gate, &up).expect("flex f32 takes the fast path");
-            let values = |t: &Tensor<Flex, 3>| t.to_data().to_vec::<f32>().unwrap();
-            let (g, u, o) = (values(&gate), values(&up), values(&out));
+            let (g, u, o) = (f32_values(&gate), f32_values(&up), f32_values(&out));
             for i in 0..g.len() {
                 let x = g[i] as f64;
                 let expected = x / (1.0 + (-x).exp()) * u[i] as f64;
@@ -151,14 +152,7 @@ mod tests {
             );
             let out = swiglu(&gate, &up).expect("flex half precision takes the fast path");
             assert_eq!(out.dtype(), dtype);
-            let values = |t: &Tensor<Flex, 3>| {
-                t.clone()
-                    .cast(DType::F32)
-                    .to_data()
-                    .to_vec::<f32>()
-                    .unwrap()
-            };
-            let (g, u, o) = (values(&gate), values(&up), values(&out));
+            let (g, u, o) = (f32_values(&gate), f32_values(&up), f32_values(&out));
             for i in 0..g.len() {
                 let x = g[i] as f64;
                 let expected = x / (1.0 + (-x).exp()) * u[i] as f64;

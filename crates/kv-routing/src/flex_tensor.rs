@@ -22,6 +22,18 @@ pub(crate) fn flex_float<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> O
     matches!(flex.dtype(), DType::F32 | DType::F16 | DType::BF16).then_some(flex)
 }
 
+/// The values of a flex tensor of any float type, widened to f32, in logical order (the kernels'
+/// tests compare them with f64 references).
+#[cfg(test)]
+pub(crate) fn f32_values<const D: usize>(tensor: &Tensor<burn_flex::Flex, D>) -> Vec<f32> {
+    tensor
+        .clone()
+        .cast(DType::F32)
+        .to_data()
+        .to_vec::<f32>()
+        .unwrap()
+}
+
 /// `tensor` as a `Tensor<B, D>`, when `B` is flex and the ranks agree.
 pub(crate) fn from_flex<B: Backend, const D: usize>(tensor: FlexTensor) -> Option<Tensor<B, D>> {
     if tensor.layout().num_dims() != D {
