@@ -2,11 +2,10 @@
 //!
 //! `cargo test -p kv-routing-flex` runs the whole conformance suite.
 //!
-//! The KV cache's per-step writes are in place only with the burn-flex patch of this
-//! workspace (`patches/burn-flex`): the crates.io 0.21.0 release copies a tensor's whole buffer
-//! on every `slice_assign`. A workspace that depends on this crate without the same
-//! `[patch.crates-io]` entry gets the copying release; [`slice_assign_writes_in_place`] detects
-//! it at run time (the CLI checks it at startup and warns).
+//! The KV cache's per-step writes go through kv-routing's own in-place write on flex
+//! (`kv_routing::kv_cache::write_slots`), not burn-flex's `slice_assign` (whose 0.21.0 release
+//! copies its whole destination): a plain dependency on this crate gets fast decode, with no
+//! `[patch]`. [`cache_writes_in_place`] probes it at run time.
 
 use burn::tensor::{Tensor, TensorPrimitive};
 
@@ -43,14 +42,17 @@ pub fn retain_freed_memory() {
     }
 }
 
-/// Whether `slice_assign` into a uniquely owned tensor writes into the same buffer (the KV
-/// cache's per-step write), probed once on a small tensor by comparing buffer addresses.
-pub fn slice_assign_writes_in_place() -> bool {
+/// Whether the KV cache's write (`kv_routing::kv_cache::write_slots`) into a uniquely owned
+/// storage writes into the same buffer, probed once on a small tensor by comparing buffer
+/// addresses.
+pub fn cache_writes_in_place() -> bool {
     let device = burn_flex::FlexDevice;
     let (storage, before) = buffer_address(Tensor::<Backend, 4>::zeros([1, 2, 64, 8], &device));
     let slot = Tensor::<Backend, 4>::ones([1, 2, 1, 8], &device);
-    let (_, after) = buffer_address(storage.slice_assign([0..1, 0..2, 5..6, 0..8], slot));
-    before == after
+    match kv_routing::kv_cache::write_slots(storage, 5, slot) {
+        Ok(written) => buffer_address(written).1 == before,
+        Err(_) => false,
+    }
 }
 
 /// The address of `tensor`'s buffer, and the tensor back.

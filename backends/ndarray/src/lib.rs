@@ -17,14 +17,18 @@ pub fn device() -> Device {
     burn_ndarray::NdArrayDevice::Cpu
 }
 
-/// Whether `slice_assign` into a uniquely owned tensor writes into the same buffer (the KV
-/// cache's per-step write), probed on a small tensor by comparing buffer addresses.
-/// burn-ndarray 0.21 does (its arrays are copy-on-write and copy only when shared).
-pub fn slice_assign_writes_in_place() -> bool {
+/// Whether the KV cache's write (`kv_routing::kv_cache::write_slots`, `slice_assign` on ndarray)
+/// into a uniquely owned tensor writes into the same buffer, probed on a small tensor by
+/// comparing buffer addresses. burn-ndarray 0.21 does (its arrays are copy-on-write and copy
+/// only when shared).
+pub fn cache_writes_in_place() -> bool {
     let device = device();
     let (storage, before) = buffer_address(Tensor::<Backend, 4>::zeros([1, 2, 64, 8], &device));
     let slot = Tensor::<Backend, 4>::ones([1, 2, 1, 8], &device);
-    let (_, after) = buffer_address(storage.slice_assign([0..1, 0..2, 5..6, 0..8], slot));
+    let Ok(written) = kv_routing::kv_cache::write_slots(storage, 5, slot) else {
+        return false;
+    };
+    let (_, after) = buffer_address(written);
     matches!((before, after), (Some(before), Some(after)) if before == after)
 }
 

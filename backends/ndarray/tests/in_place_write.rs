@@ -4,9 +4,9 @@
 //! (That a shared one is copied, the other owner keeping its values, is checked on every backend
 //! by the conformance test `views_kept_past_a_step_are_counted`.)
 
-use kv_routing_ndarray::slice_assign_writes_in_place;
+use kv_routing_ndarray::cache_writes_in_place;
 
 #[test]
 fn slice_assign_into_an_owned_tensor_writes_in_place() {
-    assert!(slice_assign_writes_in_place());
+    assert!(cache_writes_in_place());
 }

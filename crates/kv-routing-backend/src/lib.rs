@@ -64,7 +64,7 @@ mod selected {
         vec![device(); n]
     }
     pub fn cache_writes_in_place() -> Option<bool> {
-        Some(kv_routing_ndarray::slice_assign_writes_in_place())
+        Some(kv_routing_ndarray::cache_writes_in_place())
     }
 }
 
@@ -80,7 +80,7 @@ mod selected {
         vec![device(); n]
     }
     pub fn cache_writes_in_place() -> Option<bool> {
-        Some(kv_routing_flex::slice_assign_writes_in_place())
+        Some(kv_routing_flex::cache_writes_in_place())
     }
 }
 

@@ -353,22 +353,16 @@ impl<B: Backend> StochasticKvAttention<B> {
     }
 }
 
-/// The backend-specific causal attention of a step (prefill, chunk or decode), where one
-/// exists: flex f32, f16 or bf16 tensors with the `flex` feature ([`crate::flex_attention`]).
-/// `None`
-/// leaves the step to Burn's ops.
+/// The backend's own causal attention of a step (prefill, chunk or decode), where one exists
+/// ([`crate::kernels`]); `None` leaves the step to Burn's ops.
 fn fused_causal_attention<B: Backend>(
     query: &Tensor<B, 4>,
     kv: &KeyValue<B>,
     mask: &AttentionMask<B>,
 ) -> Option<Tensor<B, 4>> {
     match mask {
-        #[cfg(feature = "flex")]
-        AttentionMask::Causal => crate::flex_attention::causal_attention(query, &kv.key, &kv.value),
-        _ => {
-            let _ = (query, kv);
-            None
-        }
+        AttentionMask::Causal => crate::kernels::causal_attention(query, &kv.key, &kv.value),
+        AttentionMask::Explicit(_) => None,
     }
 }
 

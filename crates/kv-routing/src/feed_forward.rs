@@ -72,19 +72,7 @@ impl<B: Backend> SwiGluFeedForward<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let gate = project(&self.gate, x.clone());
         let up = project(&self.up, x);
-        let gated = fused_gate(&gate, &up).unwrap_or_else(|| silu(gate) * up);
+        let gated = crate::kernels::swiglu(&gate, &up).unwrap_or_else(|| silu(gate) * up);
         project(&self.down, gated)
-    }
-}
-
-/// A backend's own `silu(gate) * up`, where one exists: flex f32, f16 or bf16 tensors with the
-/// `flex` feature ([`crate::flex_swiglu`], one vectorized pass). `None` leaves it to Burn's ops.
-fn fused_gate<B: Backend>(gate: &Tensor<B, 3>, up: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
-    #[cfg(feature = "flex")]
-    return crate::flex_swiglu::swiglu(gate, up);
-    #[cfg(not(feature = "flex"))]
-    {
-        let _ = (gate, up);
-        None
     }
 }

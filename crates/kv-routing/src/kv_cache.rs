@@ -31,13 +31,13 @@
 //! [`KvCacheManager::retarget`] checks the new route completely before dropping anything.
 //!
 //! # In-place writes
-//! A step writes its slots with `slice_assign`, which backends do in place only when the
-//! storage buffer is uniquely owned; otherwise they copy the whole layer (O(capacity) per step
-//! instead of O(step)). The keys/values a step hands out are views of that storage, so a view
+//! A step writes its slots with [`crate::kernels::write_slots`] (flex: our own write; other
+//! backends: `slice_assign`), in place only when the storage buffer is uniquely owned; otherwise
+//! the whole layer is copied (O(capacity) per step instead of O(step)). The keys/values a step hands out are views of that storage, so a view
 //! kept past its step forces the copy. The cache counts such writes
 //! ([`KvCacheManager::copied_writes`]) and logs a warning (`log`) at the first. Whether the
 //! backend writes a uniquely owned buffer in place at all is the backend's property, tested per
-//! backend (`backends/*/tests/in_place_write.rs`); flex needs the patch in `patches/burn-flex`.
+//! backend (`backends/*/tests/in_place_write.rs`).
 
 use std::sync::Arc;
 
@@ -446,12 +446,6 @@ impl<B: Backend> KvStore<B> for CacheStep<'_, B> {
             });
         }
         let start = self.cache.len;
-        let slots = [
-            0..layout.batch_size,
-            0..layout.n_kv_heads,
-            start..start + self.step_len,
-            0..layout.head_dim,
-        ];
         // Taking the storage out leaves its buffer uniquely owned, so backends write in place,
         // unless a view handed out earlier is still alive.
         if Arc::strong_count(&self.cache.view_leases[layer]) > 1 {
@@ -473,8 +467,8 @@ impl<B: Backend> KvStore<B> for CacheStep<'_, B> {
                 ),
             })?;
         self.cache.layers[layer] = Some(KeyValue::new(
-            storage.key.slice_assign(slots.clone(), kv.key),
-            storage.value.slice_assign(slots, kv.value),
+            crate::kernels::write_slots(storage.key, start, kv.key),
+            crate::kernels::write_slots(storage.value, start, kv.value),
         ));
         self.written[layer] = true;
         Ok(())
@@ -505,6 +499,31 @@ impl<B: Backend> KvStore<B> for CacheStep<'_, B> {
         )
         .viewing(self.cache.view_leases[source].clone()))
     }
+}
+
+/// The cache's append: `storage` `[batch, heads, capacity, head_dim]` with `values` `[batch,
+/// heads, len, head_dim]` written at slots `start..start + len`, in place when `storage`'s buffer
+/// is uniquely owned (see "In-place writes" in the module docs). Public so that a backend crate
+/// can probe and test the very write the cache makes.
+///
+/// # Errors
+/// [`KvRoutingError::ShapeMismatch`] when the shapes disagree or the slots run past `capacity`.
+pub fn write_slots<B: Backend>(
+    storage: Tensor<B, 4>,
+    start: usize,
+    values: Tensor<B, 4>,
+) -> Result<Tensor<B, 4>> {
+    let [batch, heads, capacity, head_dim] = storage.dims();
+    let [v_batch, v_heads, len, v_head_dim] = values.dims();
+    let fits = start.checked_add(len).is_some_and(|end| end <= capacity);
+    if (v_batch, v_heads, v_head_dim) != (batch, heads, head_dim) || !fits {
+        return Err(KvRoutingError::ShapeMismatch {
+            context: format!("values written at slot {start} of a cache of {capacity} slots"),
+            expected: vec![batch, heads, capacity.saturating_sub(start), head_dim],
+            actual: values.dims().to_vec(),
+        });
+    }
+    Ok(crate::kernels::write_slots(storage, start, values))
 }
 
 fn tensor_bytes<B: Backend>(tensor: &Tensor<B, 4>) -> usize {

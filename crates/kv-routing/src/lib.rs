@@ -20,25 +20,11 @@
 mod attention;
 mod attention_mask;
 mod cache_plan;
-mod compute_threads;
 mod decoder_block;
 mod error;
 mod feed_forward;
-#[cfg(feature = "flex")]
-mod flex_attention;
-#[cfg(feature = "flex")]
-mod flex_few_row_attention;
-#[cfg(feature = "flex")]
-mod flex_matvec;
-#[cfg(feature = "flex")]
-mod flex_rms_norm;
-#[cfg(feature = "flex")]
-mod flex_swiglu;
-#[cfg(feature = "flex")]
-mod flex_tensor;
-#[cfg(feature = "flex")]
-mod flex_vector;
 mod generation;
+mod kernels;
 mod key_value;
 pub mod kv_cache;
 mod kv_store;

@@ -9,22 +9,22 @@
 //! decode step (each output reads a contiguous row of the checkpoint's matrix, and gemm needs
 //! no packing).
 //!
-//! A product of a few rows (2 to [`FEW_ROWS`]: a batched decode step, a short chunk) is computed
+//! A product of a few rows (2 to [`MAX_TRANSPOSED_ROWS`]: a batched decode step, a short chunk) is computed
 //! transposed, `(Wᵀ xᵀ)ᵀ`: the weight becomes the product's tall left operand and the rows its
 //! narrow right one. Same sums in the same order (bit-identical on flex), but flex's gemm reads
 //! a tall left operand about twice as fast as it reads a wide right one when the other side has
 //! few rows (SmolLM2's `[1536, 576]` MLP matrices at 8 rows: 3.9 against 8.2 ms for 30 of them;
 //! its `[49152, 576]` tied head: 5.0 against 9.0 ms; measured in docs/benchmarks.md). One row
-//! keeps the direct form (matrix-vector), as do many rows (no difference from 64 rows on). On
-//! flex, up to [`crate::flex_matvec::MAX_ROWS`] rows go to [`crate::flex_matvec`] instead,
-//! which streams each weight once, on every core.
+//! keeps the direct form (matrix-vector), as do many rows (no difference from 64 rows on). A
+//! backend's own few-row kernel goes first where there is one ([`crate::kernels`]; on flex up
+//! to 8 rows, each weight streamed once on every core).
 
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 /// The most rows a product is computed transposed for (see the module docs).
-pub const FEW_ROWS: usize = 32;
+pub const MAX_TRANSPOSED_ROWS: usize = 32;
 
 /// `x W + b` over the last axis of `x`, with `W` used through its strides.
 ///
@@ -54,25 +54,13 @@ pub fn matmul_last_axis<B: Backend, const D: usize>(
     let mut dims = x.dims();
     let rows = dims[..D - 1].iter().product();
     let x = x.reshape([rows, d_input]);
-    let y = if let Some(y) = few_row_product(&x, &weight) {
+    let y = if let Some(y) = crate::kernels::few_row_product(&x, &weight) {
         y
-    } else if (2..=FEW_ROWS).contains(&rows) {
+    } else if (2..=MAX_TRANSPOSED_ROWS).contains(&rows) {
         weight.transpose().matmul(x.transpose()).transpose()
     } else {
         x.matmul(weight)
     };
     dims[D - 1] = d_output;
     y.reshape(dims)
-}
-
-/// A backend's own kernel for a product of one or a few rows, where one exists: flex f32, f16 or
-/// bf16 tensors with the `flex` feature ([`crate::flex_matvec`], the weight streamed once by every
-/// core). `None` leaves the product to the backend's matmul.
-fn few_row_product<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>) -> Option<Tensor<B, 2>> {
-    #[cfg(feature = "flex")]
-    if x.dims()[0] <= crate::flex_matvec::MAX_ROWS {
-        return crate::flex_matvec::matvec(x, weight);
-    }
-    let _ = (x, weight);
-    None
 }

@@ -4,8 +4,9 @@ use burn::nn::RmsNorm;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-/// `norm.forward(x)`, computed by [`crate::flex_rms_norm`] on flex (feature `flex`; one pass per
-/// row instead of eight tensor ops) and by `RmsNorm::forward` elsewhere.
+/// `norm.forward(x)`, computed by the backend's own kernel where there is one
+/// ([`crate::kernels`]; on flex one pass per row instead of eight tensor ops) and by
+/// `RmsNorm::forward` elsewhere.
 ///
 /// # Shapes
 /// - x: `[..., d_model]`
@@ -14,8 +15,7 @@ pub(crate) fn rms_norm<B: Backend, const D: usize>(
     norm: &RmsNorm<B>,
     x: Tensor<B, D>,
 ) -> Tensor<B, D> {
-    #[cfg(feature = "flex")]
-    if let Some(y) = crate::flex_rms_norm::rms_norm(&x, &norm.gamma.val(), norm.epsilon) {
+    if let Some(y) = crate::kernels::rms_norm(&x, &norm.gamma.val(), norm.epsilon) {
         return y;
     }
     norm.forward(x)

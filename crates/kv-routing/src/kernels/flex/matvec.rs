@@ -1,5 +1,5 @@
 //! Products `x W` of one or a few rows on burn-flex's f32, f16 or bf16 tensors, spread over
-//! rayon's pool (feature `flex`).
+//! rayon's pool .
 //!
 //! A batch-1 decode step multiplies one row by every weight of the model: it is a stream of the
 //! weights from memory, and its speed is the bandwidth the stream gets. flex hands these
@@ -15,7 +15,7 @@
 //! # Contract
 //! [`matvec`] computes `y = x W` for `x` `[rows, in]` and `W` `[in, out]` of one element type
 //! (f32, f16 or bf16), with `W` either the transposed view of a checkpoint's `[out, in]` matrix
-//! (each output a dot product with a contiguous row; 1 to [`MAX_ROWS`] rows) or, in f32,
+//! (each output a dot product with a contiguous row; 1 to [`MAX_STREAMED_ROWS`] rows) or, in f32,
 //! contiguous `[in, out]` (each input row scaled into the outputs; one row). Half-precision
 //! weights are widened in registers and summed in f32, each output rounded once. It returns
 //! `None`, leaving the product to the backend's matmul, for any other backend, element type,
@@ -29,17 +29,17 @@ use rayon::prelude::*;
 
 use half::{bf16, f16};
 
-use crate::flex_tensor::{flex_float, from_flex};
+use super::tensor::{flex_float, from_flex};
 #[cfg(target_arch = "x86_64")]
-use crate::flex_vector::widening_dot;
-use crate::flex_vector::{as_f32, dot, has_avx2_fma_f16c, prefetch, Element};
+use super::vector::widening_dot;
+use super::vector::{dot, has_avx2_fma_f16c, prefetch, KernelElement};
 
 /// Weights smaller than this (values) are multiplied on the calling thread: below it, handing
 /// the halves to the pool costs more than the second core's bandwidth saves.
 const PARALLEL_VALUES: usize = 1 << 16;
 
 /// The most rows multiplied here; more rows are a matrix product, gemm's work.
-pub(crate) const MAX_ROWS: usize = 8;
+pub(crate) const MAX_STREAMED_ROWS: usize = 8;
 
 /// Outputs per task: enough tasks for the pool to balance, each streaming at least tens of
 /// kilobytes of weight.
@@ -52,25 +52,29 @@ pub(crate) fn matvec<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>) -> Opt
     let x = flex_float(x)?;
     let weight = flex_float(weight)?;
     let y = match (x.dtype(), weight.dtype()) {
-        (DType::F32, DType::F32) => product::<f32>(&x, &weight),
-        (DType::F16, DType::F16) if has_avx2_fma_f16c() => product::<f16>(&x, &weight),
-        (DType::BF16, DType::BF16) if has_avx2_fma_f16c() => product::<bf16>(&x, &weight),
+        (DType::F32, DType::F32) => multiply_rows::<f32>(&x, &weight),
+        (DType::F16, DType::F16) if has_avx2_fma_f16c() => multiply_rows::<f16>(&x, &weight),
+        (DType::BF16, DType::BF16) if has_avx2_fma_f16c() => multiply_rows::<bf16>(&x, &weight),
         _ => None,
     };
     from_flex(y?)
 }
 
-fn product<E: Element>(x: &FlexTensor, weight: &FlexTensor) -> Option<FlexTensor> {
+fn multiply_rows<E: KernelElement>(x: &FlexTensor, weight: &FlexTensor) -> Option<FlexTensor> {
     let [rows, d_input] = dims(x);
     let [weight_input, d_output] = dims(weight);
-    if !(1..=MAX_ROWS).contains(&rows) || weight_input != d_input || d_input == 0 || d_output == 0 {
+    if !(1..=MAX_STREAMED_ROWS).contains(&rows)
+        || weight_input != d_input
+        || d_input == 0
+        || d_output == 0
+    {
         return None;
     }
     let (x_start, x_end) = x.layout().contiguous_offsets()?;
     // The input rows in f32 (a copy of at most a few kilobytes for f16 inputs).
     let x_values = &E::storage(x)[x_start..x_end];
     let mut widened = Vec::new();
-    let x_values = as_f32(x_values).unwrap_or_else(|| {
+    let x_values = E::as_f32(x_values).unwrap_or_else(|| {
         widened.resize(x_values.len(), 0.0);
         E::widen(x_values, &mut widened);
         &widened
@@ -121,7 +125,12 @@ fn split_outputs<T: Send>(out: &mut [T], d_input: usize, product: impl Fn(usize,
 
 /// `x W` for one input row and a checkpoint-layout weight (`[out, in]` rows, `row_stride`
 /// apart): one dot product per output, the outputs split over the pool.
-fn one_row<E: Element>(weights: &[E], row_stride: usize, x: &[f32], d_output: usize) -> FlexTensor {
+fn one_row<E: KernelElement>(
+    weights: &[E],
+    row_stride: usize,
+    x: &[f32],
+    d_output: usize,
+) -> FlexTensor {
     let mut y = FlexTensor::empty(Shape::from(vec![1, d_output]), E::DTYPE);
     split_outputs(E::storage_mut(&mut y), x.len(), |first, out| {
         dot_rows(weights, row_stride, first, x, out)
@@ -136,7 +145,13 @@ fn dims(tensor: &FlexTensor) -> [usize; 2] {
 
 /// `out[o] = weight row (first + o) · x`, each row streamed once and the rows
 /// [`PREFETCH_ROWS`] ahead requested.
-fn dot_rows<E: Element>(weights: &[E], row_stride: usize, first: usize, x: &[f32], out: &mut [E]) {
+fn dot_rows<E: KernelElement>(
+    weights: &[E],
+    row_stride: usize,
+    first: usize,
+    x: &[f32],
+    out: &mut [E],
+) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma_f16c() {
         // SAFETY: the CPU has the features the function is compiled for (checked above).
@@ -147,7 +162,7 @@ fn dot_rows<E: Element>(weights: &[E], row_stride: usize, first: usize, x: &[f32
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows_avx2<E: Element>(
+unsafe fn dot_rows_avx2<E: KernelElement>(
     weights: &[E],
     row_stride: usize,
     first: usize,
@@ -167,7 +182,7 @@ unsafe fn dot_rows_avx2<E: Element>(
 }
 
 #[inline(always)]
-fn dot_rows_portable<E: Element>(
+fn dot_rows_portable<E: KernelElement>(
     weights: &[E],
     row_stride: usize,
     first: usize,
@@ -236,9 +251,9 @@ fn scaled_rows_portable(
 /// itself (measured: batch-8 decode of SmolLM2 1.37x faster with it).
 const PREFETCH_ROWS: usize = 2;
 
-/// `x W` for 2 to [`MAX_ROWS`] rows of `x` and a checkpoint-layout weight: every weight row is
+/// `x W` for 2 to [`MAX_STREAMED_ROWS`] rows of `x` and a checkpoint-layout weight: every weight row is
 /// read once, from memory, and multiplied with all input rows while it is in the core's cache.
-fn few_rows<E: Element>(
+fn few_rows<E: KernelElement>(
     weights: &[E],
     row_stride: usize,
     x: &[f32],
@@ -268,7 +283,7 @@ fn few_rows<E: Element>(
 const ROWS_PER_PASS: usize = 4;
 
 /// `out[o * rows + r] = dot(weights row first + o, x row r)` for the outputs of `out`.
-fn dot_rows_few<E: Element>(
+fn dot_rows_few<E: KernelElement>(
     weights: &[E],
     row_stride: usize,
     first: usize,
@@ -300,7 +315,7 @@ fn dot_rows_few<E: Element>(
 /// input rows [`ROWS_PER_PASS`] at a time while the pair sits in the core's first-level cache.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows_few_avx2<E: Element>(
+unsafe fn dot_rows_few_avx2<E: KernelElement>(
     weights: &[E],
     row_stride: usize,
     first: usize,
@@ -349,7 +364,7 @@ unsafe fn dot_rows_few_avx2<E: Element>(
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn pair_dots<E: Element, const R: usize>(
+unsafe fn pair_dots<E: KernelElement, const R: usize>(
     w0: *const E,
     w1: *const E,
     x: *const f32,
@@ -398,7 +413,7 @@ mod tests {
     use burn::tensor::Distribution;
     use burn_flex::Flex;
 
-    use crate::flex_tensor::f32_values;
+    use crate::kernels::flex::tensor::f32_values;
 
     fn reference(x: &[f32], w: &[f32], rows: usize, d_input: usize, d_output: usize) -> Vec<f64> {
         (0..rows * d_output)
@@ -499,7 +514,7 @@ mod tests {
     fn other_shapes_and_types_take_the_generic_path() {
         let device = Default::default();
         let w = Tensor::<Flex, 2>::ones([8, 4], &device);
-        let many_rows = Tensor::<Flex, 2>::ones([MAX_ROWS + 1, 8], &device);
+        let many_rows = Tensor::<Flex, 2>::ones([MAX_STREAMED_ROWS + 1, 8], &device);
         assert!(matvec(&many_rows, &w).is_none());
         let x = Tensor::<Flex, 2>::ones([1, 8], &device);
         // Mixed element types, and f16 weights in the `[in, out]` layout of a model built here.

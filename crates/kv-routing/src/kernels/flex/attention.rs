@@ -22,8 +22,9 @@
 //! [`AttentionMask::Causal`](crate::AttentionMask::Causal)). It returns `None`, leaving the work
 //! to the generic path, for any other backend (the autodiff backend included: training keeps
 //! Burn's differentiable ops) and any other element type than f32, f16 and bf16. Half-precision
-//! operands take only the few-row path ([`crate::flex_few_row_attention`]: decode steps and
-//! chunks of up to 8 tokens; gemm here multiplies f32) and return `None` for longer steps. The
+//! operands take only the few-row path ([`super::few_row_attention`]: decode steps, a group of up
+//! to [`FEW_QUERY_ROWS`] stacked query heads, and chunks of up to that many tokens; gemm here
+//! multiplies f32) and return `None` for longer steps. The
 //! conformance suite runs through it on flex; `tests` below check it against an f64 reference,
 //! in f32, f16 and bf16.
 
@@ -34,9 +35,11 @@ use rayon::prelude::*;
 
 use half::{bf16, f16};
 
-use crate::flex_few_row_attention::{few_row_attention, FewRowScratch};
-use crate::flex_tensor::{flex_float, from_flex};
-use crate::flex_vector::{as_f32_mut, exp, has_avx2_fma_f16c, Element};
+use super::few_row_attention::{few_row_attention, FewRowScratch};
+use super::softmax::softmax_prefix;
+use super::strided::{Operand, Rows};
+use super::tensor::{flex_float, from_flex};
+use super::vector::{has_avx2_fma_f16c, KernelElement};
 
 /// Queries per task. Small enough that a block's scores (`QUERY_BLOCK * kv_len` values) stay in
 /// a core's cache at the context lengths of a prefill, large enough that a block's product is
@@ -46,7 +49,7 @@ const QUERY_BLOCK: usize = 64;
 /// Up to this many query rows a task computes without gemm ([`few_row_attention`]): gemm packs
 /// the keys and values into its own layout before multiplying, which costs more than the
 /// product itself when only a few rows read them (a decode step).
-const FEW_ROWS: usize = 8;
+const FEW_QUERY_ROWS: usize = 8;
 
 /// `[batch, heads, seq_len, head_dim]` context for scaled `query` `[batch, heads, seq_len,
 /// head_dim]` and `key`/`value` `[batch, kv_heads, kv_len, head_dim]`, when they are flex f32
@@ -56,8 +59,7 @@ pub(crate) fn causal_attention<B: Backend>(
     key: &Tensor<B, 4>,
     value: &Tensor<B, 4>,
 ) -> Option<Tensor<B, 4>> {
-    let strided = |t: &Tensor<B, 4>| flex_float(t).filter(|t| t.layout().has_positive_strides());
-    let (query, key, value) = (strided(query)?, strided(key)?, strided(value)?);
+    let (query, key, value) = (flex_float(query)?, flex_float(key)?, flex_float(value)?);
     if query.dtype() != key.dtype() || key.dtype() != value.dtype() {
         return None;
     }
@@ -70,38 +72,7 @@ pub(crate) fn causal_attention<B: Backend>(
     from_flex(context?)
 }
 
-/// A strided 4-D operand: its storage, the offset of element 0 and its strides.
-struct Operand<'a, E> {
-    data: &'a [E],
-    start: usize,
-    strides: [usize; 4],
-}
-
-impl<'a, E: Element> Operand<'a, E> {
-    fn new(tensor: &'a FlexTensor) -> Self {
-        let layout = tensor.layout();
-        let s = layout.strides();
-        Self {
-            data: E::storage(tensor),
-            start: layout.start_offset(),
-            strides: [s[0] as usize, s[1] as usize, s[2] as usize, s[3] as usize],
-        }
-    }
-
-    /// Index in the storage of element `[batch, head, row, 0]`.
-    fn offset(&self, batch: usize, head: usize, row: usize) -> usize {
-        let [sb, sh, sr, _] = self.strides;
-        self.start + batch * sb + head * sh + row * sr
-    }
-
-    /// Pointer to element `[batch, head, row, 0]`, for f32 operands (gemm's).
-    fn row_f32(&self, batch: usize, head: usize, row: usize) -> *const f32 {
-        assert_eq!(E::DTYPE, DType::F32, "gemm multiplies f32 operands here");
-        self.data[self.offset(batch, head, row)..].as_ptr().cast()
-    }
-}
-
-fn attend<E: Element>(
+fn attend<E: KernelElement>(
     query: &FlexTensor,
     key: &FlexTensor,
     value: &FlexTensor,
@@ -125,10 +96,10 @@ fn attend<E: Element>(
     }
     let groups = heads / kv_heads;
     let history = kv_len - seq_len;
-    let (mut q, k, v) = (
-        Operand::<E>::new(query),
-        Operand::<E>::new(key),
-        Operand::<E>::new(value),
+    let (q, k, v) = (
+        Operand::<E>::new(query)?,
+        Operand::<E>::new(key)?,
+        Operand::<E>::new(value)?,
     );
     // A decode step (one query per sequence) with a task for every thread: the query heads of a
     // group become the rows of one task, which then reads its key/value head once instead of
@@ -136,20 +107,28 @@ fn attend<E: Element>(
     // queries as in the `[batch, heads, 1, head_dim]` output, and all see every key. (At batch 1
     // SmolLM2's 3 key/value heads make 3 tasks for 2 threads, one thread doing two: still less
     // than the 9 reads of the heads one by one, measured 18.3-21.1 -> 16.2-16.8 ms a step at
-    // context 4096.)
-    let stacked = seq_len == 1 && groups > 1 && batch * kv_heads >= rayon::current_num_threads();
+    // context 4096.) Half precision stacks only groups the few-row path takes whole: a larger
+    // group would be a task for gemm, which multiplies f32 only here.
+    let stacked = seq_len == 1
+        && groups > 1
+        && (E::DTYPE == DType::F32 || groups <= FEW_QUERY_ROWS)
+        && batch * kv_heads >= rayon::current_num_threads();
     let unit_dim_stride = q.strides[3] == 1 && k.strides[3] == 1 && v.strides[3] == 1;
-    let (task_heads, task_rows) = if stacked {
+    let (q, task_heads, task_rows) = if stacked {
         let [batch_stride, head_stride, _, dim_stride] = q.strides;
-        q.strides = [batch_stride, head_stride * groups, head_stride, dim_stride];
-        (kv_heads, groups)
+        let q = q.restrided(
+            [batch, kv_heads, groups, head_dim],
+            [batch_stride, head_stride * groups, head_stride, dim_stride],
+        )?;
+        (q, kv_heads, groups)
     } else {
-        (heads, seq_len)
+        (q, heads, seq_len)
     };
 
-    // Other element types than f32 take only the few-row path (gemm here multiplies f32).
-    let few_rows_only = unit_dim_stride && (stacked || seq_len <= FEW_ROWS);
-    if E::DTYPE != DType::F32 && !few_rows_only {
+    // A task of at most FEW_QUERY_ROWS rows takes the few-row path; other element types than
+    // f32 take only that path (gemm here multiplies f32), so every one of their tasks must.
+    let every_task_few_rows = unit_dim_stride && task_rows <= FEW_QUERY_ROWS;
+    if E::DTYPE != DType::F32 && !every_task_few_rows {
         return None;
     }
     let mut context =
@@ -179,7 +158,7 @@ fn attend<E: Element>(
                 };
                 let keys = visible(rows - 1);
                 let kv_head = if stacked { head } else { head / groups };
-                if rows <= FEW_ROWS && unit_dim_stride {
+                if rows <= FEW_QUERY_ROWS && unit_dim_stride {
                     few_row_attention(
                         &Rows::new(&q, b, head, first, rows, head_dim),
                         &Rows::new(&k, b, kv_head, 0, keys, head_dim),
@@ -190,21 +169,27 @@ fn attend<E: Element>(
                     );
                     return;
                 }
-                // f32 from here on (checked above): gemm's operands.
-                let out = as_f32_mut(out).expect("f32 attention (checked above)");
+                // f32 from here on: other types returned above unless every task has few rows.
+                let out = E::as_f32_mut(out).expect("f32 attention (checked above)");
+                let f32_row = |operand: &Operand<E>, head, row| {
+                    operand
+                        .row_f32(b, head, row)
+                        .expect("f32 operands (checked above)")
+                };
                 let scores = &mut scratch.scores;
                 scores.clear();
                 scores.resize(rows * keys, 0.0);
                 // SAFETY: every operand pointer addresses `rows` (or `keys`) rows of `head_dim`
-                // elements inside its storage, through the strides of its own layout (shapes were
-                // checked above); `scores` and `out` are exclusive buffers of exactly the written
-                // size.
+                // elements through the strides of its own layout, inside the extent that
+                // `Operand::new` checked against its storage (rows and heads are inside the shape:
+                // `first + rows <= seq_len`, `keys <= kv_len`); `scores` and `out` are exclusive
+                // buffers of exactly the written size.
                 unsafe {
-                    product(
+                    gemm_product(
                         [rows, keys, head_dim],
                         (scores.as_mut_ptr(), keys),
-                        (q.row_f32(b, head, first), q.strides[2], q.strides[3]),
-                        (k.row_f32(b, kv_head, 0), k.strides[3], k.strides[2]),
+                        (f32_row(&q, head, first), q.strides[2], q.strides[3]),
+                        (f32_row(&k, kv_head, 0), k.strides[3], k.strides[2]),
                     );
                 }
                 for (row, scores) in scores.chunks_exact_mut(keys).enumerate() {
@@ -212,11 +197,11 @@ fn attend<E: Element>(
                 }
                 // SAFETY: as above; the scores are `rows` rows of `keys` values.
                 unsafe {
-                    product(
+                    gemm_product(
                         [rows, head_dim, keys],
                         (out.as_mut_ptr(), head_dim),
                         (scores.as_ptr(), keys, 1),
-                        (v.row_f32(b, kv_head, 0), v.strides[2], v.strides[3]),
+                        (f32_row(&v, kv_head, 0), v.strides[2], v.strides[3]),
                     );
                 }
             },
@@ -230,7 +215,7 @@ fn attend<E: Element>(
 ///
 /// # Safety
 /// Every pointer addresses the whole matrix its strides describe, and `dst` is exclusive.
-unsafe fn product(
+unsafe fn gemm_product(
     [m, n, k]: [usize; 3],
     (dst, dst_row_stride): (*mut f32, usize),
     (lhs, lhs_row_stride, lhs_col_stride): (*const f32, usize, usize),
@@ -262,100 +247,13 @@ unsafe fn product(
     }
 }
 
-/// `count` rows of `width` contiguous values, one stride apart, in an operand's storage.
-pub(crate) struct Rows<'a, E> {
-    data: &'a [E],
-    stride: usize,
-    pub(crate) count: usize,
-    pub(crate) width: usize,
-}
-
-impl<'a, E: Element> Rows<'a, E> {
-    fn new(
-        operand: &Operand<'a, E>,
-        batch: usize,
-        head: usize,
-        first: usize,
-        count: usize,
-        width: usize,
-    ) -> Self {
-        let stride = operand.strides[2];
-        let start = operand.offset(batch, head, first);
-        let end = start + (count - 1) * stride + width;
-        Self {
-            data: &operand.data[start..end],
-            stride,
-            count,
-            width,
-        }
-    }
-
-    pub(crate) fn row(&self, index: usize) -> &'a [E] {
-        &self.data[index * self.stride..][..self.width]
-    }
-}
-
-/// Softmax over `row[..visible]` in place; `row[visible..]` (future keys) becomes 0.
-fn softmax_prefix(row: &mut [f32], visible: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2_fma_f16c() {
-        // SAFETY: the CPU has the features the function is compiled for (checked above).
-        return unsafe { softmax_prefix_avx2(row, visible) };
-    }
-    softmax_prefix_portable(row, visible)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn softmax_prefix_avx2(row: &mut [f32], visible: usize) {
-    softmax_prefix_portable(row, visible)
-}
-
-/// Lanes of the reductions: independent accumulators the compiler keeps in one vector register.
-const LANES: usize = 8;
-
-#[inline(always)]
-pub(crate) fn softmax_prefix_portable(row: &mut [f32], visible: usize) {
-    let (live, future) = row.split_at_mut(visible);
-    future.fill(0.0);
-    let mut maxima = [f32::NEG_INFINITY; LANES];
-    let mut chunks = live.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (m, &x) in maxima.iter_mut().zip(chunk) {
-            *m = if x > *m { x } else { *m };
-        }
-    }
-    let max = chunks
-        .remainder()
-        .iter()
-        .chain(&maxima)
-        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
-    let mut sums = [0.0f32; LANES];
-    let mut chunks = live.chunks_exact_mut(LANES);
-    for chunk in &mut chunks {
-        for (s, x) in sums.iter_mut().zip(chunk) {
-            *x = exp(*x - max);
-            *s += *x;
-        }
-    }
-    let mut sum: f32 = sums.iter().sum();
-    for x in chunks.into_remainder() {
-        *x = exp(*x - max);
-        sum += *x;
-    }
-    let inverse = 1.0 / sum;
-    for x in live.iter_mut() {
-        *x *= inverse;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use burn::tensor::Distribution;
     use burn_flex::Flex;
 
-    use crate::flex_tensor::f32_values;
+    use crate::kernels::flex::tensor::f32_values;
 
     /// Scaled-query causal attention in f64, bottom-right aligned, heads grouped.
     fn reference(
@@ -423,6 +321,13 @@ mod tests {
             (1, 2, 1, 3, 197, 128),
             (4, 8, 2, 1, 300, 64),
             (2, 3, 3, 130, 0, 32),
+            // Groups larger than the few-row path's rows (16 and 32 query heads per key/value
+            // head): stacked in f32, head by head in half precision (a stacked f16 group of 16
+            // once reached the f32-only gemm path and panicked).
+            (1, 32, 2, 1, 40, 64),
+            (2, 16, 1, 1, 10, 8),
+            (1, 32, 1, 1, 70, 16),
+            (1, 32, 2, 3, 20, 16),
         ] {
             let kv_len = history + seq_len;
             let random = |dims: [usize; 4]| {
@@ -459,7 +364,7 @@ mod tests {
                 let (q, k, v) = (operand(&q), operand(&k), operand(&v));
                 let Some(out) = causal_attention(&q, &k, &v) else {
                     assert!(
-                        dtype != DType::F32 && (seq_len > FEW_ROWS || !has_avx2_fma_f16c()),
+                        dtype != DType::F32 && (seq_len > FEW_QUERY_ROWS || !has_avx2_fma_f16c()),
                         "{seq_len} rows in {dtype:?}"
                     );
                     continue;
@@ -487,6 +392,68 @@ mod tests {
                      {worst}"
                 );
             }
+        }
+    }
+
+    /// A flex tensor of `shape` over `buffer` values with an arbitrary layout.
+    fn with_layout(
+        buffer: usize,
+        shape: [usize; 4],
+        strides: [isize; 4],
+        start: usize,
+    ) -> Tensor<Flex, 4> {
+        let data = FlexTensor::from_data(burn::tensor::TensorData::new(
+            vec![0.5f32; buffer],
+            [buffer],
+        ));
+        let layout = burn_flex::Layout::new(Shape::from(shape.to_vec()), strides.to_vec(), start);
+        from_flex(data.with_layout(layout)).unwrap()
+    }
+
+    #[test]
+    fn a_layout_reaching_outside_its_buffer_is_refused_not_read() {
+        let device = Default::default();
+        let q = Tensor::<Flex, 4>::ones([1, 2, 70, 8], &device);
+        let fits = with_layout(2 * 80 * 8, [1, 2, 80, 8], [1280, 640, 8, 1], 0);
+        assert!(causal_attention(&q, &fits, &fits).is_some());
+        // The start offset is in bounds but the extent is not: the last head's rows run past
+        // the buffer by one row (gemm's path, 70 queries), then by a huge stride (overflow).
+        let past_end = with_layout(2 * 80 * 8, [1, 2, 80, 8], [1280, 648, 8, 1], 0);
+        assert!(causal_attention(&q, &past_end, &fits).is_none());
+        let overflowing = with_layout(2 * 80 * 8, [1, 2, 80, 8], [1, isize::MAX, 8, 1], 0);
+        assert!(causal_attention(&q, &fits, &overflowing).is_none());
+        let decode = Tensor::<Flex, 4>::ones([1, 2, 1, 8], &device);
+        assert!(causal_attention(&decode, &past_end, &fits).is_none());
+    }
+
+    #[test]
+    fn nan_and_infinite_scores_propagate_as_in_burns_softmax() {
+        let device = Default::default();
+        // Rows of 70 queries (gemm's path) and 1 query (the few-row path).
+        for seq_len in [70, 1] {
+            let q = Tensor::<Flex, 4>::ones([1, 1, seq_len, 8], &device);
+            let mut keys = vec![0.1f32; 80 * 8];
+            keys[5 * 8] = f32::NAN; // key 5: seen by every query row at context 80 - seq_len + row
+            let k = Tensor::<Flex, 4>::from_data(
+                burn::tensor::TensorData::new(keys, [1, 1, 80, 8]),
+                &device,
+            );
+            let v = Tensor::<Flex, 4>::ones([1, 1, 80, 8], &device);
+            let out = f32_values(&causal_attention(&q, &k, &v).unwrap());
+            assert!(
+                out.iter().all(|x| x.is_nan()),
+                "{seq_len} rows: {:?}",
+                &out[..8]
+            );
+            let generic = f32_values(&burn::tensor::activation::softmax(
+                q.matmul(k.swap_dims(2, 3))
+                    .slice([0..1, 0..1, seq_len - 1..seq_len, 0..80]),
+                3,
+            ));
+            assert!(
+                generic.iter().all(|x| x.is_nan()),
+                "Burn's softmax propagates NaN"
+            );
         }
     }
 

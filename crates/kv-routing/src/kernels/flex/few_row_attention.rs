@@ -1,5 +1,5 @@
 //! Attention of a few query rows read against keys and values in place: the decode steps and
-//! short chunks of [`flex_attention`](crate::flex_attention) (feature `flex`).
+//! short chunks of [`attention`](super::attention) .
 //!
 //! A decode step's attention is a stream of the cache: each key and value row comes from memory
 //! once and serves a handful of query rows (one head, or a group's heads stacked). Its speed is
@@ -19,10 +19,11 @@
 //! key count, and the last row sees every key. `scores` is the caller's scratch space. The sums
 //! are in another order than the reference's: results agree to f32 rounding.
 
-use crate::flex_attention::{softmax_prefix_portable, Rows};
-use crate::flex_vector::{dot, Element};
+use super::softmax::softmax_prefix_portable;
+use super::strided::Rows;
+use super::vector::{dot, KernelElement};
 #[cfg(target_arch = "x86_64")]
-use crate::flex_vector::{has_avx2_fma_f16c, prefetch};
+use super::vector::{has_avx2_fma_f16c, prefetch};
 
 /// Keys whose scores the vector path computes and reduces together (one per lane of an AVX
 /// register).
@@ -53,7 +54,7 @@ pub(crate) struct FewRowScratch {
 }
 
 /// See the module docs.
-pub(crate) fn few_row_attention<E: Element>(
+pub(crate) fn few_row_attention<E: KernelElement>(
     queries: &Rows<E>,
     keys: &Rows<E>,
     values: &Rows<E>,
@@ -90,7 +91,7 @@ pub(crate) fn few_row_attention<E: Element>(
 /// whole vectors.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attend_avx2<E: Element>(
+unsafe fn attend_avx2<E: KernelElement>(
     q: &[f32],
     width: usize,
     keys: &Rows<E>,
@@ -113,7 +114,7 @@ unsafe fn attend_avx2<E: Element>(
 /// `sums` (`[rows, width]`) in plain loops, for CPUs without the vector path's features and
 /// widths that are not whole vectors.
 #[inline(always)]
-fn attend_portable<E: Element>(
+fn attend_portable<E: KernelElement>(
     q: &[f32],
     width: usize,
     keys: &Rows<E>,
@@ -155,7 +156,7 @@ fn softmax_rows(scores: &mut [f32], key_count: usize, visible: &dyn Fn(usize) ->
 /// key_count` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scores_avx2<E: Element>(
+unsafe fn scores_avx2<E: KernelElement>(
     queries: &[f32],
     width: usize,
     keys: &Rows<E>,
@@ -214,7 +215,7 @@ unsafe fn scores_avx2<E: Element>(
 /// values and `weights` `rows * key_count`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn weighted_values_avx2<E: Element>(
+unsafe fn weighted_values_avx2<E: KernelElement>(
     values: &Rows<E>,
     visible: &dyn Fn(usize) -> usize,
     weights: &[f32],

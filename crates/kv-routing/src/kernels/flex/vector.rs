@@ -1,4 +1,4 @@
-//! The vector arithmetic the flex kernels share (feature `flex`): a dot product and an
+//! The vector arithmetic the flex kernels share: a dot product and an
 //! exponential written so that the compiler vectorizes them, a prefetch hint, the element types
 //! the kernels read (f32, f16 and bf16, widened to f32 in registers), and the check for the
 //! instructions the kernels are compiled for.
@@ -8,23 +8,39 @@ use burn_flex::FlexTensor;
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
+/// Setting this environment variable to `portable` makes the kernels run their portable code
+/// on any CPU, as on one without AVX2/FMA/F16C: the tests run every kernel test through both
+/// paths this way (`kernels_pass_on_the_portable_path`), and a user can rule the vector code out
+/// when chasing a numerical difference. Read once per process.
+pub(crate) const PORTABLE_KERNELS_VARIABLE: &str = "KV_ROUTING_KERNELS";
+
 /// Whether the CPU runs AVX2, FMA and F16C, the features of the kernels' `#[target_feature]`
-/// variants (the portable code runs otherwise). Every x86-64 CPU with AVX2 has the other two.
+/// variants (the portable code runs otherwise, and where [`PORTABLE_KERNELS_VARIABLE`] says
+/// so). Every x86-64 CPU with AVX2 has the other two.
 #[inline]
 pub(crate) fn has_avx2_fma_f16c() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    return std::arch::is_x86_feature_detected!("avx2")
-        && std::arch::is_x86_feature_detected!("fma")
-        && std::arch::is_x86_feature_detected!("f16c");
-    #[cfg(not(target_arch = "x86_64"))]
-    false
+    static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        let forced_portable =
+            std::env::var(PORTABLE_KERNELS_VARIABLE).is_ok_and(|value| value == "portable");
+        #[cfg(target_arch = "x86_64")]
+        return !forced_portable
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c");
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = forced_portable;
+            false
+        }
+    })
 }
 
 /// An element type the kernels read weights and cache rows in. Arithmetic is f32 whatever the
 /// storage: f16 and bf16 values are widened as they are loaded (F16C for f16, a shift for bf16)
 /// and results rounded once, when stored, so a half-precision model streams half the bytes with
 /// f32 sums.
-pub(crate) trait Element: Copy + Send + Sync + 'static {
+pub(crate) trait KernelElement: Copy + Send + Sync + 'static {
     /// The flex tensor element type that stores `Self`.
     const DTYPE: DType;
 
@@ -41,8 +57,18 @@ pub(crate) trait Element: Copy + Send + Sync + 'static {
     /// `tensor`'s whole storage, when it holds `Self` (flex asserts it does).
     fn storage(tensor: &FlexTensor) -> &[Self];
 
-    /// `tensor`'s whole storage, writable.
+    /// `tensor`'s whole storage, writable (a copy first if the buffer is shared).
     fn storage_mut(tensor: &mut FlexTensor) -> &mut [Self];
+
+    /// `tensor`'s whole storage, writable, when its buffer is uniquely owned; `None` when it is
+    /// shared (writing would need a copy).
+    fn unique_storage_mut(tensor: &mut FlexTensor) -> Option<&mut [Self]>;
+
+    /// `values` as f32 values, when `Self` is f32.
+    fn as_f32(values: &[Self]) -> Option<&[f32]>;
+
+    /// `values` as f32 values, writable, when `Self` is f32.
+    fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]>;
 
     /// Eight values from `values` widened to f32.
     ///
@@ -52,8 +78,20 @@ pub(crate) trait Element: Copy + Send + Sync + 'static {
     unsafe fn load8(values: *const Self) -> std::arch::x86_64::__m256;
 }
 
-impl Element for f32 {
+impl KernelElement for f32 {
     const DTYPE: DType = DType::F32;
+
+    fn as_f32(values: &[Self]) -> Option<&[f32]> {
+        Some(values)
+    }
+
+    fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]> {
+        Some(values)
+    }
+
+    fn unique_storage_mut(tensor: &mut FlexTensor) -> Option<&mut [Self]> {
+        tensor.try_storage_mut::<Self>()
+    }
 
     fn widen(src: &[Self], dst: &mut [f32]) {
         dst.copy_from_slice(src);
@@ -113,6 +151,18 @@ macro_rules! half_precision_element {
             tensor.storage_mut::<Self>()
         }
 
+        fn unique_storage_mut(tensor: &mut FlexTensor) -> Option<&mut [Self]> {
+            tensor.try_storage_mut::<Self>()
+        }
+
+        fn as_f32(_: &[Self]) -> Option<&[f32]> {
+            None
+        }
+
+        fn as_f32_mut(_: &mut [Self]) -> Option<&mut [f32]> {
+            None
+        }
+
         #[inline(always)]
         fn to_f32(self) -> f32 {
             <$half>::to_f32(self)
@@ -125,7 +175,7 @@ macro_rules! half_precision_element {
     };
 }
 
-impl Element for f16 {
+impl KernelElement for f16 {
     half_precision_element!(f16, DType::F16);
 
     #[cfg(target_arch = "x86_64")]
@@ -138,7 +188,7 @@ impl Element for f16 {
     }
 }
 
-impl Element for bf16 {
+impl KernelElement for bf16 {
     half_precision_element!(bf16, DType::BF16);
 
     #[cfg(target_arch = "x86_64")]
@@ -155,31 +205,13 @@ impl Element for bf16 {
     }
 }
 
-/// `values` as f32 values, when `E` is f32.
-#[inline(always)]
-pub(crate) fn as_f32<E: Element>(values: &[E]) -> Option<&[f32]> {
-    (E::DTYPE == DType::F32).then(|| {
-        // SAFETY: `f32` is the only `Element` stored as `DType::F32`, so `E` is f32.
-        unsafe { std::slice::from_raw_parts(values.as_ptr().cast(), values.len()) }
-    })
-}
-
-/// `values` as f32 values, writable, when `E` is f32.
-#[inline(always)]
-pub(crate) fn as_f32_mut<E: Element>(values: &mut [E]) -> Option<&mut [f32]> {
-    (E::DTYPE == DType::F32).then(|| {
-        // SAFETY: as in `as_f32`.
-        unsafe { std::slice::from_raw_parts_mut(values.as_mut_ptr().cast(), values.len()) }
-    })
-}
-
 /// Lanes of [`dot`]'s partial sums: two AVX registers, two independent chains of adds.
 const LANES: usize = 16;
 
 /// `a · b` with [`LANES`] independent partial sums, `a`'s elements widened to f32 (inlined into
 /// its callers' vector code; for f32 the widening is nothing).
 #[inline(always)]
-pub(crate) fn dot<E: Element>(a: &[E], b: &[f32]) -> f32 {
+pub(crate) fn dot<E: KernelElement>(a: &[E], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let mut a_chunks = a.chunks_exact(LANES);
     let mut b_chunks = b.chunks_exact(LANES);
@@ -197,7 +229,7 @@ pub(crate) fn dot<E: Element>(a: &[E], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-/// `w · x` for weights of any [`Element`] type and f32 `x` of the same length, widened in
+/// `w · x` for weights of any [`KernelElement`] type and f32 `x` of the same length, widened in
 /// registers: four independent sums of eight lanes.
 ///
 /// # Safety
@@ -205,7 +237,7 @@ pub(crate) fn dot<E: Element>(a: &[E], b: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(crate) unsafe fn widening_dot<E: Element>(w: &[E], x: &[f32]) -> f32 {
+pub(crate) unsafe fn widening_dot<E: KernelElement>(w: &[E], x: &[f32]) -> f32 {
     use std::arch::x86_64::*;
     assert_eq!(w.len(), x.len(), "dot product of unequal lengths");
     let whole = w.len() - w.len() % 32;

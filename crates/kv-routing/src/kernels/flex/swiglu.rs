@@ -1,10 +1,10 @@
 //! SwiGLU's gate, `silu(gate) * up`, on burn-flex's f32, f16 or bf16 tensors in one vectorized,
-//! parallel pass (feature `flex`).
+//! parallel pass .
 //!
 //! flex computes `silu` element by element with the C library's `expf`, on the calling thread,
 //! and then multiplies in a second pass: 8.5% of a SmolLM2-135M prefill of 512 tokens
 //! (docs/benchmarks.md). Here one pass over both operands computes `g * sigmoid(g) * u` with the
-//! vectorized exponential of [`crate::flex_vector`], split over rayon's pool for large tensors.
+//! vectorized exponential of [`super::vector`], split over rayon's pool for large tensors.
 //! f16 operands are widened to f32 a block at a time and the result rounded once.
 //!
 //! # Contract
@@ -18,8 +18,8 @@ use rayon::prelude::*;
 
 use half::{bf16, f16};
 
-use crate::flex_tensor::{flex_float, from_flex};
-use crate::flex_vector::{as_f32, as_f32_mut, exp, has_avx2_fma_f16c, Element};
+use super::tensor::{flex_float, from_flex};
+use super::vector::{exp, has_avx2_fma_f16c, KernelElement};
 
 /// Values per task: below this a tensor (a decode step's) is computed on the calling thread.
 const VALUES_PER_TASK: usize = 1 << 15;
@@ -44,7 +44,7 @@ pub(crate) fn swiglu<B: Backend, const D: usize>(
     from_flex(out?)
 }
 
-fn gated<E: Element>(gate: &FlexTensor, up: &FlexTensor) -> Option<FlexTensor> {
+fn gated<E: KernelElement>(gate: &FlexTensor, up: &FlexTensor) -> Option<FlexTensor> {
     let contiguous = |t: &FlexTensor| t.layout().contiguous_offsets();
     let ((g_start, g_end), (u_start, u_end)) = (contiguous(gate)?, contiguous(up)?);
     let (g, u) = (
@@ -57,7 +57,8 @@ fn gated<E: Element>(gate: &FlexTensor, up: &FlexTensor) -> Option<FlexTensor> {
         .zip(g.par_chunks(VALUES_PER_TASK))
         .zip(u.par_chunks(VALUES_PER_TASK))
         .for_each(|((out, g), u)| {
-            if let (Some(g), Some(u), Some(out)) = (as_f32(g), as_f32(u), as_f32_mut(out)) {
+            if let (Some(g), Some(u), Some(out)) = (E::as_f32(g), E::as_f32(u), E::as_f32_mut(out))
+            {
                 return gate_values(g, u, out);
             }
             // Other types a block at a time, widened into (and rounded from) f32 buffers.
@@ -113,7 +114,7 @@ mod tests {
     use burn::tensor::Distribution;
     use burn_flex::Flex;
 
-    use crate::flex_tensor::f32_values;
+    use crate::kernels::flex::tensor::f32_values;
 
     #[test]
     fn matches_f64_silu_times_up_on_one_and_several_tasks() {

@@ -1,4 +1,4 @@
-//! RMS normalization on burn-flex's f32, f16 or bf16 tensors, one pass per row (feature `flex`).
+//! RMS normalization on burn-flex's f32, f16 or bf16 tensors, one pass per row .
 //!
 //! Burn's `RmsNorm::forward` is eight tensor ops (a cast to f32, square, mean, add, square root,
 //! a cast back, divide, scale), each allocating its result: in a decode step, where a row is 576
@@ -19,8 +19,8 @@ use burn_flex::FlexTensor;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use crate::flex_tensor::{flex_float, from_flex};
-use crate::flex_vector::{as_f32, dot, has_avx2_fma_f16c, Element};
+use super::tensor::{flex_float, from_flex};
+use super::vector::{dot, has_avx2_fma_f16c, KernelElement};
 
 /// Values per task: below this (a decode step) the rows are normalized on the calling thread.
 const VALUES_PER_TASK: usize = 1 << 15;
@@ -44,7 +44,11 @@ pub(crate) fn rms_norm<B: Backend, const D: usize>(
     from_flex(out?)
 }
 
-fn normalize<E: Element>(x: &FlexTensor, gamma: &FlexTensor, epsilon: f32) -> Option<FlexTensor> {
+fn normalize<E: KernelElement>(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    epsilon: f32,
+) -> Option<FlexTensor> {
     let width = *gamma.layout().shape().first()?;
     let (x_start, x_end) = x.layout().contiguous_offsets()?;
     let (g_start, g_end) = gamma.layout().contiguous_offsets()?;
@@ -68,7 +72,7 @@ fn normalize<E: Element>(x: &FlexTensor, gamma: &FlexTensor, epsilon: f32) -> Op
 
 /// The rows of `rows` (each `gamma.len()` values) normalized into `out`; `buffers` hold a row
 /// widened to f32 and its result.
-fn normalize_rows<E: Element>(
+fn normalize_rows<E: KernelElement>(
     rows: &[E],
     gamma: &[f32],
     epsilon: f32,
@@ -85,7 +89,7 @@ fn normalize_rows<E: Element>(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn normalize_rows_avx2<E: Element>(
+unsafe fn normalize_rows_avx2<E: KernelElement>(
     rows: &[E],
     gamma: &[f32],
     epsilon: f32,
@@ -96,7 +100,7 @@ unsafe fn normalize_rows_avx2<E: Element>(
 }
 
 #[inline(always)]
-fn normalize_rows_portable<E: Element>(
+fn normalize_rows_portable<E: KernelElement>(
     rows: &[E],
     gamma: &[f32],
     epsilon: f32,
@@ -105,7 +109,7 @@ fn normalize_rows_portable<E: Element>(
 ) {
     let width = gamma.len();
     for (out, row) in out.chunks_exact_mut(width).zip(rows.chunks_exact(width)) {
-        let row = as_f32(row).unwrap_or_else(|| {
+        let row = E::as_f32(row).unwrap_or_else(|| {
             E::widen(row, row_f32);
             row_f32
         });
@@ -124,7 +128,7 @@ mod tests {
     use burn::tensor::Distribution;
     use burn_flex::Flex;
 
-    use crate::flex_tensor::f32_values;
+    use crate::kernels::flex::tensor::f32_values;
 
     fn reference(x: &[f32], gamma: &[f32], epsilon: f64) -> Vec<f64> {
         x.chunks(gamma.len())

@@ -1,0 +1,113 @@
+//! The flex tensor behind a generic `Tensor<B, D>` and back.
+//!
+//! Generic code cannot name `B`'s tensor type, but it can ask whether it *is* flex's. The
+//! backend type is checked first ([`is_flex`], a constant per `B`), so that no other backend's
+//! tensor is touched; then the float primitive is downcast through `Any`. A quantized tensor is
+//! not a float primitive and is refused as it is: asking for its float form would dequantize it.
+//! No data is copied: flex tensors share their buffer (`Arc`), and [`into_flex_float`] moves the
+//! tensor's own handle so that a uniquely owned buffer stays uniquely owned.
+
+use std::any::Any;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn_flex::FlexTensor;
+
+use super::is_flex;
+
+/// The flex tensor behind `tensor` (a shared handle) when `B` is flex and the tensor holds f32,
+/// f16 or bf16, the types the kernels read ([`super::vector::KernelElement`]).
+pub(crate) fn flex_float<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FlexTensor> {
+    if !is_flex::<B>() {
+        return None;
+    }
+    into_flex_float(tensor.clone()).ok()
+}
+
+/// `tensor`'s own flex tensor, moved out of it, when `B` is flex and the tensor holds f32, f16 or
+/// bf16; the tensor back, untouched, otherwise.
+pub(crate) fn into_flex_float<B: Backend, const D: usize>(
+    tensor: Tensor<B, D>,
+) -> Result<FlexTensor, Tensor<B, D>> {
+    if !is_flex::<B>() {
+        return Err(tensor);
+    }
+    let primitive = match tensor.into_primitive() {
+        TensorPrimitive::Float(primitive) => primitive,
+        quantized @ TensorPrimitive::QFloat(_) => return Err(Tensor::from_primitive(quantized)),
+    };
+    let mut slot = Some(primitive);
+    let Some(flex) = (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<FlexTensor>>()
+        .and_then(Option::take)
+    else {
+        // Unreachable while `is_flex` holds; the tensor goes back as it came.
+        let primitive = slot.expect("not taken: the downcast failed");
+        return Err(Tensor::from_primitive(TensorPrimitive::Float(primitive)));
+    };
+    if matches!(flex.dtype(), DType::F32 | DType::F16 | DType::BF16) {
+        Ok(flex)
+    } else {
+        Err(from_flex(flex).expect("B is flex and the rank is D's"))
+    }
+}
+
+/// `tensor` as a `Tensor<B, D>`, when `B` is flex and the ranks agree.
+pub(crate) fn from_flex<B: Backend, const D: usize>(tensor: FlexTensor) -> Option<Tensor<B, D>> {
+    if tensor.layout().num_dims() != D {
+        return None;
+    }
+    let mut primitive = Some(tensor);
+    let primitive = (&mut primitive as &mut dyn Any)
+        .downcast_mut::<Option<B::FloatTensorPrimitive>>()?
+        .take()?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
+}
+
+/// The values of a flex tensor of any float type, widened to f32, in logical order (the kernels'
+/// tests compare them with f64 references).
+#[cfg(test)]
+pub(crate) fn f32_values<const D: usize>(tensor: &Tensor<burn_flex::Flex, D>) -> Vec<f32> {
+    tensor
+        .clone()
+        .cast(DType::F32)
+        .to_data()
+        .to_vec::<f32>()
+        .unwrap()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue};
+    use burn_flex::Flex;
+
+    #[test]
+    fn only_flex_float_tensors_are_taken_and_others_come_back_unchanged() {
+        let device = Default::default();
+        let t = Tensor::<Flex, 2>::from_floats([[1.0, -2.0], [3.5, 4.0]], &device);
+        assert!(flex_float(&t).is_some());
+        // f64 is not a kernel type; the tensor comes back with its values.
+        let wide = t.clone().cast(DType::F64);
+        let back = into_flex_float(wide).unwrap_err();
+        assert_eq!(back.dtype(), DType::F64);
+        // Autodiff<Flex> is another backend.
+        type Diff = burn_autodiff::Autodiff<Flex>;
+        assert!(flex_float(&Tensor::<Diff, 2>::ones([2, 2], &device)).is_none());
+    }
+
+    #[test]
+    fn a_quantized_tensor_is_refused_without_being_dequantized() {
+        let device = Default::default();
+        let t = Tensor::<Flex, 2>::from_floats([[1.0, -2.0, 0.5, 3.0]], &device);
+        let scheme = QuantScheme::default()
+            .with_value(QuantValue::Q8S)
+            .with_store(QuantStore::Native);
+        let quantized = t.quantize_dynamic(&scheme);
+        let before = quantized.dtype();
+        assert!(matches!(before, DType::QFloat(_)));
+        let back = into_flex_float(quantized).unwrap_err();
+        // Still quantized: refused as it was, not turned into floats.
+        assert_eq!(back.dtype(), before);
+    }
+}

@@ -1,0 +1,85 @@
+//! [`RoutedTransformer`]: a Llama-shaped decoder-only language model with routed attention.
+//!
+//! One block loop serves every path. [`RoutedTransformer::forward`] and
+//! [`RoutedTransformer::forward_tokens`] (training, evaluation, uncached prefill) and
+//! [`RoutedTransformer::forward_cached`] (cached prefill and decode) differ only in the
+//! [`KvStore`](crate::KvStore) they hand to the loop, so a route shares keys/values
+//! the same way in all of them.
+//!
+//! One concept per file:
+//! - `config`: [`RoutedTransformerConfig`], its validation, parameter count and initializers.
+//! - `tokens`: token ids against the vocabulary: checked on the host where they come from the
+//!   host, never read back from the device where they come from the device.
+//! - `forward`: the full-sequence forward passes, the shared block loop and the LM head.
+//! - `cached`: the forward passes that append to a KV cache.
+//! - `cache_factory`: KV caches laid out for this model.
+//! - `memory`: bytes of activations and KV caches, computed without allocating.
+
+mod cache_factory;
+mod cached;
+mod config;
+mod forward;
+mod memory;
+mod tokens;
+
+use burn::module::Module;
+use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::tensor::backend::Backend;
+
+pub use config::RoutedTransformerConfig;
+
+use crate::decoder_block::DecoderBlock;
+use crate::rope::RotaryEmbedding;
+
+/// Decoder-only language model: embedding, routed pre-norm blocks, final RMSNorm, LM head.
+#[derive(Module, Debug)]
+pub struct RoutedTransformer<B: Backend> {
+    /// Token embedding, `[vocab_size, d_model]`.
+    pub embedding: Embedding<B>,
+    /// Decoder blocks, layer 0 first.
+    pub blocks: Vec<DecoderBlock<B>>,
+    /// Final norm.
+    pub norm: RmsNorm<B>,
+    /// Output projection, `[d_model, vocab_size]`; `None` when tied to the embedding.
+    pub lm_head: Option<Linear<B>>,
+    /// Rotary tables shared by all blocks.
+    pub rope: RotaryEmbedding<B>,
+    vocab_size: usize,
+}
+
+impl<B: Backend> RoutedTransformer<B> {
+    /// Number of decoder blocks.
+    pub fn n_layers(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Width of the hidden state.
+    pub fn d_model(&self) -> usize {
+        self.embedding.weight.dims()[1]
+    }
+
+    /// Vocabulary size.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// Longest supported sequence.
+    pub fn max_seq_len(&self) -> usize {
+        self.rope.max_seq_len()
+    }
+
+    /// Key/value heads per layer.
+    pub fn n_kv_heads(&self) -> usize {
+        self.blocks[0].attention.n_kv_heads
+    }
+
+    /// Size of one head.
+    pub fn head_dim(&self) -> usize {
+        self.blocks[0].attention.head_dim
+    }
+
+    /// The device holding the weights.
+    pub fn device(&self) -> B::Device {
+        self.embedding.weight.device()
+    }
+}
