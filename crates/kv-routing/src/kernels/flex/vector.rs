@@ -311,6 +311,36 @@ pub(crate) fn exp(x: f32) -> f32 {
 mod tests {
     use super::*;
 
+    /// Runs every kernel test of this binary again in a child process with the vector code
+    /// switched off, so that the portable branches (what a CPU without AVX2/FMA/F16C runs) are
+    /// executed and checked against the same references.
+    #[test]
+    fn kernels_pass_on_the_portable_path() {
+        if std::env::var(PORTABLE_KERNELS_VARIABLE).is_ok() {
+            // The child itself (or a run that chose a path already).
+            return;
+        }
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["kernels::", "--skip", "kernels_pass_on_the_portable_path"])
+            .env(PORTABLE_KERNELS_VARIABLE, "portable")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "kernel tests failed on the portable path:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.contains("the_variable_selects_the_portable_path ... ok"), "{stdout}");
+    }
+
+    #[test]
+    fn the_variable_selects_the_portable_path() {
+        if std::env::var(PORTABLE_KERNELS_VARIABLE).is_ok_and(|v| v == "portable") {
+            assert!(!has_avx2_fma_f16c());
+        }
+    }
+
     #[test]
     fn exp_is_within_two_ulp_of_std() {
         let mut x = 0.0f32;

@@ -1,0 +1,35 @@
+//! burn-flex's CPU kernels (feature `flex`), reached only through [`crate::kernels`].
+//!
+//! - [`attention`]: causal grouped-query attention in one parallel pass (prefill, chunks, decode),
+//!   with [`few_row_attention`] for the few query rows of a decode step;
+//! - [`matvec`]: products of one to a few rows that stream each weight once on every core;
+//! - [`rms_norm`], [`swiglu`]: one-pass row kernels;
+//! - [`slot_write`]: the KV cache's append, in place;
+//! - [`pool`]: running a forward pass on rayon's pool.
+//!
+//! The shared pieces: [`tensor`] (the flex tensor behind a `Tensor<B, D>`), [`strided`] (bounds-
+//! checked strided operands), [`softmax`], [`vector`] (vector arithmetic, element types, the CPU
+//! feature check).
+
+pub(crate) mod attention;
+pub(crate) mod few_row_attention;
+pub(crate) mod matvec;
+pub(crate) mod pool;
+pub(crate) mod rms_norm;
+pub(crate) mod slot_write;
+pub(crate) mod softmax;
+pub(crate) mod strided;
+pub(crate) mod swiglu;
+pub(crate) mod tensor;
+pub(crate) mod vector;
+
+use std::any::TypeId;
+
+use burn::tensor::backend::Backend;
+
+/// Whether `B` is burn-flex's backend (and not, say, `Autodiff<Flex>`, whose tensors are
+/// another type: training keeps Burn's differentiable ops). A compile-time constant per `B`.
+#[inline]
+pub(crate) fn is_flex<B: Backend>() -> bool {
+    TypeId::of::<B>() == TypeId::of::<burn_flex::Flex>()
+}

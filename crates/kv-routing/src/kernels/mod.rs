@@ -1,0 +1,138 @@
+//! The one place where a backend gets its own kernels.
+//!
+//! The model is written once over Burn's `Backend` and computes everything with Burn's ops. A
+//! few of those ops have a faster form on some backend: today the CPU kernels of burn-flex
+//! ([`flex`], feature `flex`). Every call site in the model asks *this* module, and only this
+//! module decides whether `B` has a kernel of its own, by one mechanism: the backend's type
+//! (`TypeId`), checked before any tensor is touched, then the tensor's primitive moved or cloned
+//! out of its `Tensor` (an `Arc` clone, no data) and downcast. A backend without a kernel gets
+//! `None` (or the generic op) without its tensors being read, converted or dequantized.
+//!
+//! # Why a dispatch module and not a backend-extension trait
+//! Burn's extension pattern (a trait `KernelBackend: Backend` with a method per kernel,
+//! implemented for each backend, as burn-vision does) would put a new bound on every public
+//! generic of this crate: users' `B: Backend` would become `B: KernelBackend`, and a model over
+//! a backend we never heard of (burn-tch, burn-candle, a user's own, `Autodiff<_>` of any of
+//! them, `Fusion<_>`) would not compile until someone wrote an implementation for it. A dispatch
+//! module keeps the plain `B: Backend` bound: any backend runs, the ones with kernels run
+//! faster. A future CubeCL kernel for wgpu/cuda plugs in the same way as flex's: a folder beside
+//! `flex/` with a `TypeId` check for its backend type, and one more branch in the functions
+//! below. (`docs/architecture.md` has the same reasoning and the call graph.)
+//!
+//! # Contract of every function here
+//! Each computes exactly what its generic fallback computes (to the rounding documented in the
+//! kernel's own module) or returns `None` and leaves the work to Burn's ops. None of them may
+//! panic on a shape, layout or element type the generic ops accept: anything a kernel does not
+//! handle is `None`.
+
+#[cfg(feature = "flex")]
+pub(crate) mod flex;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+/// Causal attention of already scaled queries over keys/values (the queries are the last
+/// `seq_len` of the `kv_len` key slots), or `None` for Burn's ops.
+///
+/// # Shapes
+/// - query: `[batch, heads, seq_len, head_dim]`
+/// - key, value: `[batch, kv_heads, kv_len, head_dim]`
+/// - output: `[batch, heads, seq_len, head_dim]`
+pub(crate) fn causal_attention<B: Backend>(
+    query: &Tensor<B, 4>,
+    key: &Tensor<B, 4>,
+    value: &Tensor<B, 4>,
+) -> Option<Tensor<B, 4>> {
+    #[cfg(feature = "flex")]
+    if flex::is_flex::<B>() {
+        return flex::attention::causal_attention(query, key, value);
+    }
+    let _ = (query, key, value);
+    None
+}
+
+/// `x W` for a product of one or a few rows, or `None` for the backend's matmul.
+///
+/// # Shapes
+/// - x: `[rows, in]`
+/// - weight: `[in, out]`
+/// - output: `[rows, out]`
+pub(crate) fn few_row_product<B: Backend>(
+    x: &Tensor<B, 2>,
+    weight: &Tensor<B, 2>,
+) -> Option<Tensor<B, 2>> {
+    #[cfg(feature = "flex")]
+    if flex::is_flex::<B>() {
+        return flex::matvec::matvec(x, weight);
+    }
+    let _ = (x, weight);
+    None
+}
+
+/// SwiGLU's gate `silu(gate) * up`, or `None` for Burn's ops.
+pub(crate) fn swiglu<B: Backend, const D: usize>(
+    gate: &Tensor<B, D>,
+    up: &Tensor<B, D>,
+) -> Option<Tensor<B, D>> {
+    #[cfg(feature = "flex")]
+    if flex::is_flex::<B>() {
+        return flex::swiglu::swiglu(gate, up);
+    }
+    let _ = (gate, up);
+    None
+}
+
+/// `x / sqrt(mean(x², last axis) + epsilon) * gamma`, or `None` for Burn's ops.
+pub(crate) fn rms_norm<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    gamma: &Tensor<B, 1>,
+    epsilon: f64,
+) -> Option<Tensor<B, D>> {
+    #[cfg(feature = "flex")]
+    if flex::is_flex::<B>() {
+        return flex::rms_norm::rms_norm(x, gamma, epsilon);
+    }
+    let _ = (x, gamma, epsilon);
+    None
+}
+
+/// `storage` with `values` written at slots `start..start + values.dims()[2]` of its third
+/// axis: the KV cache's append. In place whenever `storage`'s buffer is uniquely owned (flex:
+/// our own write, [`flex::slot_write`]; other backends: their `slice_assign`, which writes a
+/// uniquely owned buffer in place on ndarray and wgpu), a copy of `storage` otherwise.
+///
+/// # Shapes
+/// - storage: `[batch, heads, capacity, head_dim]`
+/// - values: `[batch, heads, len, head_dim]`, `start + len <= capacity` (the caller checks)
+pub(crate) fn write_slots<B: Backend>(
+    storage: Tensor<B, 4>,
+    start: usize,
+    values: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    let (storage, values) = if flex::is_flex::<B>() {
+        match flex::slot_write::write_slots(storage, start, values) {
+            Ok(written) => return written,
+            Err(unwritten) => unwritten,
+        }
+    } else {
+        (storage, values)
+    };
+    let [batch, heads, len, head_dim] = values.dims();
+    storage.slice_assign(
+        [0..batch, 0..heads, start..start + len, 0..head_dim],
+        values,
+    )
+}
+
+/// Runs `work` where `B` computes fastest when called from it: on rayon's pool for flex when
+/// the caller is outside the pool ([`flex::pool`]), on the calling thread otherwise.
+// Without the `flex` feature no backend is moved, and `B` only keeps the call sites the same.
+#[cfg_attr(not(feature = "flex"), allow(clippy::extra_unused_type_parameters))]
+pub(crate) fn on_compute_threads<B: Backend, R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    #[cfg(feature = "flex")]
+    if flex::is_flex::<B>() {
+        return flex::pool::run_on_pool(work);
+    }
+    work()
+}
