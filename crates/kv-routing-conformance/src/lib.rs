@@ -9,6 +9,8 @@
 //! kv_routing_conformance::conformance_suite!(burn_ndarray::NdArray<f32>, burn_ndarray::NdArrayDevice::Cpu);
 //! ```
 
+#![forbid(unsafe_code)]
+
 pub mod cross_backend;
 pub mod oracle;
 pub mod suite;
@@ -17,8 +19,33 @@ pub mod support;
 /// Instantiates every conformance test for `$backend` on the device `$device` (an expression
 /// evaluated once per test). The property tests run 1000 random cases each unless
 /// `property_cases = N` says otherwise (a slow backend), or `KV_PROPERTY_CASES` at run time.
+///
+/// A backend whose device may be missing on the machine (wgpu without a driver) passes
+/// `device_or_skip = EXPR` instead, `EXPR` an `Option` of the device evaluated first in every
+/// test: `None` makes the test return at once. Saying that tests were skipped, and refusing to
+/// skip where the device is required, is `EXPR`'s job (see `backends/wgpu/tests/support`).
+///
+/// ```ignore
+/// kv_routing_conformance::conformance_suite!(
+///     kv_routing_wgpu::Backend,
+///     device_or_skip = support::device_or_skip(),
+///     property_cases = 2
+/// );
+/// ```
 #[macro_export]
 macro_rules! conformance_suite {
+    // First: `device_or_skip = EXPR` also parses as the `$device:expr` of the arms below (an
+    // assignment expression). The device expression it hands on returns from the test.
+    ($backend:ty, device_or_skip = $device:expr, property_cases = $cases:expr) => {
+        $crate::conformance_suite!(
+            $backend,
+            match $device {
+                ::core::option::Option::Some(device) => device,
+                ::core::option::Option::None => return,
+            },
+            property_cases = $cases
+        );
+    };
     ($backend:ty, $device:expr) => {
         $crate::conformance_suite!($backend, $device, property_cases = 1000);
     };
