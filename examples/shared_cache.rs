@@ -33,6 +33,8 @@ struct Args {
 }
 
 fn main() {
+    // Freed activations kept for reuse (an opt-in of programs; docs/backends.md).
+    kv_routing_backend::retain_freed_memory();
     let args = Args::parse();
     let settings = ComparisonSettings {
         batches: args.batches,

@@ -19,6 +19,8 @@ use kv_routing_benches::sync;
 const LAYERS: usize = 30;
 
 fn main() {
+    // Freed activations kept for reuse (an opt-in of programs; docs/backends.md).
+    kv_routing_backend::retain_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize, default: usize| {
         args.get(i)

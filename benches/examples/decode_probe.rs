@@ -5,6 +5,8 @@ use kv_routing_benches::*;
 use std::time::Instant;
 
 fn main() {
+    // Freed activations kept for reuse (an opt-in of programs; docs/backends.md).
+    kv_routing_backend::retain_freed_memory();
     let device = device();
     let size = tiny();
     let args: Vec<usize> = std::env::args()

@@ -25,6 +25,8 @@ use kv_routing_train::train_config::TrainConfig;
 use kv_routing_train::trainer::{train_on, RunOptions, Start};
 
 fn main() {
+    // Freed activations kept for reuse (an opt-in of programs; docs/backends.md).
+    kv_routing_backend::retain_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let size = match args.get(2).map(String::as_str) {
         None | Some("tiny") => Some(tiny()),

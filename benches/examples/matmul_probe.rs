@@ -13,6 +13,8 @@ use kv_routing_backend::{device, Backend, NAME};
 use kv_routing_benches::sync;
 
 fn main() {
+    // Freed activations kept for reuse (an opt-in of programs; docs/backends.md).
+    kv_routing_backend::retain_freed_memory();
     let device = device();
     for dtype in [DType::F32, DType::F16] {
         let bytes = dtype.size();

@@ -1,9 +1,9 @@
 //! Cost of one cache write (`CacheStep::put` of one token) at a small and a large capacity, with
 //! and without reading the visible keys/values after each write (as a decode step does, so the
 //! storage's buffer also has a view of it in flight). With a backend that writes in place the
-//! capacities cost the same; a backend that copies the destination on `slice_assign` (unpatched
-//! burn-flex 0.21.0, or a buffer still shared with a view) pays O(capacity) per step. See
-//! patches/README.md and docs/benchmarks.md. The device is synchronized before the clock stops.
+//! capacities cost the same; a write that copies its destination (burn-flex 0.21.0's own
+//! `slice_assign`, which the cache no longer uses on flex, or a buffer still shared with a view)
+//! pays O(capacity) per step. See docs/backends.md and docs/benchmarks.md. The device is synchronized before the clock stops.
 use burn::tensor::{Distribution, Tensor};
 use kv_routing::{KeyValue, KvCacheLayout, KvCacheManager, KvStore, Route};
 use kv_routing_backend::{device, Backend};
@@ -13,6 +13,8 @@ use std::time::Instant;
 const STEPS: u32 = 32;
 
 fn main() {
+    // Freed activations kept for reuse (an opt-in of programs; docs/backends.md).
+    kv_routing_backend::retain_freed_memory();
     let device = device();
     // The first pass compiles kernels on the GPU backends (beyond what one warm-up step
     // covers); only the second is printed.

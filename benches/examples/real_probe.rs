@@ -12,6 +12,8 @@ use kv_routing_benches::*;
 const CHUNK: usize = 32;
 
 fn main() {
+    // Freed activations kept for reuse (an opt-in of programs; docs/backends.md).
+    kv_routing_backend::retain_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 5 {
         eprintln!("usage: real_probe MODEL decode|prefill|chunk BATCH CONTEXT full|every2|every4 [f32|f16|bf16] [REPEATS]");

@@ -14,6 +14,8 @@ use kv_routing_benches::*;
 use std::time::Instant;
 
 fn main() {
+    // Freed activations kept for reuse (an opt-in of programs; docs/backends.md).
+    kv_routing_backend::retain_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let size = match args.get(2).map(String::as_str) {
         None | Some("tiny") => Some(tiny()),

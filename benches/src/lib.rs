@@ -2,6 +2,8 @@
 //! (`src/bin/bench_report.rs`): model sizes, plans, cache filling, decode loops, and the naive
 //! "compute every layer's K/V" forward that the training benchmark compares against.
 
+#![forbid(unsafe_code)]
+
 pub mod peer;
 
 use burn::optim::adaptor::OptimizerAdaptor;

@@ -1,6 +1,8 @@
 //! Helpers of the examples: the trained models that ship with the repository and the
 //! comparison the main example (`shared_cache`) prints.
 
+#![forbid(unsafe_code)]
+
 pub mod bundled;
 pub mod comparison_table;
 pub mod plan_comparison;

@@ -3,6 +3,8 @@
 //! Compiles without the CUDA toolkit (the driver is loaded at run time). The conformance tests
 //! need a GPU; `run-gpu-checks.sh` builds and runs them, with the benchmarks, on a GPU machine.
 
+#![forbid(unsafe_code)]
+
 pub use kv_routing;
 
 /// The backend type (with Burn's kernel fusion, as burn-cuda ships by default).

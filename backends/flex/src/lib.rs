@@ -7,6 +7,8 @@
 //! copies its whole destination): a plain dependency on this crate gets fast decode, with no
 //! `[patch]`. [`cache_writes_in_place`] probes it at run time.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 use burn::tensor::{Tensor, TensorPrimitive};
 
 pub use kv_routing;
@@ -16,10 +18,9 @@ pub type Backend = burn_flex::Flex;
 /// The device type.
 pub type Device = burn_flex::FlexDevice;
 
-/// The CPU device. The first call also applies [`retain_freed_memory`].
+/// The CPU device. Programs that want flex's allocations reused call [`retain_freed_memory`]
+/// once at startup (an opt-in: it changes the whole process's allocator).
 pub fn device() -> Device {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(retain_freed_memory);
     burn_flex::FlexDevice
 }
 
@@ -31,7 +32,8 @@ pub fn device() -> Device {
 /// buffers in again, page by page: 21% of a SmolLM2-135M prefill of 512 tokens, 12% at 2,048
 /// (docs/benchmarks.md). Raising the mmap threshold to glibc's maximum (32 MiB) and never
 /// trimming the heap makes freed blocks reusable. The cost is that the process keeps its peak
-/// heap. Programs that want glibc's defaults use `burn_flex::FlexDevice` instead of [`device`].
+/// heap, which is why this is a process-wide choice a program makes (the `kv-routing` CLI and the
+/// benchmarks do, at startup), never a side effect of a library call.
 pub fn retain_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes the allocator's parameters; it is called before the

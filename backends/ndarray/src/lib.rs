@@ -2,6 +2,8 @@
 //!
 //! `cargo test -p kv-routing-ndarray` runs the whole conformance suite in f32 and f64.
 
+#![forbid(unsafe_code)]
+
 use burn::tensor::{Tensor, TensorPrimitive};
 use burn_ndarray::NdArrayTensor;
 

@@ -19,6 +19,8 @@
 //! cargo run --release -p kv-routing-benches --bin bench-paired -- --groups peer --model SmolLM2.gguf --python ~/venv/bin/python
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -390,6 +392,8 @@ fn cpu_jiffies() -> Option<(u64, u64)> {
 }
 
 fn main() {
+    // Freed activations kept for reuse (an opt-in of programs; docs/backends.md).
+    kv_routing_backend::retain_freed_memory();
     let mut rounds = 9;
     let mut groups = "decode,prefill,train".to_string();
     let mut peer = PeerSettings {

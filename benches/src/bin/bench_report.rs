@@ -6,6 +6,8 @@
 //! cargo bench-report -- --svg docs/benchmarks-decode.svg > tables.md   # alias in .cargo/config.toml
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

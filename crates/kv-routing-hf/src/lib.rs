@@ -10,7 +10,16 @@
 //! - [`HfTokenizer`] wraps `tokenizer.json`.
 //!
 //! Name and layout mapping: [`parameter_map`]; supported configurations: [`hf_config`].
+//!
+//! # Memory-mapped files
+//! The safetensors and GGUF readers memory-map their files (a checkpoint is read once, in place,
+//! without a copy in memory). A map is only as stable as its file: the loaders' contract is that
+//! no process modifies or truncates a checkpoint file while it is being loaded or a
+//! [`gguf::GgufFile`] is open. Breaking it is undefined behaviour in Rust's terms (in practice a
+//! `SIGBUS` when a truncated page is touched, or torn values), which no check of ours can catch.
+//! Load a copy of files that something else may be rewriting.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
 mod error;

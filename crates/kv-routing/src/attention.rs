@@ -215,7 +215,7 @@ impl<B: Backend> StochasticKvAttention<B> {
                 actual: kv.key.dims().to_vec(),
             });
         }
-        if let AttentionMask::Explicit(mask) = mask {
+        if let Some(mask) = mask.hidden_tensor() {
             if mask.dims() != [batch, 1, seq_len, kv_len] {
                 return Err(KvRoutingError::ShapeMismatch {
                     context: "attention mask".into(),
@@ -257,6 +257,7 @@ impl<B: Backend> StochasticKvAttention<B> {
                     Some(causal_hidden::<B>(seq_len, kv_len, &kv.key.device()))
                 }
                 AttentionMask::Explicit(mask) => Some(mask.clone()),
+                AttentionMask::CausalWithHoles(holes) => Some(holes.hidden().clone()),
             };
             let scores = match hidden {
                 None => scores,
@@ -276,9 +277,9 @@ impl<B: Backend> StochasticKvAttention<B> {
         } else {
             let key = repeat_kv_heads(kv.key.clone(), groups);
             let value = repeat_kv_heads(kv.value.clone(), groups);
-            let (mask, is_causal) = match mask {
-                AttentionMask::Causal => (None, true),
-                AttentionMask::Explicit(mask) => (
+            let (mask, is_causal) = match mask.hidden_tensor() {
+                None => (None, true),
+                Some(mask) => (
                     Some(mask.clone().expand([batch, self.n_heads, seq_len, kv_len])),
                     false,
                 ),
@@ -361,7 +362,10 @@ fn fused_causal_attention<B: Backend>(
     mask: &AttentionMask<B>,
 ) -> Option<Tensor<B, 4>> {
     match mask {
-        AttentionMask::Causal => crate::kernels::causal_attention(query, &kv.key, &kv.value),
+        AttentionMask::Causal => crate::kernels::causal_attention(query, &kv.key, &kv.value, None),
+        AttentionMask::CausalWithHoles(holes) => {
+            crate::kernels::causal_attention(query, &kv.key, &kv.value, Some(holes.key_valid()))
+        }
         AttentionMask::Explicit(_) => None,
     }
 }
@@ -384,4 +388,32 @@ fn repeat_kv_heads<B: Backend>(x: Tensor<B, 4>, groups: usize) -> Tensor<B, 4> {
     x.unsqueeze_dim::<5>(2)
         .expand([batch, heads, groups, len, head_dim])
         .reshape([batch, heads * groups, len, head_dim])
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use burn::tensor::Tensor;
+    use burn_flex::Flex;
+
+    use super::*;
+
+    /// A batch with holes (a shorter prompt, a finished sequence) keeps the backend's own
+    /// attention: it once fell back to Burn's masked ops for the rest of the generation.
+    #[test]
+    fn a_batch_with_holes_keeps_the_backend_kernel() {
+        let device = Default::default();
+        let query = Tensor::<Flex, 4>::ones([2, 2, 1, 8], &device);
+        let kv = KeyValue::new(
+            Tensor::ones([2, 1, 5, 8], &device),
+            Tensor::ones([2, 1, 5, 8], &device),
+        );
+        let valid = [true, true, false, true, true, true, true, true, true, false];
+        let mask =
+            AttentionMask::<Flex>::causal_with_key_validity(&valid, 2, 1, 5, &device).unwrap();
+        assert!(matches!(mask, AttentionMask::CausalWithHoles(_)));
+        assert!(fused_causal_attention(&query, &kv, &mask).is_some());
+        // An explicit mask tensor alone says nothing the kernel can read: Burn's ops.
+        let explicit = AttentionMask::Explicit(mask.hidden_tensor().unwrap().clone());
+        assert!(fused_causal_attention(&query, &kv, &explicit).is_none());
+    }
 }

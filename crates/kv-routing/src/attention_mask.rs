@@ -5,6 +5,8 @@
 //! slots `0..=k_len - q_len + i`. Aligning it top-left instead (a bug seen in peers) would hide
 //! the whole history from a decode token.
 
+use std::sync::Arc;
+
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 
@@ -17,6 +19,44 @@ pub enum AttentionMask<B: Backend> {
     Causal,
     /// Causal and key validity combined: `[batch, 1, q_len, k_len]`, `true` = hidden.
     Explicit(Tensor<B, 4, Bool>),
+    /// Causal, with some key slots holding no token of their sequence (the holes that shorter
+    /// prompts and finished sequences leave in a batch's cache): the same mask as `Explicit`,
+    /// plus the validity on the host, which a backend's own attention kernel applies as it
+    /// attends (so that such a batch keeps the fast path) where Burn's ops use the tensor.
+    CausalWithHoles(KeyHoles<B>),
+}
+
+/// The key validity of a [`AttentionMask::CausalWithHoles`] step.
+#[derive(Debug, Clone)]
+pub struct KeyHoles<B: Backend> {
+    /// Row-major `[batch, k_len]`: `true` = the slot holds a token of that sequence.
+    key_valid: Arc<[bool]>,
+    /// The causal mask and the holes combined, `[batch, 1, q_len, k_len]`, `true` = hidden.
+    hidden: Tensor<B, 4, Bool>,
+}
+
+impl<B: Backend> KeyHoles<B> {
+    /// Row-major `[batch, k_len]` validity: `true` = the slot holds a token of that sequence.
+    pub fn key_valid(&self) -> &[bool] {
+        &self.key_valid
+    }
+
+    /// The whole mask as one tensor, `[batch, 1, q_len, k_len]`, `true` = hidden.
+    pub fn hidden(&self) -> &Tensor<B, 4, Bool> {
+        &self.hidden
+    }
+}
+
+impl<B: Backend> AttentionMask<B> {
+    /// The mask as one tensor, `[batch, 1, q_len, k_len]` (`true` = hidden), for every mask but
+    /// the plain causal one (which needs none).
+    pub fn hidden_tensor(&self) -> Option<&Tensor<B, 4, Bool>> {
+        match self {
+            Self::Causal => None,
+            Self::Explicit(hidden) => Some(hidden),
+            Self::CausalWithHoles(holes) => Some(&holes.hidden),
+        }
+    }
 }
 
 impl<B: Backend> AttentionMask<B> {
@@ -24,7 +64,8 @@ impl<B: Backend> AttentionMask<B> {
     ///
     /// `key_valid` is row-major `[batch, k_len]`: `false` marks a slot that holds no token of
     /// that sequence (padding of a shorter prompt), which no query of that sequence may see.
-    /// When every slot is valid this is plain [`AttentionMask::Causal`].
+    /// When every slot is valid this is plain [`AttentionMask::Causal`], otherwise
+    /// [`AttentionMask::CausalWithHoles`].
     pub fn causal_with_key_validity(
         key_valid: &[bool],
         batch: usize,
@@ -56,11 +97,12 @@ impl<B: Backend> AttentionMask<B> {
             device,
         )
         .expand(shape);
-        Ok(Self::Explicit(
-            causal_hidden::<B>(q_len, k_len, device)
+        Ok(Self::CausalWithHoles(KeyHoles {
+            key_valid: key_valid.into(),
+            hidden: causal_hidden::<B>(q_len, k_len, device)
                 .expand(shape)
                 .bool_or(key_hidden),
-        ))
+        }))
     }
 }
 

@@ -93,7 +93,7 @@ pub enum KvRoutingError {
 
     /// A request (a KV cache, a forward pass's activations) would take more memory than its
     /// [`MemoryBudget`](crate::MemoryBudget); refused before anything was allocated.
-    #[error("{what} needs {}, over the memory budget of {}", needed_bytes.map_or_else(|| "more bytes than can be counted".to_string(), crate::memory_budget::human_bytes), budget_bytes.map_or_else(|| "any machine".to_string(), |b| crate::memory_budget::human_bytes(b as u128)))]
+    #[error("{what} needs {}, over the memory budget of {}", needed_bytes.map_or_else(|| "more bytes than can be counted".to_string(), crate::byte_count::human_bytes), budget_bytes.map_or_else(|| "any machine".to_string(), |b| crate::byte_count::human_bytes(b as u128)))]
     MemoryBudgetExceeded {
         /// What was asked for, with its sizes.
         what: String,

@@ -15,10 +15,12 @@
 //! See `docs/routing.md` for the exact semantics and `docs/architecture.md` for how the pieces
 //! fit.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 
 mod attention;
 mod attention_mask;
+mod byte_count;
 mod cache_plan;
 mod decoder_block;
 mod error;
@@ -39,7 +41,7 @@ mod router;
 mod seeded_init;
 
 pub use attention::{StochasticKvAttention, StochasticKvAttentionConfig};
-pub use attention_mask::AttentionMask;
+pub use attention_mask::{AttentionMask, KeyHoles};
 pub use cache_plan::CachePlan;
 pub use decoder_block::DecoderBlock;
 pub use error::{KvRoutingError, Result};

@@ -19,6 +19,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::byte_count::human_bytes;
 use crate::error::{KvRoutingError, Result};
 
 /// A limit on the bytes of one request (see the module docs). Serializes as the limit in
@@ -79,22 +80,6 @@ pub(crate) fn checked_product(factors: &[usize]) -> Option<u128> {
     factors
         .iter()
         .try_fold(1u128, |product, &f| product.checked_mul(f as u128))
-}
-
-/// `bytes` as people read it: "3.2 GiB (3435973837 bytes)".
-pub(crate) fn human_bytes(bytes: u128) -> String {
-    const UNITS: [&str; 6] = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} bytes")
-    } else {
-        format!("{value:.1} {} ({bytes} bytes)", UNITS[unit])
-    }
 }
 
 impl fmt::Display for MemoryBudget {

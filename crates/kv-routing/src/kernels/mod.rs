@@ -32,22 +32,25 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 /// Causal attention of already scaled queries over keys/values (the queries are the last
-/// `seq_len` of the `kv_len` key slots), or `None` for Burn's ops.
+/// `seq_len` of the `kv_len` key slots), with the key slots that `key_valid` marks `false`
+/// hidden from every query of their sequence, or `None` for Burn's ops.
 ///
 /// # Shapes
 /// - query: `[batch, heads, seq_len, head_dim]`
 /// - key, value: `[batch, kv_heads, kv_len, head_dim]`
+/// - key_valid: `[batch, kv_len]`, row-major, when some slots are holes
 /// - output: `[batch, heads, seq_len, head_dim]`
 pub(crate) fn causal_attention<B: Backend>(
     query: &Tensor<B, 4>,
     key: &Tensor<B, 4>,
     value: &Tensor<B, 4>,
+    key_valid: Option<&[bool]>,
 ) -> Option<Tensor<B, 4>> {
     #[cfg(feature = "flex")]
     if flex::is_flex::<B>() {
-        return flex::attention::causal_attention(query, key, value);
+        return flex::attention::causal_attention(query, key, value, key_valid);
     }
-    let _ = (query, key, value);
+    let _ = (query, key, value, key_valid);
     None
 }
 

@@ -58,15 +58,16 @@ pub(crate) fn causal_attention<B: Backend>(
     query: &Tensor<B, 4>,
     key: &Tensor<B, 4>,
     value: &Tensor<B, 4>,
+    key_valid: Option<&[bool]>,
 ) -> Option<Tensor<B, 4>> {
     let (query, key, value) = (flex_float(query)?, flex_float(key)?, flex_float(value)?);
     if query.dtype() != key.dtype() || key.dtype() != value.dtype() {
         return None;
     }
     let context = match query.dtype() {
-        DType::F32 => attend::<f32>(&query, &key, &value),
-        DType::F16 if has_avx2_fma_f16c() => attend::<f16>(&query, &key, &value),
-        DType::BF16 if has_avx2_fma_f16c() => attend::<bf16>(&query, &key, &value),
+        DType::F32 => attend::<f32>(&query, &key, &value, key_valid),
+        DType::F16 if has_avx2_fma_f16c() => attend::<f16>(&query, &key, &value, key_valid),
+        DType::BF16 if has_avx2_fma_f16c() => attend::<bf16>(&query, &key, &value, key_valid),
         _ => None,
     };
     from_flex(context?)
@@ -76,6 +77,7 @@ fn attend<E: KernelElement>(
     query: &FlexTensor,
     key: &FlexTensor,
     value: &FlexTensor,
+    key_valid: Option<&[bool]>,
 ) -> Option<FlexTensor> {
     let dims = |t: &FlexTensor| -> [usize; 4] {
         let shape = t.layout().shape();
@@ -91,7 +93,7 @@ fn attend<E: KernelElement>(
         && kv_len >= seq_len
         && seq_len > 0
         && head_dim > 0;
-    if !shapes_agree {
+    if !shapes_agree || key_valid.is_some_and(|valid| valid.len() != batch * kv_len) {
         return None;
     }
     let groups = heads / kv_heads;
@@ -158,12 +160,15 @@ fn attend<E: KernelElement>(
                 };
                 let keys = visible(rows - 1);
                 let kv_head = if stacked { head } else { head / groups };
+                // This sequence's valid key slots (every row of a task is of one sequence).
+                let valid = key_valid.map(|valid| &valid[b * kv_len..][..keys]);
                 if rows <= FEW_QUERY_ROWS && unit_dim_stride {
                     few_row_attention(
                         &Rows::new(&q, b, head, first, rows, head_dim),
                         &Rows::new(&k, b, kv_head, 0, keys, head_dim),
                         &Rows::new(&v, b, kv_head, 0, keys, head_dim),
                         &visible,
+                        valid,
                         scratch,
                         out,
                     );
@@ -193,7 +198,7 @@ fn attend<E: KernelElement>(
                     );
                 }
                 for (row, scores) in scores.chunks_exact_mut(keys).enumerate() {
-                    softmax_prefix(scores, visible(row));
+                    softmax_prefix(scores, visible(row), valid);
                 }
                 // SAFETY: as above; the scores are `rows` rows of `keys` values.
                 unsafe {
@@ -264,6 +269,27 @@ mod tests {
         kv_heads: usize,
         kv_len: usize,
     ) -> Vec<f64> {
+        reference_with_holes(
+            q,
+            k,
+            v,
+            [batch, heads, seq_len, head_dim],
+            kv_heads,
+            kv_len,
+            None,
+        )
+    }
+
+    /// [`reference`] with the key slots that `valid` (`[batch, kv_len]`) marks `false` hidden.
+    fn reference_with_holes(
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        [batch, heads, seq_len, head_dim]: [usize; 4],
+        kv_heads: usize,
+        kv_len: usize,
+        valid: Option<&[bool]>,
+    ) -> Vec<f64> {
         let groups = heads / kv_heads;
         let mut out = vec![0.0; batch * heads * seq_len * head_dim];
         for b in 0..batch {
@@ -275,7 +301,9 @@ mod tests {
                     let kv_row = |t: &[f32], j: usize| {
                         t[((b * kv_heads + kh) * kv_len + j) * head_dim..][..head_dim].to_vec()
                     };
+                    let seen = |j: usize| valid.is_none_or(|valid| valid[b * kv_len + j]);
                     let scores: Vec<f64> = (0..visible)
+                        .filter(|&j| seen(j))
                         .map(|j| {
                             q_row
                                 .iter()
@@ -287,7 +315,8 @@ mod tests {
                     let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                     let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
                     let total: f64 = weights.iter().sum();
-                    for (j, w) in weights.iter().enumerate() {
+                    let seen_keys = (0..visible).filter(|&j| seen(j));
+                    for (j, w) in seen_keys.zip(&weights) {
                         for (d, &x) in kv_row(v, j).iter().enumerate() {
                             out[((b * heads + h) * seq_len + i) * head_dim + d] +=
                                 w / total * x as f64;
@@ -362,7 +391,7 @@ mod tests {
                     _ => t.clone().cast(dtype),
                 };
                 let (q, k, v) = (operand(&q), operand(&k), operand(&v));
-                let Some(out) = causal_attention(&q, &k, &v) else {
+                let Some(out) = causal_attention(&q, &k, &v, None) else {
                     assert!(
                         dtype != DType::F32 && (seq_len > FEW_QUERY_ROWS || !has_avx2_fma_f16c()),
                         "{seq_len} rows in {dtype:?}"
@@ -395,6 +424,70 @@ mod tests {
         }
     }
 
+    #[test]
+    fn holes_are_hidden_from_their_sequence_on_every_path() {
+        let device = Default::default();
+        // (batch, heads, kv_heads, seq_len, history, head_dim): gemm's path (70 rows), few rows,
+        // a stacked decode step, a decode step head by head.
+        for (batch, heads, kv_heads, seq_len, history, head_dim) in [
+            (2, 4, 2, 70, 9, 16),
+            (2, 4, 2, 3, 40, 64),
+            (3, 6, 2, 1, 50, 64),
+            (2, 2, 2, 1, 30, 8),
+        ] {
+            let kv_len = history + seq_len;
+            let random = |dims: [usize; 4]| {
+                Tensor::<Flex, 4>::random(dims, Distribution::Normal(0.0, 1.0), &device)
+            };
+            let q =
+                random([batch, heads, seq_len, head_dim]).mul_scalar((head_dim as f64).powf(-0.5));
+            let (k, v) = (
+                random([batch, kv_heads, kv_len, head_dim]),
+                random([batch, kv_heads, kv_len, head_dim]),
+            );
+            // Sequence 0 has holes in its history and in the step (a shorter prompt), the others
+            // a hole or none; slot 0 always holds a token.
+            let valid: Vec<bool> = (0..batch * kv_len)
+                .map(|i| {
+                    let (b, j) = (i / kv_len, i % kv_len);
+                    j == 0 || (b == 0 && j % 3 != 1) || (b == 1 && j != history / 2) || b > 1
+                })
+                .collect();
+            for dtype in [DType::F32, DType::F16] {
+                let operand = |t: &Tensor<Flex, 4>| t.clone().cast(dtype);
+                let (q, k, v) = (operand(&q), operand(&k), operand(&v));
+                let Some(out) = causal_attention(&q, &k, &v, Some(&valid)) else {
+                    assert!(
+                        dtype != DType::F32 && (seq_len > FEW_QUERY_ROWS || !has_avx2_fma_f16c())
+                    );
+                    continue;
+                };
+                let expected = reference_with_holes(
+                    &f32_values(&q),
+                    &f32_values(&k),
+                    &f32_values(&v),
+                    [batch, heads, seq_len, head_dim],
+                    kv_heads,
+                    kv_len,
+                    Some(&valid),
+                );
+                let worst = f32_values(&out)
+                    .iter()
+                    .zip(&expected)
+                    .map(|(&a, &b)| (a as f64 - b).abs())
+                    .fold(0.0, f64::max);
+                let tolerance = if dtype == DType::F32 { 2e-5 } else { 2e-3 };
+                assert!(
+                    worst < tolerance,
+                    "{dtype:?} ({batch}, {heads}, {kv_heads}, {seq_len}, {history}): {worst}"
+                );
+            }
+        }
+        // A validity of the wrong length is refused, not read past.
+        let t = Tensor::<Flex, 4>::ones([1, 1, 4, 8], &device);
+        assert!(causal_attention(&t, &t, &t, Some(&[true; 3])).is_none());
+    }
+
     /// A flex tensor of `shape` over `buffer` values with an arbitrary layout.
     fn with_layout(
         buffer: usize,
@@ -415,15 +508,15 @@ mod tests {
         let device = Default::default();
         let q = Tensor::<Flex, 4>::ones([1, 2, 70, 8], &device);
         let fits = with_layout(2 * 80 * 8, [1, 2, 80, 8], [1280, 640, 8, 1], 0);
-        assert!(causal_attention(&q, &fits, &fits).is_some());
+        assert!(causal_attention(&q, &fits, &fits, None).is_some());
         // The start offset is in bounds but the extent is not: the last head's rows run past
         // the buffer by one row (gemm's path, 70 queries), then by a huge stride (overflow).
         let past_end = with_layout(2 * 80 * 8, [1, 2, 80, 8], [1280, 648, 8, 1], 0);
-        assert!(causal_attention(&q, &past_end, &fits).is_none());
+        assert!(causal_attention(&q, &past_end, &fits, None).is_none());
         let overflowing = with_layout(2 * 80 * 8, [1, 2, 80, 8], [1, isize::MAX, 8, 1], 0);
-        assert!(causal_attention(&q, &fits, &overflowing).is_none());
+        assert!(causal_attention(&q, &fits, &overflowing, None).is_none());
         let decode = Tensor::<Flex, 4>::ones([1, 2, 1, 8], &device);
-        assert!(causal_attention(&decode, &past_end, &fits).is_none());
+        assert!(causal_attention(&decode, &past_end, &fits, None).is_none());
     }
 
     #[test]
@@ -439,7 +532,7 @@ mod tests {
                 &device,
             );
             let v = Tensor::<Flex, 4>::ones([1, 1, 80, 8], &device);
-            let out = f32_values(&causal_attention(&q, &k, &v).unwrap());
+            let out = f32_values(&causal_attention(&q, &k, &v, None).unwrap());
             assert!(
                 out.iter().all(|x| x.is_nan()),
                 "{seq_len} rows: {:?}",
@@ -463,11 +556,11 @@ mod tests {
         let t = Tensor::<Flex, 4>::ones([1, 1, 4, 8], &device);
         let half = t.clone().cast(DType::F16);
         // Mixed element types; f64.
-        assert!(causal_attention(&half, &t, &t).is_none());
+        assert!(causal_attention(&half, &t, &t, None).is_none());
         let wide = t.clone().cast(DType::F64);
-        assert!(causal_attention(&wide, &wide, &wide).is_none());
+        assert!(causal_attention(&wide, &wide, &wide, None).is_none());
         type Diff = burn_autodiff::Autodiff<Flex>;
         let d = Tensor::<Diff, 4>::ones([1, 1, 4, 8], &device);
-        assert!(causal_attention(&d, &d, &d).is_none());
+        assert!(causal_attention(&d, &d, &d, None).is_none());
     }
 }

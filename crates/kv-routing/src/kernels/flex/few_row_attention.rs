@@ -15,7 +15,7 @@
 //!
 //! # Contract
 //! [`few_row_attention`] writes, for each query row `r` (already scaled), `softmax(q_r kᵀ) v`
-//! over the first `visible(r)` keys into `out[r * width..][..width]`; `visible` never exceeds the
+//! over the first `visible(r)` keys (less those `valid` marks `false`, if given) into `out[r * width..][..width]`; `visible` never exceeds the
 //! key count, and the last row sees every key. `scores` is the caller's scratch space. The sums
 //! are in another order than the reference's: results agree to f32 rounding.
 
@@ -59,6 +59,7 @@ pub(crate) fn few_row_attention<E: KernelElement>(
     keys: &Rows<E>,
     values: &Rows<E>,
     visible: &dyn Fn(usize) -> usize,
+    valid: Option<&[bool]>,
     scratch: &mut FewRowScratch,
     out: &mut [E],
 ) {
@@ -80,10 +81,10 @@ pub(crate) fn few_row_attention<E: KernelElement>(
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma_f16c() {
         // SAFETY: the CPU has the features the function is compiled for (checked above).
-        unsafe { attend_avx2(q, width, keys, values, visible, scores, sums) };
+        unsafe { attend_avx2(q, width, keys, values, visible, valid, scores, sums) };
         return E::narrow(sums, out);
     }
-    attend_portable(q, width, keys, values, visible, scores, sums);
+    attend_portable(q, width, keys, values, visible, valid, scores, sums);
     E::narrow(sums, out);
 }
 
@@ -97,16 +98,17 @@ unsafe fn attend_avx2<E: KernelElement>(
     keys: &Rows<E>,
     values: &Rows<E>,
     visible: &dyn Fn(usize) -> usize,
+    valid: Option<&[bool]>,
     scores: &mut [f32],
     sums: &mut [f32],
 ) {
     if !width.is_multiple_of(8) {
-        return attend_portable(q, width, keys, values, visible, scores, sums);
+        return attend_portable(q, width, keys, values, visible, valid, scores, sums);
     }
     // SAFETY: the features are this function's; the width is whole vectors (checked above).
     unsafe {
         scores_avx2(q, width, keys, scores);
-        softmax_rows(scores, keys.count, visible);
+        softmax_rows(scores, keys.count, visible, valid);
         weighted_values_avx2(values, visible, scores, sums);
     }
 }
@@ -120,6 +122,7 @@ fn attend_portable<E: KernelElement>(
     keys: &Rows<E>,
     values: &Rows<E>,
     visible: &dyn Fn(usize) -> usize,
+    valid: Option<&[bool]>,
     scores: &mut [f32],
     sums: &mut [f32],
 ) {
@@ -130,7 +133,7 @@ fn attend_portable<E: KernelElement>(
             scores[r * key_count + j] = dot(key, q);
         }
     }
-    softmax_rows(scores, key_count, visible);
+    softmax_rows(scores, key_count, visible, valid);
     for (r, sums) in sums.chunks_exact_mut(width).enumerate() {
         let weights = &scores[r * key_count..][..visible(r)];
         for (j, &weight) in weights.iter().enumerate() {
@@ -141,11 +144,17 @@ fn attend_portable<E: KernelElement>(
     }
 }
 
-/// Each row of `scores` (`key_count` values) softmaxed over its visible keys.
+/// Each row of `scores` (`key_count` values) softmaxed over its visible keys, the slots that
+/// `valid` marks `false` weighted 0.
 #[inline(always)]
-fn softmax_rows(scores: &mut [f32], key_count: usize, visible: &dyn Fn(usize) -> usize) {
+fn softmax_rows(
+    scores: &mut [f32],
+    key_count: usize,
+    visible: &dyn Fn(usize) -> usize,
+    valid: Option<&[bool]>,
+) {
     for (r, row) in scores.chunks_exact_mut(key_count).enumerate() {
-        softmax_prefix_portable(row, visible(r));
+        softmax_prefix_portable(row, visible(r), valid);
     }
 }
 

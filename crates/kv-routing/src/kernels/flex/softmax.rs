@@ -10,20 +10,22 @@ use super::vector::{exp, has_avx2_fma_f16c};
 /// Lanes of the reductions: independent accumulators the compiler keeps in one vector register.
 const LANES: usize = 8;
 
-/// Softmax over `row[..visible]` in place; `row[visible..]` (future keys) becomes 0.
-pub(crate) fn softmax_prefix(row: &mut [f32], visible: usize) {
+/// Softmax over `row[..visible]` in place; `row[visible..]` (future keys) becomes 0, and so does
+/// every key `j` that `valid` marks `false` (a hole: no token of this sequence), exactly as a
+/// mask of `-inf` scores gives in Burn's softmax.
+pub(crate) fn softmax_prefix(row: &mut [f32], visible: usize, valid: Option<&[bool]>) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma_f16c() {
         // SAFETY: the CPU has the features the function is compiled for (checked above).
-        return unsafe { softmax_prefix_avx2(row, visible) };
+        return unsafe { softmax_prefix_avx2(row, visible, valid) };
     }
-    softmax_prefix_portable(row, visible)
+    softmax_prefix_portable(row, visible, valid)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn softmax_prefix_avx2(row: &mut [f32], visible: usize) {
-    softmax_prefix_portable(row, visible)
+unsafe fn softmax_prefix_avx2(row: &mut [f32], visible: usize, valid: Option<&[bool]>) {
+    softmax_prefix_portable(row, visible, valid)
 }
 
 /// The larger of `m` and `x`, NaN if either is (`f32::max` would drop a NaN).
@@ -38,9 +40,32 @@ fn max_keeping_nan(m: f32, x: f32) -> f32 {
 
 /// [`softmax_prefix`] without the dispatch, inlined into the callers' vector code.
 #[inline(always)]
-pub(crate) fn softmax_prefix_portable(row: &mut [f32], visible: usize) {
+pub(crate) fn softmax_prefix_portable(row: &mut [f32], visible: usize, valid: Option<&[bool]>) {
     let (live, future) = row.split_at_mut(visible);
     future.fill(0.0);
+    let Some(valid) = valid else {
+        return softmax_live(live);
+    };
+    // Holes out of the maximum and the sum (`-inf`), then exactly 0 (the vectorized exponential
+    // would leave about 1e-38 for them).
+    for (score, &valid) in live.iter_mut().zip(valid) {
+        if !valid {
+            *score = f32::NEG_INFINITY;
+        }
+    }
+    softmax_live(live);
+    if live.iter().any(|x| !x.is_nan()) {
+        for (weight, &valid) in live.iter_mut().zip(valid) {
+            if !valid {
+                *weight = 0.0;
+            }
+        }
+    }
+}
+
+/// Softmax over the whole of `live` in place.
+#[inline(always)]
+fn softmax_live(live: &mut [f32]) {
     let mut maxima = [f32::NEG_INFINITY; LANES];
     let mut chunks = live.chunks_exact(LANES);
     for chunk in &mut chunks {
@@ -82,9 +107,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn holes_weigh_exactly_zero_and_a_row_of_holes_is_nan() {
+        let mut row = vec![1.0f32, 5.0, 1.0, 9.0, 2.0];
+        softmax_prefix(&mut row, 4, Some(&[true, false, true, true, false]));
+        assert_eq!(row[1], 0.0);
+        assert_eq!(row[4], 0.0);
+        let expected = [1.0f64.exp(), 1.0f64.exp(), 9.0f64.exp()];
+        let total: f64 = expected.iter().sum();
+        for (&got, want) in [row[0], row[2], row[3]].iter().zip(expected) {
+            assert!((got as f64 - want / total).abs() < 1e-6, "{row:?}");
+        }
+        // Every visible key a hole: NaN, as Burn's softmax of an all -inf row.
+        let mut row = vec![1.0f32, 2.0];
+        softmax_prefix(&mut row, 2, Some(&[false, false]));
+        assert!(row.iter().all(|x| x.is_nan()));
+    }
+
+    #[test]
     fn finite_rows_sum_to_one_and_hide_the_future() {
         let mut row: Vec<f32> = (0..21).map(|i| (i as f32 * 0.7).sin() * 3.0).collect();
-        softmax_prefix(&mut row, 17);
+        softmax_prefix(&mut row, 17, None);
         let sum: f32 = row[..17].iter().sum();
         assert!((sum - 1.0).abs() < 1e-6, "{sum}");
         assert!(row[17..].iter().all(|&x| x == 0.0));
@@ -96,17 +138,17 @@ mod tests {
         for poison in [(3, f32::NAN), (18, f32::NAN), (5, f32::INFINITY)] {
             let mut row = vec![0.5f32; 20];
             row[poison.0] = poison.1;
-            softmax_prefix(&mut row, 19);
+            softmax_prefix(&mut row, 19, None);
             assert!(row[..19].iter().all(|x| x.is_nan()), "{poison:?}: {row:?}");
             assert_eq!(row[19], 0.0);
         }
         let mut row = vec![f32::NEG_INFINITY; 4];
-        softmax_prefix(&mut row, 4);
+        softmax_prefix(&mut row, 4, None);
         assert!(row.iter().all(|x| x.is_nan()));
         // A -inf among finite scores is an ordinary weight of (about) zero: the vectorized
         // exponential stops at exp(-87.3), 1e-38.
         let mut row = vec![0.0, f32::NEG_INFINITY, 0.0];
-        softmax_prefix(&mut row, 3);
+        softmax_prefix(&mut row, 3, None);
         assert!(
             row[1] < 1e-37 && (row[0] - 0.5).abs() < 1e-7 && row[0] == row[2],
             "{row:?}"

@@ -331,7 +331,10 @@ mod tests {
             "kernel tests failed on the portable path:\n{stdout}\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        assert!(stdout.contains("the_variable_selects_the_portable_path ... ok"), "{stdout}");
+        assert!(
+            stdout.contains("the_variable_selects_the_portable_path ... ok"),
+            "{stdout}"
+        );
     }
 
     #[test]
