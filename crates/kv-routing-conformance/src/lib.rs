@@ -80,6 +80,7 @@ macro_rules! conformance_suite {
             retarget::retarget_to_uncached_layer_fails_and_changes_nothing,
             errors::failed_cache_steps_change_nothing,
             errors::bad_model_inputs_are_typed_errors,
+            errors::device_ids_are_not_read_back,
             errors::attention_rejects_mismatched_shapes,
             gradients::gradients_reach_only_source_kv_projections,
         );

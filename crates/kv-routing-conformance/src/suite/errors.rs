@@ -1,5 +1,6 @@
 //! Bad input is a typed error, never a panic inside Burn, and a failed cache step changes
-//! nothing.
+//! nothing. The one input that is no error is an id outside the vocabulary in a tensor already
+//! on the device, which is not read back to be checked: its sequence's logits are NaN.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
@@ -116,48 +117,23 @@ pub fn bad_model_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
         Err(KvRoutingError::InvalidLengths(_))
     ));
 
-    // Token ids as a device tensor: the same logits as host lists, the same checks.
+    // The host check callers run where they build device ids: the typed error that
+    // `forward` (which does not read ids back) cannot give.
+    assert_eq!(
+        model.check_tokens(&[vec![1, 2], vec![3, 36, 37, 38]]),
+        Err(KvRoutingError::TokenOutOfRange {
+            token: 37,
+            sequence: 1,
+            position: 2,
+            vocab_size: 37
+        })
+    );
+    assert_eq!(model.check_tokens(&[vec![0, 36], vec![]]), Ok(()));
     let ids = |rows: &[Vec<i64>]| {
         let flat: Vec<i64> = rows.iter().flatten().copied().collect();
         let shape = [rows.len(), rows.first().map_or(0, Vec::len)];
         Tensor::<B, 2, Int>::from_data(TensorData::new(flat, shape), device)
     };
-    let host: Vec<Vec<u32>> = (0..2).map(|b| random_tokens(40 + b, 7, 37)).collect();
-    let rows: Vec<Vec<i64>> = host
-        .iter()
-        .map(|row| row.iter().map(|&t| t as i64).collect())
-        .collect();
-    let every_second = CachePlan::every_kth(6, 2).unwrap().route();
-    assert_close(
-        &logits_to_host(model.forward(ids(&rows), &every_second).unwrap())
-            .concat()
-            .concat(),
-        &logits_to_host(model.forward_tokens(&host, &every_second).unwrap())
-            .concat()
-            .concat(),
-        tolerance::<B>(device),
-        "tensor input vs host input",
-    );
-    let mut bad = rows.clone();
-    bad[1][4] = 37;
-    assert_eq!(
-        model.forward(ids(&bad), &full).unwrap_err(),
-        KvRoutingError::TokenOutOfRange {
-            token: 37,
-            sequence: 1,
-            position: 4,
-            vocab_size: 37
-        }
-    );
-    bad[1][4] = -1;
-    assert!(matches!(
-        model.forward(ids(&bad), &full),
-        Err(KvRoutingError::TokenOutOfRange {
-            sequence: 1,
-            position: 4,
-            ..
-        })
-    ));
     assert!(matches!(
         model.forward(ids(&[]), &full),
         Err(KvRoutingError::InvalidLengths(_))
@@ -252,4 +228,56 @@ pub fn attention_rejects_mismatched_shapes<B: Backend>(device: &B::Device) {
         rope.angles(&[0, 16], 1, 2),
         Err(KvRoutingError::SequenceTooLong { position: 16, .. })
     ));
+}
+
+/// Token ids as a device tensor give the logits host lists give. They are not read back to be
+/// checked (a read-back would synchronize with the device on every forward pass, every
+/// training step), so an id outside the vocabulary is no error there: it makes every logit of
+/// its sequence NaN, never an out-of-bounds gather or a panic, and leaves the other sequences'
+/// logits as they were. Before ids stopped being read back, the bad ids here were errors.
+pub fn device_ids_are_not_read_back<B: Backend>(device: &B::Device) {
+    let config = tiny_config(2);
+    let model = tiny_model::<B>(&config, device);
+    let ids = |rows: &[Vec<i64>]| {
+        let flat: Vec<i64> = rows.iter().flatten().copied().collect();
+        let shape = [rows.len(), rows.first().map_or(0, Vec::len)];
+        Tensor::<B, 2, Int>::from_data(TensorData::new(flat, shape), device)
+    };
+    let host: Vec<Vec<u32>> = (0..3).map(|b| random_tokens(40 + b, 7, 37)).collect();
+    let rows: Vec<Vec<i64>> = host
+        .iter()
+        .map(|row| row.iter().map(|&t| t as i64).collect())
+        .collect();
+    let every_second = CachePlan::every_kth(6, 2).unwrap().route();
+    let clean = logits_to_host(model.forward(ids(&rows), &every_second).unwrap());
+    assert_close(
+        &clean.concat().concat(),
+        &logits_to_host(model.forward_tokens(&host, &every_second).unwrap())
+            .concat()
+            .concat(),
+        tolerance::<B>(device),
+        "tensor input vs host input",
+    );
+    // Just past the vocabulary, negative, far past it (within the i32 ids of GPU backends).
+    for bad_id in [37, -1, 1 << 30] {
+        let mut bad = rows.clone();
+        bad[1][4] = bad_id;
+        let logits = logits_to_host(
+            model
+                .forward(ids(&bad), &every_second)
+                .unwrap_or_else(|e| panic!("id {bad_id}: the forward failed: {e}")),
+        );
+        assert!(
+            logits[1].iter().flatten().all(|v| v.is_nan()),
+            "id {bad_id}: the sequence holding it has a logit that is not NaN"
+        );
+        for sequence in [0, 2] {
+            assert_close(
+                &logits[sequence].concat(),
+                &clean[sequence].concat(),
+                tolerance::<B>(device),
+                &format!("id {bad_id} in sequence 1: sequence {sequence}"),
+            );
+        }
+    }
 }
