@@ -328,6 +328,15 @@ mod tests {
         out
     }
 
+    /// The largest absolute difference between the kernel's output and the f64 reference.
+    fn worst_difference(out: &Tensor<Flex, 4>, expected: &[f64]) -> f64 {
+        f32_values(out)
+            .iter()
+            .zip(expected)
+            .map(|(&a, &b)| (a as f64 - b).abs())
+            .fold(0.0, f64::max)
+    }
+
     #[test]
     fn matches_f64_reference_for_grouped_heads_history_and_strided_inputs() {
         let device = Default::default();
@@ -410,11 +419,7 @@ mod tests {
                     kv_heads,
                     kv_len,
                 );
-                let worst = f32_values(&out)
-                    .iter()
-                    .zip(&expected)
-                    .map(|(&a, &b)| (a as f64 - b).abs())
-                    .fold(0.0, f64::max);
+                let worst = worst_difference(&out, &expected);
                 assert!(
                     worst < tolerance,
                     "{dtype:?} ({batch}, {heads}, {kv_heads}, {seq_len}, {history}, {head_dim}): \
@@ -471,11 +476,7 @@ mod tests {
                     kv_len,
                     Some(&valid),
                 );
-                let worst = f32_values(&out)
-                    .iter()
-                    .zip(&expected)
-                    .map(|(&a, &b)| (a as f64 - b).abs())
-                    .fold(0.0, f64::max);
+                let worst = worst_difference(&out, &expected);
                 let tolerance = if dtype == DType::F32 { 2e-5 } else { 2e-3 };
                 assert!(
                     worst < tolerance,
