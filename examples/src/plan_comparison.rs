@@ -112,7 +112,7 @@ pub fn compare_plans<B: Backend>(
     let prompts = settings
         .prompts
         .iter()
-        .map(|prompt| loaded.codec.encode(prompt))
+        .map(|prompt| Ok(loaded.codec.encode(prompt)?))
         .collect::<Result<Vec<_>>>()?;
     let capacity = prompts.iter().map(Vec::len).max().unwrap_or(0) + settings.new_tokens;
     let generation = GenerationConfig {

@@ -84,15 +84,21 @@ fn memory_budgets_refuse_with_the_bytes_needed() {
         args.extend_from_slice(extra);
         fail(&args)
     };
-    let stderr = generate(&["--max-new-tokens", "100000", "--memory-budget", "1MB"]);
+    // Within the model's context (256 positions), over the budget.
+    let stderr = generate(&["--max-new-tokens", "200", "--memory-budget", "100KB"]);
     assert!(
-        stderr.contains("over the memory budget of 976.6 KiB (1000000 bytes)")
+        stderr.contains("over the memory budget of 97.7 KiB (100000 bytes)")
             && stderr.contains("bytes)"),
         "{stderr}"
     );
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // A cache no machine holds is refused before anything is allocated: past this model's
+    // context, by the context check (see the next test), whatever the budget.
     let stderr = generate(&["--max-new-tokens", "1000000000000000"]);
-    assert!(stderr.contains("over the memory budget"), "{stderr}");
+    assert!(
+        stderr.contains("maximum sequence length of 256"),
+        "{stderr}"
+    );
     let stderr = generate(&["--memory-budget", "lots"]);
     assert!(stderr.contains("expected a size such as 8GiB"), "{stderr}");
 
@@ -112,6 +118,45 @@ fn memory_budgets_refuse_with_the_bytes_needed() {
     assert!(
         stderr.contains("a training step of 100000 sequences")
             && stderr.contains("over the memory budget of 64.0 MiB"),
+        "{stderr}"
+    );
+}
+
+/// `generate` checks the prompt and `--max-new-tokens` against the model's context before its
+/// prefill: a request one token too long is refused at once, naming the limit and the largest
+/// `--max-new-tokens` that fits, instead of decoding up to the last position and then failing
+/// with the tokens thrown away. The longest request that fits runs to its end.
+#[test]
+fn generate_refuses_a_request_past_the_context_before_generating() {
+    let routed = bundled("routed-p0.5");
+    let generate = |max_new_tokens: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_kv-routing"))
+            .args(["generate", "--checkpoint", &routed])
+            // 14 byte tokens.
+            .args(["--prompt", "the quick fox "])
+            .args(["--max-new-tokens", max_new_tokens])
+            .output()
+            .unwrap()
+    };
+    // 14 + 243 tokens: the prompt takes positions 0..=13 and the new tokens fed back 14..=255,
+    // the model's 256 (the last new token is never fed back). No stop token: all 243 come.
+    let fits = generate("243");
+    let stderr = String::from_utf8_lossy(&fits.stderr);
+    assert!(fits.status.success(), "{stderr}");
+    assert!(stderr.contains("14 prompt + 243 new tokens"), "{stderr}");
+
+    let refused = generate("244");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(refused.stdout.is_empty(), "nothing is printed");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    // Before the fix: "sequence 0: position 256 exceeds the maximum sequence length 256",
+    // after 242 decode steps.
+    assert!(
+        stderr.contains("14 prompt tokens")
+            && stderr.contains("--max-new-tokens 244")
+            && stderr.contains("maximum sequence length of 256")
+            && stderr.contains("at most 243"),
         "{stderr}"
     );
 }

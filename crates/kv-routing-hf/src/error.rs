@@ -93,6 +93,29 @@ pub enum HfError {
         /// The supported types.
         supported: String,
     },
+    /// A training checkpoint (a kv-routing-train run's directory of Burn records) is missing a
+    /// part, or a part does not parse.
+    #[error("checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The checkpoint directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A directory written through [`StagedDir`](crate::StagedDir) has never been committed:
+    /// its first write was interrupted, so there is nothing to read.
+    #[error(
+        "{dir}: nothing was ever committed here: its first write was interrupted before it finished ({staging} holds the unfinished files); write it again"
+    )]
+    Uncommitted {
+        /// The directory asked for.
+        dir: PathBuf,
+        /// The staging directory the interrupted write left.
+        staging: PathBuf,
+    },
+    /// An export asked for something that cannot be written.
+    #[error("export: {0}")]
+    Export(String),
     /// The tokenizer could not be loaded or failed on its input.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
@@ -109,6 +132,13 @@ impl HfError {
         HfError::Io {
             path: path.as_ref().to_path_buf(),
             source: error.into(),
+        }
+    }
+
+    pub(crate) fn checkpoint(path: impl AsRef<Path>, message: impl Into<String>) -> Self {
+        HfError::Checkpoint {
+            path: path.as_ref().to_path_buf(),
+            message: message.into(),
         }
     }
 

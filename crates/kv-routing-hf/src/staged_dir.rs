@@ -5,11 +5,20 @@
 //! # Crash safety
 //! A process killed at any point leaves `dir` holding either the previous directory or the new
 //! one, complete, or (between the two renames of a commit) neither, with the previous one in
-//! `<dir>.old`: [`StagedDir::recover`] (run by [`StagedDir::begin`] and by the loaders of
-//! training checkpoints) puts it back. Before the renames every staged file and the staging
-//! directory are flushed to disk (`fsync`), and the parent directory after them, so a power
-//! loss cannot leave a renamed directory whose files were never written.
-//! `crates/kv-routing-cli/tests/crash_safety.rs` kills saving processes at random points.
+//! `<dir>.old`. Before the renames every staged file and the staging directory are flushed to
+//! disk (`fsync`), and the parent directory after them, so a power loss cannot leave a renamed
+//! directory whose files were never written. `crates/kv-routing-cli/tests/crash_safety.rs`
+//! kills saving processes at random points.
+//!
+//! # Writers and readers
+//! Only a writer finishes an interrupted commit: [`StagedDir::recover`] (run by
+//! [`StagedDir::begin`], and by kv-routing-train before it resumes a run) puts `<dir>.old`
+//! back. A reader never renames — it could race a writer committing into the same directory
+//! at that moment, and undo or break its commit — it reads where [`StagedDir::committed`]
+//! points: `dir`, or `<dir>.old` while a commit is interrupted, which is what `recover` would
+//! restore. A reader that overlaps a commit can still find a file gone from under it (the
+//! directory it reads is renamed away); it then fails with that file's error, and a retry
+//! reads the new state.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -57,6 +66,31 @@ impl StagedDir {
         fs::rename(&previous, dir).map_err(|e| HfError::io(dir, e))?;
         sync_parent(dir)?;
         Ok(true)
+    }
+
+    /// Where a reader finds the committed contents of `dir`, changing nothing (see the module
+    /// docs): `dir` when it exists; `<dir>.old` when `dir` is missing because a commit was
+    /// interrupted between its two renames (the previous contents, which a writer's
+    /// [`StagedDir::recover`] would put back); else `dir`, for the caller to report missing.
+    ///
+    /// # Errors
+    /// [`HfError::Uncommitted`] when only `<dir>.tmp` is there: the first write into `dir` was
+    /// interrupted before its commit, so nothing was ever committed.
+    pub fn committed(dir: &Path) -> Result<PathBuf> {
+        let previous = sibling(dir, "old");
+        let staging = sibling(dir, "tmp");
+        if dir.exists() {
+            Ok(dir.to_path_buf())
+        } else if previous.is_dir() {
+            Ok(previous)
+        } else if staging.exists() {
+            Err(HfError::Uncommitted {
+                dir: dir.to_path_buf(),
+                staging,
+            })
+        } else {
+            Ok(dir.to_path_buf())
+        }
     }
 
     /// Replaces the target directory (if any) with the staged one.
@@ -129,4 +163,40 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
     let mut name = dir.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{suffix}"));
     dir.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every name in `root`, sorted.
+    fn names(root: &Path) -> Vec<String> {
+        let mut found: Vec<String> = fs::read_dir(root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn readers_find_the_committed_state_without_renaming() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("model");
+        // Nothing there: the path itself, for the caller to report.
+        assert_eq!(StagedDir::committed(&dir).unwrap(), dir);
+        // A first write killed before its commit: nothing committed.
+        fs::create_dir(sibling(&dir, "tmp")).unwrap();
+        let error = StagedDir::committed(&dir).unwrap_err();
+        assert!(matches!(error, HfError::Uncommitted { .. }), "{error}");
+        assert!(error.to_string().contains("model.tmp"), "{error}");
+        // A commit killed between its renames: the previous directory, left where it is.
+        fs::create_dir(sibling(&dir, "old")).unwrap();
+        assert_eq!(StagedDir::committed(&dir).unwrap(), sibling(&dir, "old"));
+        assert_eq!(names(root.path()), ["model.old", "model.tmp"]);
+        // The writer puts it back; from then on readers read `dir`.
+        assert!(StagedDir::recover(&dir).unwrap());
+        assert_eq!(StagedDir::committed(&dir).unwrap(), dir);
+        assert_eq!(names(root.path()), ["model", "model.tmp"]);
+    }
 }

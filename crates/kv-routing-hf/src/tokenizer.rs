@@ -1,9 +1,9 @@
 //! [`HfTokenizer`]: a checkpoint's `tokenizer.json`, through the `tokenizers` crate.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::{HfError, Result};
-use crate::gguf::{is_gguf_file, GgufFile};
+use crate::gguf::{is_gguf_file, tokenizer_json, GgufFile};
 
 /// Name of the tokenizer file in a checkpoint directory.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
@@ -22,15 +22,23 @@ pub const TOKENIZER_FILES: [&str; 6] = [
     "chat_template.jinja",
 ];
 
+/// The file holding the tokenizer of the model at `path`: the GGUF file itself (its metadata
+/// describes the tokenizer), or the directory's `tokenizer.json` if it has one.
+pub fn tokenizer_file(path: &Path) -> Option<PathBuf> {
+    if is_gguf_file(path) {
+        return Some(path.to_path_buf());
+    }
+    let file = path.join(TOKENIZER_FILE);
+    file.is_file().then_some(file)
+}
+
 /// Parses `tokenizer.json` text.
 ///
 /// `tokenizers` 0.22 panics (an `expect` in its decoder's deserializer) when the JSON syntax
 /// breaks inside the `decoder` object, instead of returning an error; found by the loader fuzz
 /// test (`tests/fuzz_loaders.rs`). The syntax is therefore checked first, and any panic left is
 /// turned into the error it should have been, so a damaged file never takes the program down.
-pub(crate) fn parse_tokenizer_json(
-    bytes: &[u8],
-) -> std::result::Result<tokenizers::Tokenizer, String> {
+fn parse_tokenizer_json(bytes: &[u8]) -> std::result::Result<tokenizers::Tokenizer, String> {
     serde_json::from_slice::<serde_json::Value>(bytes).map_err(|e| e.to_string())?;
     match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(bytes)) {
         Ok(parsed) => parsed.map_err(|e| e.to_string()),
@@ -73,23 +81,21 @@ impl HfTokenizer {
 
     /// The tokenizer described by a GGUF file's `tokenizer.ggml.*` metadata.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self> {
-        Ok(Self {
-            inner: crate::gguf::tokenizer(gguf)?,
-        })
+        let json = tokenizer_json(gguf)?;
+        let inner = parse_tokenizer_json(json.as_bytes()).map_err(|e| {
+            HfError::Tokenizer(format!(
+                "{}: the tokenizer built from its metadata: {e}",
+                gguf.path().display()
+            ))
+        })?;
+        Ok(Self { inner })
     }
 
-    /// The tokenizer of the checkpoint at `path`: its `tokenizer.json` for a directory (if it
-    /// has one), its metadata for a GGUF file.
+    /// The tokenizer of the checkpoint at `path` (see [`tokenizer_file`]), if it has one.
     pub fn from_dir(path: &Path) -> Result<Option<Self>> {
-        if is_gguf_file(path) {
-            return Self::from_file(path).map(Some);
-        }
-        let file = path.join(TOKENIZER_FILE);
-        if file.is_file() {
-            Self::from_file(&file).map(Some)
-        } else {
-            Ok(None)
-        }
+        tokenizer_file(path)
+            .map(|file| Self::from_file(&file))
+            .transpose()
     }
 
     /// Writes the tokenizer as a `tokenizer.json` to `path`.

@@ -10,30 +10,38 @@
 //! ```
 //!
 //! A checkpoint is written through a [`StagedDir`] (`<dir>.tmp`, flushed to disk, renamed into
-//! place), so a save killed at any point leaves the previous checkpoint or the new one, complete;
-//! the loaders here finish a save killed between its two renames ([`StagedDir::recover`]).
+//! place), so a save killed at any point leaves the previous checkpoint or the new one, complete.
+//! The loaders here read exactly the directory they are given and never rename: a save killed
+//! between its two renames is finished by a writer (a resumed run, or the next save), while
+//! readers read `<dir>.old` through [`StagedDir::committed`].
+//!
+//! The model half of the format — `config.json`'s model and routing, and `model.mpk` — is read
+//! by kv-routing-hf ([`kv_routing_hf::run_checkpoint`]), so that inference loads a checkpoint
+//! without this crate; [`load_model`] reads the weights through it.
 
+use std::collections::HashMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use burn::module::Module;
+use burn::module::{Module, ParamId};
 use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::record::{AdaptorRecord, AdaptorRecordV1};
 use burn::optim::{AdamW, Optimizer};
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::record::Recorder;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use kv_routing::{RoutedTransformer, StochasticRouter};
+use kv_routing_hf::record::{checked_record_file, decode_without_panics, parameters, recorder};
+use kv_routing_hf::run_checkpoint::{load_run_weights, MODEL_RECORD_FILE};
+use kv_routing_hf::{copy_tokenizer_files, HfError, StagedDir, CONFIG_FILE, TOKENIZER_FILE};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
-use crate::msgpack_bounds::check_msgpack_bounds;
-use crate::parameter_shapes::{moment_mismatch, parameter_shapes, shape_mismatch};
 use crate::train_config::TrainConfig;
-use kv_routing_hf::{copy_tokenizer_files, StagedDir, TOKENIZER_FILE};
 
-const CONFIG: &str = "config.json";
+const CONFIG: &str = CONFIG_FILE;
 const STATE: &str = "state.json";
-const MODEL: &str = "model.mpk";
+const MODEL: &str = MODEL_RECORD_FILE;
 const OPTIMIZER: &str = "optimizer.mpk";
 
 /// Progress of a run besides weights and optimizer moments.
@@ -45,10 +53,6 @@ pub struct TrainState {
     pub router: StochasticRouter,
     /// Training time so far, seconds.
     pub elapsed_seconds: f64,
-}
-
-fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
-    NamedMpkFileRecorder::new()
 }
 
 /// The AdamW moments of a run, per parameter id (the record of Burn's optimizer adaptor, the
@@ -106,41 +110,15 @@ pub fn load_state(dir: &Path) -> Result<TrainState> {
     read_json(dir, STATE)
 }
 
-/// Loads a checkpoint's model (for evaluation, generation, or to fine-tune from).
+/// Loads a checkpoint's model with its run configuration (to resume or fine-tune from it; to
+/// evaluate or serve it, [`kv_routing_hf::load_model_dir`] needs only the model half).
 pub fn load_model<B: Backend>(
     dir: &Path,
     device: &B::Device,
 ) -> Result<(TrainConfig, RoutedTransformer<B>)> {
     let config = load_config(dir)?;
-    let path = checked_record_file(dir, MODEL)?;
-    // The configuration decides what `init` allocates: check it against the weights' file
-    // first (the record holds every parameter in f32). A damaged d_ff of 2^53, found by the
-    // checkpoint fuzz test, otherwise aborted the process on allocation.
-    let file_bytes = fs::metadata(&path)
-        .map_err(|e| TrainError::io(&path, e))?
-        .len();
-    match config.model.parameter_count() {
-        Some(n) if (n as u64).saturating_mul(4) <= file_bytes => {}
-        n => {
-            return Err(TrainError::checkpoint(
-                dir,
-                format!(
-                    "{CONFIG} describes a model of {} parameters, more than the {file_bytes} bytes of {MODEL} hold",
-                    n.map_or_else(|| "more than usize::MAX".into(), |n| n.to_string())
-                ),
-            ))
-        }
-    }
-    let model = config.model.init::<B>(device)?;
-    let expected = parameter_shapes::<B, _>(&model);
-    let loaded = without_panics(dir, MODEL, || model.load_file(path, &recorder(), device))?;
-    if let Some(mismatch) = shape_mismatch::<B, _>(&expected, &loaded) {
-        return Err(TrainError::checkpoint(
-            dir,
-            format!("{MODEL} does not match {CONFIG}: {mismatch}"),
-        ));
-    }
-    Ok((config, loaded))
+    let model = load_run_weights::<B>(dir, &config.model, device).map_err(checkpoint_error)?;
+    Ok((config, model))
 }
 
 /// Loads a checkpoint's optimizer moments, after checking that every moment belongs to a
@@ -150,10 +128,11 @@ pub fn load_optimizer<B: AutodiffBackend>(
     model: &RoutedTransformer<B>,
     device: &B::Device,
 ) -> Result<OptimizerRecord<B>> {
-    let path = checked_record_file(dir, OPTIMIZER)?;
-    let record: OptimizerRecord<B> = without_panics(dir, OPTIMIZER, || {
+    let path = checked_record_file(dir, OPTIMIZER).map_err(checkpoint_error)?;
+    let record: OptimizerRecord<B> = decode_without_panics(dir, OPTIMIZER, || {
         Recorder::<B>::load(&recorder(), path, device)
-    })?;
+    })
+    .map_err(checkpoint_error)?;
     if let Some(mismatch) = moment_mismatch(&record, model) {
         return Err(TrainError::checkpoint(
             dir,
@@ -163,57 +142,71 @@ pub fn load_optimizer<B: AutodiffBackend>(
     Ok(record)
 }
 
-/// Runs one of Burn's record loads, turning its failure into an error naming `name`.
+/// The first AdamW moment in `record` that has no parameter of `model` or not its shape,
+/// described.
 ///
-/// Burn 0.21 panics on some damaged records instead of returning its error: a parameter id
-/// that does not decode (`ParamId::deserialize` expects; found by the checkpoint fuzz test). The
-/// panic is caught and reported as the corrupt file it is, so a damaged checkpoint never takes
-/// the program down.
-fn without_panics<T, E: std::fmt::Display>(
-    dir: &Path,
-    name: &str,
-    load: impl FnOnce() -> std::result::Result<T, E>,
-) -> Result<T> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(load)) {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(TrainError::checkpoint(
-            dir,
-            format!("{name} does not load: {e}"),
-        )),
-        Err(panic) => {
-            let reason = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("Burn's decoder panicked");
-            Err(TrainError::checkpoint(
-                dir,
-                format!("{name} is corrupt: {reason}"),
-            ))
+/// Burn's optimizer takes the moments of a record as they are: a moment of the wrong shape
+/// (found by the checkpoint fuzz test's long run) panicked in the first step.
+fn moment_mismatch<'a, B: AutodiffBackend, M: Module<B>>(
+    record: impl IntoIterator<Item = (&'a ParamId, &'a AdaptorRecord<AdamW, B>)>,
+    model: &M,
+) -> Option<String> {
+    let parameters: HashMap<_, _> = parameters::<B, M>(model)
+        .into_iter()
+        .map(|parameter| (parameter.id, (parameter.path, parameter.shape)))
+        .collect();
+    for (id, moments) in record {
+        let Some((path, shape)) = parameters.get(id) else {
+            return Some(format!(
+                "moments for a parameter the model does not have ({id})"
+            ));
+        };
+        let AdaptorRecord::V1(moments) = moments;
+        macro_rules! shapes {
+            ($($rank:ident),*) => {
+                match moments {
+                    $(AdaptorRecordV1::$rank(state) => {
+                        let momentum = &state.momentum;
+                        std::iter::once(momentum.moment_1.dims().to_vec())
+                            .chain(std::iter::once(momentum.moment_2.dims().to_vec()))
+                            .chain(momentum.max_moment_2.iter().map(|m| m.dims().to_vec()))
+                            .collect::<Vec<_>>()
+                    })*
+                }
+            };
+        }
+        let found = shapes!(Rank0, Rank1, Rank2, Rank3, Rank4, Rank5, Rank6, Rank7, Rank8);
+        if let Some(wrong) = found.iter().find(|f| *f != shape) {
+            return Some(format!(
+                "the moments of parameter `{path}` have shape {wrong:?}, the parameter {shape:?}"
+            ));
         }
     }
+    None
 }
 
-/// The path of the record file `name` in `dir`, once its MessagePack encoding is known to
-/// declare no length beyond the file (Burn's recorder would allocate whatever it declares).
-fn checked_record_file(dir: &Path, name: &str) -> Result<PathBuf> {
-    let path = dir.join(name);
-    if !path.is_file() {
-        return Err(TrainError::checkpoint(dir, format!("{name} is missing")));
+/// A checkpoint error of kv-routing-hf's readers as this crate reports checkpoint errors.
+fn checkpoint_error(error: HfError) -> TrainError {
+    match error {
+        HfError::Checkpoint { path, message } => TrainError::Checkpoint { path, message },
+        other => other.into(),
     }
-    let bytes = fs::read(&path).map_err(|e| TrainError::io(&path, e))?;
-    check_msgpack_bounds(&bytes)
-        .map_err(|e| TrainError::checkpoint(dir, format!("{name} is corrupt: {e}")))?;
-    Ok(path)
 }
 
 fn check_dir(dir: &Path) -> Result<()> {
-    // A save killed between its two renames left the previous checkpoint in `<dir>.old`.
-    StagedDir::recover(dir)?;
     if dir.is_dir() {
-        Ok(())
-    } else {
-        Err(TrainError::checkpoint(dir, "no such checkpoint directory"))
+        return Ok(());
+    }
+    // Never recovered here: these loaders also serve readers, which must not rename.
+    match StagedDir::committed(dir)? {
+        previous if previous != dir => Err(TrainError::checkpoint(
+            dir,
+            format!(
+                "a save into it was interrupted between its renames: the checkpoint is in {} (resuming the run puts it back)",
+                previous.display()
+            ),
+        )),
+        _ => Err(TrainError::checkpoint(dir, "no such checkpoint directory")),
     }
 }
 

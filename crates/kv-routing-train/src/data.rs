@@ -13,6 +13,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Result, TrainError};
 use crate::synthetic::synthetic_sample;
 
+// A module of its own, which the synthetic corpus shares without depending on this one; named
+// here with the rest of the data API.
+pub use crate::sample::Sample;
+
 /// Where samples come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -47,16 +51,6 @@ impl Split {
     fn stream(self, index: u64) -> u64 {
         index * 2 + matches!(self, Split::Validation) as u64
     }
-}
-
-/// One sequence of `seq_len + 1` tokens and, per next-token target, whether it is the answer of
-/// a recall query (which only attention to the earlier context can predict).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    /// `seq_len + 1` tokens.
-    pub tokens: Vec<u32>,
-    /// `recall[i]`: the target of position `i` (token `i + 1`) is a recall answer.
-    pub recall: Vec<bool>,
 }
 
 /// Inputs and next-token targets of a batch.

@@ -11,11 +11,13 @@
 //!   tested and benchmarked against.
 //! - [`evaluate`]: loss, perplexity, recall accuracy, [`passkey`] retrieval, KV bytes per token
 //!   and decode throughput under each sharing plan; [`report`] and [`plot`] present them.
-//! - [`pretrained`]: one loader for training checkpoints and Hugging Face checkpoints (to
-//!   fine-tune, evaluate or serve), and export to Hugging Face layout.
+//! - [`checkpoint`]: a run's checkpoint, written all or nothing and resumed exactly; its model
+//!   half is read by kv-routing-hf, where every model directory is loaded ([`pretrained`]
+//!   names that loader here), so inference does not need this crate.
 //!
 //! Generic over Burn backends; the `kv-routing` command-line program drives it.
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod checkpoint;
@@ -25,15 +27,15 @@ pub mod evaluate;
 pub mod grad_clip;
 pub mod learner;
 pub mod loss;
-mod msgpack_bounds;
-mod parameter_shapes;
 pub mod passkey;
 pub mod plan_spec;
 pub mod plot;
 pub mod pretrained;
 pub mod reference_loop;
 pub mod report;
+pub mod run_dir;
 mod run_observer;
+mod sample;
 pub mod schedule;
 mod synthetic;
 pub mod tokenizer;

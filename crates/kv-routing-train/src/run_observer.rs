@@ -1,4 +1,4 @@
-//! [`RunObserver`]: the bookkeeping of a [`crate::trainer::train`] run, done after each
+//! [`RunObserver`]: the bookkeeping of a training run, done after each
 //! optimizer step of Burn's `Learner`: the step's loss and gradient norm read back together,
 //! divergence stops the run, validation every `eval_every` steps, a `metrics.jsonl` line, the
 //! progress bar, a checkpoint every `checkpoint_every` steps and at the end.
@@ -27,8 +27,8 @@ use crate::data::Dataset;
 use crate::error::{Result, TrainError};
 use crate::evaluate::validation_metrics;
 use crate::learner::{AdamWAdaptor, RoutedLm, StepObserver};
+use crate::run_dir::{checkpoint_dir, metrics_path, LogEntry};
 use crate::train_config::TrainConfig;
-use crate::trainer::{checkpoint_dir, LogEntry};
 
 /// What the run has done so far.
 struct RunRecord {
@@ -71,7 +71,7 @@ impl<B: AutodiffBackend> RunObserver<B> {
         Self {
             config,
             checkpoint: checkpoint_dir(out_dir),
-            metrics_path: out_dir.join("metrics.jsonl"),
+            metrics_path: metrics_path(out_dir),
             dataset,
             full,
             end,

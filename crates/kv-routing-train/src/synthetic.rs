@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::Sample;
+use crate::sample::Sample;
 
 const ADJECTIVES: [&str; 8] = [
     "quick", "red", "small", "old", "bright", "quiet", "green", "lazy",

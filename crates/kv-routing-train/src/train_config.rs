@@ -1,11 +1,16 @@
-//! [`TrainConfig`]: everything a training run depends on, saved with every checkpoint.
+//! [`TrainConfig`]: everything a training run depends on, saved with every checkpoint as
+//! `config.json`.
+//!
+//! Readers of a checkpoint that only need its model (evaluation, generation, export) read that
+//! file through kv-routing-hf as a [`TrainingRun`](kv_routing_hf::TrainingRun): the fields
+//! `model`, `p`, `steps`, `route_seed` and `base` keep those names and types (tested below).
 
 use kv_routing::RoutedTransformerConfig;
+use kv_routing_hf::PretrainedBase;
 use serde::{Deserialize, Serialize};
 
 use crate::data::DataSource;
 use crate::error::{Result, TrainError};
-use crate::pretrained::PretrainedBase;
 use crate::schedule::WarmupCosine;
 use crate::tokenizer::BYTE_VOCAB_SIZE;
 
@@ -157,5 +162,47 @@ impl TrainConfig {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kv_routing_hf::{HfConfig, TrainingRun};
+
+    /// kv-routing-hf reads the model half of `config.json` on its own: what it reads must be
+    /// what this crate wrote.
+    #[test]
+    fn the_model_half_of_a_config_reads_back_as_a_training_run() {
+        let hf_config: HfConfig = serde_json::from_value(serde_json::json!({
+            "model_type": "llama", "vocab_size": 300, "hidden_size": 64,
+            "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 2
+        }))
+        .unwrap();
+        for base in [
+            None,
+            Some(PretrainedBase {
+                source: "/models/base".into(),
+                hf_config,
+            }),
+        ] {
+            let mut config = TrainConfig::small(3, 64, 32);
+            config.p = 0.25;
+            config.steps = 77;
+            config.route_seed = 9;
+            config.base = base;
+            let json = serde_json::to_string(&config).unwrap();
+            let run: TrainingRun = serde_json::from_str(&json).unwrap();
+            assert_eq!(
+                run,
+                TrainingRun {
+                    model: config.model.clone(),
+                    p: 0.25,
+                    steps: 77,
+                    route_seed: 9,
+                    base: config.base.clone(),
+                }
+            );
+        }
     }
 }

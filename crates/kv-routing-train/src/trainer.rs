@@ -4,7 +4,13 @@
 //!
 //! The steps run on `burn-train`'s `Learner` ([`crate::learner`]), on one device or
 //! data-parallel on several ([`train_on`]); the run's bookkeeping (log, validation, checkpoints,
-//! divergence) happens after each optimizer step, in `crate::run_observer`.
+//! divergence) happens after each optimizer step, in `crate::run_observer`. What a run writes
+//! where is [`crate::run_dir`].
+//!
+//! A run is the writer of its checkpoint: resuming first finishes a save that was killed
+//! between its two renames ([`StagedDir::recover`]). The checkpoint a run is initialized from
+//! belongs to another run, which may be saving into it: it is only read
+//! ([`StagedDir::committed`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,17 +20,21 @@ use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn_train::logger::InMemoryMetricLogger;
 use kv_routing::{CachePlan, MemoryBudget, StochasticRouter};
-use kv_routing_hf::{is_pretrained, load_pretrained, LoadOptions};
-use serde::{Deserialize, Serialize};
+use kv_routing_hf::{
+    is_pretrained, load_pretrained, tokenizer_file, LoadOptions, PretrainedBase, StagedDir,
+};
 
 use crate::checkpoint::{load_model, load_optimizer, load_state, TrainState};
 use crate::data::{DataSource, Dataset};
 use crate::error::{Result, TrainError};
 use crate::evaluate::validation_metrics;
 use crate::learner::{LearnerSetup, RoutedLmTraining, SilentRenderer};
-use crate::pretrained::PretrainedBase;
 use crate::run_observer::RunObserver;
 use crate::train_config::TrainConfig;
+
+// A run's output layout has a module of its own (the run observer writes it too, and must not
+// depend on this one); named here too, beside `train`, where callers look for it.
+pub use crate::run_dir::{checkpoint_dir, LogEntry};
 
 /// How a run begins.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,23 +56,6 @@ pub enum Start {
     InitFrom(PathBuf),
 }
 
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LogEntry {
-    /// Step just run (0-based).
-    pub step: u64,
-    /// Learning rate used.
-    pub learning_rate: f64,
-    /// Training loss of the step's batch.
-    pub train_loss: f64,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Validation loss under the full plan, when validated at this step.
-    pub val_loss: Option<f64>,
-    /// Training throughput over the step.
-    pub tokens_per_second: f64,
-}
-
 /// What a call to [`train`] did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainSummary {
@@ -76,11 +69,6 @@ pub struct TrainSummary {
     pub final_val_loss: f64,
     /// Wall-clock seconds of this call's steps.
     pub seconds: f64,
-}
-
-/// Where a run writes: `<out_dir>/checkpoint/` and `<out_dir>/metrics.jsonl`.
-pub fn checkpoint_dir(out_dir: &Path) -> PathBuf {
-    out_dir.join("checkpoint")
 }
 
 /// How a call to [`train`] behaves, besides what the run is.
@@ -112,7 +100,7 @@ fn tokenized_with_tokenizer_of(data: &DataSource, path: &Path) -> DataSource {
     let mut data = data.clone();
     if let DataSource::TextFile { tokenizer, .. } = &mut data {
         if tokenizer.is_none() {
-            *tokenizer = crate::pretrained::tokenizer_file(path);
+            *tokenizer = tokenizer_file(path);
         }
     }
     data
@@ -160,6 +148,7 @@ pub fn train_on<B: AutodiffBackend>(
             (fresh_state(&config)?, model, config)
         }
         Start::Resume { extend_to } => {
+            StagedDir::recover(&checkpoint)?;
             let (mut saved, model) = load_model::<B>(&checkpoint, device)?;
             if let Some(steps) = *extend_to {
                 if steps < saved.steps {
@@ -174,6 +163,7 @@ pub fn train_on<B: AutodiffBackend>(
             (load_state(&checkpoint)?, model, saved)
         }
         Start::InitFrom(source) => {
+            let source = &StagedDir::committed(source)?;
             let (model_config, base, model) = if is_pretrained(source) {
                 let loaded = load_pretrained::<B>(source, &LoadOptions::default(), device)?;
                 let base = PretrainedBase {

@@ -22,4 +22,4 @@ pub use checkpoint::{hf_name, unpermute_rotary_rows, GgufCheckpoint};
 pub use file::{is_gguf_file, supported_type_names, GgufFile, TensorInfo, GGUF_MAGIC};
 pub use ggml_type::GgmlType;
 pub use metadata::{MetadataArray, MetadataValue};
-pub use tokenizer::{tokenizer, tokenizer_json};
+pub use tokenizer::tokenizer_json;

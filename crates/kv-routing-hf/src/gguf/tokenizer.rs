@@ -48,17 +48,6 @@ pub fn tokenizer_json(gguf: &GgufFile) -> Result<String> {
     Ok(value.to_string())
 }
 
-/// The `tokenizers` tokenizer of `gguf`.
-pub fn tokenizer(gguf: &GgufFile) -> Result<tokenizers::Tokenizer> {
-    let json = tokenizer_json(gguf)?;
-    crate::tokenizer::parse_tokenizer_json(json.as_bytes()).map_err(|e| {
-        HfError::Tokenizer(format!(
-            "{}: the tokenizer built from its metadata: {e}",
-            gguf.path().display()
-        ))
-    })
-}
-
 fn unsupported(message: String) -> HfError {
     HfError::Unsupported(message)
 }

@@ -2,9 +2,10 @@
 //!
 //! Burn's `NamedMpkFileRecorder` hands the file to `rmp_serde`, which sizes buffers by the
 //! lengths the file declares: a damaged length prefix (found by the checkpoint fuzz test,
-//! `tests/fuzz_checkpoints.rs`) made it request 2^56 bytes and abort the process. Walking the
-//! encoding first, and refusing any string, binary, extension, array or map that declares more
-//! than the bytes left in the file, bounds every such allocation by the file's size.
+//! `crates/kv-routing-train/tests/fuzz_checkpoints.rs`) made it request 2^56 bytes and abort
+//! the process. Walking the encoding first, and refusing any string, binary, extension, array
+//! or map that declares more than the bytes left in the file, bounds every such allocation by
+//! the file's size.
 
 use rmp::Marker;
 

@@ -1,0 +1,184 @@
+//! `kv-routing generate`: text from a prompt with a checkpoint under a sharing plan.
+//!
+//! The request is checked against the model's context before anything runs
+//! ([`check_context`]): a generation that cannot fit fails at once, not after decoding up to the
+//! last position with every token thrown away. Only reads the checkpoint (see
+//! [`crate::checkpoint_path`]).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use kv_routing::{GenerationConfig, MemoryBudget, Sampler};
+use kv_routing_backend::{Backend, Precision, NAME};
+use kv_routing_hf::load_model_dir;
+use kv_routing_train::plan_spec::parse_plan;
+
+use crate::checkpoint_path::resolve_checkpoint;
+use crate::error::{CliError, Result};
+use crate::inference_device::inference_device;
+
+/// The options of `kv-routing generate`.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Checkpoint directory (a run directory or a Hugging Face checkpoint works too).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Prompt text.
+    #[arg(long)]
+    prompt: String,
+    /// Plan: full, every:K, retention:F, layers:0,3,5. Default: the plan stored with an
+    /// exported model (kv_routing.serve_cached_layers), else full.
+    #[arg(long)]
+    plan: Option<String>,
+    /// New tokens (bytes) at most. The prompt and these must fit the model's maximum sequence
+    /// length (the last new token is not fed back: prompt + new tokens - 1 positions).
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Sample among the k most likely tokens (with --temperature > 0).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    /// Seed of the sampler.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Precision of weights, activations and KV cache: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: Precision,
+    /// Refuse a generation whose KV cache and prompt activations would exceed this much
+    /// memory, before allocating: a size (8GiB, 512MB), `available` (what the system has free
+    /// now) or `none`. On a GPU, give the device's memory.
+    #[arg(long, default_value = "available")]
+    memory_budget: MemoryBudget,
+}
+
+/// Runs `kv-routing generate`.
+pub fn run_generate(args: GenerateArgs) -> Result<()> {
+    let device = inference_device(args.dtype)?;
+    let loaded = load_model_dir::<Backend>(&resolve_checkpoint(&args.checkpoint)?, &device)?;
+    let n_layers = loaded.model_config.n_layers;
+    let (plan_name, plan) = match (&args.plan, loaded.stored_plan()?) {
+        (Some(spec), _) => (spec.clone(), parse_plan(spec, n_layers)?),
+        (None, Some(stored)) => ("stored with the model".to_string(), stored),
+        (None, None) => ("full".to_string(), parse_plan("full", n_layers)?),
+    };
+    let prompt = loaded.codec.encode(&args.prompt)?;
+    if prompt.is_empty() {
+        return Err(CliError::Setting("the prompt is empty".into()));
+    }
+    check_context(
+        prompt.len(),
+        args.max_new_tokens,
+        loaded.model.max_seq_len(),
+    )?;
+    let sampler = if args.temperature > 0.0 {
+        Sampler::TopK {
+            k: args.top_k,
+            temperature: args.temperature,
+        }
+    } else {
+        Sampler::Greedy
+    };
+    let generation = loaded.model.generate(
+        std::slice::from_ref(&prompt),
+        &plan.route(),
+        &GenerationConfig {
+            max_new_tokens: args.max_new_tokens,
+            sampler,
+            seed: args.seed,
+            stop_tokens: loaded.end_of_sequence_ids(),
+            memory_budget: args.memory_budget,
+        },
+    )?;
+    // Decoding the continuation alone would lose the space a tokenizer folds into its first
+    // token; decode prompt + continuation and print what follows the decoded prompt.
+    let prompt_text = loaded.codec.decode(&prompt)?;
+    let full_text = loaded
+        .codec
+        .decode(&[prompt.as_slice(), &generation.tokens[0]].concat())?;
+    match full_text.strip_prefix(&prompt_text) {
+        Some(continuation) => println!("{}{continuation}", args.prompt),
+        None => println!("{full_text}"),
+    }
+    let new_tokens = generation.tokens[0].len();
+    let decode_rate = match generation.decode_steps {
+        0 => String::new(),
+        steps => format!(
+            ", then {:.1} new tokens/s",
+            steps as f64 / generation.decode_seconds
+        ),
+    };
+    eprintln!(
+        "[{NAME} {}, {} tokens, plan {plan_name} caching layers {:?}: {} bytes of KV cache; \
+         {} prompt + {new_tokens} new tokens in {:.2} s: first token after {:.2} s{decode_rate}]",
+        args.dtype.name(),
+        loaded.codec.name(),
+        plan.cached_layers(),
+        generation.kv_bytes(),
+        prompt.len(),
+        generation.prefill_seconds + generation.decode_seconds,
+        generation.prefill_seconds,
+    );
+    Ok(())
+}
+
+/// Checks that `prompt_tokens` and up to `max_new_tokens` new tokens fit a model of
+/// `max_seq_len` positions. The model runs at every prompt position and at the position of
+/// every new token but the last (which is picked, not fed back): `prompt + max_new_tokens - 1`
+/// positions, or the prompt's alone when no token is asked for.
+pub fn check_context(
+    prompt_tokens: usize,
+    max_new_tokens: usize,
+    max_seq_len: usize,
+) -> Result<()> {
+    if prompt_tokens > max_seq_len {
+        return Err(CliError::PromptTooLong {
+            prompt_tokens,
+            max_seq_len,
+        });
+    }
+    let positions = prompt_tokens.saturating_add(max_new_tokens.saturating_sub(1));
+    if positions > max_seq_len {
+        return Err(CliError::ContextTooLong {
+            prompt_tokens,
+            max_new_tokens,
+            positions,
+            max_seq_len,
+            allowed: max_seq_len - prompt_tokens + 1,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_context_holds_the_prompt_and_all_new_tokens_but_the_last() {
+        assert!(check_context(14, 243, 256).is_ok());
+        assert!(check_context(256, 1, 256).is_ok());
+        assert!(check_context(256, 0, 256).is_ok());
+        assert!(check_context(1, 256, 256).is_ok());
+        match check_context(14, 244, 256) {
+            Err(CliError::ContextTooLong {
+                positions, allowed, ..
+            }) => assert_eq!((positions, allowed), (257, 243)),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            check_context(257, 0, 256),
+            Err(CliError::PromptTooLong { .. })
+        ));
+        assert!(matches!(
+            check_context(256, 2, 256),
+            Err(CliError::ContextTooLong { allowed: 1, .. })
+        ));
+        // Absurd requests do not overflow.
+        assert!(matches!(
+            check_context(14, usize::MAX, 256),
+            Err(CliError::ContextTooLong { .. })
+        ));
+    }
+}

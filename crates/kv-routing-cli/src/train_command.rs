@@ -1,0 +1,176 @@
+//! `kv-routing train`: a new run, a resumed one, or a fine-tune from a checkpoint.
+//!
+//! The run writes its own directory (`--out`): it is that checkpoint's only writer, and
+//! `--resume` finishes a save of it that was killed mid-commit. `--init-from` only reads the
+//! checkpoint it starts from.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use kv_routing::MemoryBudget;
+use kv_routing_backend::{training_devices, AutodiffBackend, NAME};
+use kv_routing_hf::StagedDir;
+use kv_routing_train::data::DataSource;
+use kv_routing_train::train_config::TrainConfig;
+use kv_routing_train::trainer::{checkpoint_dir, train_on, RunOptions, Start};
+
+use crate::checkpoint_path::resolve_checkpoint;
+use crate::error::{CliError, Result};
+
+/// Optimizer steps of a new run when `--steps` is not given.
+const DEFAULT_STEPS: u64 = 1000;
+
+/// The options of `kv-routing train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Run directory: the checkpoint goes to <OUT>/checkpoint, metrics to <OUT>/metrics.jsonl.
+    #[arg(long)]
+    out: PathBuf,
+    /// Routing probability: each layer >= 1 reads a random earlier layer's KV with probability p.
+    #[arg(long, default_value_t = 0.0)]
+    p: f64,
+    /// Optimizer steps (default 1000; with --resume, the run's own, and a larger value extends
+    /// it, stretching the rest of its learning-rate schedule).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Decoder layers.
+    #[arg(long, default_value_t = 6)]
+    layers: usize,
+    /// Width of the residual stream.
+    #[arg(long, default_value_t = 128)]
+    d_model: usize,
+    /// Query heads (default: d_model / 32).
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Key/value heads (default: half the query heads).
+    #[arg(long)]
+    kv_heads: Option<usize>,
+    /// Context length in tokens (bytes).
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    /// Final learning rate of the cosine decay (default: lr / 10).
+    #[arg(long)]
+    min_lr: Option<f64>,
+    /// Linear warmup steps.
+    #[arg(long, default_value_t = 100)]
+    warmup: u64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.1)]
+    weight_decay: f64,
+    /// Maximum global gradient norm.
+    #[arg(long, default_value_t = 1.0)]
+    grad_clip: f64,
+    /// Validate every N steps.
+    #[arg(long, default_value_t = 250)]
+    eval_every: u64,
+    /// Validation batches.
+    #[arg(long, default_value_t = 8)]
+    eval_batches: usize,
+    /// Checkpoint every N steps (and at the end).
+    #[arg(long, default_value_t = 500)]
+    checkpoint_every: u64,
+    /// Seed of the weights, the routes and the data.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Train on this UTF-8 text file instead of the built-in synthetic corpus.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Continue the run in <OUT> (its settings are kept; --steps may extend it).
+    #[arg(long, conflicts_with = "init_from")]
+    resume: bool,
+    /// Fine-tune from this checkpoint directory: a run's checkpoint or a Hugging Face checkpoint
+    /// (config.json + safetensors). Its model shape is kept (the shape options are ignored); new
+    /// p, fresh optimizer. A --data file is tokenized with the checkpoint's tokenizer.json.
+    #[arg(long)]
+    init_from: Option<PathBuf>,
+    /// Stop after this step (with a checkpoint) and resume later with --resume.
+    #[arg(long)]
+    stop_at: Option<u64>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Refuse a batch whose activations would exceed this much memory, before allocating:
+    /// a size (8GiB, 512MB), `available` (what the system has free now) or `none`. On a GPU,
+    /// give the device's memory.
+    #[arg(long, default_value = "available")]
+    memory_budget: MemoryBudget,
+    /// Train data-parallel on this many devices (Burn's multi-device strategy): the first N
+    /// GPUs on cuda; on the CPU backends and wgpu, N workers sharing the one device. The
+    /// batch size must divide evenly; the run is the same whatever N (a run can be resumed on
+    /// another N).
+    #[arg(long, default_value_t = 1)]
+    devices: usize,
+}
+
+/// Runs `kv-routing train`.
+pub fn run_train(args: TrainArgs) -> Result<()> {
+    let mut config = TrainConfig::small(args.layers, args.d_model, args.seq_len);
+    let heads = args.heads.unwrap_or(config.model.n_heads);
+    config.model.n_heads = heads;
+    config.model.n_kv_heads = Some(args.kv_heads.unwrap_or((heads / 2).max(1)));
+    config.p = args.p;
+    config.route_seed = args.seed;
+    config.init_seed = args.seed;
+    config.data = match args.data {
+        Some(path) => DataSource::TextFile {
+            path,
+            seed: args.seed,
+            tokenizer: None,
+        },
+        None => DataSource::Synthetic { seed: args.seed },
+    };
+    config.steps = args.steps.unwrap_or(DEFAULT_STEPS);
+    config.batch_size = args.batch_size;
+    config.learning_rate = args.lr;
+    config.min_learning_rate = args.min_lr.unwrap_or(args.lr / 10.0);
+    config.warmup_steps = args.warmup;
+    config.weight_decay = args.weight_decay;
+    config.grad_clip = args.grad_clip;
+    config.eval_every = args.eval_every;
+    config.eval_batches = args.eval_batches;
+    config.checkpoint_every = args.checkpoint_every;
+    let start = match (args.resume, args.init_from) {
+        // Resuming continues the run as it was configured (its own length and schedule)
+        // unless --steps extends it.
+        (true, _) => Start::Resume {
+            extend_to: args.steps,
+        },
+        (false, Some(dir)) => Start::InitFrom(resolve_checkpoint(&dir)?),
+        (false, None) => Start::Fresh,
+    };
+    // A checkpoint whose last save was interrupted mid-commit (only `checkpoint.old` left)
+    // holds a run too: a fresh run's first save would put it back and then replace it.
+    let checkpoint = checkpoint_dir(&args.out);
+    let holds_a_run = matches!(StagedDir::committed(&checkpoint), Ok(dir) if dir.exists());
+    if start == Start::Fresh && holds_a_run {
+        return Err(CliError::Setting(format!(
+            "{} already holds a checkpoint; pass --resume to continue it or choose another --out",
+            args.out.display()
+        )));
+    }
+    let options = RunOptions {
+        show_progress: !args.quiet,
+        stop_at: args.stop_at,
+        memory_budget: args.memory_budget,
+    };
+    let summary = train_on::<AutodiffBackend>(
+        config,
+        start,
+        &args.out,
+        options,
+        &training_devices(args.devices),
+    )?;
+    let config = &summary.config;
+    println!(
+        "trained {} steps on {NAME} in {:.1} s (p = {}, {} layers, d_model {}): validation loss {:.4} (full cache)",
+        summary.steps_run, summary.seconds, config.p, config.model.n_layers, config.model.d_model, summary.final_val_loss
+    );
+    println!("checkpoint: {}", checkpoint.display());
+    Ok(())
+}
