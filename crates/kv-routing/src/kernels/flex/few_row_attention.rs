@@ -15,7 +15,8 @@
 //!
 //! # Contract
 //! [`few_row_attention`] writes, for each query row `r` (already scaled), `softmax(q_r kᵀ) v`
-//! over the first `visible(r)` keys (less those `valid` marks `false`, if given) into `out[r * width..][..width]`; `visible` never exceeds the
+//! over the first `visible(r)` keys (less those `valid` marks `false`, if given) into
+//! `out[r * width..][..width]`; `visible` never exceeds the
 //! key count, and the last row sees every key. `scores` is the caller's scratch space. The sums
 //! are in another order than the reference's: results agree to f32 rounding.
 
@@ -81,10 +82,10 @@ pub(crate) fn few_row_attention<E: KernelElement>(
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma_f16c() {
         // SAFETY: the CPU has the features the function is compiled for (checked above).
-        unsafe { attend_avx2(q, width, keys, values, visible, valid, scores, sums) };
+        unsafe { attend_avx2(q, width, keys, values, visible, valid, (scores, sums)) };
         return E::narrow(sums, out);
     }
-    attend_portable(q, width, keys, values, visible, valid, scores, sums);
+    attend_portable(q, width, keys, values, visible, valid, (scores, sums));
     E::narrow(sums, out);
 }
 
@@ -99,11 +100,10 @@ unsafe fn attend_avx2<E: KernelElement>(
     values: &Rows<E>,
     visible: &dyn Fn(usize) -> usize,
     valid: Option<&[bool]>,
-    scores: &mut [f32],
-    sums: &mut [f32],
+    (scores, sums): (&mut [f32], &mut [f32]),
 ) {
     if !width.is_multiple_of(8) {
-        return attend_portable(q, width, keys, values, visible, valid, scores, sums);
+        return attend_portable(q, width, keys, values, visible, valid, (scores, sums));
     }
     // SAFETY: the features are this function's; the width is whole vectors (checked above).
     unsafe {
@@ -123,8 +123,7 @@ fn attend_portable<E: KernelElement>(
     values: &Rows<E>,
     visible: &dyn Fn(usize) -> usize,
     valid: Option<&[bool]>,
-    scores: &mut [f32],
-    sums: &mut [f32],
+    (scores, sums): (&mut [f32], &mut [f32]),
 ) {
     let key_count = keys.count;
     for j in 0..key_count {
