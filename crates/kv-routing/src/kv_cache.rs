@@ -31,7 +31,7 @@
 //! [`KvCacheManager::retarget`] checks the new route completely before dropping anything.
 //!
 //! # In-place writes
-//! A step writes its slots with [`crate::kernels::write_slots`] (flex: our own write; other
+//! A step writes its slots with [`write_slots`] (flex: our own write; other
 //! backends: `slice_assign`), in place only when the storage buffer is uniquely owned; otherwise
 //! the whole layer is copied (O(capacity) per step instead of O(step)). The keys/values a step hands out are views of that storage, so a view
 //! kept past its step forces the copy. The cache counts such writes
