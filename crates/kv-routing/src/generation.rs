@@ -213,6 +213,23 @@ impl<B: Backend> RoutedTransformer<B> {
         config: &GenerationConfig,
     ) -> Result<Generation> {
         config.sampler.validate()?;
+        // Every position the generation can reach is checked before the prefill, so that a
+        // request that cannot finish fails at once instead of after its tokens were generated.
+        // A sequence feeds back all its new tokens but the last: `len + max_new_tokens - 1`
+        // positions.
+        for (sequence, prompt) in prompts.iter().enumerate() {
+            let positions = prompt
+                .len()
+                .saturating_add(config.max_new_tokens)
+                .saturating_sub(1);
+            if positions > self.max_seq_len() {
+                return Err(KvRoutingError::SequenceTooLong {
+                    sequence,
+                    position: positions - 1,
+                    max_seq_len: self.max_seq_len(),
+                });
+            }
+        }
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let capacity = longest.saturating_add(config.max_new_tokens);
         self.check_generation_memory(prompts.len(), longest, capacity, route, config)?;

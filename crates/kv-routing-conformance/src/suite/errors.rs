@@ -151,6 +151,20 @@ pub fn bad_model_inputs_are_typed_errors<B: Backend>(device: &B::Device) {
         Err(KvRoutingError::SequenceTooLong { position: 64, .. })
     ));
     assert!(long_cache.is_empty());
+    // A generation that cannot finish inside the context fails before its prefill: 10 prompt
+    // tokens and 56 new ones reach position 64 of 64.
+    let too_long = GenerationConfig {
+        max_new_tokens: 56,
+        ..Default::default()
+    };
+    assert!(matches!(
+        model.generate(&[vec![1; 10]], &full, &too_long),
+        Err(KvRoutingError::SequenceTooLong {
+            sequence: 0,
+            position: 64,
+            max_seq_len: 64
+        })
+    ));
 
     let other = RoutedTransformerConfig::new(37, 32, 6, 4, 48)
         .init::<B>(device)
