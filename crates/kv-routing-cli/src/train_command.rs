@@ -7,10 +7,11 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use kv_routing::MemoryBudget;
+use kv_routing::{MemoryBudget, RouteDraw};
 use kv_routing_backend::{training_devices, AutodiffBackend, NAME};
 use kv_routing_hf::StagedDir;
 use kv_routing_train::data::DataSource;
+use kv_routing_train::distillation::Distillation;
 use kv_routing_train::train_config::TrainConfig;
 use kv_routing_train::trainer::{checkpoint_dir, train_on, RunOptions, Start};
 
@@ -106,6 +107,26 @@ pub struct TrainArgs {
     /// another N).
     #[arg(long, default_value_t = 1)]
     devices: usize,
+    /// Where the sharing steps' routes come from: `layers` (the paper's: each layer
+    /// independently reads a random earlier layer), `every:K` (each sharing step serves the
+    /// plan every:k, k uniform in 2..=K) or `plans:F` (a random plan caching at least the
+    /// fraction F of the layers). A step shares with probability --p.
+    #[arg(long, default_value = "layers")]
+    route_draw: RouteDraw,
+    /// Self-distillation: the loss is the KL divergence from the frozen starting model's
+    /// (--init-from) full-cache next-token distribution instead of cross-entropy.
+    #[arg(long)]
+    distill: bool,
+    /// Distill from this model (a run, Hugging Face directory or GGUF file) instead of the
+    /// --init-from one; implies --distill.
+    #[arg(long)]
+    teacher: Option<PathBuf>,
+    /// Softmax temperature of distillation (both distributions).
+    #[arg(long, default_value_t = 2.0)]
+    distill_temperature: f64,
+    /// Weight of the data's cross-entropy mixed into the distillation loss, in [0, 1].
+    #[arg(long, default_value_t = 0.0)]
+    distill_ce_weight: f64,
 }
 
 /// Runs `kv-routing train`.
@@ -135,6 +156,34 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     config.eval_every = args.eval_every;
     config.eval_batches = args.eval_batches;
     config.checkpoint_every = args.checkpoint_every;
+    config.route_draw = args.route_draw;
+    let teacher = match (&args.teacher, args.distill, &args.init_from) {
+        (Some(teacher), _, _) => Some(teacher.clone()),
+        (None, true, Some(init_from)) => Some(init_from.clone()),
+        (None, true, None) if !args.resume => {
+            return Err(CliError::Setting(
+                "--distill distills from the --init-from model: give --init-from or --teacher"
+                    .into(),
+            ))
+        }
+        _ => None,
+    };
+    if let Some(teacher) = teacher {
+        // Absolute, so that a resumed run started elsewhere finds its teacher again.
+        let teacher = resolve_checkpoint(&teacher)?;
+        let teacher = std::path::absolute(&teacher).unwrap_or(teacher);
+        let own = std::path::absolute(checkpoint_dir(&args.out)).unwrap_or_default();
+        if teacher == own {
+            return Err(CliError::Setting(
+                "the teacher is this run's own checkpoint, which training changes; distill from a frozen model".into(),
+            ));
+        }
+        config.distill = Some(Distillation {
+            temperature: args.distill_temperature,
+            ce_weight: args.distill_ce_weight,
+            ..Distillation::from_teacher(teacher)
+        });
+    }
     let start = match (args.resume, args.init_from) {
         // Resuming continues the run as it was configured (its own length and schedule)
         // unless --steps extends it.

@@ -59,6 +59,7 @@ macro_rules! conformance_suite {
             routes::golden_routes_for_two_seeds,
             routes::router_probability_extremes_and_rate,
             routes::router_state_round_trips,
+            routes::plan_draws_are_serving_plans_reproducibly,
             routes::invalid_routes_plans_and_probabilities_are_rejected,
             routes::plans_induce_nearest_cached_layer_below,
             oracle_agreement::attention_module_matches_oracle,

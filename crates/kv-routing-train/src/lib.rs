@@ -22,6 +22,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod distillation;
 pub mod error;
 pub mod evaluate;
 pub mod grad_clip;
@@ -37,6 +38,7 @@ pub mod run_dir;
 mod run_observer;
 mod sample;
 pub mod schedule;
+pub mod starting_point;
 mod synthetic;
 pub mod tokenizer;
 pub mod train_config;

@@ -10,7 +10,7 @@
 
 use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
-use kv_routing::{RoutedTransformer, StochasticRouter};
+use kv_routing::RoutedTransformer;
 
 use crate::data::{Dataset, Split};
 use crate::error::{Result, TrainError};
@@ -24,8 +24,13 @@ pub fn reference_loop<B: AutodiffBackend>(
     mut model: RoutedTransformer<B>,
 ) -> Result<RoutedTransformer<B>> {
     config.validate()?;
+    if config.distill.is_some() {
+        return Err(TrainError::Config(
+            "the reference loop trains with cross-entropy only, not distillation".into(),
+        ));
+    }
     let dataset = Dataset::open(&config.data, config.seq_len)?;
-    let router = StochasticRouter::new(config.model.n_layers, config.p, config.route_seed)?;
+    let router = config.router()?;
     let schedule = config.schedule();
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)

@@ -5,11 +5,12 @@
 //! file through kv-routing-hf as a [`TrainingRun`](kv_routing_hf::TrainingRun): the fields
 //! `model`, `p`, `steps`, `route_seed` and `base` keep those names and types (tested below).
 
-use kv_routing::RoutedTransformerConfig;
+use kv_routing::{RouteDraw, RoutedTransformerConfig, StochasticRouter};
 use kv_routing_hf::PretrainedBase;
 use serde::{Deserialize, Serialize};
 
 use crate::data::DataSource;
+use crate::distillation::Distillation;
 use crate::error::{Result, TrainError};
 use crate::schedule::WarmupCosine;
 use crate::tokenizer::BYTE_VOCAB_SIZE;
@@ -56,6 +57,17 @@ pub struct TrainConfig {
     /// The Hugging Face checkpoint the weights were initialized from, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<PretrainedBase>,
+    /// Where the sharing steps' routes come from (default: the paper's independent per-layer
+    /// draw; absent from the configs of runs from before plan draws).
+    #[serde(default, skip_serializing_if = "is_independent")]
+    pub route_draw: RouteDraw,
+    /// Self-distillation from a frozen teacher instead of plain cross-entropy, if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<Distillation>,
+}
+
+fn is_independent(draw: &RouteDraw) -> bool {
+    !draw.draws_plans()
 }
 
 impl TrainConfig {
@@ -88,7 +100,17 @@ impl TrainConfig {
             eval_batches: 8,
             checkpoint_every: 500,
             base: None,
+            route_draw: RouteDraw::IndependentLayers,
+            distill: None,
         }
+    }
+
+    /// The run's route stream at step 0: its `p`, seed and draw.
+    pub fn router(&self) -> Result<StochasticRouter> {
+        Ok(
+            StochasticRouter::new(self.model.n_layers, self.p, self.route_seed)?
+                .with_draw(self.route_draw)?,
+        )
     }
 
     /// The learning-rate schedule of the run.
@@ -104,6 +126,10 @@ impl TrainConfig {
     /// Checks every setting, naming the first one out of range.
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
+        self.route_draw.validate()?;
+        if let Some(distill) = &self.distill {
+            distill.validate()?;
+        }
         if !(0.0..=1.0).contains(&self.p) {
             return Err(TrainError::Config(format!(
                 "p must be in [0, 1], got {}",

@@ -19,10 +19,8 @@ use std::time::Instant;
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
 use burn_train::logger::InMemoryMetricLogger;
-use kv_routing::{CachePlan, MemoryBudget, StochasticRouter};
-use kv_routing_hf::{
-    is_pretrained, load_pretrained, tokenizer_file, LoadOptions, PretrainedBase, StagedDir,
-};
+use kv_routing::{CachePlan, MemoryBudget};
+use kv_routing_hf::{tokenizer_file, StagedDir};
 
 use crate::checkpoint::{load_model, load_optimizer, load_state, TrainState};
 use crate::data::{DataSource, Dataset};
@@ -30,6 +28,7 @@ use crate::error::{Result, TrainError};
 use crate::evaluate::validation_metrics;
 use crate::learner::{LearnerSetup, RoutedLmTraining, SilentRenderer};
 use crate::run_observer::RunObserver;
+use crate::starting_point::{load_starting_point, StartingPoint};
 use crate::train_config::TrainConfig;
 
 // A run's output layout has a module of its own (the run observer writes it too, and must not
@@ -88,7 +87,7 @@ pub struct RunOptions {
 fn fresh_state(config: &TrainConfig) -> Result<TrainState> {
     Ok(TrainState {
         step: 0,
-        router: StochasticRouter::new(config.model.n_layers, config.p, config.route_seed)?,
+        router: config.router()?,
         elapsed_seconds: 0.0,
     })
 }
@@ -163,22 +162,15 @@ pub fn train_on<B: AutodiffBackend>(
             (load_state(&checkpoint)?, model, saved)
         }
         Start::InitFrom(source) => {
-            let source = &StagedDir::committed(source)?;
-            let (model_config, base, model) = if is_pretrained(source) {
-                let loaded = load_pretrained::<B>(source, &LoadOptions::default(), device)?;
-                let base = PretrainedBase {
-                    source: std::path::absolute(source).map_err(|e| TrainError::io(source, e))?,
-                    hf_config: loaded.hf_config,
-                };
-                (loaded.model_config, Some(base), loaded.model)
-            } else {
-                let (saved, model) = load_model::<B>(source, device)?;
-                (saved.model, saved.base, model)
-            };
+            let StartingPoint {
+                config: model_config,
+                base,
+                model,
+            } = load_starting_point::<B>(source, device)?;
             let config = TrainConfig {
                 model: model_config,
                 base,
-                data: tokenized_with_tokenizer_of(&config.data, source),
+                data: tokenized_with_tokenizer_of(&config.data, &StagedDir::committed(source)?),
                 ..config
             };
             config.validate()?;

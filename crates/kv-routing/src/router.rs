@@ -4,6 +4,10 @@
 //! keys/values of a layer drawn uniformly from `0..=l-1` instead of its own. One route per step
 //! is shared by the whole batch.
 //!
+//! That is the paper's draw; [`RouteDraw`] also offers draws of whole serving plans (each
+//! sharing step serves a [`CachePlan`](crate::CachePlan)'s route), set with
+//! [`StochasticRouter::with_draw`].
+//!
 //! Routes are drawn on the host from a ChaCha8 stream keyed by `(seed, step)`, so the route of a
 //! step is a pure function of the seed and the step index: bit-identical on every platform and
 //! backend, and a resumed run needs only `(seed, step)` to draw exactly what it would have drawn.
@@ -15,11 +19,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{KvRoutingError, Result};
 use crate::route::Route;
+use crate::route_draw::RouteDraw;
 
 /// Draws one [`Route`] per training step. `p = 0` is a standard transformer.
 ///
 /// Serializes (with its step counter) as `{"n_layers":8,"p":0.5,"seed":7,"step":120}`, which is
-/// all the state a checkpoint needs.
+/// all the state a checkpoint needs; a plan draw adds its `draw`
+/// (`"draw":{"kind":"every_kth","max_k":4}`), and a router without one reads as the paper's.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(try_from = "RouterRepr", into = "RouterRepr")]
 pub struct StochasticRouter {
@@ -27,6 +33,7 @@ pub struct StochasticRouter {
     p: f64,
     seed: u64,
     step: u64,
+    draw: RouteDraw,
     bernoulli: Bernoulli,
 }
 
@@ -38,13 +45,20 @@ struct RouterRepr {
     seed: u64,
     #[serde(default)]
     step: u64,
+    #[serde(default, skip_serializing_if = "is_independent")]
+    draw: RouteDraw,
+}
+
+fn is_independent(draw: &RouteDraw) -> bool {
+    !draw.draws_plans()
 }
 
 impl TryFrom<RouterRepr> for StochasticRouter {
     type Error = KvRoutingError;
 
     fn try_from(repr: RouterRepr) -> Result<Self> {
-        let mut router = StochasticRouter::new(repr.n_layers, repr.p, repr.seed)?;
+        let mut router =
+            StochasticRouter::new(repr.n_layers, repr.p, repr.seed)?.with_draw(repr.draw)?;
         router.step = repr.step;
         Ok(router)
     }
@@ -57,6 +71,7 @@ impl From<StochasticRouter> for RouterRepr {
             p: router.p,
             seed: router.seed,
             step: router.step,
+            draw: router.draw,
         }
     }
 }
@@ -79,8 +94,21 @@ impl StochasticRouter {
             p,
             seed,
             step: 0,
+            draw: RouteDraw::IndependentLayers,
             bernoulli,
         })
+    }
+
+    /// The same router drawing its sharing steps' routes from `draw`.
+    pub fn with_draw(mut self, draw: RouteDraw) -> Result<Self> {
+        draw.validate()?;
+        self.draw = draw;
+        Ok(self)
+    }
+
+    /// Where the sharing steps' routes come from.
+    pub fn draw(&self) -> RouteDraw {
+        self.draw
     }
 
     /// The sharing probability.
@@ -119,6 +147,14 @@ impl StochasticRouter {
     pub fn route_for_step(&self, step: u64) -> Route {
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         rng.set_stream(step);
+        if self.draw.draws_plans() {
+            let full = || crate::CachePlan::full(self.n_layers).expect("n_layers >= 1");
+            let plan = match self.bernoulli.sample(&mut rng) {
+                true => self.draw.draw_plan(self.n_layers, &mut rng),
+                false => None,
+            };
+            return plan.unwrap_or_else(full).route();
+        }
         let mut src = Vec::with_capacity(self.n_layers);
         src.push(0);
         for layer in 1..self.n_layers {

@@ -1,7 +1,7 @@
 //! Route, plan and router semantics: golden route streams and validation errors.
 
 use burn::tensor::backend::Backend;
-use kv_routing::{CachePlan, KvRoutingError, Route, StochasticRouter};
+use kv_routing::{CachePlan, KvRoutingError, Route, RouteDraw, StochasticRouter};
 
 /// Routes of steps 0..4 for 8 layers at p = 0.5, pinned for two seeds. A change here changes
 /// every training run: it must be deliberate.
@@ -142,4 +142,70 @@ pub fn plans_induce_nearest_cached_layer_below<B: Backend>(_device: &B::Device) 
     assert_eq!(plan.to_json(), r#"{"n_layers":8,"cached":[0,2,4,6]}"#);
     let route = plan.route();
     assert_eq!(Route::from_json(&route.to_json()).unwrap(), route);
+}
+
+/// Plan draws: every drawn route is a route some `CachePlan` produces (so the model trains on
+/// exactly what it serves), the draw is a pure function of seed and step (resume and every
+/// device draw the same), every member of the family is drawn, the share rate is `p`, and the
+/// router's JSON keeps the draw. A draw that breaks any of these fails here.
+pub fn plan_draws_are_serving_plans_reproducibly<B: Backend>(_device: &B::Device) {
+    let n_layers = 12;
+    let full = CachePlan::full(n_layers).unwrap().route();
+    for draw in [
+        RouteDraw::EveryKth { max_k: 4 },
+        RouteDraw::RandomPlans { min_retention: 0.25 },
+    ] {
+        let router = StochasticRouter::new(n_layers, 0.75, 5)
+            .unwrap()
+            .with_draw(draw)
+            .unwrap();
+        let mut resumed: StochasticRouter =
+            serde_json::from_str(&serde_json::to_string(&router).unwrap()).unwrap();
+        assert_eq!(resumed.draw(), draw);
+        resumed.set_step(100);
+        let mut sharing = 0;
+        let mut spacings = std::collections::BTreeSet::new();
+        for step in 0..400 {
+            let route = router.route_for_step(step);
+            // The plan a route serves is its set of sources; its route must be this route.
+            let plan = CachePlan::new(n_layers, route.sources()).unwrap();
+            assert_eq!(plan.route(), route, "{draw}, step {step}: not a plan's route");
+            assert_eq!(route, router.clone().route_for_step(step), "{draw}: not reproducible");
+            if step >= 100 && step < 110 {
+                assert_eq!(resumed.next_route(), route, "{draw}: resumed at step {step}");
+            }
+            if route != full {
+                sharing += 1;
+                match draw {
+                    RouteDraw::EveryKth { .. } => {
+                        let k = plan.cached_layers()[1];
+                        assert_eq!(plan, CachePlan::every_kth(n_layers, k).unwrap(), "{draw}");
+                        spacings.insert(k);
+                    }
+                    _ => {
+                        assert!(plan.cached_layers().len() >= 3, "{draw}: below 25% of 12 layers");
+                        spacings.insert(plan.cached_layers().len());
+                    }
+                }
+            }
+        }
+        let rate = sharing as f64 / 400.0;
+        assert!((0.68..0.82).contains(&rate), "{draw}: share rate {rate} at p = 0.75");
+        let expected: Vec<usize> = match draw {
+            RouteDraw::EveryKth { .. } => vec![2, 3, 4],
+            _ => (3..12).collect(),
+        };
+        assert_eq!(spacings.into_iter().collect::<Vec<_>>(), expected, "{draw}: family not covered");
+    }
+    // Another seed draws another stream; p = 0 never shares.
+    let every = RouteDraw::EveryKth { max_k: 4 };
+    let a = StochasticRouter::new(n_layers, 0.75, 5).unwrap().with_draw(every).unwrap();
+    let b = StochasticRouter::new(n_layers, 0.75, 6).unwrap().with_draw(every).unwrap();
+    assert!((0..50).any(|s| a.route_for_step(s) != b.route_for_step(s)));
+    let never = StochasticRouter::new(n_layers, 0.0, 5).unwrap().with_draw(every).unwrap();
+    assert!((0..50).all(|s| never.route_for_step(s) == full));
+    assert!(StochasticRouter::new(4, 0.5, 0)
+        .unwrap()
+        .with_draw(RouteDraw::EveryKth { max_k: 1 })
+        .is_err());
 }

@@ -11,9 +11,13 @@
 //!   micro-batches of a step, so the sum is the gradient of the step's mean loss: one step on
 //!   two devices with batch `B` each is one step on one device with batch `2B`.
 //! - Clipping is the optimizer's ([`super::RoutedLmOptimizer`]), as in Burn.
-//! - Validation runs under one fixed route (the full plan unless set otherwise).
+//! - Validation runs under one fixed route (the full plan unless set otherwise), and measures
+//!   cross-entropy whatever the training loss, so that recipes compare.
+//! - With a teacher ([`RoutedLm::distilled_from`]) the training loss is the distillation loss
+//!   of [`crate::distillation`]: the teacher runs under the full plan on the inner backend, is
+//!   never visited by the optimizer (a skipped field) and never saved with the model.
 
-use burn::module::Module;
+use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use burn_train::{InferenceStep, TrainOutput, TrainStep};
@@ -22,6 +26,7 @@ use kv_routing::{CachePlan, Route, RoutedTransformer, StochasticRouter};
 use super::output::StepOutput;
 use super::step_batch::StepBatch;
 use super::step_losses::StepLosses;
+use crate::distillation::{distillation_losses, Distillation};
 use crate::error::{Result, TrainError};
 use crate::loss::token_losses;
 
@@ -37,6 +42,11 @@ pub struct RoutedLm<B: Backend> {
     /// Where each training step's share of its loss goes, when a step observer reads it.
     #[module(skip)]
     losses: Option<StepLosses>,
+    /// The frozen model distilled from, with no parameter requiring a gradient.
+    #[module(skip)]
+    teacher: Option<RoutedTransformer<B>>,
+    #[module(skip)]
+    distillation: Option<Distillation>,
 }
 
 impl<B: Backend> RoutedLm<B> {
@@ -54,7 +64,34 @@ impl<B: Backend> RoutedLm<B> {
             router,
             validation_route: CachePlan::full(n_layers)?.route(),
             losses: None,
+            teacher: None,
+            distillation: None,
         })
+    }
+
+    /// Trains by distilling `teacher` (frozen here: its parameters stop requiring gradients) as
+    /// `settings` say. The teacher must share the student's vocabulary.
+    pub fn distilled_from(
+        mut self,
+        teacher: RoutedTransformer<B>,
+        settings: Distillation,
+    ) -> Result<Self> {
+        settings.validate()?;
+        if teacher.vocab_size() != self.transformer.vocab_size() {
+            return Err(TrainError::Config(format!(
+                "the teacher's vocabulary has {} tokens, the student's {}",
+                teacher.vocab_size(),
+                self.transformer.vocab_size()
+            )));
+        }
+        self.teacher = Some(teacher.no_grad());
+        self.distillation = Some(settings);
+        Ok(self)
+    }
+
+    /// The frozen teacher, when distilling.
+    pub fn teacher(&self) -> Option<&RoutedTransformer<B>> {
+        self.teacher.as_ref()
     }
 
     /// Validates under `route` instead of the full plan.
@@ -80,7 +117,8 @@ impl<B: Backend> RoutedLm<B> {
         self.transformer
     }
 
-    /// `(share of the step's loss, mean loss of the batch)` of `batch` under `route`.
+    /// `(share of the step's loss, mean loss of the batch)` of `batch` under `route`:
+    /// cross-entropy.
     ///
     /// # Shapes
     /// - outputs: `[1]`, `[1]`
@@ -90,20 +128,54 @@ impl<B: Backend> RoutedLm<B> {
         route: &Route,
     ) -> Result<(Tensor<B, 1>, Tensor<B, 1>)> {
         let logits = self.transformer.forward_tokens(&batch.inputs, route)?;
-        let losses = token_losses(logits, &batch.targets)?;
-        let [rows, seq_len] = losses.dims();
-        let sum = losses.sum();
-        Ok((
-            sum.clone().div_scalar(batch.targets_per_step as f64),
-            sum.div_scalar((rows * seq_len) as f64),
-        ))
+        shares(token_losses(logits, &batch.targets)?, batch)
     }
+}
+
+/// `(share of the step's loss, mean loss of the batch)` from the loss of every position.
+fn shares<B: Backend>(
+    losses: Tensor<B, 2>,
+    batch: &StepBatch,
+) -> Result<(Tensor<B, 1>, Tensor<B, 1>)> {
+    let [rows, seq_len] = losses.dims();
+    let sum = losses.sum();
+    Ok((
+        sum.clone().div_scalar(batch.targets_per_step as f64),
+        sum.div_scalar((rows * seq_len) as f64),
+    ))
 }
 
 /// A step whose batch the model cannot run (a token outside the vocabulary, a sequence longer
 /// than the model's context) is a broken data pipeline: Burn's step traits return no errors.
 fn unrunnable(step: u64, error: TrainError) -> ! {
     panic!("routed training step {step} cannot run its batch: {error}")
+}
+
+impl<B: AutodiffBackend> RoutedLm<B> {
+    /// The training loss of `batch` under `route`, as [`RoutedLm::batch_losses`] returns it:
+    /// cross-entropy, or the distillation loss when there is a teacher.
+    fn training_losses(
+        &self,
+        batch: &StepBatch,
+        route: &Route,
+    ) -> Result<(Tensor<B, 1>, Tensor<B, 1>)> {
+        let (Some(teacher), Some(settings)) = (&self.teacher, &self.distillation) else {
+            return self.batch_losses(batch, route);
+        };
+        let logits = self.transformer.forward_tokens(&batch.inputs, route)?;
+        // The inner backend: no graph is recorded for the teacher, and it runs the plain
+        // backend's inference kernels.
+        let teacher = teacher.valid();
+        let full = CachePlan::full(teacher.n_layers())?.route();
+        let targets = Tensor::from_inner(teacher.forward_tokens(&batch.inputs, &full)?);
+        let mut losses = distillation_losses(logits.clone(), targets, settings.temperature)?;
+        if settings.ce_weight > 0.0 {
+            losses = losses.mul_scalar(1.0 - settings.ce_weight).add(
+                token_losses(logits, &batch.targets)?.mul_scalar(settings.ce_weight),
+            );
+        }
+        shares(losses, batch)
+    }
 }
 
 impl<B: AutodiffBackend> TrainStep for RoutedLm<B> {
@@ -115,7 +187,7 @@ impl<B: AutodiffBackend> TrainStep for RoutedLm<B> {
     fn step(&self, batch: StepBatch) -> TrainOutput<StepOutput<B>> {
         let route = self.router.route_for_step(batch.step);
         let (share, mean) = self
-            .batch_losses(&batch, &route)
+            .training_losses(&batch, &route)
             .unwrap_or_else(|e| unrunnable(batch.step, e));
         if let Some(losses) = &self.losses {
             losses.push(share.clone().inner());

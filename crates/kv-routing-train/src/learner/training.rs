@@ -13,7 +13,9 @@ use burn_train::{
     ExecutionStrategy, Learner, LearningComponentsMarker, MultiDeviceOptim, SupervisedTraining,
     TrainingStrategy,
 };
-use kv_routing::{RoutedTransformer, StochasticRouter};
+use kv_routing::RoutedTransformer;
+
+use crate::starting_point::load_starting_point;
 
 use super::optimizer::{RoutedLmOptimizer, StepObserver};
 use super::routed_lm::RoutedLm;
@@ -192,8 +194,20 @@ impl<B: AutodiffBackend> RoutedLmTraining<B> {
             .batch_size(config.batch_size)
             .build(validation);
 
-        let router = StochasticRouter::new(config.model.n_layers, config.p, config.route_seed)?;
+        let router = config.router()?;
         let mut model = RoutedLm::new(model, router)?;
+        if let Some(settings) = &config.distill {
+            let teacher = load_starting_point::<B>(&settings.teacher, &devices[0])?;
+            if teacher.config.max_seq_len < config.seq_len {
+                return Err(TrainError::Config(format!(
+                    "the teacher {} holds {} tokens of context, the run trains on {}",
+                    settings.teacher.display(),
+                    teacher.config.max_seq_len,
+                    config.seq_len
+                )));
+            }
+            model = model.distilled_from(teacher.model, settings.clone())?;
+        }
         let adamw = AdamWConfig::new()
             .with_weight_decay(config.weight_decay as f32)
             .init::<B, RoutedLm<B>>();
