@@ -149,11 +149,16 @@ mod tests {
                 expected
             };
             let device = Default::default();
-            let tensor = |v: [f64; 3]| Tensor::<B, 3>::from_data(TensorData::new(v.to_vec(), [1, 1, 3]), &device);
+            let tensor = |v: [f64; 3]| {
+                Tensor::<B, 3>::from_data(TensorData::new(v.to_vec(), [1, 1, 3]), &device)
+            };
             let kl: f64 = distillation_losses(tensor(student), tensor(teacher), t)
                 .unwrap()
                 .into_scalar();
-            assert!((kl - expected).abs() < 1e-12, "T = {t}: {kl} against {expected}");
+            assert!(
+                (kl - expected).abs() < 1e-12,
+                "T = {t}: {kl} against {expected}"
+            );
             assert!((reference_kl(&teacher, &student, t) - expected).abs() < 1e-12);
         }
     }
@@ -164,7 +169,10 @@ mod tests {
         let a = Tensor::<B, 3>::zeros([1, 2, 3], &device);
         assert!(distillation_losses(a.clone(), Tensor::zeros([1, 2, 4], &device), 1.0).is_err());
         for t in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-            assert!(distillation_losses(a.clone(), a.clone(), t).is_err(), "T = {t}");
+            assert!(
+                distillation_losses(a.clone(), a.clone(), t).is_err(),
+                "T = {t}"
+            );
         }
         let mut settings = Distillation::from_teacher("/m".into());
         settings.validate().unwrap();

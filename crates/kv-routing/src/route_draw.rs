@@ -53,7 +53,9 @@ impl RouteDraw {
             RouteDraw::EveryKth { max_k } if max_k < 2 => Err(KvRoutingError::InvalidConfig(
                 format!("a drawn every:k plan needs max_k >= 2, got {max_k}"),
             )),
-            RouteDraw::RandomPlans { min_retention } if !(min_retention > 0.0 && min_retention < 1.0) => {
+            RouteDraw::RandomPlans { min_retention }
+                if !(min_retention > 0.0 && min_retention < 1.0) =>
+            {
                 Err(KvRoutingError::InvalidConfig(format!(
                     "the smallest retention of a drawn plan must be in (0, 1), got {min_retention}"
                 )))
@@ -87,10 +89,14 @@ impl RouteDraw {
                     let j = rng.random_range(i as u32..others.len() as u32) as usize;
                     others.swap(i, j);
                 }
-                std::iter::once(0).chain(others[..m - 1].iter().copied()).collect()
+                std::iter::once(0)
+                    .chain(others[..m - 1].iter().copied())
+                    .collect()
             }
         };
-        Some(CachePlan::new(n_layers, cached).expect("drawn plans hold layer 0 and distinct layers"))
+        Some(
+            CachePlan::new(n_layers, cached).expect("drawn plans hold layer 0 and distinct layers"),
+        )
     }
 }
 
@@ -139,7 +145,16 @@ mod tests {
         for text in ["layers", "every:4", "plans:0.25"] {
             assert_eq!(text.parse::<RouteDraw>().unwrap().to_string(), text);
         }
-        for text in ["", "every", "every:1", "every:x", "plans:0", "plans:1", "plans:nan", "all"] {
+        for text in [
+            "",
+            "every",
+            "every:1",
+            "every:x",
+            "plans:0",
+            "plans:1",
+            "plans:nan",
+            "all",
+        ] {
             assert!(text.parse::<RouteDraw>().is_err(), "{text:?}");
         }
     }

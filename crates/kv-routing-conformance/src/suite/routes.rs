@@ -153,7 +153,9 @@ pub fn plan_draws_are_serving_plans_reproducibly<B: Backend>(_device: &B::Device
     let full = CachePlan::full(n_layers).unwrap().route();
     for draw in [
         RouteDraw::EveryKth { max_k: 4 },
-        RouteDraw::RandomPlans { min_retention: 0.25 },
+        RouteDraw::RandomPlans {
+            min_retention: 0.25,
+        },
     ] {
         let router = StochasticRouter::new(n_layers, 0.75, 5)
             .unwrap()
@@ -169,10 +171,22 @@ pub fn plan_draws_are_serving_plans_reproducibly<B: Backend>(_device: &B::Device
             let route = router.route_for_step(step);
             // The plan a route serves is its set of sources; its route must be this route.
             let plan = CachePlan::new(n_layers, route.sources()).unwrap();
-            assert_eq!(plan.route(), route, "{draw}, step {step}: not a plan's route");
-            assert_eq!(route, router.clone().route_for_step(step), "{draw}: not reproducible");
+            assert_eq!(
+                plan.route(),
+                route,
+                "{draw}, step {step}: not a plan's route"
+            );
+            assert_eq!(
+                route,
+                router.clone().route_for_step(step),
+                "{draw}: not reproducible"
+            );
             if step >= 100 && step < 110 {
-                assert_eq!(resumed.next_route(), route, "{draw}: resumed at step {step}");
+                assert_eq!(
+                    resumed.next_route(),
+                    route,
+                    "{draw}: resumed at step {step}"
+                );
             }
             if route != full {
                 sharing += 1;
@@ -183,26 +197,45 @@ pub fn plan_draws_are_serving_plans_reproducibly<B: Backend>(_device: &B::Device
                         spacings.insert(k);
                     }
                     _ => {
-                        assert!(plan.cached_layers().len() >= 3, "{draw}: below 25% of 12 layers");
+                        assert!(
+                            plan.cached_layers().len() >= 3,
+                            "{draw}: below 25% of 12 layers"
+                        );
                         spacings.insert(plan.cached_layers().len());
                     }
                 }
             }
         }
         let rate = sharing as f64 / 400.0;
-        assert!((0.68..0.82).contains(&rate), "{draw}: share rate {rate} at p = 0.75");
+        assert!(
+            (0.68..0.82).contains(&rate),
+            "{draw}: share rate {rate} at p = 0.75"
+        );
         let expected: Vec<usize> = match draw {
             RouteDraw::EveryKth { .. } => vec![2, 3, 4],
             _ => (3..12).collect(),
         };
-        assert_eq!(spacings.into_iter().collect::<Vec<_>>(), expected, "{draw}: family not covered");
+        assert_eq!(
+            spacings.into_iter().collect::<Vec<_>>(),
+            expected,
+            "{draw}: family not covered"
+        );
     }
     // Another seed draws another stream; p = 0 never shares.
     let every = RouteDraw::EveryKth { max_k: 4 };
-    let a = StochasticRouter::new(n_layers, 0.75, 5).unwrap().with_draw(every).unwrap();
-    let b = StochasticRouter::new(n_layers, 0.75, 6).unwrap().with_draw(every).unwrap();
+    let a = StochasticRouter::new(n_layers, 0.75, 5)
+        .unwrap()
+        .with_draw(every)
+        .unwrap();
+    let b = StochasticRouter::new(n_layers, 0.75, 6)
+        .unwrap()
+        .with_draw(every)
+        .unwrap();
     assert!((0..50).any(|s| a.route_for_step(s) != b.route_for_step(s)));
-    let never = StochasticRouter::new(n_layers, 0.0, 5).unwrap().with_draw(every).unwrap();
+    let never = StochasticRouter::new(n_layers, 0.0, 5)
+        .unwrap()
+        .with_draw(every)
+        .unwrap();
     assert!((0..50).all(|s| never.route_for_step(s) == full));
     assert!(StochasticRouter::new(4, 0.5, 0)
         .unwrap()

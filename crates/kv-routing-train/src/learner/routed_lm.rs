@@ -170,9 +170,9 @@ impl<B: AutodiffBackend> RoutedLm<B> {
         let targets = Tensor::from_inner(teacher.forward_tokens(&batch.inputs, &full)?);
         let mut losses = distillation_losses(logits.clone(), targets, settings.temperature)?;
         if settings.ce_weight > 0.0 {
-            losses = losses.mul_scalar(1.0 - settings.ce_weight).add(
-                token_losses(logits, &batch.targets)?.mul_scalar(settings.ce_weight),
-            );
+            losses = losses
+                .mul_scalar(1.0 - settings.ce_weight)
+                .add(token_losses(logits, &batch.targets)?.mul_scalar(settings.ce_weight));
         }
         shares(losses, batch)
     }

@@ -1,0 +1,371 @@
+//! Self-distillation ([`kv_routing_train::distillation`]) and plan-drawn routes in training: the
+//! loss's gradient against finite differences on a tiny model, the teacher frozen through a
+//! step, zero loss and gradient when the student is the teacher, and a distilled plan-drawn run
+//! that resumes bit-exactly with its teacher read back from disk.
+
+use std::path::Path;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use burn_autodiff::Autodiff;
+use burn_flex::{Flex, FlexDevice};
+use burn_ndarray::NdArray;
+use burn_train::TrainStep;
+use kv_routing::{CachePlan, Route, RouteDraw, RoutedTransformer, RoutedTransformerConfig};
+use kv_routing_train::checkpoint::load_model;
+use kv_routing_train::distillation::{distillation_losses, Distillation};
+use kv_routing_train::learner::{RoutedLm, StepBatch};
+use kv_routing_train::train_config::TrainConfig;
+use kv_routing_train::trainer::{checkpoint_dir, train, RunOptions, Start, TrainSummary};
+
+type F64 = Autodiff<NdArray<f64>>;
+
+fn tiny_model() -> RoutedTransformerConfig {
+    RoutedTransformerConfig::new(13, 16, 3, 2, 24)
+        .with_n_kv_heads(Some(1))
+        .with_max_seq_len(16)
+}
+
+fn tokens(rows: usize, len: usize, salt: u32) -> Vec<Vec<u32>> {
+    (0..rows)
+        .map(|r| {
+            (0..len)
+                .map(|i| (i as u32 * 7 + r as u32 * 3 + salt) % 13)
+                .collect()
+        })
+        .collect()
+}
+
+/// Every float parameter: `(id, values)`.
+fn parameters<B: Backend, M: Module<B>>(module: &M) -> Vec<(ParamId, Vec<f64>)> {
+    struct Collect(Vec<(ParamId, Vec<f64>)>);
+    impl<B: Backend> ModuleVisitor<B> for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let values = param.val().into_data().convert::<f64>();
+            self.0.push((param.id, values.iter::<f64>().collect()));
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    module.visit(&mut collect);
+    collect.0
+}
+
+/// The gradient of every float parameter of `module`, flattened, in visiting order.
+fn gradients<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &B::Gradients,
+) -> Vec<(ParamId, Vec<f64>)> {
+    struct Collect<'a, B: AutodiffBackend>(&'a B::Gradients, Vec<(ParamId, Vec<f64>)>);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_, B> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let grad = param.val().grad(self.0).map(|g| {
+                let data = g.into_data().convert::<f64>();
+                data.iter::<f64>().collect()
+            });
+            self.1.push((param.id, grad.unwrap_or_default()));
+        }
+    }
+    let mut collect = Collect::<B>(grads, Vec::new());
+    module.visit(&mut collect);
+    collect.1
+}
+
+/// Adds `delta` to entry `index` of the parameter `id`.
+struct Nudge {
+    id: ParamId,
+    index: usize,
+    delta: f64,
+}
+
+impl<B: Backend> ModuleMapper<B> for Nudge {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        let tensor = if id == self.id {
+            let shape = tensor.shape();
+            let device = tensor.device();
+            let mut values: Vec<f64> = tensor.into_data().convert::<f64>().to_vec().unwrap();
+            values[self.index] += self.delta;
+            Tensor::from_data(TensorData::new(values, shape), &device)
+        } else {
+            tensor
+        };
+        Param::from_mapped_value(id, tensor, mapper)
+    }
+}
+
+/// The distillation loss of a tiny f64 model against a teacher, summed: its autodiff gradient
+/// agrees with central finite differences in entries of every kind of parameter, under a
+/// route that shares.
+#[test]
+fn the_distillation_gradient_matches_finite_differences() {
+    let device = Default::default();
+    let student = tiny_model().init_seeded::<F64>(1, &device).unwrap();
+    let teacher = tiny_model()
+        .init_seeded::<NdArray<f64>>(2, &device)
+        .unwrap();
+    let inputs = tokens(2, 6, 1);
+    let route = Route::new(vec![0, 0, 1]).unwrap();
+    let teacher_logits = teacher
+        .forward_tokens(&inputs, &CachePlan::full(3).unwrap().route())
+        .unwrap();
+    let loss = |model: &RoutedTransformer<F64>| -> Tensor<F64, 1> {
+        let logits = model.forward_tokens(&inputs, &route).unwrap();
+        let targets = Tensor::from_inner(teacher_logits.clone());
+        distillation_losses(logits, targets, 2.0).unwrap().sum()
+    };
+    let grads = loss(&student).backward();
+    let analytic = gradients(&student, &grads);
+    let mut checked = 0;
+    for (id, grad) in &analytic {
+        if grad.is_empty() {
+            // Layer 2's key/value projections: no layer reads them under this route.
+            continue;
+        }
+        // A few entries of every parameter tensor, the largest gradient among them.
+        let mut entries: Vec<usize> = vec![0, grad.len() / 2, grad.len() - 1];
+        let largest = (0..grad.len())
+            .max_by(|&a, &b| grad[a].abs().total_cmp(&grad[b].abs()))
+            .unwrap();
+        entries.push(largest);
+        for index in entries {
+            let h = 1e-4;
+            let at = |delta: f64| -> f64 {
+                let nudged = student.clone().map(&mut Nudge {
+                    id: *id,
+                    index,
+                    delta,
+                });
+                loss(&nudged).into_scalar()
+            };
+            let numeric = (at(h) - at(-h)) / (2.0 * h);
+            // Burn's RmsNorm computes its mean square in f32 even in an f64 model, which bounds
+            // the agreement near 1e-4 relative; a wrong gradient (a sign, the T² factor, a
+            // missing term) is off by far more. The logits-level check below is exact.
+            let tolerance = 1e-5 + 1e-3 * numeric.abs().max(grad[index].abs());
+            assert!(
+                (numeric - grad[index]).abs() <= tolerance,
+                "parameter {id} entry {index}: autodiff {} against finite differences {numeric}",
+                grad[index]
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4 * 20, "checked only {checked} entries");
+    let unread = analytic.iter().filter(|(_, g)| g.is_empty()).count();
+    assert_eq!(unread, 2, "only layer 2's K and V projections go unread");
+}
+
+/// The same check on the logits themselves, where everything is f64: agreement to 1e-9.
+#[test]
+fn the_distillation_gradient_in_the_logits_matches_finite_differences() {
+    let device = Default::default();
+    let values = |salt: f64| -> Vec<f64> {
+        (0..2 * 3 * 5)
+            .map(|i| ((i as f64 * 0.37 + salt).sin() * 3.0))
+            .collect()
+    };
+    let tensor = |v: Vec<f64>| Tensor::<F64, 3>::from_data(TensorData::new(v, [2, 3, 5]), &device);
+    let teacher = values(1.0);
+    let student = values(2.0);
+    for temperature in [0.5, 1.0, 2.0] {
+        let loss = |s: Vec<f64>| -> f64 {
+            distillation_losses(tensor(s), tensor(teacher.clone()), temperature)
+                .unwrap()
+                .sum()
+                .into_scalar()
+        };
+        let logits = tensor(student.clone()).require_grad();
+        let grads = distillation_losses(logits.clone(), tensor(teacher.clone()), temperature)
+            .unwrap()
+            .sum()
+            .backward();
+        let analytic: Vec<f64> = logits.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        for (index, &grad) in analytic.iter().enumerate() {
+            let h = 1e-6;
+            let mut up = student.clone();
+            up[index] += h;
+            let mut down = student.clone();
+            down[index] -= h;
+            let numeric = (loss(up) - loss(down)) / (2.0 * h);
+            assert!(
+                (numeric - grad).abs() < 1e-8,
+                "T = {temperature}, logit {index}: autodiff {grad} against {numeric}"
+            );
+        }
+    }
+}
+
+fn step_batch(rows: usize, len: usize, step: u64) -> StepBatch {
+    let sequences = tokens(rows, len + 1, step as u32);
+    StepBatch {
+        step,
+        inputs: sequences.iter().map(|s| s[..len].to_vec()).collect(),
+        targets: sequences.iter().map(|s| s[1..].to_vec()).collect(),
+        targets_per_step: rows * len,
+    }
+}
+
+fn distilled<B: AutodiffBackend>(
+    student: RoutedTransformer<B>,
+    teacher: RoutedTransformer<B>,
+    p: f64,
+) -> RoutedLm<B> {
+    let router = kv_routing::StochasticRouter::new(3, p, 0)
+        .unwrap()
+        .with_draw(RouteDraw::EveryKth { max_k: 2 })
+        .unwrap();
+    RoutedLm::new(student, router)
+        .unwrap()
+        .distilled_from(teacher, Distillation::from_teacher("/unused".into()))
+        .unwrap()
+}
+
+/// A step and an optimizer update change the student and leave the teacher bit-identical;
+/// the teacher's parameters require no gradient and get none.
+#[test]
+fn the_teacher_is_frozen_through_a_step() {
+    type B = Autodiff<Flex>;
+    let device = FlexDevice;
+    let student = tiny_model().init_seeded::<B>(1, &device).unwrap();
+    let teacher = tiny_model().init_seeded::<B>(2, &device).unwrap();
+    let lm = distilled(student, teacher, 1.0);
+    let teacher_before = parameters(lm.teacher().unwrap());
+    let student_before = parameters(&lm.transformer);
+    let output = TrainStep::step(&lm, step_batch(2, 8, 0));
+    let loss: f32 = output.item.loss.clone().into_scalar();
+    assert!(
+        loss > 1e-3,
+        "a teacher other than the student gives a loss, got {loss}"
+    );
+    let teacher_ids: Vec<ParamId> = teacher_before.iter().map(|(id, _)| *id).collect();
+    let grads: GradientsParams = output.grads;
+    for id in &teacher_ids {
+        assert!(grads.get::<Flex, 2>(*id).is_none() && grads.get::<Flex, 1>(*id).is_none());
+    }
+    let mut optimizer = SgdConfig::new().init::<B, RoutedLm<B>>();
+    let lm = optimizer.step(0.1, lm, grads);
+    let teacher = lm.teacher().unwrap();
+    assert_eq!(parameters(teacher), teacher_before, "the teacher moved");
+    assert_ne!(
+        parameters(&lm.transformer),
+        student_before,
+        "the student did not learn"
+    );
+    struct RequiresGrad(bool);
+    impl<B: Backend> ModuleVisitor<B> for RequiresGrad {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.0 |= param.is_require_grad();
+        }
+    }
+    let mut any = RequiresGrad(false);
+    teacher.visit(&mut any);
+    assert!(!any.0, "a teacher parameter requires a gradient");
+}
+
+/// With p = 0 (full routes) and the student equal to the teacher, the distillation loss and
+/// its gradient vanish: the full-cache path has nothing to unlearn. (Under a shared route they
+/// do not: the same model routed differs from itself.)
+#[test]
+fn the_teacher_as_student_under_full_routes_has_zero_loss_and_gradient() {
+    type B = Autodiff<NdArray<f64>>;
+    let device = Default::default();
+    let model = tiny_model().init_seeded::<B>(3, &device).unwrap();
+    for (p, vanishes) in [(0.0, true), (1.0, false)] {
+        let lm = distilled(model.clone(), model.clone(), p);
+        let output = TrainStep::step(&lm, step_batch(2, 8, 1));
+        let loss: f64 = output.item.loss.into_scalar();
+        let norm = grad_norm(&lm, output.grads);
+        if vanishes {
+            assert!(loss.abs() < 1e-12, "p = 0: loss {loss}");
+            assert!(norm < 1e-9, "p = 0: gradient norm {norm}");
+        } else {
+            assert!(
+                loss > 1e-6 && norm > 1e-4,
+                "p = 1: loss {loss}, gradient norm {norm}"
+            );
+        }
+    }
+}
+
+fn grad_norm<B: AutodiffBackend>(lm: &RoutedLm<B>, grads: GradientsParams) -> f64 {
+    struct Norm<'a>(&'a GradientsParams, f64);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Norm<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.0.get::<B::InnerBackend, D>(param.id) {
+                let g: f64 = g.powi_scalar(2).sum().into_scalar().elem();
+                self.1 += g;
+            }
+        }
+    }
+    use burn::tensor::ElementConversion;
+    let mut norm = Norm(&grads, 0.0);
+    lm.transformer.visit(&mut norm);
+    norm.1.sqrt()
+}
+
+fn tiny_run(steps: u64, teacher: Option<&Path>) -> TrainConfig {
+    let mut config = TrainConfig::small(3, 32, 16);
+    config.model = RoutedTransformerConfig::new(256, 32, 3, 2, 64)
+        .with_n_kv_heads(Some(1))
+        .with_max_seq_len(32);
+    config.steps = steps;
+    config.batch_size = 4;
+    config.learning_rate = 1e-2;
+    config.warmup_steps = 1;
+    config.eval_every = 0;
+    config.eval_batches = 1;
+    config.checkpoint_every = 0;
+    if let Some(teacher) = teacher {
+        config.p = 0.75;
+        config.route_draw = RouteDraw::RandomPlans { min_retention: 0.3 };
+        config.distill = Some(Distillation {
+            temperature: 2.0,
+            ce_weight: 0.25,
+            ..Distillation::from_teacher(checkpoint_dir(teacher))
+        });
+    }
+    config
+}
+
+fn run(config: TrainConfig, start: Start, out: &Path, stop_at: Option<u64>) -> TrainSummary {
+    let options = RunOptions {
+        show_progress: false,
+        stop_at,
+        ..Default::default()
+    };
+    train::<Autodiff<Flex>>(config, start, out, options, &FlexDevice).unwrap()
+}
+
+/// A distilled run with plan-drawn routes, fine-tuned from a checkpoint: stopped and resumed
+/// (its teacher read again from disk, its draw from its config) it ends bit-identical to the
+/// uninterrupted run; its config keeps both settings.
+#[test]
+fn a_distilled_plan_drawn_run_resumes_bit_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = dir.path().join("teacher");
+    run(tiny_run(3, None), Start::Fresh, &teacher, None);
+    let start = || Start::InitFrom(checkpoint_dir(&teacher));
+    let whole = dir.path().join("whole");
+    let whole_summary = run(tiny_run(4, Some(&teacher)), start(), &whole, None);
+    assert_eq!(whole_summary.config.route_draw.to_string(), "plans:0.3");
+    let cut = dir.path().join("cut");
+    run(tiny_run(4, Some(&teacher)), start(), &cut, Some(2));
+    let resumed = run(
+        tiny_run(4, None),
+        Start::Resume { extend_to: None },
+        &cut,
+        None,
+    );
+    assert_eq!(resumed.config, whole_summary.config);
+    let (_, a) = load_model::<Flex>(&checkpoint_dir(&whole), &FlexDevice).unwrap();
+    let (_, b) = load_model::<Flex>(&checkpoint_dir(&cut), &FlexDevice).unwrap();
+    assert_eq!(parameters(&a), parameters(&b), "the resumed run differs");
+    let (_, teacher_model) = load_model::<Flex>(&checkpoint_dir(&teacher), &FlexDevice).unwrap();
+    assert_ne!(
+        parameters(&a),
+        parameters(&teacher_model),
+        "the run did not train"
+    );
+}
