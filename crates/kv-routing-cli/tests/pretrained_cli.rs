@@ -249,3 +249,66 @@ fn a_damaged_checkpoint_is_a_one_line_error() {
         "{stderr}"
     );
 }
+
+/// The retrofit recipe from the command line: distillation from the --init-from checkpoint with
+/// plan-drawn routes is saved in the run's config (the teacher by absolute path), the run says
+/// how to resume, and settings it cannot honour are one-line errors before any training.
+#[test]
+fn a_distilled_plan_drawn_retrofit_is_configured_by_flags() {
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().join("llama");
+    write_checkpoint(&base);
+    let corpus = root.path().join("corpus.txt");
+    std::fs::write(&corpus, "the cat sat on the mat and the dog ran . ".repeat(40)).unwrap();
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let runs = root.path().join("run");
+    let (base_arg, corpus_arg, runs_arg) = (path(&base), path(&corpus), path(&runs));
+    let args = |extra: &[&'static str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "train", "--init-from", &base_arg, "--data", &corpus_arg, "--p", "0.75", "--steps",
+            "2", "--seq-len", "16", "--batch-size", "2", "--warmup", "1", "--eval-every", "0",
+            "--eval-batches", "1", "--checkpoint-every", "0", "--quiet", "--out", &runs_arg,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let fails = |extra: &[&'static str], message: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_kv-routing"))
+            .args(args(extra))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(message), "{extra:?}: {stderr}");
+        assert!(!runs.join("checkpoint").exists(), "{extra:?} trained");
+    };
+    fails(&["--route-draw", "every:1"], "max_k >= 2");
+    fails(&["--route-draw", "plans:1.5"], "plans:F");
+    fails(&["--distill", "--distill-temperature", "0"], "temperature must be positive");
+    fails(&["--distill", "--distill-ce-weight", "2"], "must be in [0, 1]");
+
+    let argv = args(&["--route-draw", "every:3", "--distill", "--distill-ce-weight", "0.5"]);
+    run(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(runs.join("checkpoint/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["route_draw"], json!({"kind": "every_kth", "max_k": 3}));
+    assert_eq!(saved["distill"]["temperature"], 2.0);
+    assert_eq!(saved["distill"]["ce_weight"], 0.5);
+    let teacher = std::path::absolute(&base).unwrap();
+    assert_eq!(saved["distill"]["teacher"], teacher.to_str().unwrap());
+    let note = std::fs::read_to_string(runs.join("RESUME.md")).unwrap();
+    assert!(note.contains("--resume --out"), "{note}");
+
+    // Without a model to distill from, --distill is refused.
+    let output = Command::new(env!("CARGO_BIN_EXE_kv-routing"))
+        .args(["train", "--distill", "--steps", "1", "--quiet", "--out"])
+        .arg(root.path().join("fresh"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("give --init-from or --teacher"), "{stderr}");
+}

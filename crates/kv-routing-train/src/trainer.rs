@@ -34,6 +34,7 @@ use crate::train_config::TrainConfig;
 // A run's output layout has a module of its own (the run observer writes it too, and must not
 // depend on this one); named here too, beside `train`, where callers look for it.
 pub use crate::run_dir::{checkpoint_dir, LogEntry};
+use crate::run_dir::write_resume_note;
 
 /// How a run begins.
 #[derive(Debug, Clone, PartialEq)]
@@ -262,6 +263,7 @@ pub fn train_on<B: AutodiffBackend>(
         .with_interrupter(observer.interrupter());
     // Only once the run is set up (a layout or vocabulary error leaves the log as it was).
     observer.start()?;
+    write_resume_note(out_dir, &config)?;
     run.launch();
     let (state, log) = observer.finish()?;
     let final_val_loss = log

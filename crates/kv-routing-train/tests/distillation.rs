@@ -359,6 +359,14 @@ fn a_distilled_plan_drawn_run_resumes_bit_exactly() {
         None,
     );
     assert_eq!(resumed.config, whole_summary.config);
+    let note = std::fs::read_to_string(cut.join("RESUME.md")).unwrap();
+    let out = std::path::absolute(&cut).unwrap();
+    assert!(
+        note.contains(&format!("kv-routing train --resume --out {}", out.display()))
+            && note.contains("plans:0.3")
+            && note.contains("the teacher must still be there"),
+        "{note}"
+    );
     let (_, a) = load_model::<Flex>(&checkpoint_dir(&whole), &FlexDevice).unwrap();
     let (_, b) = load_model::<Flex>(&checkpoint_dir(&cut), &FlexDevice).unwrap();
     assert_eq!(parameters(&a), parameters(&b), "the resumed run differs");
