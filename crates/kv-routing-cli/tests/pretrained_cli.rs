@@ -259,15 +259,40 @@ fn a_distilled_plan_drawn_retrofit_is_configured_by_flags() {
     let base = root.path().join("llama");
     write_checkpoint(&base);
     let corpus = root.path().join("corpus.txt");
-    std::fs::write(&corpus, "the cat sat on the mat and the dog ran . ".repeat(40)).unwrap();
+    std::fs::write(
+        &corpus,
+        "the cat sat on the mat and the dog ran . ".repeat(40),
+    )
+    .unwrap();
     let path = |p: &Path| p.to_str().unwrap().to_string();
     let runs = root.path().join("run");
     let (base_arg, corpus_arg, runs_arg) = (path(&base), path(&corpus), path(&runs));
     let args = |extra: &[&'static str]| -> Vec<String> {
         let mut args: Vec<String> = [
-            "train", "--init-from", &base_arg, "--data", &corpus_arg, "--p", "0.75", "--steps",
-            "2", "--seq-len", "16", "--batch-size", "2", "--warmup", "1", "--eval-every", "0",
-            "--eval-batches", "1", "--checkpoint-every", "0", "--quiet", "--out", &runs_arg,
+            "train",
+            "--init-from",
+            &base_arg,
+            "--data",
+            &corpus_arg,
+            "--p",
+            "0.75",
+            "--steps",
+            "2",
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "2",
+            "--warmup",
+            "1",
+            "--eval-every",
+            "0",
+            "--eval-batches",
+            "1",
+            "--checkpoint-every",
+            "0",
+            "--quiet",
+            "--out",
+            &runs_arg,
         ]
         .iter()
         .map(|s| s.to_string())
@@ -281,21 +306,39 @@ fn a_distilled_plan_drawn_retrofit_is_configured_by_flags() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success() && stderr.contains(message), "{extra:?}: {stderr}");
+        assert!(
+            !output.status.success() && stderr.contains(message),
+            "{extra:?}: {stderr}"
+        );
         assert!(!runs.join("checkpoint").exists(), "{extra:?} trained");
     };
     fails(&["--route-draw", "every:1"], "max_k >= 2");
     fails(&["--route-draw", "plans:1.5"], "plans:F");
-    fails(&["--distill", "--distill-temperature", "0"], "temperature must be positive");
-    fails(&["--distill", "--distill-ce-weight", "2"], "must be in [0, 1]");
+    fails(
+        &["--distill", "--distill-temperature", "0"],
+        "temperature must be positive",
+    );
+    fails(
+        &["--distill", "--distill-ce-weight", "2"],
+        "must be in [0, 1]",
+    );
 
-    let argv = args(&["--route-draw", "every:3", "--distill", "--distill-ce-weight", "0.5"]);
+    let argv = args(&[
+        "--route-draw",
+        "every:3",
+        "--distill",
+        "--distill-ce-weight",
+        "0.5",
+    ]);
     run(&argv.iter().map(String::as_str).collect::<Vec<_>>());
     let saved: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(runs.join("checkpoint/config.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(saved["route_draw"], json!({"kind": "every_kth", "max_k": 3}));
+    assert_eq!(
+        saved["route_draw"],
+        json!({"kind": "every_kth", "max_k": 3})
+    );
     assert_eq!(saved["distill"]["temperature"], 2.0);
     assert_eq!(saved["distill"]["ce_weight"], 0.5);
     let teacher = std::path::absolute(&base).unwrap();
@@ -310,5 +353,8 @@ fn a_distilled_plan_drawn_retrofit_is_configured_by_flags() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success() && stderr.contains("give --init-from or --teacher"), "{stderr}");
+    assert!(
+        !output.status.success() && stderr.contains("give --init-from or --teacher"),
+        "{stderr}"
+    );
 }

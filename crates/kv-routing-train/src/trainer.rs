@@ -33,8 +33,8 @@ use crate::train_config::TrainConfig;
 
 // A run's output layout has a module of its own (the run observer writes it too, and must not
 // depend on this one); named here too, beside `train`, where callers look for it.
-pub use crate::run_dir::{checkpoint_dir, LogEntry};
 use crate::run_dir::write_resume_note;
+pub use crate::run_dir::{checkpoint_dir, LogEntry};
 
 /// How a run begins.
 #[derive(Debug, Clone, PartialEq)]

@@ -163,7 +163,7 @@ fn the_distillation_gradient_in_the_logits_matches_finite_differences() {
     let device = Default::default();
     let values = |salt: f64| -> Vec<f64> {
         (0..2 * 3 * 5)
-            .map(|i| ((i as f64 * 0.37 + salt).sin() * 3.0))
+            .map(|i| (i as f64 * 0.37 + salt).sin() * 3.0)
             .collect()
     };
     let tensor = |v: Vec<f64>| Tensor::<F64, 3>::from_data(TensorData::new(v, [2, 3, 5]), &device);
@@ -362,8 +362,10 @@ fn a_distilled_plan_drawn_run_resumes_bit_exactly() {
     let note = std::fs::read_to_string(cut.join("RESUME.md")).unwrap();
     let out = std::path::absolute(&cut).unwrap();
     assert!(
-        note.contains(&format!("kv-routing train --resume --out {}", out.display()))
-            && note.contains("plans:0.3")
+        note.contains(&format!(
+            "kv-routing train --resume --out {}",
+            out.display()
+        )) && note.contains("plans:0.3")
             && note.contains("the teacher must still be there"),
         "{note}"
     );

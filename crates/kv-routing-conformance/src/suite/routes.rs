@@ -181,7 +181,7 @@ pub fn plan_draws_are_serving_plans_reproducibly<B: Backend>(_device: &B::Device
                 router.clone().route_for_step(step),
                 "{draw}: not reproducible"
             );
-            if step >= 100 && step < 110 {
+            if (100..110).contains(&step) {
                 assert_eq!(
                     resumed.next_route(),
                     route,
