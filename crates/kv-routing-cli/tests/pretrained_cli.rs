@@ -313,7 +313,7 @@ fn a_distilled_plan_drawn_retrofit_is_configured_by_flags() {
         assert!(!runs.join("checkpoint").exists(), "{extra:?} trained");
     };
     fails(&["--route-draw", "every:1"], "max_k >= 2");
-    fails(&["--route-draw", "plans:1.5"], "plans:F");
+    fails(&["--route-draw", "plans:1.5"], "must be in (0, 1), got 1.5");
     fails(
         &["--distill", "--distill-temperature", "0"],
         "temperature must be positive",
