@@ -59,15 +59,11 @@ pub struct TrainConfig {
     pub base: Option<PretrainedBase>,
     /// Where the sharing steps' routes come from (default: the paper's independent per-layer
     /// draw; absent from the configs of runs from before plan draws).
-    #[serde(default, skip_serializing_if = "is_independent")]
+    #[serde(default, skip_serializing_if = "RouteDraw::is_independent")]
     pub route_draw: RouteDraw,
     /// Self-distillation from a frozen teacher instead of plain cross-entropy, if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distill: Option<Distillation>,
-}
-
-fn is_independent(draw: &RouteDraw) -> bool {
-    !draw.draws_plans()
 }
 
 impl TrainConfig {

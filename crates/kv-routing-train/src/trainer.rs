@@ -31,9 +31,9 @@ use crate::run_observer::RunObserver;
 use crate::starting_point::{load_starting_point, StartingPoint};
 use crate::train_config::TrainConfig;
 
+use crate::run_dir::write_resume_note;
 // A run's output layout has a module of its own (the run observer writes it too, and must not
 // depend on this one); named here too, beside `train`, where callers look for it.
-use crate::run_dir::write_resume_note;
 pub use crate::run_dir::{checkpoint_dir, LogEntry};
 
 /// How a run begins.
@@ -164,6 +164,7 @@ pub fn train_on<B: AutodiffBackend>(
         }
         Start::InitFrom(source) => {
             let StartingPoint {
+                source,
                 config: model_config,
                 base,
                 model,
@@ -171,7 +172,7 @@ pub fn train_on<B: AutodiffBackend>(
             let config = TrainConfig {
                 model: model_config,
                 base,
-                data: tokenized_with_tokenizer_of(&config.data, &StagedDir::committed(source)?),
+                data: tokenized_with_tokenizer_of(&config.data, &source),
                 ..config
             };
             config.validate()?;

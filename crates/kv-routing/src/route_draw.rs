@@ -66,7 +66,12 @@ impl RouteDraw {
 
     /// Whether this is a plan draw (every route a serving plan's).
     pub fn draws_plans(&self) -> bool {
-        !matches!(self, RouteDraw::IndependentLayers)
+        !self.is_independent()
+    }
+
+    /// Whether this is the paper's per-layer draw (the default, left out of saved configs).
+    pub fn is_independent(&self) -> bool {
+        matches!(self, RouteDraw::IndependentLayers)
     }
 
     /// The plan a sharing step of a plan draw serves, drawn from `rng`; `None` for the

@@ -45,12 +45,8 @@ struct RouterRepr {
     seed: u64,
     #[serde(default)]
     step: u64,
-    #[serde(default, skip_serializing_if = "is_independent")]
+    #[serde(default, skip_serializing_if = "RouteDraw::is_independent")]
     draw: RouteDraw,
-}
-
-fn is_independent(draw: &RouteDraw) -> bool {
-    !draw.draws_plans()
 }
 
 impl TryFrom<RouterRepr> for StochasticRouter {
