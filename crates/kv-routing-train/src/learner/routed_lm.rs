@@ -128,21 +128,18 @@ impl<B: Backend> RoutedLm<B> {
         route: &Route,
     ) -> Result<(Tensor<B, 1>, Tensor<B, 1>)> {
         let logits = self.transformer.forward_tokens(&batch.inputs, route)?;
-        shares(token_losses(logits, &batch.targets)?, batch)
+        Ok(shares(token_losses(logits, &batch.targets)?, batch))
     }
 }
 
 /// `(share of the step's loss, mean loss of the batch)` from the loss of every position.
-fn shares<B: Backend>(
-    losses: Tensor<B, 2>,
-    batch: &StepBatch,
-) -> Result<(Tensor<B, 1>, Tensor<B, 1>)> {
+fn shares<B: Backend>(losses: Tensor<B, 2>, batch: &StepBatch) -> (Tensor<B, 1>, Tensor<B, 1>) {
     let [rows, seq_len] = losses.dims();
     let sum = losses.sum();
-    Ok((
+    (
         sum.clone().div_scalar(batch.targets_per_step as f64),
         sum.div_scalar((rows * seq_len) as f64),
-    ))
+    )
 }
 
 /// A step whose batch the model cannot run (a token outside the vocabulary, a sequence longer
@@ -174,7 +171,7 @@ impl<B: AutodiffBackend> RoutedLm<B> {
                 .mul_scalar(1.0 - settings.ce_weight)
                 .add(token_losses(logits, &batch.targets)?.mul_scalar(settings.ce_weight));
         }
-        shares(losses, batch)
+        Ok(shares(losses, batch))
     }
 }
 
