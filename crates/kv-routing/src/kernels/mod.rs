@@ -50,6 +50,11 @@ pub(crate) fn causal_attention<B: Backend>(
     if flex::is_flex::<B>() {
         return flex::attention::causal_attention(query, key, value, key_valid);
     }
+    // Training: the differentiable form, for the plain causal mask (training has no holes).
+    #[cfg(feature = "flex")]
+    if flex::training_attention::is_autodiff_flex::<B>() && key_valid.is_none() {
+        return flex::training_attention::causal_attention(query, key, value);
+    }
     let _ = (query, key, value, key_valid);
     None
 }

@@ -20,8 +20,8 @@
 //! [`causal_attention`] computes `softmax(q kᵀ + causal) v` for queries that are already scaled,
 //! with the queries the *last* `seq_len` of the `kv_len` key slots (bottom-right causality, as
 //! [`AttentionMask::Causal`](crate::AttentionMask::Causal)). It returns `None`, leaving the work
-//! to the generic path, for any other backend (the autodiff backend included: training keeps
-//! Burn's differentiable ops) and any other element type than f32, f16 and bf16. Half-precision
+//! to the generic path, for any other backend (the autodiff backend included: training has its
+//! own differentiable form, [`super::training_attention`]) and any other element type than f32, f16 and bf16. Half-precision
 //! operands take only the few-row path ([`super::few_row_attention`]: decode steps, a group of up
 //! to [`FEW_QUERY_ROWS`] stacked query heads, and chunks of up to that many tokens; gemm here
 //! multiplies f32) and return `None` for longer steps. The
@@ -220,11 +220,27 @@ fn attend<E: KernelElement>(
 ///
 /// # Safety
 /// Every pointer addresses the whole matrix its strides describe, and `dst` is exclusive.
-unsafe fn gemm_product(
+pub(super) unsafe fn gemm_product(
+    dims: [usize; 3],
+    dst: (*mut f32, usize),
+    lhs: (*const f32, usize, usize),
+    rhs: (*const f32, usize, usize),
+) {
+    // SAFETY: the caller's contract.
+    unsafe { gemm_into(dims, dst, lhs, rhs, false) }
+}
+
+/// [`gemm_product`], adding the product to `dst`'s values when `accumulate` (`dst += lhs rhs`,
+/// the training kernel's sums over query blocks).
+///
+/// # Safety
+/// As [`gemm_product`]; with `accumulate`, `dst` holds initialized values.
+pub(super) unsafe fn gemm_into(
     [m, n, k]: [usize; 3],
     (dst, dst_row_stride): (*mut f32, usize),
     (lhs, lhs_row_stride, lhs_col_stride): (*const f32, usize, usize),
     (rhs, rhs_row_stride, rhs_col_stride): (*const f32, usize, usize),
+    accumulate: bool,
 ) {
     // SAFETY: the caller's contract.
     unsafe {
@@ -235,14 +251,14 @@ unsafe fn gemm_product(
             dst,
             1,
             dst_row_stride as isize,
-            false,
+            accumulate,
             lhs,
             lhs_col_stride as isize,
             lhs_row_stride as isize,
             rhs,
             rhs_col_stride as isize,
             rhs_row_stride as isize,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,

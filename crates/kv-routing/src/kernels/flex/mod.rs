@@ -5,6 +5,7 @@
 //! - [`matvec`]: products of one to a few rows that stream each weight once on every core;
 //! - [`rms_norm`], [`swiglu`]: one-pass row kernels;
 //! - [`slot_write`]: the KV cache's append, in place;
+//! - [`training_attention`]: causal attention with its own backward pass on `Autodiff<Flex>`;
 //! - [`pool`]: running a forward pass on rayon's pool.
 //!
 //! The shared pieces: [`tensor`] (the flex tensor behind a `Tensor<B, D>`), [`strided`] (bounds-
@@ -21,6 +22,7 @@ pub(crate) mod softmax;
 pub(crate) mod strided;
 pub(crate) mod swiglu;
 pub(crate) mod tensor;
+pub(crate) mod training_attention;
 pub(crate) mod vector;
 
 use std::any::TypeId;
@@ -28,7 +30,8 @@ use std::any::TypeId;
 use burn::tensor::backend::Backend;
 
 /// Whether `B` is burn-flex's backend (and not, say, `Autodiff<Flex>`, whose tensors are
-/// another type: training keeps Burn's differentiable ops). A compile-time constant per `B`.
+/// another type: its kernels are the differentiable ones, [`training_attention`]). A
+/// compile-time constant per `B`.
 #[inline]
 pub(crate) fn is_flex<B: Backend>() -> bool {
     TypeId::of::<B>() == TypeId::of::<burn_flex::Flex>()

@@ -12,8 +12,10 @@ const LANES: usize = 8;
 
 /// Softmax over `row[..visible]` in place; `row[visible..]` (future keys) becomes 0, and so does
 /// every key `j` that `valid` marks `false` (a hole: no token of this sequence), exactly as a
-/// mask of `-inf` scores gives in Burn's softmax.
-pub(crate) fn softmax_prefix(row: &mut [f32], visible: usize, valid: Option<&[bool]>) {
+/// mask of `-inf` scores gives in Burn's softmax. Returns the row's log-sum-exp over the keys it
+/// weighs, `ln Σ exp(score)` (NaN where the row became NaN): what the training kernel keeps to
+/// recompute the weights in its backward pass.
+pub(crate) fn softmax_prefix(row: &mut [f32], visible: usize, valid: Option<&[bool]>) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma_f16c() {
         // SAFETY: the CPU has the features the function is compiled for (checked above).
@@ -24,7 +26,7 @@ pub(crate) fn softmax_prefix(row: &mut [f32], visible: usize, valid: Option<&[bo
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn softmax_prefix_avx2(row: &mut [f32], visible: usize, valid: Option<&[bool]>) {
+unsafe fn softmax_prefix_avx2(row: &mut [f32], visible: usize, valid: Option<&[bool]>) -> f32 {
     softmax_prefix_portable(row, visible, valid)
 }
 
@@ -40,7 +42,11 @@ fn max_keeping_nan(m: f32, x: f32) -> f32 {
 
 /// [`softmax_prefix`] without the dispatch, inlined into the callers' vector code.
 #[inline(always)]
-pub(crate) fn softmax_prefix_portable(row: &mut [f32], visible: usize, valid: Option<&[bool]>) {
+pub(crate) fn softmax_prefix_portable(
+    row: &mut [f32],
+    visible: usize,
+    valid: Option<&[bool]>,
+) -> f32 {
     let (live, future) = row.split_at_mut(visible);
     future.fill(0.0);
     let Some(valid) = valid else {
@@ -53,7 +59,7 @@ pub(crate) fn softmax_prefix_portable(row: &mut [f32], visible: usize, valid: Op
             *score = f32::NEG_INFINITY;
         }
     }
-    softmax_live(live);
+    let log_sum_exp = softmax_live(live);
     if live.iter().any(|x| !x.is_nan()) {
         for (weight, &valid) in live.iter_mut().zip(valid) {
             if !valid {
@@ -61,11 +67,12 @@ pub(crate) fn softmax_prefix_portable(row: &mut [f32], visible: usize, valid: Op
             }
         }
     }
+    log_sum_exp
 }
 
-/// Softmax over the whole of `live` in place.
+/// Softmax over the whole of `live` in place; returns its log-sum-exp.
 #[inline(always)]
-fn softmax_live(live: &mut [f32]) {
+fn softmax_live(live: &mut [f32]) -> f32 {
     let mut maxima = [f32::NEG_INFINITY; LANES];
     let mut chunks = live.chunks_exact(LANES);
     for chunk in &mut chunks {
@@ -81,7 +88,7 @@ fn softmax_live(live: &mut [f32]) {
     if !max.is_finite() {
         // NaN or +inf somewhere (or every score -inf): Burn's softmax gives NaN for the row.
         live.fill(f32::NAN);
-        return;
+        return f32::NAN;
     }
     let mut sums = [0.0f32; LANES];
     let mut chunks = live.chunks_exact_mut(LANES);
@@ -100,6 +107,7 @@ fn softmax_live(live: &mut [f32]) {
     for x in live.iter_mut() {
         *x *= inverse;
     }
+    max + sum.ln()
 }
 
 #[cfg(test)]

@@ -60,6 +60,12 @@ impl<'a, E: KernelElement> Operand<'a, E> {
         self.start + batch * sb + head * sh + row * sr
     }
 
+    /// Element `[batch, head, row, column]`.
+    pub(crate) fn value(&self, batch: usize, head: usize, row: usize, column: usize) -> E {
+        debug_assert!(column < self.shape[3]);
+        self.data[self.offset(batch, head, row) + column * self.strides[3]]
+    }
+
     /// Pointer to element `[batch, head, row, 0]` of an f32 operand (gemm's), `None` for other
     /// element types.
     pub(crate) fn row_f32(&self, batch: usize, head: usize, row: usize) -> Option<*const f32> {
