@@ -84,6 +84,7 @@ macro_rules! conformance_suite {
             errors::device_ids_are_not_read_back,
             errors::attention_rejects_mismatched_shapes,
             gradients::gradients_reach_only_source_kv_projections,
+            gradients::training_gradients_match_oracle_finite_differences,
         );
     };
     (@properties $backend:ty, $device:expr, $cases:expr;

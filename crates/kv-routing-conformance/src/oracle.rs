@@ -80,6 +80,19 @@ fn vector<B: Backend>(param: &Param<Tensor<B, 1>>) -> Vec<f64> {
     param.val().into_data().iter::<f64>().collect()
 }
 
+/// One of an attention layer's four projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionProjection {
+    /// Queries.
+    Query,
+    /// Keys.
+    Key,
+    /// Values.
+    Value,
+    /// Output.
+    Output,
+}
+
 /// Attention weights of one layer.
 #[derive(Debug, Clone)]
 pub struct OracleAttention {
@@ -252,6 +265,28 @@ impl OracleModel {
             lm_head,
             norm_eps: config.norm_eps,
         }
+    }
+
+    /// The same model with element `index` (row-major, Burn's `[d_input, d_output]` layout) of
+    /// one attention projection of layer `layer` moved by `delta`: the finite differences of
+    /// the gradient tests.
+    pub fn with_nudged_weight(
+        &self,
+        layer: usize,
+        projection: AttentionProjection,
+        index: usize,
+        delta: f64,
+    ) -> Self {
+        let mut nudged = self.clone();
+        let attention = &mut nudged.blocks[layer].attention;
+        let matrix = match projection {
+            AttentionProjection::Query => &mut attention.wq,
+            AttentionProjection::Key => &mut attention.wk,
+            AttentionProjection::Value => &mut attention.wv,
+            AttentionProjection::Output => &mut attention.wo,
+        };
+        matrix.values[index] += delta;
+        nudged
     }
 
     /// Logits of every position of one sequence, every token under the same `route`.

@@ -45,3 +45,95 @@ pub fn gradients_reach_only_source_kv_projections<B: Backend>(device: &B::Device
         );
     }
 }
+
+/// Training gradients agree with finite differences of the f64 oracle, under a route that
+/// shares keys/values across layers: for entries of every attention projection of a layer that
+/// reads its own keys/values, of one that reads an earlier layer's, and of a source layer read
+/// by later ones, `∂L/∂w` from the backend's autodiff matches `(L(w + h) - L(w - h)) / 2h` of
+/// the oracle, with `L = Σ logits ⊙ r` for fixed random `r`. A backend's own differentiable
+/// kernels (flex's training attention) are what this checks on that backend.
+pub fn training_gradients_match_oracle_finite_differences<B: Backend>(device: &B::Device) {
+    use crate::oracle::{AttentionProjection, OracleModel};
+    use burn::tensor::{Tensor, TensorData};
+    use rand::{RngExt, SeedableRng};
+
+    let config = tiny_config(2);
+    let model = tiny_model::<Autodiff<B>>(&config, device);
+    let oracle = OracleModel::from_model(&model, &config);
+    // Layers 1 and 2 read layer 0 and 1; 3 is a source read by 4 and 5.
+    let route = Route::new(vec![0, 0, 1, 3, 3, 3]).unwrap();
+    let (batch, seq_len, vocab) = (2, 11, config.vocab_size);
+    let tokens: Vec<Vec<u32>> = (0..batch)
+        .map(|b| random_tokens(70 + b as u64, seq_len, vocab))
+        .collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let readout: Vec<f64> = (0..batch * seq_len * vocab)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+
+    let logits = model.forward_tokens(&tokens, &route).unwrap();
+    let readout_tensor = Tensor::<Autodiff<B>, 3>::from_data(
+        TensorData::new(readout.clone(), [batch, seq_len, vocab]),
+        device,
+    );
+    let gradients = (logits * readout_tensor).sum().backward();
+
+    let oracle_loss = |oracle: &OracleModel| -> f64 {
+        tokens
+            .iter()
+            .enumerate()
+            .map(|(b, tokens)| {
+                oracle
+                    .logits(tokens, &route)
+                    .iter()
+                    .flatten()
+                    .zip(&readout[b * seq_len * vocab..][..seq_len * vocab])
+                    .map(|(logit, r)| logit * r)
+                    .sum::<f64>()
+            })
+            .sum()
+    };
+    let step = 1e-4;
+    let mut checked = Vec::new();
+    for layer in [0, 2, 3, 5] {
+        let attention = &model.blocks[layer].attention;
+        for (projection, weight) in [
+            (AttentionProjection::Query, &attention.query.weight),
+            (AttentionProjection::Key, &attention.key.weight),
+            (AttentionProjection::Value, &attention.value.weight),
+            (AttentionProjection::Output, &attention.output.weight),
+        ] {
+            let Some(grad) = weight.grad(&gradients) else {
+                // Keys/values of a layer that is no source were never computed.
+                assert!(
+                    matches!(
+                        projection,
+                        AttentionProjection::Key | AttentionProjection::Value
+                    ) && !route.is_source(layer),
+                    "layer {layer} {projection:?}: no gradient"
+                );
+                continue;
+            };
+            let grad = to_host(grad);
+            for _ in 0..3 {
+                let index = rng.random_range(0..grad.len());
+                let finite_difference =
+                    (oracle_loss(&oracle.with_nudged_weight(layer, projection, index, step))
+                        - oracle_loss(&oracle.with_nudged_weight(layer, projection, index, -step)))
+                        / (2.0 * step);
+                checked.push((layer, projection, index, grad[index], finite_difference));
+            }
+        }
+    }
+    // Relative to the largest gradient checked: the backend computes in its own precision.
+    let scale = checked.iter().fold(0.0f64, |m, c| m.max(c.4.abs()));
+    let tolerance = crate::support::tolerance::<B>(device);
+    let bound = scale * (tolerance.rel * 20.0).min(0.1);
+    for (layer, projection, index, got, want) in checked {
+        assert!(
+            (got - want).abs() <= bound,
+            "layer {layer} {projection:?}[{index}]: autodiff {got}, finite difference {want} \
+             (bound {bound:.3e})"
+        );
+    }
+}
