@@ -18,9 +18,8 @@
 
 use std::path::PathBuf;
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::Tensor;
 use kv_routing::KvRoutingError;
 use serde::{Deserialize, Serialize};
 
@@ -81,33 +80,7 @@ pub fn distillation_losses<B: Backend>(
     teacher: Tensor<B, 3>,
     temperature: f64,
 ) -> std::result::Result<Tensor<B, 2>, KvRoutingError> {
-    let [batch, seq_len, vocab] = student.dims();
-    if teacher.dims() != [batch, seq_len, vocab] {
-        return Err(KvRoutingError::InvalidLengths(format!(
-            "teacher logits of shape {:?} for student logits of shape {:?}",
-            teacher.dims(),
-            [batch, seq_len, vocab]
-        )));
-    }
-    if !(temperature > 0.0 && temperature.is_finite()) {
-        return Err(KvRoutingError::InvalidConfig(format!(
-            "the distillation temperature must be positive, got {temperature}"
-        )));
-    }
-    let in_f32 = |logits: Tensor<B, 3>| match logits.dtype() {
-        DType::F16 | DType::BF16 => logits.cast(DType::F32),
-        _ => logits,
-    };
-    let inverse = 1.0 / temperature;
-    let student = log_softmax(in_f32(student).mul_scalar(inverse), 2);
-    let teacher = log_softmax(in_f32(teacher).mul_scalar(inverse), 2);
-    let kl = teacher
-        .clone()
-        .exp()
-        .mul(teacher.sub(student))
-        .sum_dim(2)
-        .reshape([batch, seq_len]);
-    Ok(kl.mul_scalar(temperature * temperature))
+    kv_routing::distillation_per_token(student, teacher, temperature)
 }
 
 #[cfg(test)]

@@ -1,8 +1,7 @@
 //! Next-token cross-entropy over a batch, with the per-position values evaluation needs.
 
-use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 use kv_routing::KvRoutingError;
 
 /// Negative log-likelihood of every target: `[batch, seq_len]`.
@@ -42,18 +41,9 @@ pub fn token_losses<B: Backend>(
             });
         }
     }
-    // Half-precision logits lose the small log-probabilities of a large vocabulary.
-    let logits = match logits.dtype() {
-        DType::F16 | DType::BF16 => logits.cast(DType::F32),
-        _ => logits,
-    };
-    let ids: Vec<i64> = targets.iter().flatten().map(|&t| t as i64).collect();
-    let ids =
-        Tensor::<B, 3, Int>::from_data(TensorData::new(ids, [batch, seq_len, 1]), &logits.device());
-    Ok(log_softmax(logits, 2)
-        .gather(2, ids)
-        .reshape([batch, seq_len])
-        .neg())
+    // Computed in f32 for half-precision logits, by the backend's kernel where it has one.
+    let targets: Vec<u32> = targets.iter().flatten().copied().collect();
+    kv_routing::cross_entropy_per_token(logits, &targets)
 }
 
 /// Mean next-token cross-entropy (a one-element tensor, differentiable); the targets are

@@ -40,6 +40,7 @@ mod route_draw;
 mod routed_transformer;
 mod router;
 mod seeded_init;
+mod vocab_loss;
 
 pub use attention::{StochasticKvAttention, StochasticKvAttentionConfig};
 pub use attention_mask::{AttentionMask, KeyHoles};
@@ -59,6 +60,7 @@ pub use route_draw::RouteDraw;
 pub use routed_transformer::{RoutedTransformer, RoutedTransformerConfig};
 pub use router::StochasticRouter;
 pub use seeded_init::reinit_seeded;
+pub use vocab_loss::{cross_entropy_per_token, distillation_per_token};
 
 /// Compiles the README's example as a doctest so that it cannot rot.
 #[cfg(doctest)]

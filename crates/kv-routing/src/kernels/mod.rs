@@ -52,10 +52,49 @@ pub(crate) fn causal_attention<B: Backend>(
     }
     // Training: the differentiable form, for the plain causal mask (training has no holes).
     #[cfg(feature = "flex")]
-    if flex::training_attention::is_autodiff_flex::<B>() && key_valid.is_none() {
+    if flex::tensor::is_autodiff_flex::<B>() && key_valid.is_none() {
         return flex::training_attention::causal_attention(query, key, value);
     }
     let _ = (query, key, value, key_valid);
+    None
+}
+
+/// Cross-entropy of every position of `logits` against `targets` (row-major, each below the
+/// vocabulary), differentiable where the backend's autodiff form has a kernel, or `None` for
+/// Burn's ops.
+///
+/// # Shapes
+/// - logits: `[batch, seq_len, vocab]`
+/// - targets: `batch * seq_len` tokens
+/// - output: `[batch, seq_len]`
+pub(crate) fn cross_entropy<B: Backend>(
+    logits: &Tensor<B, 3>,
+    targets: &[u32],
+) -> Option<Tensor<B, 2>> {
+    #[cfg(feature = "flex")]
+    if flex::is_flex::<B>() || flex::tensor::is_autodiff_flex::<B>() {
+        return flex::vocab_loss::cross_entropy(logits, targets);
+    }
+    let _ = (logits, targets);
+    None
+}
+
+/// `T² KL(softmax(teacher / T) ‖ softmax(student / T))` of every position, differentiable in
+/// `student` where the backend's autodiff form has a kernel, or `None` for Burn's ops.
+///
+/// # Shapes
+/// - student, teacher: `[batch, seq_len, vocab]`
+/// - output: `[batch, seq_len]`
+pub(crate) fn distillation<B: Backend>(
+    student: &Tensor<B, 3>,
+    teacher: &Tensor<B, 3>,
+    temperature: f64,
+) -> Option<Tensor<B, 2>> {
+    #[cfg(feature = "flex")]
+    if flex::is_flex::<B>() || flex::tensor::is_autodiff_flex::<B>() {
+        return flex::vocab_loss::distillation(student, teacher, temperature);
+    }
+    let _ = (student, teacher, temperature);
     None
 }
 

@@ -6,6 +6,8 @@
 //! - [`rms_norm`], [`swiglu`]: one-pass row kernels;
 //! - [`slot_write`]: the KV cache's append, in place;
 //! - [`training_attention`]: causal attention with its own backward pass on `Autodiff<Flex>`;
+//! - [`vocab_loss`]: per-token cross-entropy and distillation over the vocabulary in one pass
+//!   per row, with their backward passes;
 //! - [`pool`]: running a forward pass on rayon's pool.
 //!
 //! The shared pieces: [`tensor`] (the flex tensor behind a `Tensor<B, D>`), [`strided`] (bounds-
@@ -24,6 +26,7 @@ pub(crate) mod swiglu;
 pub(crate) mod tensor;
 pub(crate) mod training_attention;
 pub(crate) mod vector;
+pub(crate) mod vocab_loss;
 
 use std::any::TypeId;
 

@@ -13,7 +13,50 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use burn_flex::FlexTensor;
 
+use burn::tensor::ops::FloatTensor;
+use burn_autodiff::checkpoint::strategy::NoCheckpointing;
+use burn_autodiff::Autodiff;
+use burn_flex::Flex;
+
 use super::is_flex;
+
+/// The training backend the differentiable kernels register their operations on: flex under
+/// Burn's autodiff with its default (no) checkpointing.
+pub(crate) type Diff = Autodiff<Flex, NoCheckpointing>;
+
+/// Whether `B` is [`Diff`]. A compile-time constant per `B`.
+#[inline]
+pub(crate) fn is_autodiff_flex<B: Backend>() -> bool {
+    std::any::TypeId::of::<B>() == std::any::TypeId::of::<Diff>()
+}
+
+/// The autodiff tensor behind `tensor` (a shared handle: its flex primitive and its graph
+/// node), when `B` is [`Diff`] and the tensor is not quantized.
+pub(crate) fn diff_float<B: Backend, const D: usize>(
+    tensor: &Tensor<B, D>,
+) -> Option<FloatTensor<Diff>> {
+    if !is_autodiff_flex::<B>() {
+        return None;
+    }
+    let TensorPrimitive::Float(primitive) = tensor.clone().into_primitive() else {
+        return None;
+    };
+    let mut slot = Some(primitive);
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<FloatTensor<Diff>>>()?
+        .take()
+}
+
+/// `tensor` as a `Tensor<B, D>`, when `B` is [`Diff`].
+pub(crate) fn from_diff<B: Backend, const D: usize>(
+    tensor: FloatTensor<Diff>,
+) -> Option<Tensor<B, D>> {
+    let mut slot = Some(tensor);
+    let primitive = (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<B::FloatTensorPrimitive>>()?
+        .take()?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
+}
 
 /// The flex tensor behind `tensor` (a shared handle) when `B` is flex and the tensor holds f32,
 /// f16 or bf16, the types the kernels read ([`super::vector::KernelElement`]).

@@ -34,23 +34,21 @@
 //! `exp(s - log_sum_exp)`, which differs from the forward's `exp(s - max) / sum` in the last
 //! bits. The tests compare values and gradients with Burn's generic ops in f64.
 
-use std::any::{Any, TypeId};
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::FloatTensor;
-use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Shape, Tensor};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
-use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::attention::{gemm_into, gemm_product};
 use super::softmax::softmax_prefix;
 use super::strided::Operand;
+use super::tensor::{diff_float, from_diff};
 use super::vector::{exp, has_avx2_fma_f16c};
 
 /// Deliberate errors of the backward pass, switched on by the tests only (`MUTATION`): each
@@ -92,18 +90,9 @@ fn current_mutation() -> Option<Mutation> {
     None
 }
 
-/// The training backend this operation is registered on.
-type Diff = Autodiff<Flex, NoCheckpointing>;
-
 /// Query rows per block: a block's scores and their gradients (`2 * QUERY_BLOCK * kv_len`
 /// values) stay in a core's cache at training lengths.
 const QUERY_BLOCK: usize = 64;
-
-/// Whether `B` is `Autodiff<Flex>` (default checkpointing). A compile-time constant per `B`.
-#[inline]
-pub(crate) fn is_autodiff_flex<B: Backend>() -> bool {
-    TypeId::of::<B>() == TypeId::of::<Diff>()
-}
 
 /// The differentiable context `[batch, heads, seq_len, head_dim]` for scaled `query` `[batch,
 /// heads, seq_len, head_dim]` and `key`/`value` `[batch, kv_heads, kv_len, head_dim]`, when `B`
@@ -113,7 +102,7 @@ pub(crate) fn causal_attention<B: Backend>(
     key: &Tensor<B, 4>,
     value: &Tensor<B, 4>,
 ) -> Option<Tensor<B, 4>> {
-    let (query, key, value) = (diff_tensor(query)?, diff_tensor(key)?, diff_tensor(value)?);
+    let (query, key, value) = (diff_float(query)?, diff_float(key)?, diff_float(value)?);
     let dims = Dims::of(&query.primitive, &key.primitive, &value.primitive)?;
     let (context, log_sum_exp) =
         forward(&dims, &query.primitive, &key.primitive, &value.primitive)?;
@@ -137,29 +126,6 @@ pub(crate) fn causal_attention<B: Backend>(
         OpsKind::UnTracked(prep) => prep.finish(context),
     };
     from_diff(output)
-}
-
-/// The autodiff tensor behind `tensor` (a shared handle), when `B` is [`Diff`].
-fn diff_tensor<B: Backend, const D: usize>(tensor: &Tensor<B, D>) -> Option<FloatTensor<Diff>> {
-    if !is_autodiff_flex::<B>() {
-        return None;
-    }
-    let TensorPrimitive::Float(primitive) = tensor.clone().into_primitive() else {
-        return None;
-    };
-    let mut slot = Some(primitive);
-    (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<FloatTensor<Diff>>>()?
-        .take()
-}
-
-/// `tensor` as a `Tensor<B, D>`, when `B` is [`Diff`].
-fn from_diff<B: Backend, const D: usize>(tensor: FloatTensor<Diff>) -> Option<Tensor<B, D>> {
-    let mut slot = Some(tensor);
-    let primitive = (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<B::FloatTensorPrimitive>>()?
-        .take()?;
-    Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
 }
 
 /// The sizes of one attention call, checked against every operand.
@@ -570,6 +536,7 @@ fn burn_flex_cast_f32(tensor: FlexTensor) -> FlexTensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::flex::tensor::Diff;
     use burn::tensor::{Distribution, TensorData};
 
     /// The same attention with Burn's differentiable ops, as the model's generic path computes
