@@ -659,6 +659,6 @@ mod tests {
         // validation) decide.
         assert!(cross_entropy(&logits, &[77; 12]).is_none());
         assert!(cross_entropy(&logits.clone().cast(DType::F64), &targets).is_none());
-        assert!(distillation(&logits, &logits.clone().slice([0..2]), 2.0).is_none());
+        assert!(distillation(&logits, &logits.clone().narrow(0, 0, 2), 2.0).is_none());
     }
 }
