@@ -125,6 +125,10 @@ pub(crate) fn swiglu<B: Backend, const D: usize>(
     if flex::is_flex::<B>() {
         return flex::swiglu::swiglu(gate, up);
     }
+    #[cfg(feature = "flex")]
+    if flex::tensor::is_autodiff_flex::<B>() {
+        return flex::training_swiglu::swiglu(gate, up);
+    }
     let _ = (gate, up);
     None
 }
@@ -138,6 +142,10 @@ pub(crate) fn rms_norm<B: Backend, const D: usize>(
     #[cfg(feature = "flex")]
     if flex::is_flex::<B>() {
         return flex::rms_norm::rms_norm(x, gamma, epsilon);
+    }
+    #[cfg(feature = "flex")]
+    if flex::tensor::is_autodiff_flex::<B>() {
+        return flex::training_rms_norm::rms_norm(x, gamma, epsilon);
     }
     let _ = (x, gamma, epsilon);
     None

@@ -5,7 +5,8 @@
 //! - [`matvec`]: products of one to a few rows that stream each weight once on every core;
 //! - [`rms_norm`], [`swiglu`]: one-pass row kernels;
 //! - [`slot_write`]: the KV cache's append, in place;
-//! - [`training_attention`]: causal attention with its own backward pass on `Autodiff<Flex>`;
+//! - [`training_attention`], [`training_rms_norm`], [`training_swiglu`]: causal attention, RMS
+//!   norm and SwiGLU's gate with their own backward passes on `Autodiff<Flex>`;
 //! - [`vocab_loss`]: per-token cross-entropy and distillation over the vocabulary in one pass
 //!   per row, with their backward passes;
 //! - [`pool`]: running a forward pass on rayon's pool.
@@ -25,6 +26,8 @@ pub(crate) mod strided;
 pub(crate) mod swiglu;
 pub(crate) mod tensor;
 pub(crate) mod training_attention;
+pub(crate) mod training_rms_norm;
+pub(crate) mod training_swiglu;
 pub(crate) mod vector;
 pub(crate) mod vocab_loss;
 

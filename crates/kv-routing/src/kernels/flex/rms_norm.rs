@@ -44,7 +44,7 @@ pub(crate) fn rms_norm<B: Backend, const D: usize>(
     from_flex(out?)
 }
 
-fn normalize<E: KernelElement>(
+pub(super) fn normalize<E: KernelElement>(
     x: &FlexTensor,
     gamma: &FlexTensor,
     epsilon: f32,

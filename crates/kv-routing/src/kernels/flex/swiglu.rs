@@ -44,7 +44,7 @@ pub(crate) fn swiglu<B: Backend, const D: usize>(
     from_flex(out?)
 }
 
-fn gated<E: KernelElement>(gate: &FlexTensor, up: &FlexTensor) -> Option<FlexTensor> {
+pub(super) fn gated<E: KernelElement>(gate: &FlexTensor, up: &FlexTensor) -> Option<FlexTensor> {
     let contiguous = |t: &FlexTensor| t.layout().contiguous_offsets();
     let ((g_start, g_end), (u_start, u_end)) = (contiguous(gate)?, contiguous(up)?);
     let (g, u) = (

@@ -107,6 +107,30 @@ pub(crate) fn from_flex<B: Backend, const D: usize>(tensor: FlexTensor) -> Optio
     Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
 }
 
+/// An incoming gradient as f32 values in one contiguous run: cast and copied only when it is
+/// not already (a backward pass's input is whatever the ops after it produced).
+pub(crate) fn contiguous_f32(tensor: FlexTensor) -> FlexTensor {
+    let tensor = if tensor.dtype() == DType::F32 {
+        tensor
+    } else {
+        use burn::tensor::ops::FloatTensorOps;
+        Flex::float_cast(tensor, burn::tensor::FloatDType::F32)
+    };
+    if tensor.as_slice::<f32>().is_some() {
+        tensor
+    } else {
+        tensor.to_contiguous()
+    }
+}
+
+/// The values of an f32 tensor laid out as one contiguous run (checked by the caller, or made
+/// so by [`contiguous_f32`]).
+pub(crate) fn contiguous_values(tensor: &FlexTensor) -> &[f32] {
+    tensor
+        .as_slice::<f32>()
+        .expect("an f32 tensor in one contiguous run")
+}
+
 /// The values of a flex tensor of any float type, widened to f32, in logical order (the kernels'
 /// tests compare them with f64 references).
 #[cfg(test)]

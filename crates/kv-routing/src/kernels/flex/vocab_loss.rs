@@ -35,7 +35,10 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::tensor::{diff_float, flex_float, from_diff, from_flex, is_autodiff_flex};
+use super::tensor::{
+    contiguous_f32, diff_float, contiguous_values as values, flex_float, from_diff, from_flex,
+    is_autodiff_flex,
+};
 use super::vector::{exp, has_avx2_fma_f16c};
 
 /// Deliberate errors of the backward pass, switched on by the tests only (`MUTATION`): each
@@ -183,11 +186,6 @@ fn f32_rows(tensor: FlexTensor) -> Option<FlexTensor> {
     } else {
         Some(tensor.to_contiguous())
     }
-}
-
-/// The values of a tensor accepted by [`f32_rows`].
-fn values(tensor: &FlexTensor) -> &[f32] {
-    tensor.as_slice::<f32>().expect("checked by f32_rows")
 }
 
 /// Every row's loss and log-sum-exp (of `x`, or of `x / T` for distillation).
@@ -365,13 +363,7 @@ impl Backward<Flex, 1> for VocabLossBackward {
 /// The gradient of the logits for the losses' gradient `grad_losses` `[batch, seq_len]`.
 fn backward(saved: SavedLoss, grad_losses: FlexTensor) -> FlexTensor {
     let mutation = current_mutation();
-    let grad_losses = if grad_losses.dtype() == DType::F32 {
-        grad_losses
-    } else {
-        use burn::tensor::ops::FloatTensorOps;
-        Flex::float_cast(grad_losses, burn::tensor::FloatDType::F32)
-    };
-    let grad_losses = f32_rows(grad_losses).expect("f32 (made so above)");
+    let grad_losses = contiguous_f32(grad_losses);
     let grad_losses = values(&grad_losses);
     let SavedLoss {
         mut logits,
