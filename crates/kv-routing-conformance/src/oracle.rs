@@ -80,17 +80,21 @@ fn vector<B: Backend>(param: &Param<Tensor<B, 1>>) -> Vec<f64> {
     param.val().into_data().iter::<f64>().collect()
 }
 
-/// One of an attention layer's four projections.
+/// One of a layer's weights that the gradient tests nudge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttentionProjection {
-    /// Queries.
+pub enum LayerWeight {
+    /// The query projection.
     Query,
-    /// Keys.
+    /// The key projection.
     Key,
-    /// Values.
+    /// The value projection.
     Value,
-    /// Output.
+    /// The attention's output projection.
     Output,
+    /// The gain of the norm before attention.
+    AttentionNorm,
+    /// The gain of the norm before the MLP.
+    MlpNorm,
 }
 
 /// Attention weights of one layer.
@@ -267,25 +271,27 @@ impl OracleModel {
         }
     }
 
-    /// The same model with element `index` (row-major, Burn's `[d_input, d_output]` layout) of
-    /// one attention projection of layer `layer` moved by `delta`: the finite differences of
+    /// The same model with element `index` (row-major; Burn's `[d_input, d_output]` layout for
+    /// a projection) of one weight of layer `layer` moved by `delta`: the finite differences of
     /// the gradient tests.
     pub fn with_nudged_weight(
         &self,
         layer: usize,
-        projection: AttentionProjection,
+        weight: LayerWeight,
         index: usize,
         delta: f64,
     ) -> Self {
         let mut nudged = self.clone();
-        let attention = &mut nudged.blocks[layer].attention;
-        let matrix = match projection {
-            AttentionProjection::Query => &mut attention.wq,
-            AttentionProjection::Key => &mut attention.wk,
-            AttentionProjection::Value => &mut attention.wv,
-            AttentionProjection::Output => &mut attention.wo,
+        let block = &mut nudged.blocks[layer];
+        let values = match weight {
+            LayerWeight::Query => &mut block.attention.wq.values,
+            LayerWeight::Key => &mut block.attention.wk.values,
+            LayerWeight::Value => &mut block.attention.wv.values,
+            LayerWeight::Output => &mut block.attention.wo.values,
+            LayerWeight::AttentionNorm => &mut block.attention_norm,
+            LayerWeight::MlpNorm => &mut block.mlp_norm,
         };
-        matrix.values[index] += delta;
+        values[index] += delta;
         nudged
     }
 

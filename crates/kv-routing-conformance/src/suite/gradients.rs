@@ -50,10 +50,13 @@ pub fn gradients_reach_only_source_kv_projections<B: Backend>(device: &B::Device
 /// shares keys/values across layers: for entries of every attention projection of a layer that
 /// reads its own keys/values, of one that reads an earlier layer's, and of a source layer read
 /// by later ones, `∂L/∂w` from the backend's autodiff matches `(L(w + h) - L(w - h)) / 2h` of
-/// the oracle, with `L = Σ logits ⊙ r` for fixed random `r`. A backend's own differentiable
-/// kernels (flex's training attention) are what this checks on that backend.
+/// the oracle, with `L = Σ logits ⊙ r + Σ cross-entropy(logits, targets)` for fixed random `r`
+/// and targets (the cross-entropy through `kv_routing::cross_entropy_per_token`, as training
+/// computes it). A backend's own differentiable kernels (flex's training attention, norms,
+/// SwiGLU and vocabulary loss) are what this checks on that backend; `.ci/mutants` runs it
+/// against deliberate errors in each of them, every one of which must fail it.
 pub fn training_gradients_match_oracle_finite_differences<B: Backend>(device: &B::Device) {
-    use crate::oracle::{AttentionProjection, OracleModel};
+    use crate::oracle::{LayerWeight, OracleModel};
     use burn::tensor::{Tensor, TensorData};
     use rand::{RngExt, SeedableRng};
 
@@ -62,7 +65,8 @@ pub fn training_gradients_match_oracle_finite_differences<B: Backend>(device: &B
     let oracle = OracleModel::from_model(&model, &config);
     // Layers 1 and 2 read layer 0 and 1; 3 is a source read by 4 and 5.
     let route = Route::new(vec![0, 0, 1, 3, 3, 3]).unwrap();
-    let (batch, seq_len, vocab) = (2, 11, config.vocab_size);
+    // 72 rows: more than one task of the flex norm kernel's backward pass (64 rows each).
+    let (batch, seq_len, vocab) = (6, 12, config.vocab_size);
     let tokens: Vec<Vec<u32>> = (0..batch)
         .map(|b| random_tokens(70 + b as u64, seq_len, vocab))
         .collect();
@@ -71,57 +75,83 @@ pub fn training_gradients_match_oracle_finite_differences<B: Backend>(device: &B
         .map(|_| rng.random_range(-1.0..1.0))
         .collect();
 
+    let targets: Vec<u32> = random_tokens(90, batch * seq_len, vocab);
+
     let logits = model.forward_tokens(&tokens, &route).unwrap();
     let readout_tensor = Tensor::<Autodiff<B>, 3>::from_data(
         TensorData::new(readout.clone(), [batch, seq_len, vocab]),
         device,
     );
-    let gradients = (logits * readout_tensor).sum().backward();
+    let cross_entropy = kv_routing::cross_entropy_per_token(logits.clone(), &targets).unwrap();
+    let gradients = ((logits * readout_tensor).sum() + cross_entropy.sum()).backward();
 
     let oracle_loss = |oracle: &OracleModel| -> f64 {
         tokens
             .iter()
             .enumerate()
             .map(|(b, tokens)| {
-                oracle
-                    .logits(tokens, &route)
+                let logits = oracle.logits(tokens, &route);
+                let readout: f64 = logits
                     .iter()
                     .flatten()
                     .zip(&readout[b * seq_len * vocab..][..seq_len * vocab])
                     .map(|(logit, r)| logit * r)
-                    .sum::<f64>()
+                    .sum();
+                let cross_entropy: f64 = logits
+                    .iter()
+                    .zip(&targets[b * seq_len..][..seq_len])
+                    .map(|(row, &target)| {
+                        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let sum: f64 = row.iter().map(|x| (x - max).exp()).sum();
+                        max + sum.ln() - row[target as usize]
+                    })
+                    .sum();
+                readout + cross_entropy
             })
             .sum()
     };
     let step = 1e-4;
     let mut checked = Vec::new();
     for layer in [0, 2, 3, 5] {
-        let attention = &model.blocks[layer].attention;
-        for (projection, weight) in [
-            (AttentionProjection::Query, &attention.query.weight),
-            (AttentionProjection::Key, &attention.key.weight),
-            (AttentionProjection::Value, &attention.value.weight),
-            (AttentionProjection::Output, &attention.output.weight),
-        ] {
-            let Some(grad) = weight.grad(&gradients) else {
+        let block = &model.blocks[layer];
+        let attention = &block.attention;
+        for (weight, param) in [
+            (LayerWeight::Query, attention.query.weight.grad(&gradients)),
+            (LayerWeight::Key, attention.key.weight.grad(&gradients)),
+            (LayerWeight::Value, attention.value.weight.grad(&gradients)),
+            (
+                LayerWeight::Output,
+                attention.output.weight.grad(&gradients),
+            ),
+        ]
+        .into_iter()
+        .map(|(weight, grad)| (weight, grad.map(to_host)))
+        .chain([
+            (
+                LayerWeight::AttentionNorm,
+                block.attention_norm.gamma.grad(&gradients).map(to_host),
+            ),
+            (
+                LayerWeight::MlpNorm,
+                block.mlp_norm.gamma.grad(&gradients).map(to_host),
+            ),
+        ]) {
+            let Some(grad) = param else {
                 // Keys/values of a layer that is no source were never computed.
                 assert!(
-                    matches!(
-                        projection,
-                        AttentionProjection::Key | AttentionProjection::Value
-                    ) && !route.is_source(layer),
-                    "layer {layer} {projection:?}: no gradient"
+                    matches!(weight, LayerWeight::Key | LayerWeight::Value)
+                        && !route.is_source(layer),
+                    "layer {layer} {weight:?}: no gradient"
                 );
                 continue;
             };
-            let grad = to_host(grad);
             for _ in 0..3 {
                 let index = rng.random_range(0..grad.len());
                 let finite_difference =
-                    (oracle_loss(&oracle.with_nudged_weight(layer, projection, index, step))
-                        - oracle_loss(&oracle.with_nudged_weight(layer, projection, index, -step)))
+                    (oracle_loss(&oracle.with_nudged_weight(layer, weight, index, step))
+                        - oracle_loss(&oracle.with_nudged_weight(layer, weight, index, -step)))
                         / (2.0 * step);
-                checked.push((layer, projection, index, grad[index], finite_difference));
+                checked.push((layer, weight, index, grad[index], finite_difference));
             }
         }
     }
@@ -129,10 +159,10 @@ pub fn training_gradients_match_oracle_finite_differences<B: Backend>(device: &B
     let scale = checked.iter().fold(0.0f64, |m, c| m.max(c.4.abs()));
     let tolerance = crate::support::tolerance::<B>(device);
     let bound = scale * (tolerance.rel * 20.0).min(0.1);
-    for (layer, projection, index, got, want) in checked {
+    for (layer, weight, index, got, want) in checked {
         assert!(
             (got - want).abs() <= bound,
-            "layer {layer} {projection:?}[{index}]: autodiff {got}, finite difference {want} \
+            "layer {layer} {weight:?}[{index}]: autodiff {got}, finite difference {want} \
              (bound {bound:.3e})"
         );
     }

@@ -11,6 +11,9 @@
 //!   per row, with their backward passes;
 //! - [`pool`]: running a forward pass on rayon's pool.
 //!
+//! [`mutants`]: deliberate errors of the training kernels' backward passes that the checks must
+//! catch (tests and the `kernel-mutants` feature only).
+//!
 //! The shared pieces: [`tensor`] (the flex tensor behind a `Tensor<B, D>`), [`strided`] (bounds-
 //! checked strided operands), [`softmax`], [`vector`] (vector arithmetic, element types, the CPU
 //! feature check).
@@ -18,6 +21,7 @@
 pub(crate) mod attention;
 pub(crate) mod few_row_attention;
 pub(crate) mod matvec;
+pub(crate) mod mutants;
 pub(crate) mod pool;
 pub(crate) mod rms_norm;
 pub(crate) mod slot_write;

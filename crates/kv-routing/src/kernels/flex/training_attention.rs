@@ -51,10 +51,10 @@ use super::strided::Operand;
 use super::tensor::{diff_float, from_diff};
 use super::vector::{exp, has_avx2_fma_f16c};
 
-/// Deliberate errors of the backward pass, switched on by the tests only (`MUTATION`): each
+/// Deliberate errors of the backward pass, switched on only by the tests and `kernel-mutants` builds ([`super::mutants`]): each
 /// must fail the comparison with Burn's ops, which shows that the comparison sees such errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg_attr(not(any(test, feature = "kernel-mutants")), allow(dead_code))]
 enum Mutation {
     /// `dS = P dP`, the row's `dO · O` left out.
     NoRowDot,
@@ -66,7 +66,7 @@ enum Mutation {
     ValueGradFromScoreGrads,
 }
 
-#[cfg(test)]
+#[cfg_attr(not(any(test, feature = "kernel-mutants")), allow(dead_code))]
 impl Mutation {
     const ALL: [Mutation; 4] = [
         Mutation::NoRowDot,
@@ -76,18 +76,9 @@ impl Mutation {
     ];
 }
 
-#[cfg(test)]
-thread_local! {
-    /// The mutation the tests switched on for backward passes run from this thread.
-    static MUTATION: std::cell::Cell<Option<Mutation>> = const { std::cell::Cell::new(None) };
-}
-
-/// The mutation in force (always `None` outside the tests), read on the calling thread.
+/// The mutation in force ([`super::mutants`]), read on the thread that runs the backward pass.
 fn current_mutation() -> Option<Mutation> {
-    #[cfg(test)]
-    return MUTATION.with(std::cell::Cell::get);
-    #[cfg(not(test))]
-    None
+    super::mutants::active("training_attention", &Mutation::ALL)
 }
 
 /// Query rows per block: a block's scores and their gradients (`2 * QUERY_BLOCK * kv_len`
@@ -676,12 +667,11 @@ mod tests {
 
     #[test]
     fn every_mutation_of_the_backward_pass_is_caught() {
-        for mutation in Mutation::ALL {
-            MUTATION.with(|m| m.set(Some(mutation)));
-            let outcome = compare([2, 6, 70, 8], 2, 75);
-            MUTATION.with(|m| m.set(None));
-            assert!(outcome.is_err(), "{mutation:?} passed the comparison");
-        }
+        let survivors =
+            super::super::mutants::surviving("training_attention", &Mutation::ALL, || {
+                compare([2, 6, 70, 8], 2, 75)
+            });
+        assert!(survivors.is_empty(), "{survivors:?} passed the comparison");
         compare([2, 6, 70, 8], 2, 75).unwrap();
     }
 

@@ -23,14 +23,14 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::rms_norm::normalize;
-use super::tensor::{contiguous_f32, diff_float, contiguous_values, from_diff};
+use super::tensor::{contiguous_f32, contiguous_values, diff_float, from_diff};
 
 /// Rows per task of the backward pass.
 const ROWS_PER_TASK: usize = 64;
 
-/// Deliberate errors of the backward pass, switched on by the tests only (`MUTATION`).
+/// Deliberate errors of the backward pass, switched on only by the tests and `kernel-mutants` builds ([`super::mutants`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg_attr(not(any(test, feature = "kernel-mutants")), allow(dead_code))]
 enum Mutation {
     /// `dx = r dn`: the normalization's own dependence on `x` left out.
     ProjectionMissing,
@@ -38,17 +38,17 @@ enum Mutation {
     WeightGradientOfOneTask,
 }
 
-#[cfg(test)]
-thread_local! {
-    static MUTATION: std::cell::Cell<Option<Mutation>> = const { std::cell::Cell::new(None) };
+#[cfg_attr(not(any(test, feature = "kernel-mutants")), allow(dead_code))]
+impl Mutation {
+    const ALL: [Mutation; 2] = [
+        Mutation::ProjectionMissing,
+        Mutation::WeightGradientOfOneTask,
+    ];
 }
 
-/// The mutation in force (always `None` outside the tests), read on the calling thread.
+/// The mutation in force ([`super::mutants`]), read on the thread that runs the backward pass.
 fn current_mutation() -> Option<Mutation> {
-    #[cfg(test)]
-    return MUTATION.with(std::cell::Cell::get);
-    #[cfg(not(test))]
-    None
+    super::mutants::active("training_rms_norm", &Mutation::ALL)
 }
 
 /// See the module docs.
@@ -264,15 +264,9 @@ mod tests {
 
     #[test]
     fn every_mutation_of_the_backward_pass_is_caught() {
-        for mutation in [
-            Mutation::ProjectionMissing,
-            Mutation::WeightGradientOfOneTask,
-        ] {
-            MUTATION.with(|m| m.set(Some(mutation)));
-            let outcome = compare();
-            MUTATION.with(|m| m.set(None));
-            assert!(outcome.is_err(), "{mutation:?} passed the comparison");
-        }
+        let survivors =
+            super::super::mutants::surviving("training_rms_norm", &Mutation::ALL, compare);
+        assert!(survivors.is_empty(), "{survivors:?} passed the comparison");
     }
 
     #[test]

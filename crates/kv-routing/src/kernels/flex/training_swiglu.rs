@@ -22,15 +22,15 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::swiglu::gated;
-use super::tensor::{contiguous_f32, diff_float, contiguous_values, from_diff};
+use super::tensor::{contiguous_f32, contiguous_values, diff_float, from_diff};
 use super::vector::{exp, has_avx2_fma_f16c};
 
 /// Values per task of the backward pass.
 const VALUES_PER_TASK: usize = 1 << 15;
 
-/// Deliberate errors of the backward pass, switched on by the tests only (`MUTATION`).
+/// Deliberate errors of the backward pass, switched on only by the tests and `kernel-mutants` builds ([`super::mutants`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg_attr(not(any(test, feature = "kernel-mutants")), allow(dead_code))]
 enum Mutation {
     /// `d_gate` without the sigmoid's own derivative (`d · u s`).
     SigmoidDerivativeMissing,
@@ -38,17 +38,17 @@ enum Mutation {
     GradientsSwapped,
 }
 
-#[cfg(test)]
-thread_local! {
-    static MUTATION: std::cell::Cell<Option<Mutation>> = const { std::cell::Cell::new(None) };
+#[cfg_attr(not(any(test, feature = "kernel-mutants")), allow(dead_code))]
+impl Mutation {
+    const ALL: [Mutation; 2] = [
+        Mutation::SigmoidDerivativeMissing,
+        Mutation::GradientsSwapped,
+    ];
 }
 
-/// The mutation in force (always `None` outside the tests), read on the calling thread.
+/// The mutation in force ([`super::mutants`]), read on the thread that runs the backward pass.
 fn current_mutation() -> Option<Mutation> {
-    #[cfg(test)]
-    return MUTATION.with(std::cell::Cell::get);
-    #[cfg(not(test))]
-    None
+    super::mutants::active("training_swiglu", &Mutation::ALL)
 }
 
 /// `silu(gate) * up`, differentiable in both, when `B` is `Autodiff<Flex>` and both are f32,
@@ -224,15 +224,9 @@ mod tests {
 
     #[test]
     fn every_mutation_of_the_backward_pass_is_caught() {
-        for mutation in [
-            Mutation::SigmoidDerivativeMissing,
-            Mutation::GradientsSwapped,
-        ] {
-            MUTATION.with(|m| m.set(Some(mutation)));
-            let outcome = compare();
-            MUTATION.with(|m| m.set(None));
-            assert!(outcome.is_err(), "{mutation:?} passed the comparison");
-        }
+        let survivors =
+            super::super::mutants::surviving("training_swiglu", &Mutation::ALL, compare);
+        assert!(survivors.is_empty(), "{survivors:?} passed the comparison");
     }
 
     #[test]

@@ -36,15 +36,15 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::tensor::{
-    contiguous_f32, diff_float, contiguous_values as values, flex_float, from_diff, from_flex,
+    contiguous_f32, contiguous_values as values, diff_float, flex_float, from_diff, from_flex,
     is_autodiff_flex,
 };
 use super::vector::{exp, has_avx2_fma_f16c};
 
-/// Deliberate errors of the backward pass, switched on by the tests only (`MUTATION`): each
+/// Deliberate errors of the backward pass, switched on only by the tests and `kernel-mutants` builds ([`super::mutants`]): each
 /// must fail the comparison with Burn's ops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(not(test), allow(dead_code))]
+#[cfg_attr(not(any(test, feature = "kernel-mutants")), allow(dead_code))]
 enum Mutation {
     /// The cross-entropy's gradient without the `-g` at the target.
     TargetNotSubtracted,
@@ -52,7 +52,7 @@ enum Mutation {
     TemperatureFactorMissing,
 }
 
-#[cfg(test)]
+#[cfg_attr(not(any(test, feature = "kernel-mutants")), allow(dead_code))]
 impl Mutation {
     const ALL: [Mutation; 2] = [
         Mutation::TargetNotSubtracted,
@@ -62,22 +62,13 @@ impl Mutation {
 
 #[cfg(test)]
 thread_local! {
-    /// The mutation the tests switched on for backward passes run from this thread.
-    static MUTATION: std::cell::Cell<Option<Mutation>> = const { std::cell::Cell::new(None) };
-}
-
-#[cfg(test)]
-thread_local! {
     /// Backward passes run from this thread that wrote into the logits' own buffer.
     static IN_PLACE_WRITES: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// The mutation in force (always `None` outside the tests), read on the calling thread.
+/// The mutation in force ([`super::mutants`]), read on the thread that runs the backward pass.
 fn current_mutation() -> Option<Mutation> {
-    #[cfg(test)]
-    return MUTATION.with(std::cell::Cell::get);
-    #[cfg(not(test))]
-    None
+    super::mutants::active("vocab_loss", &Mutation::ALL)
 }
 
 /// Independent partial sums of a row's reductions.
@@ -612,12 +603,9 @@ mod tests {
 
     #[test]
     fn every_mutation_of_the_backward_pass_is_caught() {
-        for mutation in Mutation::ALL {
-            MUTATION.with(|m| m.set(Some(mutation)));
-            let outcome = compare(false);
-            MUTATION.with(|m| m.set(None));
-            assert!(outcome.is_err(), "{mutation:?} passed the comparison");
-        }
+        let survivors =
+            super::super::mutants::surviving("vocab_loss", &Mutation::ALL, || compare(false));
+        assert!(survivors.is_empty(), "{survivors:?} passed the comparison");
     }
 
     #[test]
