@@ -280,6 +280,10 @@ impl<B: Backend> RopeAngles<B> {
     /// - x: `[batch, seq_len, heads, head_dim]` (heads next to head_dim, as projections produce)
     /// - output: `[batch, seq_len, heads, head_dim]`
     pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        // The backend's one-pass rotation where it has one (flex f32, and its autodiff form).
+        if let Some(rotated) = crate::kernels::rotary(&x, &self.cos, &self.sin) {
+            return rotated;
+        }
         let [batch, seq_len, heads, head_dim] = x.dims();
         let half = head_dim / 2;
         let (cos, sin) = self.widened(heads);

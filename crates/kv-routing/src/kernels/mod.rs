@@ -98,6 +98,26 @@ pub(crate) fn distillation<B: Backend>(
     None
 }
 
+/// `x` rotated by the rotary tables `[cos, cos]` and `[-sin, sin]` of its positions,
+/// differentiable in `x` where the backend's autodiff form has a kernel, or `None` for Burn's ops.
+///
+/// # Shapes
+/// - x: `[batch, seq_len, heads, head_dim]`
+/// - cos, sin: `[batch, seq_len, 1, head_dim]`
+/// - output: `[batch, seq_len, heads, head_dim]`
+pub(crate) fn rotary<B: Backend>(
+    x: &Tensor<B, 4>,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Option<Tensor<B, 4>> {
+    #[cfg(feature = "flex")]
+    if flex::is_flex::<B>() || flex::tensor::is_autodiff_flex::<B>() {
+        return flex::rotary::rotate(x, cos, sin);
+    }
+    let _ = (x, cos, sin);
+    None
+}
+
 /// `x W` for a product of one or a few rows, or `None` for the backend's matmul.
 ///
 /// # Shapes

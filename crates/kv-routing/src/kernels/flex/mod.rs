@@ -4,6 +4,7 @@
 //!   with [`few_row_attention`] for the few query rows of a decode step;
 //! - [`matvec`]: products of one to a few rows that stream each weight once on every core;
 //! - [`rms_norm`], [`swiglu`]: one-pass row kernels;
+//! - [`rotary`]: the rotary embedding in one pass, with its backward pass on `Autodiff<Flex>`;
 //! - [`slot_write`]: the KV cache's append, in place;
 //! - [`training_attention`], [`training_rms_norm`], [`training_swiglu`]: causal attention, RMS
 //!   norm and SwiGLU's gate with their own backward passes on `Autodiff<Flex>`;
@@ -24,6 +25,7 @@ pub(crate) mod matvec;
 pub(crate) mod mutants;
 pub(crate) mod pool;
 pub(crate) mod rms_norm;
+pub(crate) mod rotary;
 pub(crate) mod slot_write;
 pub(crate) mod softmax;
 pub(crate) mod strided;
