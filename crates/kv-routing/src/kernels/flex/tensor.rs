@@ -131,6 +131,32 @@ pub(crate) fn contiguous_values(tensor: &FlexTensor) -> &[f32] {
         .expect("an f32 tensor in one contiguous run")
 }
 
+/// Compares each named result with its reference, `|a - e| <= relative * max|e| + 1e-6` for
+/// every element (a NaN fails), and names the first element that is not close: the training
+/// kernels' tests against Burn's ops in f64.
+#[cfg(test)]
+pub(crate) fn all_close(
+    names: &[&str],
+    actual: &[Vec<f64>],
+    expected: &[Vec<f64>],
+    relative: f64,
+) -> Result<(), String> {
+    for ((name, actual), expected) in names.iter().zip(actual).zip(expected) {
+        assert_eq!(actual.len(), expected.len(), "{name}: lengths differ");
+        let scale = expected.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        let bound = relative * scale + 1e-6;
+        if let Some((i, (a, e))) = actual
+            .iter()
+            .zip(expected)
+            .enumerate()
+            .find(|(_, (a, e))| (*a - *e).abs() > bound || a.is_nan())
+        {
+            return Err(format!("{name}[{i}]: {a} against {e} (bound {bound:.2e})"));
+        }
+    }
+    Ok(())
+}
+
 /// The values of a flex tensor of any float type, widened to f32, in logical order (the kernels'
 /// tests compare them with f64 references).
 #[cfg(test)]

@@ -261,7 +261,7 @@ fn forward(
                 gemm_product(
                     [rows, keys, head_dim],
                     (scores.as_mut_ptr(), keys),
-                    q_rows(&q, b, head, first),
+                    rows_at(&q, b, head, first),
                     transposed(&k, b, kv_head),
                 );
             }
@@ -278,7 +278,7 @@ fn forward(
                     [rows, head_dim, keys],
                     (out.as_mut_ptr(), head_dim),
                     (scores.as_ptr(), keys, 1),
-                    q_rows(&v, b, kv_head, 0),
+                    rows_at(&v, b, kv_head, 0),
                 );
             }
         });
@@ -286,7 +286,7 @@ fn forward(
 }
 
 /// Rows from `first` of `[b, head]` as gemm's `(pointer, row stride, column stride)`.
-fn q_rows(
+fn rows_at(
     operand: &Operand<f32>,
     b: usize,
     head: usize,
@@ -375,13 +375,13 @@ fn backward(
                         gemm_product(
                             [rows, keys, head_dim],
                             (weights.as_mut_ptr(), keys),
-                            q_rows(&q, b, head, first),
+                            rows_at(&q, b, head, first),
                             transposed(&k, b, kv_head),
                         );
                         gemm_product(
                             [rows, keys, head_dim],
                             (grads.as_mut_ptr(), keys),
-                            q_rows(&d_o, b, head, first),
+                            rows_at(&d_o, b, head, first),
                             transposed(&v, b, kv_head),
                         );
                     }
@@ -419,20 +419,20 @@ fn backward(
                             [rows, head_dim, keys],
                             (d_q[first * head_dim..].as_mut_ptr(), head_dim),
                             (grads.as_ptr(), keys, 1),
-                            q_rows(&k, b, kv_head, 0),
+                            rows_at(&k, b, kv_head, 0),
                         );
                         gemm_into(
                             [keys, head_dim, rows],
                             (d_k.as_mut_ptr(), head_dim),
                             (grads.as_ptr(), 1, keys),
-                            q_rows(&q, b, head, first),
+                            rows_at(&q, b, head, first),
                             true,
                         );
                         gemm_into(
                             [keys, head_dim, rows],
                             (d_v.as_mut_ptr(), head_dim),
                             (value_weights, 1, keys),
-                            q_rows(&d_o, b, head, first),
+                            rows_at(&d_o, b, head, first),
                             true,
                         );
                     }
@@ -527,7 +527,7 @@ fn burn_flex_cast_f32(tensor: FlexTensor) -> FlexTensor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::flex::tensor::Diff;
+    use crate::kernels::flex::tensor::{all_close, Diff};
     use burn::tensor::{Distribution, TensorData};
 
     /// The same attention with Burn's differentiable ops, as the model's generic path computes
@@ -624,35 +624,14 @@ mod tests {
         (run(false), run(true))
     }
 
-    /// `|a - e| <= 2e-5 * max|e| + 1e-6` everywhere, or the worst element.
-    fn close(actual: &[f64], expected: &[f64]) -> Result<(), String> {
-        assert_eq!(actual.len(), expected.len());
-        let scale = expected.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        let bound = 2e-5 * scale + 1e-6;
-        match actual
-            .iter()
-            .zip(expected)
-            .enumerate()
-            .map(|(i, (a, e))| (i, (a - e).abs()))
-            .find(|(_, diff)| *diff > bound || diff.is_nan())
-        {
-            Some((i, diff)) => Err(format!(
-                "element {i}: {} against {} (|diff| {diff:.3e} > {bound:.3e})",
-                actual[i], expected[i]
-            )),
-            None => Ok(()),
-        }
-    }
-
     fn compare(shape: [usize; 4], kv_heads: usize, kv_len: usize) -> Result<(), String> {
         let (kernel, reference) = kernel_and_reference(shape, kv_heads, kv_len);
-        for (name, (k, r)) in ["context", "d_query", "d_key", "d_value"]
-            .iter()
-            .zip(kernel.iter().zip(&reference))
-        {
-            close(k, r).map_err(|e| format!("{name}: {e}"))?;
-        }
-        Ok(())
+        all_close(
+            &["context", "d_query", "d_key", "d_value"],
+            &kernel,
+            &reference,
+            2e-5,
+        )
     }
 
     #[test]
@@ -687,7 +666,7 @@ mod tests {
             context.inner().into_data().iter().collect(),
             reference.into_data().iter().collect(),
         );
-        close(&a, &e).unwrap();
+        all_close(&["context"], &[a], &[e], 2e-5).unwrap();
         // Other element types and backends are left to Burn's ops.
         let wide = Tensor::<Diff, 4>::from_inner(q.clone().cast(DType::F64));
         let kv_diff = Tensor::<Diff, 4>::from_inner(kv.clone());

@@ -182,7 +182,7 @@ fn backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::flex::tensor::Diff;
+    use crate::kernels::flex::tensor::{all_close, Diff};
     use burn::nn::RmsNormConfig;
     use burn::tensor::Distribution;
 
@@ -239,22 +239,7 @@ mod tests {
             ]
         };
         let (kernel, reference) = (run(true), run(false));
-        for (name, (k, r)) in ["output", "dx", "d_gamma"]
-            .iter()
-            .zip(kernel.iter().zip(&reference))
-        {
-            let scale = r.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-            let bound = 2e-5 * scale + 1e-6;
-            if let Some((i, (a, e))) = k
-                .iter()
-                .zip(r)
-                .enumerate()
-                .find(|(_, (a, e))| (*a - *e).abs() > bound || a.is_nan())
-            {
-                return Err(format!("{name}[{i}]: {a} against {e} (bound {bound:.2e})"));
-            }
-        }
-        Ok(())
+        all_close(&["output", "dx", "d_gamma"], &kernel, &reference, 2e-5)
     }
 
     #[test]

@@ -162,7 +162,7 @@ fn gradients_portable(g: &[f32], u: &[f32], d: &[f32], dg: &mut [f32], du: &mut 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::flex::tensor::Diff;
+    use crate::kernels::flex::tensor::{all_close, Diff};
     use burn::tensor::activation::silu;
     use burn::tensor::Distribution;
 
@@ -199,22 +199,7 @@ mod tests {
             ]
         };
         let (kernel, reference) = (run(true), run(false));
-        for (name, (k, r)) in ["output", "d_gate", "d_up"]
-            .iter()
-            .zip(kernel.iter().zip(&reference))
-        {
-            let scale = r.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-            let bound = 1e-5 * scale + 1e-6;
-            if let Some((i, (a, e))) = k
-                .iter()
-                .zip(r)
-                .enumerate()
-                .find(|(_, (a, e))| (*a - *e).abs() > bound || a.is_nan())
-            {
-                return Err(format!("{name}[{i}]: {a} against {e} (bound {bound:.2e})"));
-            }
-        }
-        Ok(())
+        all_close(&["output", "d_gate", "d_up"], &kernel, &reference, 1e-5)
     }
 
     #[test]

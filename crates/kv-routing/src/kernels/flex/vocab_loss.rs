@@ -465,7 +465,7 @@ fn softmax_minus_portable(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::flex::tensor::Diff;
+    use crate::kernels::flex::tensor::{all_close, Diff};
     use burn::tensor::{Distribution, TensorData};
 
     const TEMPERATURE: f64 = 2.0;
@@ -573,22 +573,12 @@ mod tests {
             Tensor::<Flex, 2>::random([batch, seq_len], Distribution::Normal(1.0, 1.0), &device);
         let kernel = losses_and_gradient(logits.clone(), weights.clone(), true, logits_are_a_view);
         let reference = losses_and_gradient(logits, weights, false, logits_are_a_view);
-        for (name, (k, r)) in ["cross-entropy", "distillation", "gradient"]
-            .iter()
-            .zip(kernel.iter().zip(&reference))
-        {
-            let scale = r.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-            let bound = 2e-5 * scale + 1e-6;
-            if let Some((i, (a, e))) = k
-                .iter()
-                .zip(r)
-                .enumerate()
-                .find(|(_, (a, e))| (*a - *e).abs() > bound || a.is_nan())
-            {
-                return Err(format!("{name}[{i}]: {a} against {e} (bound {bound:.2e})"));
-            }
-        }
-        Ok(())
+        all_close(
+            &["cross-entropy", "distillation", "gradient"],
+            &kernel,
+            &reference,
+            2e-5,
+        )
     }
 
     #[test]
