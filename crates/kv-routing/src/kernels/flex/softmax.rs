@@ -70,21 +70,28 @@ pub(crate) fn softmax_prefix_portable(
     log_sum_exp
 }
 
-/// Softmax over the whole of `live` in place; returns its log-sum-exp.
+/// The largest value of `row` in [`LANES`] independent lanes, NaN if any is (`-inf` for an
+/// empty row); inlined into the callers' vector code (the vocabulary losses use it too).
 #[inline(always)]
-fn softmax_live(live: &mut [f32]) -> f32 {
+pub(super) fn max_keeping_nan_of(row: &[f32]) -> f32 {
     let mut maxima = [f32::NEG_INFINITY; LANES];
-    let mut chunks = live.chunks_exact(LANES);
+    let mut chunks = row.chunks_exact(LANES);
     for chunk in &mut chunks {
         for (m, &x) in maxima.iter_mut().zip(chunk) {
             *m = max_keeping_nan(*m, x);
         }
     }
-    let max = chunks
+    chunks
         .remainder()
         .iter()
         .chain(&maxima)
-        .fold(f32::NEG_INFINITY, |m, &x| max_keeping_nan(m, x));
+        .fold(f32::NEG_INFINITY, |m, &x| max_keeping_nan(m, x))
+}
+
+/// Softmax over the whole of `live` in place; returns its log-sum-exp.
+#[inline(always)]
+fn softmax_live(live: &mut [f32]) -> f32 {
+    let max = max_keeping_nan_of(live);
     if !max.is_finite() {
         // NaN or +inf somewhere (or every score -inf): Burn's softmax gives NaN for the row.
         live.fill(f32::NAN);

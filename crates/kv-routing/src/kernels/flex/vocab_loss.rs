@@ -35,6 +35,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
+use super::softmax::max_keeping_nan_of;
 use super::tensor::{
     contiguous_f32, contiguous_values as values, diff_float, flex_float, from_diff, from_flex,
     is_autodiff_flex,
@@ -232,22 +233,8 @@ unsafe fn log_sum_exp_avx2(row: &[f32], scale: f32) -> f32 {
 
 #[inline(always)]
 fn log_sum_exp_portable(row: &[f32], scale: f32) -> f32 {
-    let mut maxima = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (m, &x) in maxima.iter_mut().zip(chunk) {
-            // NaN-keeping maximum: a NaN logit must make the row NaN.
-            *m = if x > *m || x.is_nan() { x } else { *m };
-        }
-    }
-    let max = chunks
-        .remainder()
-        .iter()
-        .chain(&maxima)
-        .fold(
-            f32::NEG_INFINITY,
-            |m, &x| if x > m || x.is_nan() { x } else { m },
-        );
+    // A NaN logit must make the row NaN.
+    let max = max_keeping_nan_of(row);
     if !max.is_finite() {
         return f32::NAN;
     }
