@@ -12,11 +12,11 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+use kv_routing::CachePlan;
 use kv_routing_backend::{device, AutodiffBackend, Backend, NAME};
 use kv_routing_train::checkpoint::load_model;
 use kv_routing_train::data::Dataset;
 use kv_routing_train::evaluate::{evaluate_plans, EvalSettings};
-use kv_routing_train::plan_spec::parse_plan;
 use kv_routing_train::report::{format_table, ModelEvaluation};
 use kv_routing_train::tokenizer::TextCodec;
 use kv_routing_train::train_config::TrainConfig;
@@ -91,7 +91,12 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let (config, model) = load_model::<Backend>(&checkpoint_dir(&run_dir), &device)?;
         let plans = ["full", "every:2", "every:3", "every:4"]
             .iter()
-            .map(|spec| Ok((spec.to_string(), parse_plan(spec, config.model.n_layers)?)))
+            .map(|spec| {
+                Ok((
+                    spec.to_string(),
+                    CachePlan::parse(spec, config.model.n_layers)?,
+                ))
+            })
             .collect::<kv_routing_train::Result<Vec<_>>>()?;
         let dataset = Dataset::open(&config.data, config.seq_len)?;
         let settings = EvalSettings {

@@ -5,13 +5,13 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use kv_routing::{split_plan_list, CachePlan};
 use kv_routing_backend::{Backend, Precision, NAME};
 use kv_routing_hf::{load_model_dir, tokenizer_file};
 use kv_routing_train::checkpoint::load_config;
 use kv_routing_train::data::{DataSource, Dataset};
 use kv_routing_train::evaluate::{evaluate_plans, EvalSettings};
 use kv_routing_train::passkey::PasskeyTask;
-use kv_routing_train::plan_spec::parse_plan;
 use kv_routing_train::plot::quality_vs_memory_svg;
 use kv_routing_train::report::{format_table, ModelEvaluation};
 
@@ -46,12 +46,9 @@ pub struct EvalArgs {
     /// their own otherwise).
     #[arg(long, default_value_t = 256)]
     seq_len: usize,
-    /// Comma-separated plans: full, every:K, retention:F, layers:0,3,5.
-    #[arg(
-        long,
-        default_value = "full,every:2,every:3,every:4",
-        value_delimiter = ','
-    )]
+    /// Comma-separated plans: full, every:K, retention:F, layers:0,3,5 (the form `kv-routing
+    /// plan` prints: `--plans full,every:2,layers:0,1,3`).
+    #[arg(long, default_value = "full,every:2,every:3,every:4")]
     plans: Vec<String>,
     /// Write eval.json and quality_vs_memory.svg here.
     #[arg(long)]
@@ -87,14 +84,11 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     let mut evaluations = Vec::new();
     for path in &args.checkpoint {
         let loaded = load_model_dir::<Backend>(&resolve_checkpoint(path)?, &device)?;
-        let plans = args
-            .plans
-            .iter()
+        let plans = split_plan_list(&args.plans)
+            .into_iter()
             .map(|spec| {
-                Ok((
-                    spec.clone(),
-                    parse_plan(spec, loaded.model_config.n_layers)?,
-                ))
+                let plan = CachePlan::parse(&spec, loaded.model_config.n_layers)?;
+                Ok((spec, plan))
             })
             .collect::<Result<Vec<_>>>()?;
         // A run is evaluated on its own data and sequence length unless told otherwise: the

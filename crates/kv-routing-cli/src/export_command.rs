@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
+use kv_routing::CachePlan;
 use kv_routing_backend::{device, Backend};
 use kv_routing_hf::{load_model_dir, ExportDtype, ExportOptions};
-use kv_routing_train::plan_spec::parse_plan;
 
 use crate::checkpoint_path::resolve_checkpoint;
 use crate::error::Result;
@@ -40,7 +40,7 @@ pub fn run_export(args: ExportArgs) -> Result<()> {
     let plan = args
         .plan
         .as_deref()
-        .map(|spec| parse_plan(spec, loaded.model_config.n_layers))
+        .map(|spec| CachePlan::parse(spec, loaded.model_config.n_layers))
         .transpose()?;
     let options = ExportOptions {
         dtype: args.dtype,

@@ -8,10 +8,9 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use kv_routing::{GenerationConfig, MemoryBudget, Sampler};
+use kv_routing::{CachePlan, GenerationConfig, MemoryBudget, Sampler};
 use kv_routing_backend::{Backend, Precision, NAME};
 use kv_routing_hf::load_model_dir;
-use kv_routing_train::plan_spec::parse_plan;
 
 use crate::checkpoint_path::resolve_checkpoint;
 use crate::error::{CliError, Result};
@@ -59,9 +58,9 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
     let loaded = load_model_dir::<Backend>(&resolve_checkpoint(&args.checkpoint)?, &device)?;
     let n_layers = loaded.model_config.n_layers;
     let (plan_name, plan) = match (&args.plan, loaded.stored_plan()?) {
-        (Some(spec), _) => (spec.clone(), parse_plan(spec, n_layers)?),
+        (Some(spec), _) => (spec.clone(), CachePlan::parse(spec, n_layers)?),
         (None, Some(stored)) => ("stored with the model".to_string(), stored),
-        (None, None) => ("full".to_string(), parse_plan("full", n_layers)?),
+        (None, None) => ("full".to_string(), CachePlan::full(n_layers)?),
     };
     let prompt = loaded.codec.encode(&args.prompt)?;
     if prompt.is_empty() {

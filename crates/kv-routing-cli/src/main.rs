@@ -13,6 +13,7 @@ mod eval_command;
 mod export_command;
 mod generate_command;
 mod inference_device;
+mod plan_command;
 mod train_command;
 
 use std::process::ExitCode;
@@ -22,6 +23,7 @@ use clap::{Parser, Subcommand};
 use crate::eval_command::{run_eval, EvalArgs};
 use crate::export_command::{run_export, ExportArgs};
 use crate::generate_command::{run_generate, GenerateArgs};
+use crate::plan_command::{run_plan, PlanArgs};
 use crate::train_command::{run_train, TrainArgs};
 
 #[derive(Parser, Debug)]
@@ -57,6 +59,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Write a checkpoint in Hugging Face layout (config.json + safetensors + tokenizer).
     Export(ExportArgs),
+    /// Choose the layers to cache under a memory budget, calibrated on your text; prints the
+    /// plan (layers:0,1,3,...) as its last line.
+    Plan(PlanArgs),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +76,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => run_eval(args),
         Command::Generate(args) => run_generate(args),
         Command::Export(args) => run_export(args),
+        Command::Plan(args) => run_plan(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

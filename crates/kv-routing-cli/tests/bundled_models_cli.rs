@@ -160,3 +160,104 @@ fn generate_refuses_a_request_past_the_context_before_generating() {
         "{stderr}"
     );
 }
+
+/// `plan` prints the calibrated plan as its last line, in the form `eval`, `generate` and
+/// `export` take; budgets no plan meets are one-line errors.
+#[test]
+fn plan_prints_a_plan_the_other_commands_take() {
+    let routed = bundled("routed-p0.5");
+    let text = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("plan.json");
+    let plan_args = |budget: &[&'static str]| {
+        let mut args = vec![
+            "plan".to_string(),
+            "--checkpoint".into(),
+            routed.clone(),
+            "--data".into(),
+            text.display().to_string(),
+            "--seq-len".into(),
+            "64".into(),
+            "--sequences".into(),
+            "3".into(),
+        ];
+        args.extend(budget.iter().map(|s| s.to_string()));
+        args
+    };
+    let args = plan_args(&["--retention", "0.5", "--out"]);
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.push(report.to_str().unwrap());
+    let stdout = String::from_utf8(run(&args).stdout).unwrap();
+    let spec = stdout.lines().last().unwrap();
+    let layers: Vec<&str> = spec
+        .strip_prefix("layers:0,")
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .split(',')
+        .collect();
+    assert_eq!(layers.len(), 2, "{stdout}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["plan"], spec);
+    assert_eq!(json["calibration"]["levels"].as_array().unwrap().len(), 3);
+
+    let plans = format!("full,{spec},every:2");
+    let output = run(&[
+        "eval",
+        "--checkpoint",
+        &routed,
+        "--seq-len",
+        "64",
+        "--plans",
+        &plans,
+        "--batches",
+        "1",
+        "--batch-size",
+        "2",
+        "--decode-tokens",
+        "2",
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(spec), "{stdout}");
+    let output = run(&[
+        "generate",
+        "--checkpoint",
+        &routed,
+        "--plan",
+        spec,
+        "--prompt",
+        "the ",
+        "--max-new-tokens",
+        "4",
+    ]);
+    let cached = format!(
+        "caching layers [{}]",
+        spec["layers:".len()..].replace(',', ", ")
+    );
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains(&cached),
+        "{cached}"
+    );
+
+    for (budget, expected) in [
+        (&["--retention", "1.5"][..], "budget retention 1.5"),
+        (&["--layers", "0"][..], "budget 0 cached layers"),
+        (
+            &["--kv-bytes-per-token", "99999999"][..],
+            "nothing to leave out",
+        ),
+        (
+            &["--layers", "2", "--retention", "0.5"][..],
+            "cannot be used with",
+        ),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_kv-routing"))
+            .args(plan_args(budget))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(expected),
+            "{budget:?}: {stderr}"
+        );
+    }
+}

@@ -29,7 +29,6 @@ pub mod grad_clip;
 pub mod learner;
 pub mod loss;
 pub mod passkey;
-pub mod plan_spec;
 pub mod plot;
 pub mod pretrained;
 pub mod reference_loop;

@@ -31,6 +31,8 @@ mod key_value;
 pub mod kv_cache;
 mod kv_store;
 mod memory_budget;
+mod plan_calibration;
+mod plan_spec;
 mod precision;
 mod projection;
 mod rms_norm;
@@ -53,11 +55,16 @@ pub use key_value::KeyValue;
 pub use kv_cache::{CacheStep, KvCacheLayout, KvCacheManager};
 pub use kv_store::{KvStore, SequenceKv};
 pub use memory_budget::MemoryBudget;
+pub use plan_calibration::{
+    CalibrationLevel, CalibrationMeasure, CalibrationProgress, PlanBudget, PlanCalibration,
+    PlanCalibrationConfig, PlanSearch,
+};
+pub use plan_spec::split_plan_list;
 pub use precision::Precision;
 pub use rope::{RopeAngles, RopeScaling, RotaryEmbedding, RotaryEmbeddingConfig, MAX_TABLE_VALUES};
 pub use route::Route;
 pub use route_draw::RouteDraw;
-pub use routed_transformer::{RoutedTransformer, RoutedTransformerConfig};
+pub use routed_transformer::{RecordedForward, RoutedTransformer, RoutedTransformerConfig};
 pub use router::StochasticRouter;
 pub use seeded_init::reinit_seeded;
 pub use vocab_loss::{cross_entropy_per_token, distillation_per_token};

@@ -2,6 +2,7 @@
 
 pub mod cache_memory;
 pub mod cached;
+pub mod calibration;
 pub mod errors;
 pub mod gradients;
 pub mod oracle_agreement;

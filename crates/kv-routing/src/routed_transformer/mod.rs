@@ -14,12 +14,14 @@
 //! - `cached`: the forward passes that append to a KV cache.
 //! - `cache_factory`: KV caches laid out for this model.
 //! - `memory`: bytes of activations and KV caches, computed without allocating.
+//! - `prefix_reuse`: a forward pass recorded layer by layer, and routes rerun from a layer on.
 
 mod cache_factory;
 mod cached;
 mod config;
 mod forward;
 mod memory;
+mod prefix_reuse;
 mod tokens;
 
 use burn::module::Module;
@@ -27,6 +29,7 @@ use burn::nn::{Embedding, Linear, RmsNorm};
 use burn::tensor::backend::Backend;
 
 pub use config::RoutedTransformerConfig;
+pub use prefix_reuse::RecordedForward;
 
 use crate::decoder_block::DecoderBlock;
 use crate::rope::RotaryEmbedding;
