@@ -36,8 +36,9 @@ pub struct PlanArgs {
     /// Budget: KV cache bytes per token of one sequence, in the --dtype's float type.
     #[arg(long)]
     kv_bytes_per_token: Option<usize>,
-    /// Calibration windows.
-    #[arg(long, default_value_t = 2)]
+    /// Calibration windows (one of 512 tokens searches SmolLM2-135M down to 8 of its 30 layers
+    /// in under 6 minutes on 2 CPU cores; the cost grows with the tokens).
+    #[arg(long, default_value_t = 1)]
     sequences: usize,
     /// Tokens per calibration window.
     #[arg(long, default_value_t = 512)]

@@ -137,6 +137,11 @@ pub fn calibration_drops_a_duplicate_and_keeps_an_essential_layer<B: Backend>(de
         let half = calibrate(&model, PlanBudget::Retention(0.5), kl, search, &[0, 1, 2]);
         let kept = half.plan.cached_layers();
         assert_eq!(kept.len(), 3, "{search}");
+        assert_eq!(half.evenly_spaced.plan.cached_layers(), &[0, 2, 4]);
+        assert!(
+            half.damage <= half.evenly_spaced.damage,
+            "{search}: {half:?}"
+        );
         assert!(
             kept.contains(&3) && !kept.contains(&2),
             "{search}: {kept:?}"
@@ -234,6 +239,10 @@ pub fn calibration_budgets_are_met_exactly_or_refused<B: Backend>(device: &B::De
             .calibrate(&model, &sequences, |_| {})
             .unwrap();
         assert_eq!(found.plan.cached_layers().len(), layers, "{budget}");
+        assert!(
+            found.damage <= found.evenly_spaced.damage,
+            "{budget}: {found:?}"
+        );
         assert_eq!(found.plan.cached_layers()[0], 0, "{budget}");
         let bytes = model.kv_bytes_per_token(&found.plan.route()).unwrap();
         assert_eq!(bytes, layers * layer_bytes, "{budget}");

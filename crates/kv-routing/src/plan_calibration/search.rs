@@ -171,7 +171,7 @@ impl PlanCalibrationConfig {
             })
         };
         let mut levels = Vec::new();
-        let (plan, damage) = if target == n_layers {
+        let searched = if target == n_layers {
             (full, full_cache_value)
         } else {
             match self.search {
@@ -231,9 +231,29 @@ impl PlanCalibrationConfig {
                 }
             }
         };
+        // The evenly spaced plan of the same size (`retention`, `every:K` where K divides the
+        // layers) is scored too and kept if the search found nothing better: a calibrated plan
+        // is never worse than the rule on the calibration text.
+        let rule = CachePlan::retention(n_layers, target as f64 / n_layers as f64)?;
+        let rule = if rule == searched.0 {
+            searched.clone()
+        } else {
+            let run = scorer.record(&rule)?;
+            let damage = scorer.recorded_damage(&run)?;
+            (rule, damage)
+        };
+        let (plan, damage) = if better(&rule, &searched) == Ordering::Less {
+            rule.clone()
+        } else {
+            searched
+        };
         Ok(PlanCalibration {
             plan,
             damage,
+            evenly_spaced: CalibrationLevel {
+                plan: rule.0,
+                damage: rule.1,
+            },
             full_cache_value,
             measure: self.measure,
             search: self.search,
