@@ -106,7 +106,7 @@ fn calibrate<B: Backend>(
     PlanCalibrationConfig::new(budget)
         .with_measure(measure)
         .with_search(search)
-        .with_batch_size(2)
+        .with_batch_size(3)
         .calibrate(model, &calibration_sequences(order), |_| {})
         .unwrap()
 }
@@ -120,7 +120,7 @@ pub fn calibration_drops_a_duplicate_and_keeps_an_essential_layer<B: Backend>(de
     let kl = CalibrationMeasure::FullCacheKl;
     for search in [
         PlanSearch::Beam { width: 1 },
-        PlanSearch::Beam { width: 3 },
+        PlanSearch::Beam { width: 2 },
         PlanSearch::OneShot,
     ] {
         let one_fewer = calibrate(&model, PlanBudget::CachedLayers(5), kl, search, &[0, 1, 2]);
@@ -137,16 +137,18 @@ pub fn calibration_drops_a_duplicate_and_keeps_an_essential_layer<B: Backend>(de
         let half = calibrate(&model, PlanBudget::Retention(0.5), kl, search, &[0, 1, 2]);
         let kept = half.plan.cached_layers();
         assert_eq!(kept.len(), 3, "{search}");
-        assert_eq!(half.evenly_spaced.plan.cached_layers(), &[0, 2, 4]);
+        // The rules of 3 layers out of 6: retention 0.5 and every:2 are the same plan.
+        assert_eq!(half.rule_plans.len(), 1, "{search}");
+        assert_eq!(half.rule_plans[0].plan.cached_layers(), &[0, 2, 4]);
         assert!(
-            half.damage <= half.evenly_spaced.damage,
+            half.damage <= half.rule_plans[0].damage,
             "{search}: {half:?}"
         );
         assert!(
             kept.contains(&3) && !kept.contains(&2),
             "{search}: {kept:?}"
         );
-        // Another order of the same sequences, hence other batches: the same result.
+        // Another order of the same sequences: the same result.
         let shuffled = calibrate(&model, PlanBudget::Retention(0.5), kl, search, &[2, 0, 1]);
         assert_eq!(
             (shuffled.plan, shuffled.damage.to_bits()),
@@ -235,12 +237,18 @@ pub fn calibration_budgets_are_met_exactly_or_refused<B: Backend>(device: &B::De
         ),
         (PlanBudget::KvBytesPerToken(full_bytes), 6),
     ] {
+        // The budget does not depend on the search: the cheapest one keeps the test quick on
+        // slow backends.
         let found = PlanCalibrationConfig::new(budget)
+            .with_search(PlanSearch::OneShot)
             .calibrate(&model, &sequences, |_| {})
             .unwrap();
         assert_eq!(found.plan.cached_layers().len(), layers, "{budget}");
         assert!(
-            found.damage <= found.evenly_spaced.damage,
+            found
+                .rule_plans
+                .iter()
+                .all(|rule| found.damage <= rule.damage),
             "{budget}: {found:?}"
         );
         assert_eq!(found.plan.cached_layers()[0], 0, "{budget}");

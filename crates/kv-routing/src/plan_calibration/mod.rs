@@ -31,8 +31,9 @@
 //! # Contract
 //! - The returned plan caches layer 0 and exactly [`PlanBudget::cached_layers`] layers; its KV
 //!   bytes per token are the cache manager's figure for it (so within a bytes budget).
-//! - Its damage on the calibration text is at most that of the evenly spaced plan of the same
-//!   size (`retention:F`, `every:K`), which is always scored too.
+//! - Its damage on the calibration text is at most that of the rule-based plans of the same
+//!   size (`retention:F`, and `every:K` where it caches as many layers), which are always
+//!   scored too.
 //! - The result depends only on the model, the *set* of calibration sequences and the config:
 //!   sequences are put in a canonical order before anything runs, damages are summed in f64 in
 //!   that order, and ties go to the plan keeping lower layers (the smaller list).
@@ -169,10 +170,10 @@ pub struct PlanCalibration {
     pub measure: CalibrationMeasure,
     /// The search.
     pub search: PlanSearch,
-    /// The evenly spaced plan of the same size (`retention:F`; `every:K` where `K` divides the
-    /// layers) and its damage: the chosen plan is this one when the search found nothing
-    /// better.
-    pub evenly_spaced: CalibrationLevel,
+    /// The rule-based plans of the same size (`retention:F`, and `every:K` where it caches as
+    /// many layers) with their damage: the chosen plan is one of them when the search found
+    /// nothing better.
+    pub rule_plans: Vec<CalibrationLevel>,
     /// The damage of removing each layer alone from the full cache (`None` for layer 0).
     pub single_removal_damage: Vec<Option<f64>>,
     /// The best plan of each size on the way from the full cache to the budget (beam search;

@@ -231,29 +231,41 @@ impl PlanCalibrationConfig {
                 }
             }
         };
-        // The evenly spaced plan of the same size (`retention`, `every:K` where K divides the
-        // layers) is scored too and kept if the search found nothing better: a calibrated plan
-        // is never worse than the rule on the calibration text.
-        let rule = CachePlan::retention(n_layers, target as f64 / n_layers as f64)?;
-        let rule = if rule == searched.0 {
-            searched.clone()
-        } else {
-            let run = scorer.record(&rule)?;
-            let damage = scorer.recorded_damage(&run)?;
-            (rule, damage)
-        };
-        let (plan, damage) = if better(&rule, &searched) == Ordering::Less {
-            rule.clone()
-        } else {
-            searched
-        };
+        // The rule-based plans of the same size (`retention:F`, and `every:K` where it caches as
+        // many layers) are scored too, and one is kept if the search found nothing better: a
+        // calibrated plan is never worse than the rules on the calibration text.
+        let mut rules = vec![CachePlan::retention(
+            n_layers,
+            target as f64 / n_layers as f64,
+        )?];
+        for k in 1..=n_layers {
+            let every = CachePlan::every_kth(n_layers, k)?;
+            if every.cached_layers().len() == target && !rules.contains(&every) {
+                rules.push(every);
+            }
+        }
+        let mut best = searched;
+        let mut rule_plans = Vec::with_capacity(rules.len());
+        for rule in rules {
+            let damage = if rule == best.0 {
+                best.1
+            } else {
+                let run = scorer.record(&rule)?;
+                scorer.recorded_damage(&run)?
+            };
+            rule_plans.push(CalibrationLevel {
+                plan: rule.clone(),
+                damage,
+            });
+            if better(&(rule.clone(), damage), &best) == Ordering::Less {
+                best = (rule, damage);
+            }
+        }
+        let (plan, damage) = best;
         Ok(PlanCalibration {
             plan,
             damage,
-            evenly_spaced: CalibrationLevel {
-                plan: rule.0,
-                damage: rule.1,
-            },
+            rule_plans,
             full_cache_value,
             measure: self.measure,
             search: self.search,
