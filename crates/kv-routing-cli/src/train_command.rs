@@ -127,6 +127,10 @@ pub struct TrainArgs {
     /// Weight of the data's cross-entropy mixed into the distillation loss, in [0, 1].
     #[arg(long, default_value_t = 0.0)]
     distill_ce_weight: f64,
+    /// On sharing steps, also distill the full-cache pass with this weight (a second student
+    /// pass per sharing step), holding the full cache to the teacher on every step.
+    #[arg(long, default_value_t = 0.0)]
+    distill_full_weight: f64,
 }
 
 /// Runs `kv-routing train`.
@@ -181,6 +185,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         config.distill = Some(Distillation {
             temperature: args.distill_temperature,
             ce_weight: args.distill_ce_weight,
+            full_plan_weight: args.distill_full_weight,
             ..Distillation::from_teacher(teacher)
         });
     }

@@ -13,6 +13,8 @@
 //!   the gradient's scale independent of `T` (its gradient in `s` is `T · (q - p)` at `T`), as in
 //!   Hinton et al. (2015).
 //! - With `ce_weight = w` the loss is `(1 - w) · KL-term + w · cross-entropy`.
+//! - With `full_plan_weight = a > 0`, a step whose route shares layers adds `a ·` the KL term of
+//!   the student's full-cache pass (the full plan's steps are unchanged).
 //! - The teacher runs under the full plan on the inner (non-autodiff) backend: its logits are
 //!   constants, its weights never receive a gradient, and the optimizer never sees them.
 
@@ -36,6 +38,17 @@ pub struct Distillation {
     pub temperature: f64,
     /// Weight of the data's next-token cross-entropy, in `[0, 1]`; the KL term gets the rest.
     pub ce_weight: f64,
+    /// On a step whose route shares layers, also distill the student's *full-cache* pass with
+    /// this weight (`loss = shared + w · full`), so that every step pulls the full cache back to
+    /// the teacher, not only the steps that draw the full plan. `0` (the default, and what
+    /// configurations without the field read as): only the step's own route. Costs a second
+    /// student pass on sharing steps.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub full_plan_weight: f64,
+}
+
+fn is_zero(weight: &f64) -> bool {
+    *weight == 0.0
 }
 
 impl Distillation {
@@ -45,6 +58,7 @@ impl Distillation {
             teacher,
             temperature: 2.0,
             ce_weight: 0.0,
+            full_plan_weight: 0.0,
         }
     }
 
@@ -60,6 +74,12 @@ impl Distillation {
             return Err(TrainError::Config(format!(
                 "the cross-entropy weight of distillation must be in [0, 1], got {}",
                 self.ce_weight
+            )));
+        }
+        if !(self.full_plan_weight >= 0.0 && self.full_plan_weight.is_finite()) {
+            return Err(TrainError::Config(format!(
+                "the full-plan weight of distillation must be finite and >= 0, got {}",
+                self.full_plan_weight
             )));
         }
         Ok(())

@@ -379,3 +379,56 @@ fn a_distilled_plan_drawn_run_resumes_bit_exactly() {
         "the run did not train"
     );
 }
+
+/// With a full-plan weight `a`, a sharing step's loss is the distillation of its own route plus
+/// `a` times that of the student's full-cache pass (computed here from the two passes); a step
+/// that draws the full plan is unchanged.
+#[test]
+fn the_full_plan_weight_adds_the_full_cache_distillation_on_sharing_steps() {
+    type B = Autodiff<NdArray<f64>>;
+    let device = Default::default();
+    let student = tiny_model().init_seeded::<B>(4, &device).unwrap();
+    let teacher = tiny_model().init_seeded::<B>(5, &device).unwrap();
+    let batch = step_batch(2, 8, 3);
+    let full = CachePlan::full(3).unwrap().route();
+    let mean_kl = |route: &Route| -> f64 {
+        let student_logits = student.forward_tokens(&batch.inputs, route).unwrap();
+        let teacher_logits = teacher.forward_tokens(&batch.inputs, &full).unwrap();
+        distillation_losses(student_logits, teacher_logits, 2.0)
+            .unwrap()
+            .mean()
+            .into_scalar()
+    };
+    for (p, weight) in [(1.0, 0.0), (1.0, 0.5), (0.0, 0.5)] {
+        let router = kv_routing::StochasticRouter::new(3, p, 0)
+            .unwrap()
+            .with_draw(RouteDraw::EveryKth { max_k: 2 })
+            .unwrap();
+        let route = router.route_for_step(batch.step);
+        assert_eq!(route == full, p == 0.0);
+        let settings = Distillation {
+            full_plan_weight: weight,
+            ..Distillation::from_teacher("/unused".into())
+        };
+        let lm = RoutedLm::new(student.clone(), router)
+            .unwrap()
+            .distilled_from(teacher.clone(), settings)
+            .unwrap();
+        let loss: f64 = TrainStep::step(&lm, batch.clone()).item.loss.into_scalar();
+        let anchor = if route == full {
+            0.0
+        } else {
+            weight * mean_kl(&full)
+        };
+        let expected = mean_kl(&route) + anchor;
+        assert!(
+            (loss - expected).abs() < 1e-10 * expected.abs().max(1.0),
+            "p = {p}, weight = {weight}: {loss} against {expected}"
+        );
+    }
+    let invalid = Distillation {
+        full_plan_weight: -1.0,
+        ..Distillation::from_teacher("/unused".into())
+    };
+    assert!(invalid.validate().is_err());
+}

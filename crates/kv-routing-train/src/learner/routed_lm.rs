@@ -165,11 +165,17 @@ impl<B: AutodiffBackend> RoutedLm<B> {
         let teacher = teacher.valid();
         let full = CachePlan::full(teacher.n_layers())?.route();
         let targets = Tensor::from_inner(teacher.forward_tokens(&batch.inputs, &full)?);
-        let mut losses = distillation_losses(logits.clone(), targets, settings.temperature)?;
+        let mut losses =
+            distillation_losses(logits.clone(), targets.clone(), settings.temperature)?;
         if settings.ce_weight > 0.0 {
             losses = losses
                 .mul_scalar(1.0 - settings.ce_weight)
                 .add(token_losses(logits, &batch.targets)?.mul_scalar(settings.ce_weight));
+        }
+        if settings.full_plan_weight > 0.0 && *route != full {
+            let full_logits = self.transformer.forward_tokens(&batch.inputs, &full)?;
+            let anchor = distillation_losses(full_logits, targets, settings.temperature)?;
+            losses = losses.add(anchor.mul_scalar(settings.full_plan_weight));
         }
         Ok(shares(losses, batch))
     }
