@@ -5,7 +5,7 @@ mod support;
 
 use std::path::PathBuf;
 
-use support::run;
+use support::{run, run_failing};
 
 fn bundled(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -250,14 +250,7 @@ fn plan_prints_a_plan_the_other_commands_take() {
             "cannot be used with",
         ),
     ] {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_kv-routing"))
-            .args(plan_args(budget))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            !output.status.success() && stderr.contains(expected),
-            "{budget:?}: {stderr}"
-        );
+        let stderr = run_failing(&plan_args(budget));
+        assert!(stderr.contains(expected), "{budget:?}: {stderr}");
     }
 }

@@ -10,7 +10,7 @@ use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
-use support::run;
+use support::{run, run_failing};
 
 mod support;
 
@@ -301,15 +301,8 @@ fn a_distilled_plan_drawn_retrofit_is_configured_by_flags() {
         args
     };
     let fails = |extra: &[&'static str], message: &str| {
-        let output = Command::new(env!("CARGO_BIN_EXE_kv-routing"))
-            .args(args(extra))
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(
-            !output.status.success() && stderr.contains(message),
-            "{extra:?}: {stderr}"
-        );
+        let stderr = run_failing(&args(extra));
+        assert!(stderr.contains(message), "{extra:?}: {stderr}");
         assert!(!runs.join("checkpoint").exists(), "{extra:?} trained");
     };
     fails(&["--route-draw", "every:1"], "max_k >= 2");

@@ -17,6 +17,18 @@ pub fn run(args: &[&str]) -> Output {
     output
 }
 
+/// Runs `kv-routing ARGS`, failing the test if the command succeeds; returns its stderr.
+#[allow(dead_code)]
+pub fn run_failing<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_kv-routing"))
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(!output.status.success(), "kv-routing succeeded: {stderr}");
+    stderr
+}
+
 /// A run's metrics.jsonl with the wall-clock speed left out (what an exact resume reproduces).
 #[allow(dead_code)]
 pub fn metrics(out: &Path) -> Vec<serde_json::Value> {
