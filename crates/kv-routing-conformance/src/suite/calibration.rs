@@ -255,6 +255,12 @@ pub fn calibration_budgets_are_met_exactly_or_refused<B: Backend>(device: &B::De
         let bytes = model.kv_bytes_per_token(&found.plan.route()).unwrap();
         assert_eq!(bytes, layers * layer_bytes, "{budget}");
     }
+    // The full cache's budget searches nothing.
+    let full = PlanCalibrationConfig::new(PlanBudget::Retention(1.0))
+        .calibrate(&model, &sequences, |_| {})
+        .unwrap();
+    assert_eq!(full.plan, CachePlan::full(6).unwrap());
+    assert_eq!(full.candidates_evaluated, 0);
     let config = PlanCalibrationConfig::new(PlanBudget::CachedLayers(3));
     for bad in [
         vec![],

@@ -174,7 +174,8 @@ pub struct PlanCalibration {
     /// many layers) with their damage: the chosen plan is one of them when the search found
     /// nothing better.
     pub rule_plans: Vec<CalibrationLevel>,
-    /// The damage of removing each layer alone from the full cache (`None` for layer 0).
+    /// The damage of removing each layer alone from the full cache (`None` for layer 0, and
+    /// for every layer when the budget is the full cache: nothing is searched).
     pub single_removal_damage: Vec<Option<f64>>,
     /// The best plan of each size on the way from the full cache to the budget (beam search;
     /// one-shot: the chosen plan only).

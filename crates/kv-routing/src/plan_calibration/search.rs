@@ -150,16 +150,18 @@ impl PlanCalibrationConfig {
         scorer.full_logits = full_run.iter().map(RecordedForward::logits).collect();
         let full_cache_value = scorer.recorded_damage(&full_run)?;
 
-        // Every search starts by removing single layers from the full cache.
+        // Every search starts by removing single layers from the full cache (none when the
+        // budget is the full cache).
         let mut children = Vec::with_capacity(n_layers);
-        for layer in 1..n_layers {
+        for layer in (1..n_layers).filter(|_| target < n_layers) {
             let child = without(&full, layer)?;
             let damage = scorer.child_damage(&full_run, &child, layer)?;
             children.push((child, damage));
         }
-        let single: Vec<Option<f64>> = std::iter::once(None)
+        let mut single: Vec<Option<f64>> = std::iter::once(None)
             .chain(children.iter().map(|&(_, damage)| Some(damage)))
             .collect();
+        single.resize(n_layers, None);
         drop(full_run);
         let mut report = |s: &Scorer<'_, B>, best: &(CachePlan, f64)| {
             progress(&CalibrationProgress {
