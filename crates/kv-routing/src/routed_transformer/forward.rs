@@ -46,8 +46,7 @@ impl<B: Backend> RoutedTransformer<B> {
                 "need at least one sequence and one token (got a [{batch}, {seq_len}] tensor)"
             )));
         }
-        let positions: Vec<usize> = (0..batch).flat_map(|_| 0..seq_len).collect();
-        let rope = self.angles(&positions, batch, seq_len)?;
+        let rope = self.full_sequence_angles(batch, seq_len)?;
         let hidden = self.run_blocks(
             DeviceTokens::Unchecked(tokens),
             &rope,
@@ -78,8 +77,7 @@ impl<B: Backend> RoutedTransformer<B> {
             )));
         }
         let (ids, batch, seq_len) = self.token_tensor(tokens)?;
-        let positions: Vec<usize> = (0..batch).flat_map(|_| 0..seq_len).collect();
-        let rope = self.angles(&positions, batch, seq_len)?;
+        let rope = self.full_sequence_angles(batch, seq_len)?;
         let key_valid: Vec<bool> = lengths
             .iter()
             .flat_map(|&n| (0..seq_len).map(move |j| j < n))
@@ -124,6 +122,16 @@ impl<B: Backend> RoutedTransformer<B> {
             .rope
             .angles(positions, batch, seq_len)?
             .for_heads(&heads))
+    }
+
+    /// The rotary angles of a full-sequence pass: `batch` sequences at positions `0..seq_len`.
+    pub(super) fn full_sequence_angles(
+        &self,
+        batch: usize,
+        seq_len: usize,
+    ) -> crate::Result<RopeAngles<B>> {
+        let positions: Vec<usize> = (0..batch).flat_map(|_| 0..seq_len).collect();
+        self.angles(&positions, batch, seq_len)
     }
 
     /// The block loop shared by every path (embedding, then every block in order), on the

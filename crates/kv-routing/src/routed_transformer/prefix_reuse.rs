@@ -24,7 +24,6 @@ use crate::error::{KvRoutingError, Result};
 use crate::kernels::on_compute_threads;
 use crate::key_value::KeyValue;
 use crate::kv_store::{KvStore, SequenceKv};
-use crate::rope::RopeAngles;
 use crate::route::Route;
 
 /// One forward pass kept layer by layer for [`RoutedTransformer::forward_from`].
@@ -102,7 +101,7 @@ impl<B: Backend> RoutedTransformer<B> {
         let ids = match ids {
             DeviceTokens::Checked(ids) | DeviceTokens::Unchecked(ids) => ids,
         };
-        let rope = self.positions_angles(batch, seq_len)?;
+        let rope = self.full_sequence_angles(batch, seq_len)?;
         let mut store = RecordingKv {
             inner: SequenceKv::new(route.clone()),
             recorded: vec![None; self.n_layers()],
@@ -168,7 +167,7 @@ impl<B: Backend> RoutedTransformer<B> {
             store.put(source, kv)?;
         }
         let [batch, seq_len] = recorded.tokens.dims();
-        let rope = self.positions_angles(batch, seq_len)?;
+        let rope = self.full_sequence_angles(batch, seq_len)?;
         let hidden = on_compute_threads::<B, _>(|| {
             let mut x = recorded.block_inputs[start].clone();
             for (layer, block) in self.blocks.iter().enumerate().skip(start) {
@@ -177,11 +176,5 @@ impl<B: Backend> RoutedTransformer<B> {
             Ok::<_, KvRoutingError>(x)
         })?;
         Ok(self.vocab_logits(hidden))
-    }
-
-    /// The rotary angles of `batch` sequences at positions `0..seq_len`.
-    fn positions_angles(&self, batch: usize, seq_len: usize) -> Result<RopeAngles<B>> {
-        let positions: Vec<usize> = (0..batch).flat_map(|_| 0..seq_len).collect();
-        self.angles(&positions, batch, seq_len)
     }
 }
