@@ -178,6 +178,7 @@ pub fn checkpoint_records(data: &[u8]) -> bool {
         show_progress: false,
         stop_at: Some(2),
         memory_budget: kv_routing::MemoryBudget::bytes(1 << 30),
+        ..Default::default()
     };
     train::<Autodiff<Flex>>(
         tiny_run(),

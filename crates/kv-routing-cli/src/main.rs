@@ -52,7 +52,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Train a model (or resume, or fine-tune from a checkpoint) with routing probability p.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate checkpoints under sharing plans: loss, recall accuracy, KV bytes, decode speed.
     Eval(EvalArgs),
     /// Generate text from a prompt with a checkpoint under a sharing plan.
@@ -72,7 +72,7 @@ fn main() -> ExitCode {
     // flex: freed activations kept for reuse instead of faulted in again on every layer).
     kv_routing_backend::retain_freed_memory();
     let result = match cli.command {
-        Command::Train(args) => run_train(args),
+        Command::Train(args) => run_train(*args),
         Command::Eval(args) => run_eval(args),
         Command::Generate(args) => run_generate(args),
         Command::Export(args) => run_export(args),

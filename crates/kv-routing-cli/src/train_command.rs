@@ -5,6 +5,7 @@
 //! checkpoint it starts from.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Args;
 use kv_routing::{MemoryBudget, RouteDraw};
@@ -12,6 +13,7 @@ use kv_routing_backend::{training_devices, AutodiffBackend, NAME};
 use kv_routing_hf::StagedDir;
 use kv_routing_train::data::DataSource;
 use kv_routing_train::distillation::Distillation;
+use kv_routing_train::nodes::NodeConfig;
 use kv_routing_train::train_config::TrainConfig;
 use kv_routing_train::trainer::{checkpoint_dir, train_on, RunOptions, Start};
 
@@ -107,6 +109,21 @@ pub struct TrainArgs {
     /// another N).
     #[arg(long, default_value_t = 1)]
     devices: usize,
+    /// Train as one of this many nodes (processes, on this machine or several): start the same
+    /// command on each with its own --node-rank; the batch is split over nodes x devices and
+    /// every step sums the gradients over the nodes, so the run is the one of a single node.
+    #[arg(long, env = "KV_ROUTING_NODES", default_value_t = 1)]
+    nodes: usize,
+    /// This node's rank, 0..N. Rank 0 listens at --coordinator and is the only node that
+    /// writes the run directory; the others read it to resume.
+    #[arg(long, env = "KV_ROUTING_NODE_RANK", default_value_t = 0)]
+    node_rank: usize,
+    /// host:port where rank 0 listens and the other nodes connect (with --nodes > 1).
+    #[arg(long, env = "KV_ROUTING_COORDINATOR")]
+    coordinator: Option<String>,
+    /// Seconds a node waits for the others: to join, and for any one exchange of a step.
+    #[arg(long, env = "KV_ROUTING_NODE_TIMEOUT", default_value_t = 300.0)]
+    node_timeout: f64,
     /// Where the sharing steps' routes come from: `layers` (the paper's: each layer
     /// independently reads a random earlier layer), `every:K` (each sharing step serves the
     /// plan every:k, k uniform in 2..=K) or `plans:F` (a random plan caching at least the
@@ -135,6 +152,7 @@ pub struct TrainArgs {
 
 /// Runs `kv-routing train`.
 pub fn run_train(args: TrainArgs) -> Result<()> {
+    let nodes = node_config(&args)?;
     let mut config = TrainConfig::small(args.layers, args.d_model, args.seq_len);
     let heads = args.heads.unwrap_or(config.model.n_heads);
     config.model.n_heads = heads;
@@ -208,10 +226,15 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             args.out.display()
         )));
     }
+    let node_note = nodes
+        .as_ref()
+        .map(|n| format!(" as node {} of {}", n.rank, n.nodes))
+        .unwrap_or_default();
     let options = RunOptions {
         show_progress: !args.quiet,
         stop_at: args.stop_at,
         memory_budget: args.memory_budget,
+        nodes,
     };
     let summary = train_on::<AutodiffBackend>(
         config,
@@ -222,9 +245,36 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     )?;
     let config = &summary.config;
     println!(
-        "trained {} steps on {NAME} in {:.1} s (p = {}, {} layers, d_model {}): validation loss {:.4} (full cache)",
+        "trained {} steps on {NAME}{node_note} in {:.1} s (p = {}, {} layers, d_model {}): validation loss {:.4} (full cache)",
         summary.steps_run, summary.seconds, config.p, config.model.n_layers, config.model.d_model, summary.final_val_loss
     );
     println!("checkpoint: {}", checkpoint.display());
     Ok(())
+}
+
+/// The node settings of `args`: `None` for a run on one node.
+fn node_config(args: &TrainArgs) -> Result<Option<NodeConfig>> {
+    if args.nodes <= 1 && args.node_rank == 0 {
+        if args.nodes == 0 {
+            return Err(CliError::Setting("--nodes must be at least 1".into()));
+        }
+        return Ok(None);
+    }
+    let coordinator = args.coordinator.clone().ok_or_else(|| {
+        CliError::Setting("--nodes > 1 needs --coordinator HOST:PORT (where rank 0 listens)".into())
+    })?;
+    if !(args.node_timeout.is_finite() && args.node_timeout > 0.0) {
+        return Err(CliError::Setting(format!(
+            "--node-timeout must be a positive number of seconds, not {}",
+            args.node_timeout
+        )));
+    }
+    let config = NodeConfig {
+        nodes: args.nodes,
+        rank: args.node_rank,
+        coordinator,
+        timeout: Duration::from_secs_f64(args.node_timeout),
+    };
+    config.validate()?;
+    Ok(Some(config))
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 mod support;
 
-use support::{metrics, train_args};
+use support::{assert_close, metrics, train_args};
 
 fn train(out: &Path, extra: &[&str]) {
     support::run(&train_args(out, extra));
@@ -52,26 +52,6 @@ fn a_resumed_run_trains_only_its_remaining_steps_exactly() {
     assert!(resumed[2]["val_loss"].is_number(), "validated at the stop");
     resumed[2]["val_loss"] = serde_json::Value::Null;
     assert_eq!(resumed, metrics(&straight));
-}
-
-/// Whether two logs hold the same steps with figures equal up to float noise (two devices sum
-/// the gradient in another order than one).
-fn assert_close(a: &[serde_json::Value], b: &[serde_json::Value]) {
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(b) {
-        assert_eq!(x["step"], y["step"]);
-        assert_eq!(x["learning_rate"], y["learning_rate"]);
-        for key in ["train_loss", "grad_norm", "val_loss"] {
-            match (x[key].as_f64(), y[key].as_f64()) {
-                (Some(u), Some(v)) => assert!(
-                    (u - v).abs() <= 1e-4 * u.abs().max(1.0),
-                    "step {}: {key} {u} vs {v}",
-                    x["step"]
-                ),
-                (u, v) => assert_eq!(u, v, "step {}: {key}", x["step"]),
-            }
-        }
-    }
 }
 
 #[test]

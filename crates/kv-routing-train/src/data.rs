@@ -117,6 +117,11 @@ impl Dataset {
         Some((text.len() - 1) / self.seq_len)
     }
 
+    /// The tokens of a text corpus (`None` for the synthetic one).
+    pub fn text(&self) -> Option<&[u32]> {
+        self.text.as_deref()
+    }
+
     /// Input length of the samples.
     pub fn seq_len(&self) -> usize {
         self.seq_len

@@ -34,6 +34,10 @@ pub enum TrainError {
     /// The model rejected its input or configuration.
     #[error(transparent)]
     Model(#[from] KvRoutingError),
+    /// A run on several nodes could not start or go on: a node did not join in time, differs
+    /// from the others, died or stopped.
+    #[error("nodes: {0}")]
+    Node(String),
     /// A Hugging Face checkpoint or tokenizer could not be read or written.
     #[error(transparent)]
     Pretrained(#[from] kv_routing_hf::HfError),

@@ -28,6 +28,7 @@ pub mod evaluate;
 pub mod grad_clip;
 pub mod learner;
 pub mod loss;
+pub mod nodes;
 pub mod passkey;
 pub mod plot;
 pub mod pretrained;

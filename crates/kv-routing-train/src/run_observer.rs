@@ -6,6 +6,10 @@
 //! Burn's step traits cannot return errors, so the first error is kept, Burn's interrupter
 //! stops the run after the current step, and [`RunObserver::finish`] returns it. A step that
 //! diverged or failed is never checkpointed: the last checkpoint stays the run's state.
+//!
+//! On several nodes every node keeps the same bookkeeping (validation included, so that every
+//! node reads the same figures and no node waits on another's), but only rank 0 writes files
+//! and shows progress: the others are [`RunObserver::follower`]s.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -51,6 +55,8 @@ pub(crate) struct RunObserver<B> {
     end: u64,
     interrupter: Interrupter,
     progress: ProgressBar,
+    /// Whether this node writes the log and checkpoints (rank 0, or the only node).
+    writes_files: bool,
     run: Mutex<RunRecord>,
     _backend: PhantomData<fn() -> B>,
 }
@@ -77,6 +83,7 @@ impl<B: AutodiffBackend> RunObserver<B> {
             end,
             interrupter: Interrupter::new(),
             progress,
+            writes_files: true,
             run: Mutex::new(RunRecord {
                 state,
                 log: Vec::new(),
@@ -88,6 +95,14 @@ impl<B: AutodiffBackend> RunObserver<B> {
         }
     }
 
+    /// The same bookkeeping without writing any file or showing progress: a node of a run on
+    /// several nodes other than rank 0.
+    pub(crate) fn follower(mut self) -> Self {
+        self.writes_files = false;
+        self.progress = ProgressBar::hidden();
+        self
+    }
+
     /// The interrupter this observer stops the run with; Burn's training must use it.
     pub(crate) fn interrupter(&self) -> Interrupter {
         self.interrupter.clone()
@@ -97,6 +112,10 @@ impl<B: AutodiffBackend> RunObserver<B> {
     /// steps) and marks the start of the first step. Called once the run is set up.
     pub(crate) fn start(&self) -> Result<()> {
         let mut run = self.lock();
+        if !self.writes_files {
+            run.step_start = Instant::now();
+            return Ok(());
+        }
         let path = &self.metrics_path;
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
@@ -177,24 +196,26 @@ impl<B: AutodiffBackend> RunObserver<B> {
             val_loss,
             tokens_per_second: (config.batch_size * config.seq_len) as f64 / seconds,
         };
-        let metrics = run
-            .metrics
-            .as_mut()
-            .expect("the log is opened by `start`, before Burn runs a step");
-        writeln!(
-            metrics,
-            "{}",
-            serde_json::to_string(&entry).expect("log entries serialize")
-        )
-        .map_err(|e| TrainError::io(&self.metrics_path, e))?;
+        if self.writes_files {
+            let metrics = run
+                .metrics
+                .as_mut()
+                .expect("the log is opened by `start`, before Burn runs a step");
+            writeln!(
+                metrics,
+                "{}",
+                serde_json::to_string(&entry).expect("log entries serialize")
+            )
+            .map_err(|e| TrainError::io(&self.metrics_path, e))?;
+        }
         self.progress.set_position(run.state.step);
         self.progress
             .set_message(progress_message(&entry, &run.log));
         run.log.push(entry);
-        if last
+        let checkpoint_due = last
             || (config.checkpoint_every > 0
-                && run.state.step.is_multiple_of(config.checkpoint_every))
-        {
+                && run.state.step.is_multiple_of(config.checkpoint_every));
+        if checkpoint_due && self.writes_files {
             save_checkpoint(
                 &self.checkpoint,
                 config,
@@ -227,6 +248,14 @@ impl<B: AutodiffBackend> StepObserver<B> for RunObserver<B> {
             run.error = Some(error);
             self.interrupter.stop(Some("the run stopped on an error"));
         }
+    }
+
+    fn step_failed(&self, error: TrainError) {
+        let mut run = self.lock();
+        if run.error.is_none() {
+            run.error = Some(error);
+        }
+        self.interrupter.stop(Some("the run stopped on an error"));
     }
 }
 

@@ -26,7 +26,8 @@ use crate::checkpoint::{load_model, load_optimizer, load_state, TrainState};
 use crate::data::{DataSource, Dataset};
 use crate::error::{Result, TrainError};
 use crate::evaluate::validation_metrics;
-use crate::learner::{LearnerSetup, RoutedLmTraining, SilentRenderer};
+use crate::learner::{LearnerSetup, RoutedLmTraining, SilentRenderer, StepLayout};
+use crate::nodes::{tokens_digest, weights_digest, NodeConfig, NodeGroup, RunFingerprint};
 use crate::run_observer::RunObserver;
 use crate::starting_point::{load_starting_point, StartingPoint};
 use crate::train_config::TrainConfig;
@@ -72,7 +73,7 @@ pub struct TrainSummary {
 }
 
 /// How a call to [`train`] behaves, besides what the run is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RunOptions {
     /// Show a progress bar.
     pub show_progress: bool,
@@ -82,6 +83,10 @@ pub struct RunOptions {
     /// Limit on a training step's activations, checked before the first batch is built.
     /// Default: unlimited (only sizes that overflow are refused).
     pub memory_budget: MemoryBudget,
+    /// Train as one node of a run on several ([`crate::nodes`]); `None`: the only node. Every
+    /// node runs this function with the same run; only rank 0 writes the log and checkpoints
+    /// (the others read the checkpoint to resume, and must see the same files).
+    pub nodes: Option<NodeConfig>,
 }
 
 /// Step 0 of a new run: a router for the run's `p` and seed.
@@ -141,6 +146,10 @@ pub fn train_on<B: AutodiffBackend>(
         .first()
         .ok_or_else(|| TrainError::Config("training needs at least one device".into()))?;
     let checkpoint = checkpoint_dir(out_dir);
+    if let Some(nodes) = &options.nodes {
+        nodes.validate()?;
+    }
+    let rank = options.nodes.as_ref().map_or(0, |n| n.rank);
     let (state, model, config) = match &start {
         Start::Fresh => {
             config.validate()?;
@@ -148,7 +157,10 @@ pub fn train_on<B: AutodiffBackend>(
             (fresh_state(&config)?, model, config)
         }
         Start::Resume { extend_to } => {
-            StagedDir::recover(&checkpoint)?;
+            // Finishing an interrupted save is the writer's job: rank 0's.
+            if rank == 0 {
+                StagedDir::recover(&checkpoint)?;
+            }
             let (mut saved, model) = load_model::<B>(&checkpoint, device)?;
             if let Some(steps) = *extend_to {
                 if steps < saved.steps {
@@ -237,7 +249,27 @@ pub fn train_on<B: AutodiffBackend>(
             seconds: run_start.elapsed().as_secs_f64(),
         });
     }
-    let observer = Arc::new(RunObserver::<B>::new(
+    let group = match &options.nodes {
+        Some(nodes) if nodes.nodes > 1 => {
+            // Before waiting for anyone: a batch that cannot split is this node's error alone.
+            StepLayout::split_over_nodes(
+                config.batch_size,
+                nodes.nodes,
+                nodes.rank,
+                devices.len(),
+                1,
+            )?;
+            let mut fingerprint = RunFingerprint::of_run(&config, first_step)
+                .with("end_step", end)
+                .with("weights", format!("{:016x}", weights_digest(&model)));
+            if let Some(tokens) = dataset.text() {
+                fingerprint = fingerprint.with("text", format!("{:016x}", tokens_digest(tokens)));
+            }
+            Some(Arc::new(NodeGroup::join(nodes, first_step, &fingerprint)?))
+        }
+        _ => None,
+    };
+    let mut observer = RunObserver::<B>::new(
         config.clone(),
         state,
         end,
@@ -245,12 +277,19 @@ pub fn train_on<B: AutodiffBackend>(
         dataset.clone(),
         full,
         options.show_progress,
-    ));
-    let setup = LearnerSetup::new(devices.to_vec())
+    );
+    if rank != 0 {
+        observer = observer.follower();
+    }
+    let observer = Arc::new(observer);
+    let mut setup = LearnerSetup::new(devices.to_vec())
         .with_steps(first_step..end)
         .with_dataset(dataset)
         .observed_by(observer.clone())
         .without_validation();
+    if let Some(group) = &group {
+        setup = setup.with_nodes(group.clone());
+    }
     let mut run = RoutedLmTraining::new(&config, model, setup, out_dir)?;
     if let Some(record) = optimizer {
         run.learner.load_optim(record);
@@ -264,9 +303,15 @@ pub fn train_on<B: AutodiffBackend>(
         .with_interrupter(observer.interrupter());
     // Only once the run is set up (a layout or vocabulary error leaves the log as it was).
     observer.start()?;
-    write_resume_note(out_dir, &config)?;
+    if rank == 0 {
+        write_resume_note(out_dir, &config)?;
+    }
     run.launch();
     let (state, log) = observer.finish()?;
+    if let Some(group) = &group {
+        // Rank 0 gets here after its last checkpoint: a node that returns knows it is written.
+        group.barrier()?;
+    }
     let final_val_loss = log
         .iter()
         .rev()

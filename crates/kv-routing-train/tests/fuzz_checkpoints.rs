@@ -41,6 +41,7 @@ fn resume(out: &Path) -> bool {
         // As the CLI does (`--memory-budget available`): a damaged batch size must be refused
         // before its batch is built.
         memory_budget: MemoryBudget::bytes(1 << 30),
+        ..Default::default()
     };
     train::<B>(
         targets::tiny_run(),

@@ -50,3 +50,24 @@ pub fn train_args<'a>(out: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     args.extend_from_slice(extra);
     args
 }
+
+/// Asserts that two logs hold the same steps with figures equal up to float noise (two devices
+/// or nodes sum the gradient in another order than one).
+#[allow(dead_code)]
+pub fn assert_close(a: &[serde_json::Value], b: &[serde_json::Value]) {
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x["step"], y["step"]);
+        assert_eq!(x["learning_rate"], y["learning_rate"]);
+        for key in ["train_loss", "grad_norm", "val_loss"] {
+            match (x[key].as_f64(), y[key].as_f64()) {
+                (Some(u), Some(v)) => assert!(
+                    (u - v).abs() <= 1e-4 * u.abs().max(1.0),
+                    "step {}: {key} {u} vs {v}",
+                    x["step"]
+                ),
+                (u, v) => assert_eq!(u, v, "step {}: {key}", x["step"]),
+            }
+        }
+    }
+}

@@ -1,6 +1,9 @@
 //! [`RoutedLmOptimizer`]: AdamW with global-norm clipping, and an optional [`StepObserver`] that
 //! sees every optimizer step (to log, validate and checkpoint in the middle of Burn's epoch).
 //!
+//! On several nodes the gradients (and the step's loss) are summed over the nodes here, first,
+//! so that clipping and AdamW see the whole step's gradient on every node ([`crate::nodes`]).
+//!
 //! Clipping happens here, where Burn configures its own (`GradientClippingConfig` on the
 //! optimizer), but over all parameters together, as `torch.nn.utils.clip_grad_norm_` does:
 //! Burn's `GradientClipping::Norm` clips each tensor on its own, which turns the update's
@@ -16,7 +19,9 @@ use burn::tensor::Tensor;
 
 use super::routed_lm::RoutedLm;
 use super::step_losses::StepLosses;
+use crate::error::TrainError;
 use crate::grad_clip::clip_global_norm;
+use crate::nodes::NodeGroup;
 
 /// AdamW through Burn's adaptor, over a [`RoutedLm`].
 pub type AdamWAdaptor<B> = OptimizerAdaptor<AdamW, RoutedLm<B>, B>;
@@ -40,6 +45,14 @@ pub trait StepObserver<B: AutodiffBackend>: Send + Sync {
         loss: Tensor<B::InnerBackend, 1>,
         grad_norm: Tensor<B::InnerBackend, 1>,
     );
+
+    /// Called instead of [`StepObserver::after_step`] when a step could not be taken (the
+    /// nodes could not sum its gradients): the weights were not updated. Burn's step traits
+    /// cannot return the error, so the observer must keep it and stop the run; by default it
+    /// panics with it.
+    fn step_failed(&self, error: TrainError) {
+        panic!("a routed training step failed: {error}");
+    }
 }
 
 /// AdamW with global-norm clipping (the optimizer of [`super::RoutedLmTraining`]).
@@ -47,6 +60,7 @@ pub struct RoutedLmOptimizer<B: AutodiffBackend> {
     adamw: AdamWAdaptor<B>,
     grad_clip: f64,
     observer: Option<(Arc<dyn StepObserver<B>>, StepLosses)>,
+    nodes: Option<Arc<NodeGroup>>,
 }
 
 impl<B: AutodiffBackend> Clone for RoutedLmOptimizer<B> {
@@ -55,6 +69,7 @@ impl<B: AutodiffBackend> Clone for RoutedLmOptimizer<B> {
             adamw: self.adamw.clone(),
             grad_clip: self.grad_clip,
             observer: self.observer.clone(),
+            nodes: self.nodes.clone(),
         }
     }
 }
@@ -66,6 +81,15 @@ impl<B: AutodiffBackend> RoutedLmOptimizer<B> {
             adamw,
             grad_clip,
             observer: None,
+            nodes: None,
+        }
+    }
+
+    /// Sums every step's gradients (and loss) over the nodes of `group` before clipping.
+    pub(crate) fn across_nodes(self, group: Arc<NodeGroup>) -> Self {
+        Self {
+            nodes: Some(group),
+            ..self
         }
     }
 
@@ -86,13 +110,29 @@ impl<B: AutodiffBackend> Optimizer<RoutedLm<B>, B> for RoutedLmOptimizer<B> {
     type Record = <AdamWAdaptor<B> as Optimizer<RoutedLm<B>, B>>::Record;
 
     fn step(&mut self, lr: f64, module: RoutedLm<B>, mut grads: GradientsParams) -> RoutedLm<B> {
+        let mut loss = self.observer.as_ref().map(|(_, losses)| {
+            let device = module
+                .devices()
+                .into_iter()
+                .next()
+                .expect("a routed transformer has parameters");
+            losses
+                .take(&device)
+                .unwrap_or_else(|| Tensor::zeros([1], &device))
+        });
+        if let Some(group) = &self.nodes {
+            if let Err(error) = group.all_reduce_gradients(&module, &mut grads, loss.as_mut()) {
+                // No update: the nodes would no longer hold the same weights.
+                match &self.observer {
+                    Some((observer, _)) => observer.step_failed(error),
+                    None => panic!("a routed training step failed: {error}"),
+                }
+                return module;
+            }
+        }
         let grad_norm = clip_global_norm(&module, &mut grads, self.grad_clip);
         let module = self.adamw.step(lr, module, grads);
-        if let Some((observer, losses)) = &self.observer {
-            let device = grad_norm.device();
-            let loss = losses
-                .take(&device)
-                .unwrap_or_else(|| Tensor::zeros([1], &device));
+        if let (Some((observer, _)), Some(loss)) = (&self.observer, loss) {
             observer.after_step(&module, &self.adamw, lr, loss, grad_norm);
         }
         module

@@ -8,6 +8,11 @@
 //! with `batch_size = G`. Within a step, micro-batch `m` of device `d` holds samples
 //! `s * G + (m * devices + d) * batch_per_device ..` (one sequence after another).
 //!
+//! On several nodes ([`crate::nodes`]) the global batch is `nodes` times a node's batch
+//! `devices x accumulation x batch_per_device`, and node `r` reads the `r`-th contiguous part
+//! of each step: its device `d`'s micro-batch `m` holds samples `s * G + r * node_batch + (m *
+//! devices + d) * batch_per_device ..`. The nodes together read each step's `G` samples once.
+//!
 //! Burn's `split_dataloader` gives device `d` the `d`-th contiguous `1 / devices` of the items,
 //! and a loader of batch size `batch_per_device` cuts each share into micro-batches in order; the
 //! items are therefore ordered device-major, then step, then micro-batch, then sequence, so that
@@ -24,7 +29,11 @@ use crate::error::{Result, TrainError};
 /// micro-batches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StepLayout {
-    /// Devices training together (data parallel).
+    /// Nodes (processes) training together, each with its own devices.
+    pub nodes: usize,
+    /// This node's rank, `0..nodes`.
+    pub node: usize,
+    /// Devices of this node training together (data parallel).
     pub devices: usize,
     /// Micro-batches each device runs per optimizer step (Burn's gradient accumulation).
     pub accumulation: usize,
@@ -36,22 +45,55 @@ impl StepLayout {
     /// The layout that spreads a global batch of `batch_size` sequences evenly over `devices`
     /// devices and `accumulation` micro-batches; an error when it does not divide evenly.
     pub fn split(batch_size: usize, devices: usize, accumulation: usize) -> Result<Self> {
-        let parts = devices.checked_mul(accumulation).unwrap_or(0);
+        Self::split_over_nodes(batch_size, 1, 0, devices, accumulation)
+    }
+
+    /// Node `node`'s part of the layout that spreads a global batch of `batch_size` sequences
+    /// evenly over `nodes` nodes of `devices` devices and `accumulation` micro-batches each; an
+    /// error when it does not divide evenly or `node` is not below `nodes`.
+    pub fn split_over_nodes(
+        batch_size: usize,
+        nodes: usize,
+        node: usize,
+        devices: usize,
+        accumulation: usize,
+    ) -> Result<Self> {
+        let parts = [nodes, devices, accumulation]
+            .into_iter()
+            .try_fold(1usize, |product, n| product.checked_mul(n))
+            .unwrap_or(0);
         if parts == 0 || batch_size == 0 || !batch_size.is_multiple_of(parts) {
+            let over_nodes = if nodes == 1 {
+                String::new()
+            } else {
+                format!("{nodes} nodes x ")
+            };
             return Err(TrainError::Config(format!(
-                "a batch of {batch_size} sequences does not split evenly over {devices} devices x {accumulation} accumulated micro-batches"
+                "a batch of {batch_size} sequences does not split evenly over {over_nodes}{devices} devices x {accumulation} accumulated micro-batches"
+            )));
+        }
+        if node >= nodes {
+            return Err(TrainError::Config(format!(
+                "node {node} is not below the node count {nodes}"
             )));
         }
         Ok(Self {
+            nodes,
+            node,
             devices,
             accumulation,
             batch_per_device: batch_size / parts,
         })
     }
 
-    /// Sequences per optimizer step.
-    pub fn global_batch(&self) -> usize {
+    /// Sequences this node trains on per optimizer step.
+    pub fn node_batch(&self) -> usize {
         self.devices * self.accumulation * self.batch_per_device
+    }
+
+    /// Sequences per optimizer step, over all nodes.
+    pub fn global_batch(&self) -> usize {
+        self.nodes * self.node_batch()
     }
 }
 
@@ -123,7 +165,9 @@ impl StepDataset {
             micro_batch % layout.accumulation,
         );
         let step = self.first_step + step as u64;
-        let offset = (micro * layout.devices + device) * layout.batch_per_device + sequence;
+        let offset = layout.node * layout.node_batch()
+            + (micro * layout.devices + device) * layout.batch_per_device
+            + sequence;
         (step, step * layout.global_batch() as u64 + offset as u64)
     }
 }
@@ -142,7 +186,7 @@ impl BurnDataset<StepItem> for StepDataset {
     }
 
     fn len(&self) -> usize {
-        self.steps as usize * self.layout.global_batch()
+        self.steps as usize * self.layout.node_batch()
     }
 }
 
@@ -191,6 +235,49 @@ mod tests {
             assert_eq!(read, expected);
         }
         assert!(dataset.get(48).is_none());
+    }
+
+    #[test]
+    fn the_nodes_read_each_step_once_between_them() {
+        let data = Arc::new(Dataset::open(&DataSource::Synthetic { seed: 4 }, 8).unwrap());
+        let (steps, first) = (3u64, 2u64);
+        let mut read: Vec<(u64, Vec<u32>)> = Vec::new();
+        for node in 0..3 {
+            let layout = StepLayout::split_over_nodes(12, 3, node, 2, 1).unwrap();
+            assert_eq!((layout.node_batch(), layout.global_batch()), (4, 12));
+            let dataset =
+                StepDataset::new(data.clone(), Split::Train, first, steps, layout).unwrap();
+            assert_eq!(dataset.len(), 12);
+            for i in 0..dataset.len() {
+                let item = dataset.get(i).unwrap();
+                assert_eq!(
+                    item.targets_per_step,
+                    12 * 8,
+                    "divided by the whole step's targets"
+                );
+                read.push((item.step, item.tokens));
+            }
+        }
+        let one_node = StepDataset::new(
+            data,
+            Split::Train,
+            first,
+            steps,
+            StepLayout::split(12, 1, 1).unwrap(),
+        )
+        .unwrap();
+        let mut expected: Vec<(u64, Vec<u32>)> = (0..one_node.len())
+            .map(|i| one_node.get(i).unwrap())
+            .map(|item| (item.step, item.tokens))
+            .collect();
+        read.sort();
+        expected.sort();
+        assert_eq!(read, expected);
+        assert!(StepLayout::split_over_nodes(12, 3, 3, 1, 1).is_err());
+        let uneven = StepLayout::split_over_nodes(4, 3, 0, 1, 1)
+            .unwrap_err()
+            .to_string();
+        assert!(uneven.contains("3 nodes x 1 devices"), "{uneven}");
     }
 
     #[test]

@@ -24,6 +24,7 @@ use super::step_dataset::{StepDataset, StepLayout};
 use super::step_losses::StepLosses;
 use crate::data::{Dataset, Split};
 use crate::error::{Result, TrainError};
+use crate::nodes::NodeGroup;
 use crate::schedule::WarmupCosineScheduler;
 use crate::train_config::TrainConfig;
 
@@ -39,6 +40,7 @@ pub struct LearnerSetup<B: AutodiffBackend> {
     observer: Option<Arc<dyn StepObserver<B>>>,
     validate: bool,
     dataset: Option<Arc<Dataset>>,
+    nodes: Option<Arc<NodeGroup>>,
 }
 
 impl<B: AutodiffBackend> LearnerSetup<B> {
@@ -53,7 +55,16 @@ impl<B: AutodiffBackend> LearnerSetup<B> {
             observer: None,
             validate: true,
             dataset: None,
+            nodes: None,
         }
+    }
+
+    /// Trains as one node of `group` ([`crate::nodes`]): this node reads its part of every
+    /// step's `config.batch_size` sequences, and every optimizer step sums the gradients over
+    /// the nodes before clipping, so the step is the one of a single node.
+    pub fn with_nodes(mut self, group: Arc<NodeGroup>) -> Self {
+        self.nodes = Some(group);
+        self
     }
 
     /// Each device runs `micro_batches` micro-batches per optimizer step (Burn's gradient
@@ -128,6 +139,7 @@ impl<B: AutodiffBackend> RoutedLmTraining<B> {
             observer,
             validate,
             dataset,
+            nodes,
         } = setup;
         if devices.is_empty() {
             return Err(TrainError::Config(
@@ -148,7 +160,14 @@ impl<B: AutodiffBackend> RoutedLmTraining<B> {
                 config.steps
             )));
         }
-        let layout = StepLayout::split(config.batch_size, devices.len(), accumulation)?;
+        let (node_count, rank) = nodes.as_ref().map_or((1, 0), |g| (g.nodes(), g.rank()));
+        let layout = StepLayout::split_over_nodes(
+            config.batch_size,
+            node_count,
+            rank,
+            devices.len(),
+            accumulation,
+        )?;
         let data = match dataset {
             Some(data) if data.seq_len() == config.seq_len => data,
             Some(data) => {
@@ -212,6 +231,9 @@ impl<B: AutodiffBackend> RoutedLmTraining<B> {
             .with_weight_decay(config.weight_decay as f32)
             .init::<B, RoutedLm<B>>();
         let mut optimizer = RoutedLmOptimizer::new(adamw, config.grad_clip);
+        if let Some(group) = nodes {
+            optimizer = optimizer.across_nodes(group);
+        }
         if let Some(observer) = observer {
             let losses = StepLosses::default();
             model = model.reporting_losses_to(losses.clone());
