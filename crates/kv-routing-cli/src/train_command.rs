@@ -248,6 +248,12 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
         "trained {} steps on {NAME}{node_note} in {:.1} s (p = {}, {} layers, d_model {}): validation loss {:.4} (full cache)",
         summary.steps_run, summary.seconds, config.p, config.model.n_layers, config.model.d_model, summary.final_val_loss
     );
+    if let Some(exchange) = summary.node_exchange_seconds {
+        println!(
+            "summing gradients over the nodes: {exchange:.1} s of the {:.1} s",
+            summary.seconds
+        );
+    }
     println!("checkpoint: {}", checkpoint.display());
     Ok(())
 }

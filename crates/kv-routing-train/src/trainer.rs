@@ -70,6 +70,9 @@ pub struct TrainSummary {
     pub final_val_loss: f64,
     /// Wall-clock seconds of this call's steps.
     pub seconds: f64,
+    /// On several nodes, the seconds of `seconds` this node spent summing gradients with the
+    /// others (waiting for the slowest included); `None` on one node.
+    pub node_exchange_seconds: Option<f64>,
 }
 
 /// How a call to [`train`] behaves, besides what the run is.
@@ -247,6 +250,7 @@ pub fn train_on<B: AutodiffBackend>(
             log: Vec::new(),
             final_val_loss,
             seconds: run_start.elapsed().as_secs_f64(),
+            node_exchange_seconds: None,
         });
     }
     let group = match &options.nodes {
@@ -322,6 +326,7 @@ pub fn train_on<B: AutodiffBackend>(
         log,
         final_val_loss,
         seconds: run_start.elapsed().as_secs_f64(),
+        node_exchange_seconds: group.as_ref().map(|g| g.exchange_seconds()),
         config,
     })
 }

@@ -112,6 +112,8 @@ struct GroupState {
     failure: Option<String>,
     /// The step of the next gradient exchange.
     step: u64,
+    /// Wall-clock seconds spent in exchanges (sending, waiting, summing, receiving).
+    exchange_seconds: f64,
 }
 
 /// This node's membership of a run on several nodes (see the module docs).
@@ -154,6 +156,7 @@ impl NodeGroup {
                 links: Some(links),
                 failure: None,
                 step: first_step,
+                exchange_seconds: 0.0,
             }),
         })
     }
@@ -166,6 +169,12 @@ impl NodeGroup {
     /// How many nodes train the run.
     pub fn nodes(&self) -> usize {
         self.nodes
+    }
+
+    /// Wall-clock seconds this node has spent exchanging with the others so far: sending,
+    /// waiting for the slowest node, summing, receiving.
+    pub fn exchange_seconds(&self) -> f64 {
+        self.lock().exchange_seconds
     }
 
     /// Waits until every node reaches this point (rank 0 after its last checkpoint, the others
@@ -195,6 +204,7 @@ impl NodeGroup {
         if let Some(failure) = &state.failure {
             return Err(TrainError::Node(format!("stopped earlier: {failure}")));
         }
+        let started = Instant::now();
         let links = state.links.as_mut().expect("links live until a failure");
         let result = match links {
             Links::Coordinator(members) => {
@@ -202,6 +212,7 @@ impl NodeGroup {
             }
             Links::Member(link) => sum_through_coordinator(link, step, index, values, self.timeout),
         };
+        state.exchange_seconds += started.elapsed().as_secs_f64();
         result.map_err(|failure| {
             if let Some(links) = state.links.take() {
                 abort(links, &failure);
