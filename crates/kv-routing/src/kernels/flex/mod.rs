@@ -3,6 +3,7 @@
 //! - [`attention`]: causal grouped-query attention in one parallel pass (prefill, chunks, decode),
 //!   with [`few_row_attention`] for the few query rows of a decode step;
 //! - [`matvec`]: products of one to a few rows that stream each weight once on every core;
+//!   [`half_product`]: products of more half-precision rows through the f32 matrix product;
 //! - [`rms_norm`], [`swiglu`]: one-pass row kernels;
 //! - [`rotary`]: the rotary embedding in one pass, with its backward pass on `Autodiff<Flex>`;
 //! - [`slot_write`]: the KV cache's append, in place;
@@ -21,6 +22,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod few_row_attention;
+pub(crate) mod half_product;
 pub(crate) mod matvec;
 pub(crate) mod mutants;
 pub(crate) mod pool;

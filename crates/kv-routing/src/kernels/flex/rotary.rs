@@ -13,8 +13,9 @@
 //! [`rotate`] takes `x` `[batch, seq_len, heads, head_dim]` and the tables `[cos, cos]`,
 //! `[-sin, sin]` `[batch, seq_len, 1, head_dim]` of [`crate::RopeAngles`], all f32 and
 //! contiguous, and returns the rotation, differentiable in `x` on `Autodiff<Flex>` (the tables
-//! are constants); `None` (Burn's ops then run) for any other backend, element type, layout or
-//! shape.
+//! are constants); on plain flex all three may also be f16 or bf16 (of any layout: widened to
+//! f32, rotated, rounded once); `None` (Burn's ops then run) for any other backend, element
+//! type, layout or shape.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
@@ -26,7 +27,8 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::tensor::{
-    contiguous_f32, contiguous_values, diff_float, flex_float, from_diff, from_flex,
+    contiguous_f32, contiguous_values, diff_float, flex_float, from_diff, from_flex, narrowed_half,
+    widened_half,
 };
 
 /// Rows (heads of positions) per task.
@@ -59,6 +61,16 @@ pub(crate) fn rotate<B: Backend>(
 ) -> Option<Tensor<B, 4>> {
     if let Some(x) = flex_float(x) {
         let (cos, sin) = (flex_float(cos)?, flex_float(sin)?);
+        let half = matches!(x.dtype(), DType::F16 | DType::BF16);
+        if half && cos.dtype() == x.dtype() && sin.dtype() == x.dtype() {
+            // Half precision (inference only): widened, rotated in f32, rounded once. Burn's
+            // ops would run five element-wise passes over x in flex's scalar half arithmetic.
+            let dtype = x.dtype();
+            let (x, cos, sin) = (widened_half(&x)?, widened_half(&cos)?, widened_half(&sin)?);
+            check(&x, &cos, &sin)?;
+            let rotated = rotation(&x, &cos, &sin, Direction::Forward);
+            return from_flex(narrowed_half(&rotated, dtype)?);
+        }
         check(&x, &cos, &sin)?;
         return from_flex(rotation(&x, &cos, &sin, Direction::Forward));
     }
@@ -291,12 +303,45 @@ mod tests {
         let strided = x.clone().swap_dims(0, 1);
         let [c5, s5] = tables(5, 2, 6);
         assert!(rotate(&strided, &c5, &s5).is_none());
-        let wide = x.cast(DType::F64);
+        let wide = x.clone().cast(DType::F64);
         assert!(rotate(
             &wide,
             &cos.clone().cast(DType::F64),
             &sin.clone().cast(DType::F64)
         )
         .is_none());
+        // Mixed element types: Burn's ops.
+        assert!(rotate(&x.clone().cast(DType::F16), &cos, &sin).is_none());
+    }
+
+    #[test]
+    fn half_precision_is_rotated_in_f32_and_rounded_once() {
+        let device = Default::default();
+        for (dtype, tolerance) in [(DType::F16, 2e-3), (DType::BF16, 1.6e-2)] {
+            // A strided input (the queries as a swapped view), as half-precision models hand
+            // them over.
+            let x = Tensor::<Flex, 4>::random([2, 3, 5, 8], Distribution::Default, &device)
+                .cast(dtype)
+                .swap_dims(1, 2);
+            let [cos, sin] = tables(2, 5, 8).map(|t| t.cast(dtype));
+            let out = rotate(&x, &cos, &sin).expect("half precision on plain flex");
+            assert_eq!((out.dims(), out.dtype()), ([2, 5, 3, 8], dtype));
+            // The rotation of the half values, in f64.
+            let expected: Vec<f64> = generic(
+                x.cast(DType::F64),
+                cos.cast(DType::F64),
+                sin.cast(DType::F64),
+            )
+            .into_data()
+            .iter::<f64>()
+            .collect();
+            let worst = out
+                .into_data()
+                .iter::<f64>()
+                .zip(&expected)
+                .map(|(a, e)| (a - e).abs() / (1.0 + e.abs()))
+                .fold(0.0, f64::max);
+            assert!(worst < tolerance, "{dtype:?}: {worst}");
+        }
     }
 }

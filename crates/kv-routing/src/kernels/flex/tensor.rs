@@ -123,6 +123,67 @@ pub(crate) fn contiguous_f32(tensor: FlexTensor) -> FlexTensor {
     }
 }
 
+/// A half-precision (f16, bf16) tensor as a contiguous f32 tensor of the same shape, converted
+/// with the CPU's conversion instructions over rayon's pool (flex's own cast goes through an f64
+/// copy, element by element); `None` for other element types.
+pub(crate) fn widened_half(tensor: &FlexTensor) -> Option<FlexTensor> {
+    fn widen<E: super::vector::KernelElement>(tensor: &FlexTensor) -> Option<FlexTensor> {
+        let tensor = if tensor.layout().contiguous_offsets().is_some() {
+            tensor.clone()
+        } else {
+            tensor.to_contiguous()
+        };
+        let (start, end) = tensor.layout().contiguous_offsets()?;
+        let src = &E::storage(&tensor)[start..end];
+        let mut out = FlexTensor::empty(tensor.layout().shape().clone(), DType::F32);
+        convert_in_parallel(src, out.storage_mut::<f32>(), E::widen);
+        Some(out)
+    }
+    match tensor.dtype() {
+        DType::F16 => widen::<half::f16>(tensor),
+        DType::BF16 => widen::<half::bf16>(tensor),
+        _ => None,
+    }
+}
+
+/// An f32 tensor rounded to the half-precision `dtype` (f16 or bf16), contiguous; `None` for
+/// other types.
+pub(crate) fn narrowed_half(tensor: &FlexTensor, dtype: DType) -> Option<FlexTensor> {
+    fn narrow<E: super::vector::KernelElement>(tensor: &FlexTensor) -> Option<FlexTensor> {
+        let tensor = if tensor.layout().contiguous_offsets().is_some() {
+            tensor.clone()
+        } else {
+            tensor.to_contiguous()
+        };
+        let (start, end) = tensor.layout().contiguous_offsets()?;
+        let src = &tensor.storage::<f32>()[start..end];
+        let mut out = FlexTensor::empty(tensor.layout().shape().clone(), E::DTYPE);
+        convert_in_parallel(src, E::storage_mut(&mut out), E::narrow);
+        Some(out)
+    }
+    if tensor.dtype() != DType::F32 {
+        return None;
+    }
+    match dtype {
+        DType::F16 => narrow::<half::f16>(tensor),
+        DType::BF16 => narrow::<half::bf16>(tensor),
+        _ => None,
+    }
+}
+
+/// `convert(src, dst)` over equal chunks of both, on rayon's pool when they are large.
+fn convert_in_parallel<S: Sync, D: Send>(src: &[S], dst: &mut [D], convert: fn(&[S], &mut [D])) {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 15;
+    if src.len() <= CHUNK {
+        convert(src, dst);
+    } else {
+        dst.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(dst, src)| convert(src, dst));
+    }
+}
+
 /// The values of an f32 tensor laid out as one contiguous run (checked by the caller, or made
 /// so by [`contiguous_f32`]).
 pub(crate) fn contiguous_values(tensor: &FlexTensor) -> &[f32] {
