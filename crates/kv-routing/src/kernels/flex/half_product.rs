@@ -25,8 +25,8 @@ use burn_flex::FlexTensor;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::matvec::MAX_STREAMED_ROWS;
-use super::tensor::{flex_float, from_flex};
+use super::matvec::{dims, MAX_STREAMED_ROWS};
+use super::tensor::{flex_float, from_flex, widened_half};
 use super::vector::KernelElement;
 
 /// The most f32 values of the weight widened at a time (8 MB): enough outputs per block for
@@ -75,15 +75,12 @@ fn widened<E: KernelElement, B: Backend>(
         return None;
     }
     let row_stride = row_stride as usize;
-    let (x_start, x_end) = x.layout().contiguous_offsets()?;
     let weights = &E::storage(weight)[start..];
     if weights.len() < (d_output - 1) * row_stride + d_input {
         return None;
     }
 
-    let x32 = f32_tensor::<B>([rows, d_input], |out| {
-        E::widen(&E::storage(x)[x_start..x_end], out)
-    })?;
+    let x32: Tensor<B, 2> = from_flex(widened_half(x)?)?;
     let block = (block_values / d_input).clamp(1, d_output);
     let mut y = FlexTensor::empty(Shape::from(vec![rows, d_output]), E::DTYPE);
     let y_values = E::storage_mut(&mut y);
@@ -115,11 +112,6 @@ fn f32_tensor<B: Backend>(dims: [usize; 2], fill: impl FnOnce(&mut [f32])) -> Op
     let mut tensor = FlexTensor::empty(Shape::from(dims.to_vec()), DType::F32);
     fill(tensor.storage_mut::<f32>());
     from_flex(tensor)
-}
-
-fn dims(tensor: &FlexTensor) -> [usize; 2] {
-    let shape = tensor.layout().shape();
-    [shape[0], shape[1]]
 }
 
 #[cfg(test)]

@@ -138,7 +138,8 @@ fn one_row<E: KernelElement>(
     y
 }
 
-fn dims(tensor: &FlexTensor) -> [usize; 2] {
+/// The two dimensions of a rank-2 flex tensor.
+pub(crate) fn dims(tensor: &FlexTensor) -> [usize; 2] {
     let shape = tensor.layout().shape();
     [shape[0], shape[1]]
 }
