@@ -153,6 +153,8 @@ fn two_and_three_nodes_train_the_run_of_one_process_with_the_whole_batch() {
             "{nodes} nodes x {devices} devices: weights differ by {difference}"
         );
         assert_close(&metrics(&outs[0]), &metrics(&one));
+        let note = std::fs::read_to_string(outs[0].join("RESUME.md")).unwrap();
+        assert!(note.contains("--nodes N --node-rank R"), "{note}");
         // Only rank 0 writes: the others' run directories are never created.
         for out in &outs[1..] {
             assert!(!out.exists(), "{} was written", out.display());

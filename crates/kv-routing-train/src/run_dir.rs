@@ -65,7 +65,10 @@ pub fn write_resume_note(out_dir: &Path, config: &TrainConfig) -> Result<()> {
          ```sh\nkv-routing train --resume --out {out}\n```\n\n\
          Add `--steps N` to lengthen the run (the rest of the learning-rate schedule stretches),\n\
          `--stop-at S` to stop at step S with a checkpoint. From Rust: `kv_routing_train::trainer::train`\n\
-         with `Start::Resume {{ extend_to: None }}` and this directory.\n",
+         with `Start::Resume {{ extend_to: None }}` and this directory.\n\n\
+         On several nodes, run the same command on each with `--nodes N --node-rank R --coordinator\n\
+         HOST:PORT` (or the `KV_ROUTING_NODES`, `KV_ROUTING_NODE_RANK`, `KV_ROUTING_COORDINATOR`\n\
+         variables), every node reading this checkpoint; any node count continues the same run.\n",
         steps = config.steps,
         batch = config.batch_size,
         seq = config.seq_len,
