@@ -434,16 +434,19 @@ fn join_coordinator(config: &NodeConfig, fingerprint: &RunFingerprint) -> Result
         ))
     };
     let stream = loop {
-        let attempt = config
-            .coordinator
-            .to_socket_addrs()
-            .and_then(|mut addresses| {
-                let address = addresses.next().ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing")
-                })?;
+        // Every address the name resolves to (`localhost` may give ::1 before 127.0.0.1).
+        let attempt = config.coordinator.to_socket_addrs().and_then(|addresses| {
+            let mut last =
+                io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing");
+            for address in addresses {
                 let left = deadline.saturating_duration_since(Instant::now());
-                TcpStream::connect_timeout(&address, left.max(Duration::from_millis(1)))
-            });
+                match TcpStream::connect_timeout(&address, left.max(Duration::from_millis(1))) {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => last = e,
+                }
+            }
+            Err(last)
+        });
         match attempt {
             Ok(stream) => break stream,
             Err(e) if Instant::now() >= deadline => return Err(unreachable(e.to_string())),
