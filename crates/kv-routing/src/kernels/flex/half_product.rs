@@ -120,18 +120,7 @@ mod tests {
     use burn::tensor::Distribution;
     use burn_flex::Flex;
 
-    use crate::kernels::flex::tensor::f32_values;
-
-    fn reference(x: &[f32], w: &[f32], rows: usize, d_input: usize, d_output: usize) -> Vec<f64> {
-        (0..rows * d_output)
-            .map(|index| {
-                let (r, o) = (index / d_output, index % d_output);
-                (0..d_input)
-                    .map(|i| x[r * d_input + i] as f64 * w[i * d_output + o] as f64)
-                    .sum()
-            })
-            .collect()
-    }
+    use crate::kernels::flex::tensor::{f32_values, product_reference as reference};
 
     #[test]
     fn half_products_match_f64_of_their_values_across_blocks() {

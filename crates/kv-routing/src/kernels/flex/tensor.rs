@@ -128,11 +128,7 @@ pub(crate) fn contiguous_f32(tensor: FlexTensor) -> FlexTensor {
 /// copy, element by element); `None` for other element types.
 pub(crate) fn widened_half(tensor: &FlexTensor) -> Option<FlexTensor> {
     fn widen<E: super::vector::KernelElement>(tensor: &FlexTensor) -> Option<FlexTensor> {
-        let tensor = if tensor.layout().contiguous_offsets().is_some() {
-            tensor.clone()
-        } else {
-            tensor.to_contiguous()
-        };
+        let tensor = contiguous(tensor);
         let (start, end) = tensor.layout().contiguous_offsets()?;
         let src = &E::storage(&tensor)[start..end];
         let mut out = FlexTensor::empty(tensor.layout().shape().clone(), DType::F32);
@@ -150,11 +146,7 @@ pub(crate) fn widened_half(tensor: &FlexTensor) -> Option<FlexTensor> {
 /// other types.
 pub(crate) fn narrowed_half(tensor: &FlexTensor, dtype: DType) -> Option<FlexTensor> {
     fn narrow<E: super::vector::KernelElement>(tensor: &FlexTensor) -> Option<FlexTensor> {
-        let tensor = if tensor.layout().contiguous_offsets().is_some() {
-            tensor.clone()
-        } else {
-            tensor.to_contiguous()
-        };
+        let tensor = contiguous(tensor);
         let (start, end) = tensor.layout().contiguous_offsets()?;
         let src = &tensor.storage::<f32>()[start..end];
         let mut out = FlexTensor::empty(tensor.layout().shape().clone(), E::DTYPE);
@@ -168,6 +160,16 @@ pub(crate) fn narrowed_half(tensor: &FlexTensor, dtype: DType) -> Option<FlexTen
         DType::F16 => narrow::<half::f16>(tensor),
         DType::BF16 => narrow::<half::bf16>(tensor),
         _ => None,
+    }
+}
+
+/// `tensor` itself (a shared handle) when its values are one contiguous run, else a contiguous
+/// copy.
+fn contiguous(tensor: &FlexTensor) -> FlexTensor {
+    if tensor.layout().contiguous_offsets().is_some() {
+        tensor.clone()
+    } else {
+        tensor.to_contiguous()
     }
 }
 
@@ -228,6 +230,26 @@ pub(crate) fn f32_values<const D: usize>(tensor: &Tensor<burn_flex::Flex, D>) ->
         .to_data()
         .to_vec::<f32>()
         .unwrap()
+}
+
+/// `x W` in f64 for row-major `x` `[rows, in]` and `w` `[in, out]` (the product kernels' tests'
+/// reference).
+#[cfg(test)]
+pub(crate) fn product_reference(
+    x: &[f32],
+    w: &[f32],
+    rows: usize,
+    d_input: usize,
+    d_output: usize,
+) -> Vec<f64> {
+    (0..rows * d_output)
+        .map(|index| {
+            let (r, o) = (index / d_output, index % d_output);
+            (0..d_input)
+                .map(|i| x[r * d_input + i] as f64 * w[i * d_output + o] as f64)
+                .sum()
+        })
+        .collect()
 }
 
 #[cfg(test)]
