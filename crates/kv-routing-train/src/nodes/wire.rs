@@ -138,23 +138,46 @@ pub(crate) fn write_values(
     write_u64(w, index)?;
     write_u64(w, values.kind())?;
     write_u64(w, values.len() as u64)?;
-    let mut bytes = Vec::with_capacity(CHUNK * 8);
     match values {
-        Values::Absent => {}
-        Values::F32(v) => {
-            for chunk in v.chunks(CHUNK) {
-                bytes.clear();
-                bytes.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
-                w.write_all(&bytes)?;
-            }
-        }
-        Values::F64(v) => {
-            for chunk in v.chunks(CHUNK) {
-                bytes.clear();
-                bytes.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
-                w.write_all(&bytes)?;
-            }
-        }
+        Values::Absent => Ok(()),
+        Values::F32(v) => write_floats(w, v),
+        Values::F64(v) => write_floats(w, v),
+    }
+}
+
+/// A float the wire carries, little-endian.
+trait WireFloat: Copy + std::ops::Add<Output = Self> {
+    const BYTES: usize;
+    fn put(self, into: &mut Vec<u8>);
+    fn take(bytes: &[u8]) -> Self;
+}
+
+impl WireFloat for f32 {
+    const BYTES: usize = 4;
+    fn put(self, into: &mut Vec<u8>) {
+        into.extend(self.to_le_bytes());
+    }
+    fn take(bytes: &[u8]) -> Self {
+        f32::from_le_bytes(bytes.try_into().expect("4 bytes"))
+    }
+}
+
+impl WireFloat for f64 {
+    const BYTES: usize = 8;
+    fn put(self, into: &mut Vec<u8>) {
+        into.extend(self.to_le_bytes());
+    }
+    fn take(bytes: &[u8]) -> Self {
+        f64::from_le_bytes(bytes.try_into().expect("8 bytes"))
+    }
+}
+
+fn write_floats<F: WireFloat>(w: &mut impl Write, values: &[F]) -> io::Result<()> {
+    let mut bytes = Vec::with_capacity(CHUNK * F::BYTES);
+    for chunk in values.chunks(CHUNK) {
+        bytes.clear();
+        chunk.iter().for_each(|x| x.put(&mut bytes));
+        w.write_all(&bytes)?;
     }
     Ok(())
 }
@@ -200,38 +223,31 @@ pub(crate) fn read_values(
     into: &mut Values,
     combine: Combine,
 ) -> io::Result<()> {
-    let mut bytes = vec![0; CHUNK * 8];
     match into {
         Values::Absent => Ok(()),
-        Values::F32(v) => {
-            for chunk in v.chunks_mut(CHUNK) {
-                let bytes = &mut bytes[..chunk.len() * 4];
-                r.read_exact(bytes)?;
-                for (x, b) in chunk.iter_mut().zip(bytes.chunks_exact(4)) {
-                    let value = f32::from_le_bytes(b.try_into().expect("4 bytes"));
-                    *x = match combine {
-                        Combine::Add => *x + value,
-                        Combine::Replace => value,
-                    };
-                }
-            }
-            Ok(())
-        }
-        Values::F64(v) => {
-            for chunk in v.chunks_mut(CHUNK) {
-                let bytes = &mut bytes[..chunk.len() * 8];
-                r.read_exact(bytes)?;
-                for (x, b) in chunk.iter_mut().zip(bytes.chunks_exact(8)) {
-                    let value = f64::from_le_bytes(b.try_into().expect("8 bytes"));
-                    *x = match combine {
-                        Combine::Add => *x + value,
-                        Combine::Replace => value,
-                    };
-                }
-            }
-            Ok(())
+        Values::F32(v) => read_floats(r, v, combine),
+        Values::F64(v) => read_floats(r, v, combine),
+    }
+}
+
+fn read_floats<F: WireFloat>(
+    r: &mut impl Read,
+    into: &mut [F],
+    combine: Combine,
+) -> io::Result<()> {
+    let mut bytes = vec![0; CHUNK * F::BYTES];
+    for chunk in into.chunks_mut(CHUNK) {
+        let bytes = &mut bytes[..chunk.len() * F::BYTES];
+        r.read_exact(bytes)?;
+        for (x, b) in chunk.iter_mut().zip(bytes.chunks_exact(F::BYTES)) {
+            let value = F::take(b);
+            *x = match combine {
+                Combine::Add => *x + value,
+                Combine::Replace => value,
+            };
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]
