@@ -289,7 +289,7 @@ pub fn batch_within_budget(
     context: usize,
     budget: usize,
 ) -> usize {
-    budget / (kv_bytes_per_token(config, plan, 4) * context)
+    budget / (kv_bytes_per_token(config, plan, burn::tensor::DType::F32) * context)
 }
 
 /// Batch of the capacity benchmark: the largest batch of [`CAPACITY_CONTEXT`]-token sequences
@@ -308,21 +308,26 @@ pub fn capacity_batch(config: &RoutedTransformerConfig, plan: &CachePlan) -> usi
     batch
 }
 
-/// KV bytes of one token of one sequence (`KvCacheLayout::bytes_for`, from the config alone).
+/// KV bytes of one token of one sequence in a cache of the float type `float`
+/// (`KvCacheLayout::bytes_for`, from the config alone).
 pub fn kv_bytes_per_token(
     config: &RoutedTransformerConfig,
     plan: &CachePlan,
-    bytes_per_element: usize,
+    float: burn::tensor::DType,
 ) -> usize {
     let attention = config.attention_config();
+    let head_dim = attention.resolved_head_dim();
     KvCacheLayout {
         batch_size: 1,
         n_layers: config.n_layers,
         n_kv_heads: attention.kv_heads(),
-        head_dim: attention.resolved_head_dim(),
+        head_dim,
         capacity: 1,
     }
-    .bytes_for(&plan.route(), bytes_per_element)
+    .bytes_for(
+        &plan.route(),
+        kv_routing::KvRowFormat::float(float, head_dim),
+    )
 }
 
 #[cfg(test)]
@@ -368,14 +373,14 @@ mod tests {
             assert_eq!(cache.sequence_lengths(), &[20, 20]);
             assert_eq!(
                 cache.bytes(),
-                kv_bytes_per_token(&size.config, &plan, 4) * 2 * 20
+                kv_bytes_per_token(&size.config, &plan, burn::tensor::DType::F32) * 2 * 20
             );
         }
         let full = CachePlan::full(12).unwrap();
         let quarter = CachePlan::every_kth(12, 4).unwrap();
         assert_eq!(
-            kv_bytes_per_token(&size.config, &full, 4),
-            4 * kv_bytes_per_token(&size.config, &quarter, 4)
+            kv_bytes_per_token(&size.config, &full, burn::tensor::DType::F32),
+            4 * kv_bytes_per_token(&size.config, &quarter, burn::tensor::DType::F32)
         );
         // Whole sequences only, so the batch ratio is 4 up to flooring.
         let full_batch = batch_within_budget(&size.config, &full, 1024, KV_BUDGET);

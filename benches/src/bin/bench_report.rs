@@ -139,7 +139,7 @@ fn memory_section() {
                 "| {} | {name} | {} | {per_token} | {} | {:.1}% | {:.1} MiB |",
                 size.name,
                 plan.cached_layers().len(),
-                kv_bytes_per_token(&size.config, &plan, 4),
+                kv_bytes_per_token(&size.config, &plan, burn::tensor::DType::F32),
                 100.0 * per_token as f64 / full_bytes as f64,
                 big as f64 / 1048576.0
             );
@@ -153,7 +153,7 @@ fn memory_section() {
             println!(
                 "| {} | {name} | {} | {} | {} |",
                 size.name,
-                KV_BUDGET / kv_bytes_per_token(&size.config, &plan, 4),
+                KV_BUDGET / kv_bytes_per_token(&size.config, &plan, burn::tensor::DType::F32),
                 batch_within_budget(&size.config, &plan, 1024, KV_BUDGET),
                 batch_within_budget(&size.config, &plan, 4096, KV_BUDGET)
             );

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use kv_routing::{split_plan_list, CachePlan};
+use kv_routing::{split_plan_list, CachePlan, KvDtype};
 use kv_routing_backend::{Backend, Precision, NAME};
 use kv_routing_hf::{load_model_dir, tokenizer_file};
 use kv_routing_train::checkpoint::load_config;
@@ -65,6 +65,10 @@ pub struct EvalArgs {
     /// Precision of weights, activations and KV cache: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: Precision,
+    /// What the KV cache stores: native (the --dtype), f32, f16, bf16, or int8 (8-bit codes
+    /// with one scale per 32 values, llama.cpp's q8_0 layout).
+    #[arg(long, default_value = "native")]
+    kv_dtype: KvDtype,
 }
 
 /// Runs `kv-routing eval`.
@@ -83,7 +87,8 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     };
     let mut evaluations = Vec::new();
     for path in &args.checkpoint {
-        let loaded = load_model_dir::<Backend>(&resolve_checkpoint(path)?, &device)?;
+        let mut loaded = load_model_dir::<Backend>(&resolve_checkpoint(path)?, &device)?;
+        loaded.model = loaded.model.with_kv_dtype(args.kv_dtype)?;
         let plans = split_plan_list(&args.plans)
             .into_iter()
             .map(|spec| {
@@ -121,7 +126,10 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
             checkpoint: loaded.dir.clone(),
             p: history.routing_p,
             steps: history.routed_steps,
-            backend: format!("{NAME} {}", args.dtype.name()),
+            backend: match args.kv_dtype {
+                KvDtype::Native => format!("{NAME} {}", args.dtype.name()),
+                kv => format!("{NAME} {}, KV {kv}", args.dtype.name()),
+            },
             settings,
             plans: evaluate_plans(&loaded.model, &loaded.codec, &dataset, &plans, &settings)?,
         });

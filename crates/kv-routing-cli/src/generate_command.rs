@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use kv_routing::{CachePlan, GenerationConfig, MemoryBudget, Sampler};
+use kv_routing::{CachePlan, GenerationConfig, KvDtype, MemoryBudget, Sampler};
 use kv_routing_backend::{Backend, Precision, NAME};
 use kv_routing_hf::load_model_dir;
 
@@ -45,6 +45,10 @@ pub struct GenerateArgs {
     /// Precision of weights, activations and KV cache: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: Precision,
+    /// What the KV cache stores: native (the --dtype), f32, f16, bf16, or int8 (8-bit codes
+    /// with one scale per 32 values, llama.cpp's q8_0 layout).
+    #[arg(long, default_value = "native")]
+    kv_dtype: KvDtype,
     /// Refuse a generation whose KV cache and prompt activations would exceed this much
     /// memory, before allocating: a size (8GiB, 512MB), `available` (what the system has free
     /// now) or `none`. On a GPU, give the device's memory.
@@ -55,7 +59,8 @@ pub struct GenerateArgs {
 /// Runs `kv-routing generate`.
 pub fn run_generate(args: GenerateArgs) -> Result<()> {
     let device = inference_device(args.dtype)?;
-    let loaded = load_model_dir::<Backend>(&resolve_checkpoint(&args.checkpoint)?, &device)?;
+    let mut loaded = load_model_dir::<Backend>(&resolve_checkpoint(&args.checkpoint)?, &device)?;
+    loaded.model = loaded.model.with_kv_dtype(args.kv_dtype)?;
     let n_layers = loaded.model_config.n_layers;
     let (plan_name, plan) = match (&args.plan, loaded.stored_plan()?) {
         (Some(spec), _) => (spec.clone(), CachePlan::parse(spec, n_layers)?),
@@ -109,12 +114,13 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
         ),
     };
     eprintln!(
-        "[{NAME} {}, {} tokens, plan {plan_name} caching layers {:?}: {} bytes of KV cache; \
+        "[{NAME} {}, {} tokens, plan {plan_name} caching layers {:?}: {} bytes of {} KV cache; \
          {} prompt + {new_tokens} new tokens in {:.2} s: first token after {:.2} s{decode_rate}]",
         args.dtype.name(),
         loaded.codec.name(),
         plan.cached_layers(),
         generation.kv_bytes(),
+        args.kv_dtype,
         prompt.len(),
         generation.prefill_seconds + generation.decode_seconds,
         generation.prefill_seconds,

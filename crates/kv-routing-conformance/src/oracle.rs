@@ -309,6 +309,18 @@ impl OracleModel {
         tokens: &[u32],
         route_at: impl Fn(usize) -> Route,
     ) -> Vec<Vec<f64>> {
+        self.logits_stored_as(tokens, route_at, &|row| row.to_vec())
+    }
+
+    /// [`OracleModel::logits_per_position`] with every key and value row (`[n_kv_heads *
+    /// head_dim]` of one token) read back through `stored`: what a KV cache keeping rows in
+    /// another format gives back (see [`int8_round_trip`]).
+    pub fn logits_stored_as(
+        &self,
+        tokens: &[u32],
+        route_at: impl Fn(usize) -> Route,
+        stored: &dyn Fn(&[f64]) -> Vec<f64>,
+    ) -> Vec<Vec<f64>> {
         let routes: Vec<Route> = (0..tokens.len()).map(route_at).collect();
         let mut hidden: Vec<Vec<f64>> = tokens
             .iter()
@@ -325,7 +337,10 @@ impl OracleModel {
             let (layer_keys, layer_values) = normed
                 .iter()
                 .enumerate()
-                .map(|(p, x)| block.attention.key_value(x, p))
+                .map(|(p, x)| {
+                    let (key, value) = block.attention.key_value(x, p);
+                    (stored(&key), stored(&value))
+                })
                 .unzip();
             keys.push(layer_keys);
             values.push(layer_values);
@@ -401,4 +416,22 @@ fn add_in_place(a: &mut [f64], b: &[f64]) {
     for (x, y) in a.iter_mut().zip(b) {
         *x += y;
     }
+}
+
+/// A key or value row (heads side by side) stored in the int8 format and read back, computed
+/// in f64 from the format's definition: blocks of `block` values (`block` divides the head
+/// size, so no block spans two heads), scale `max|x| / 127`, codes `round(x / scale)`.
+pub fn int8_round_trip(row: &[f64], block: usize) -> Vec<f64> {
+    row.chunks(block)
+        .flat_map(|values| {
+            let scale = values.iter().fold(0.0f64, |m, x| m.max(x.abs())) / 127.0;
+            values.iter().map(move |&x| {
+                if scale == 0.0 {
+                    0.0
+                } else {
+                    (x / scale).round().clamp(-127.0, 127.0) * scale
+                }
+            })
+        })
+        .collect()
 }

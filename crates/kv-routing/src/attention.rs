@@ -20,7 +20,7 @@ use burn::tensor::Tensor;
 
 use crate::attention_mask::{causal_hidden, AttentionMask};
 use crate::error::KvRoutingError;
-use crate::key_value::KeyValue;
+use crate::key_value::{Int8KeyValue, KeyValue, StoredKv};
 use crate::kv_store::KvStore;
 use crate::projection::project;
 use crate::rms_norm::rms_norm;
@@ -203,16 +203,63 @@ impl<B: Backend> StochasticKvAttention<B> {
         mask: &AttentionMask<B>,
     ) -> crate::Result<Tensor<B, 3>> {
         self.check_input(&x, rope)?;
+        self.check_kv(&x, [kv.key.dims(), kv.value.dims()], mask)?;
+        let query = self.scaled_queries(x, rope);
+        let context = self.context(query, kv, mask);
+        Ok(self.output_of(context))
+    }
+
+    /// [`StochasticKvAttention::attend`] to keys/values in the int8 format: read in place by
+    /// the backend's kernel where it has one for the step (flex: decode steps and short
+    /// chunks), widened to the model's float type first otherwise.
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq_len, d_model]`
+    /// - kv: codes `[batch, n_kv_heads, kv_len, head_dim]` with `kv_len >= seq_len`
+    /// - output: `[batch, seq_len, d_model]`
+    pub fn attend_int8(
+        &self,
+        x: Tensor<B, 3>,
+        kv: &Int8KeyValue<B>,
+        rope: &RopeAngles<B>,
+        mask: &AttentionMask<B>,
+    ) -> crate::Result<Tensor<B, 3>> {
+        self.check_input(&x, rope)?;
+        self.check_kv(&x, [kv.key.codes.dims(), kv.value.codes.dims()], mask)?;
+        let query = self.scaled_queries(x, rope);
+        let key_valid = match mask {
+            AttentionMask::Causal => Some(None),
+            AttentionMask::CausalWithHoles(holes) => Some(Some(holes.key_valid())),
+            AttentionMask::Explicit(_) => None,
+        };
+        if let Some(key_valid) = key_valid {
+            if let Some(context) =
+                crate::kernels::int8_causal_attention(&query, &kv.key, &kv.value, key_valid)
+            {
+                return Ok(self.output_of(context));
+            }
+        }
+        let context = self.context(query, &kv.dequantize(), mask);
+        Ok(self.output_of(context))
+    }
+
+    /// Checks keys/values (`[key dims, value dims]`) and an explicit mask against the input.
+    fn check_kv(
+        &self,
+        x: &Tensor<B, 3>,
+        [key, value]: [[usize; 4]; 2],
+        mask: &AttentionMask<B>,
+    ) -> crate::Result<()> {
         let [batch, seq_len, _] = x.dims();
-        let [kv_batch, kv_heads, kv_len, kv_head_dim] = kv.key.dims();
+        let [kv_batch, kv_heads, kv_len, kv_head_dim] = key;
         if [kv_batch, kv_heads, kv_head_dim] != [batch, self.n_kv_heads, self.head_dim]
-            || kv.value.dims() != kv.key.dims()
+            || value != key
             || kv_len < seq_len
         {
             return Err(KvRoutingError::ShapeMismatch {
                 context: format!("keys/values for attention (kv_len >= seq_len = {seq_len})"),
                 expected: vec![batch, self.n_kv_heads, seq_len.max(kv_len), self.head_dim],
-                actual: kv.key.dims().to_vec(),
+                actual: key.to_vec(),
             });
         }
         if let Some(mask) = mask.hidden_tensor() {
@@ -224,17 +271,32 @@ impl<B: Backend> StochasticKvAttention<B> {
                 });
             }
         }
+        Ok(())
+    }
 
+    /// The rotated queries of `x`, scaled by `1 / sqrt(head_dim)`, `[batch, n_heads, seq_len,
+    /// head_dim]`.
+    fn scaled_queries(&self, x: Tensor<B, 3>, rope: &RopeAngles<B>) -> Tensor<B, 4> {
         // Scaling the few query values instead of the scores saves a pass over (and an
         // allocation of) one score per key slot, head and layer. It is done here, on the
         // rotated queries in their projection layout, for both paths below: on wgpu's fusion,
         // scaling the reshaped view of the swapped queries in the decode path read wrong
         // elements after a multi-token step (conformance `chunked_prefill_matches_uncached`).
         let query = self.split_heads(project(&self.query, x), self.n_heads);
-        let query = rope
-            .apply(normalize_heads(&self.query_norm, query))
+        rope.apply(normalize_heads(&self.query_norm, query))
             .mul_scalar((self.head_dim as f64).powf(-0.5))
-            .swap_dims(1, 2);
+            .swap_dims(1, 2)
+    }
+
+    /// `[batch, n_heads, seq_len, head_dim]` context of scaled queries over `kv` (checked).
+    fn context(
+        &self,
+        query: Tensor<B, 4>,
+        kv: &KeyValue<B>,
+        mask: &AttentionMask<B>,
+    ) -> Tensor<B, 4> {
+        let [batch, _, seq_len, _] = query.dims();
+        let kv_len = kv.key.dims()[2];
         let groups = self.n_heads / self.n_kv_heads;
         // A backend's own causal attention goes first (flex f32: one parallel pass that reads
         // the cache through its strides, skips the causal half and needs no mask tensor).
@@ -245,7 +307,7 @@ impl<B: Backend> StochasticKvAttention<B> {
         // rows against their shared key/value head and plain matmuls read the cache view in
         // place through its strides: nothing of the history is copied. (A fused attention op
         // may also copy the visible keys/values to contiguous buffers first, as flex's does.)
-        let context = if let Some(context) = fused_causal_attention(&query, kv, mask) {
+        if let Some(context) = fused_causal_attention(&query, kv, mask) {
             context
         } else if seq_len < 2 * self.head_dim {
             let rows = groups * seq_len;
@@ -297,12 +359,17 @@ impl<B: Backend> StochasticKvAttention<B> {
                     ..Default::default()
                 },
             )
-        };
+        }
+    }
+
+    /// The output projection of a `[batch, n_heads, seq_len, head_dim]` context.
+    fn output_of(&self, context: Tensor<B, 4>) -> Tensor<B, 3> {
+        let [batch, _, seq_len, _] = context.dims();
         let context = context
             .reshape([batch, self.n_heads, seq_len, self.head_dim])
             .swap_dims(1, 2)
             .reshape([batch, seq_len, self.n_heads * self.head_dim]);
-        Ok(project(&self.output, context))
+        project(&self.output, context)
     }
 
     /// Runs this attention as layer `layer` of a routed stack: computes and hands its own
@@ -324,8 +391,10 @@ impl<B: Backend> StochasticKvAttention<B> {
         if store.route().is_source(layer) {
             store.put(layer, self.project_kv(x.clone(), rope)?)?;
         }
-        let kv = store.get(layer)?;
-        self.attend(x, &kv, rope, mask)
+        match store.get_stored(layer)? {
+            StoredKv::Float(kv) => self.attend(x, &kv, rope, mask),
+            StoredKv::Int8(kv) => self.attend_int8(x, &kv, rope, mask),
+        }
     }
 
     /// `[batch, seq_len, heads * head_dim]` -> `[batch, seq_len, heads, head_dim]` (no copy).

@@ -1,8 +1,11 @@
-//! [`KeyValue`]: one layer's rotated keys and values.
+//! [`KeyValue`]: one layer's rotated keys and values; [`StoredKv`]: the same as a store holds
+//! them, for attention kernels that read a cache's own format in place.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use std::sync::Arc;
+
+use crate::kv_quantization::QuantizedRows;
 
 /// Keys (rotary embedding already applied) and values of one layer.
 ///
@@ -49,5 +52,53 @@ impl<B: Backend> KeyValue<B> {
     /// Whether there are no key slots.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Keys/values a layer attends to, in the form its store holds them: floats, or the int8 rows of
+/// a quantized cache for a backend whose attention reads them in place (flex), so that a decode
+/// step streams one byte a value instead of a widened copy of the history.
+#[derive(Debug, Clone)]
+pub enum StoredKv<B: Backend> {
+    /// Keys and values in the model's float type.
+    Float(KeyValue<B>),
+    /// Keys and values in the int8 format.
+    Int8(Int8KeyValue<B>),
+}
+
+/// Rotated keys and values in the int8 format ([`crate::kv_quantization`]); like a
+/// [`KeyValue`] from a cache, a view of its storage (drop it before the next step).
+///
+/// # Shapes
+/// - key, value: codes `[batch, n_kv_heads, len, head_dim]`, scales `[batch, n_kv_heads, len,
+///   head_dim / block]`
+#[derive(Debug, Clone)]
+pub struct Int8KeyValue<B: Backend> {
+    /// Rotated keys.
+    pub key: QuantizedRows<B>,
+    /// Values.
+    pub value: QuantizedRows<B>,
+    view_of_cache: Option<Arc<()>>,
+}
+
+impl<B: Backend> Int8KeyValue<B> {
+    /// Pairs keys and values.
+    pub fn new(key: QuantizedRows<B>, value: QuantizedRows<B>) -> Self {
+        Self {
+            key,
+            value,
+            view_of_cache: None,
+        }
+    }
+
+    /// Marks this pair as a view of cache storage whose liveness `lease` tracks.
+    pub(crate) fn viewing(mut self, lease: Arc<()>) -> Self {
+        self.view_of_cache = Some(lease);
+        self
+    }
+
+    /// The keys and values in the float type of the scales.
+    pub fn dequantize(&self) -> KeyValue<B> {
+        KeyValue::new(self.key.dequantize(), self.value.dequantize())
     }
 }

@@ -3,7 +3,11 @@
 //! # What lives where
 //! - **Storage.** One key and one value tensor, `[batch, n_kv_heads, capacity, head_dim]`, per
 //!   *source* layer of the route, allocated once at construction. Non-source layers own nothing:
-//!   they read their source's storage. Nothing is duplicated between layers.
+//!   they read their source's storage. Nothing is duplicated between layers. The storage holds
+//!   the cache's [`KvDtype`]: the model's float type (the default), another float type, or
+//!   int8 codes with their block scales ([`crate::kv_quantization`]); keys/values are converted
+//!   when written, and a step's reads of a converted layer are widened back to the model's
+//!   type once per step and source layer, however many layers read it.
 //! - **Slots.** The batch shares one write cursor, [`KvCacheManager::len`]: a step of `t` tokens
 //!   writes slots `len..len + t` of every source layer in place (no concatenation of the
 //!   history). A sequence that brings fewer than `t` tokens to a step (a shorter prompt, a
@@ -21,7 +25,9 @@
 //! 2. Slots `0..len` of every stored layer hold the keys/values of every token appended so far;
 //!    slots at or beyond `len` are never read outside the step that is writing them.
 //! 3. [`KvCacheManager::bytes`] is exactly the bytes of the tensors held:
-//!    `|sources| * 2 * batch * n_kv_heads * capacity * head_dim * bytes_per_element`.
+//!    `|sources| * 2 * batch * n_kv_heads * capacity * row_bytes`, `row_bytes` the
+//!    [`KvRowFormat::bytes`] of one head's row of one token (`head_dim * bytes_per_element` for
+//!    a float type; codes and scales for int8).
 //!
 //! # All-or-nothing
 //! A step ([`KvCacheManager::begin_step`]) validates everything it can (batch size, lengths,
@@ -42,11 +48,13 @@
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 
 use crate::attention_mask::AttentionMask;
 use crate::error::{KvRoutingError, Result};
-use crate::key_value::KeyValue;
+use crate::key_value::{Int8KeyValue, KeyValue, StoredKv};
+use crate::kv_dtype::{device_float_dtype, KvDtype, KvRowFormat};
+use crate::kv_quantization::{quantize_rows, QuantizedRows};
 use crate::kv_store::{check_layer, KvStore};
 use crate::memory_budget::{checked_product, MemoryBudget};
 use crate::route::Route;
@@ -67,28 +75,27 @@ pub struct KvCacheLayout {
 }
 
 impl KvCacheLayout {
-    /// Bytes of one cached layer (keys and values) at `bytes_per_element`.
-    pub fn bytes_per_layer(&self, bytes_per_element: usize) -> usize {
-        2 * self.batch_size * self.n_kv_heads * self.capacity * self.head_dim * bytes_per_element
+    /// Bytes of one cached layer (keys and values) whose rows are stored as `row`.
+    pub fn bytes_per_layer(&self, row: KvRowFormat) -> usize {
+        2 * self.batch_size * self.n_kv_heads * self.capacity * row.bytes()
     }
 
-    /// Bytes a cache of this geometry holds under `route` (one layer's bytes per source layer):
-    /// the one formula behind every KV memory figure, which [`KvCacheManager::bytes`] meets
-    /// exactly.
-    pub fn bytes_for(&self, route: &Route, bytes_per_element: usize) -> usize {
-        route.sources().len() * self.bytes_per_layer(bytes_per_element)
+    /// Bytes a cache of this geometry holds under `route` with rows stored as `row` (one
+    /// layer's bytes per source layer): the one formula behind every KV memory figure, which
+    /// [`KvCacheManager::bytes`] meets exactly.
+    pub fn bytes_for(&self, route: &Route, row: KvRowFormat) -> usize {
+        route.sources().len() * self.bytes_per_layer(row)
     }
 
     /// [`KvCacheLayout::bytes_for`] counted without overflow (`None`: more than `u128` holds).
-    pub fn checked_bytes_for(&self, route: &Route, bytes_per_element: usize) -> Option<u128> {
+    pub fn checked_bytes_for(&self, route: &Route, row: KvRowFormat) -> Option<u128> {
         checked_product(&[
             route.sources().len(),
             2,
             self.batch_size,
             self.n_kv_heads,
             self.capacity,
-            self.head_dim,
-            bytes_per_element,
+            row.bytes(),
         ])
     }
 
@@ -115,7 +122,9 @@ impl KvCacheLayout {
 pub struct KvCacheManager<B: Backend> {
     layout: KvCacheLayout,
     route: Route,
-    layers: Vec<Option<KeyValue<B>>>,
+    dtype: KvDtype,
+    row_format: KvRowFormat,
+    layers: Vec<Option<LayerStorage<B>>>,
     len: usize,
     sequence_lengths: Vec<usize>,
     /// `[batch, capacity]` row-major: whether a slot holds a token of that sequence.
@@ -143,19 +152,32 @@ impl<B: Backend> KvCacheManager<B> {
         device: &B::Device,
         budget: &MemoryBudget,
     ) -> Result<Self> {
+        Self::with_dtype(layout, route, KvDtype::Native, device, budget)
+    }
+
+    /// [`KvCacheManager::new_within`] storing keys/values as `dtype` (see [`KvDtype`]).
+    ///
+    /// # Errors
+    /// Those of [`KvCacheManager::new_within`], and [`KvRoutingError::InvalidConfig`] for a
+    /// float type the backend cannot store.
+    pub fn with_dtype(
+        layout: KvCacheLayout,
+        route: Route,
+        dtype: KvDtype,
+        device: &B::Device,
+        budget: &MemoryBudget,
+    ) -> Result<Self> {
         layout.validate()?;
         route.check_layers(layout.n_layers)?;
-        let element =
-            burn::tensor::DType::from(burn::tensor::get_device_settings::<B>(device).float_dtype)
-                .size();
+        let row_format = dtype.row_format::<B>(device, layout.head_dim)?;
         budget.check(
             &format!(
-                "a KV cache of {} sequences x {} slots ({} cached layers)",
+                "a KV cache of {} sequences x {} slots ({} cached layers, {dtype})",
                 layout.batch_size,
                 layout.capacity,
                 route.sources().len()
             ),
-            layout.checked_bytes_for(&route, element),
+            layout.checked_bytes_for(&route, row_format),
         )?;
         let shape = [
             layout.batch_size,
@@ -165,14 +187,16 @@ impl<B: Backend> KvCacheManager<B> {
         ];
         let layers = (0..layout.n_layers)
             .map(|layer| {
-                route.is_source(layer).then(|| {
-                    KeyValue::new(Tensor::zeros(shape, device), Tensor::zeros(shape, device))
-                })
+                route
+                    .is_source(layer)
+                    .then(|| LayerStorage::zeros(shape, row_format, device))
             })
             .collect();
         Ok(Self {
             layout,
             route,
+            dtype,
+            row_format,
             layers,
             len: 0,
             sequence_lengths: vec![0; layout.batch_size],
@@ -181,6 +205,16 @@ impl<B: Backend> KvCacheManager<B> {
             view_leases: (0..layout.n_layers).map(|_| Arc::new(())).collect(),
             copied_writes: 0,
         })
+    }
+
+    /// What the cache stores per key/value.
+    pub fn dtype(&self) -> KvDtype {
+        self.dtype
+    }
+
+    /// How the cache stores one head's row of one token, on its backend.
+    pub fn row_format(&self) -> KvRowFormat {
+        self.row_format
     }
 
     /// The cache geometry.
@@ -229,10 +263,7 @@ impl<B: Backend> KvCacheManager<B> {
     pub fn bytes_per_layer(&self) -> Vec<usize> {
         self.layers
             .iter()
-            .map(|kv| {
-                kv.as_ref()
-                    .map_or(0, |kv| tensor_bytes(&kv.key) + tensor_bytes(&kv.value))
-            })
+            .map(|storage| storage.as_ref().map_or(0, LayerStorage::bytes))
             .collect()
     }
 
@@ -336,11 +367,13 @@ impl<B: Backend> KvCacheManager<B> {
             })
             .collect();
         let written = vec![false; self.layout.n_layers];
+        let widened = (0..self.layout.n_layers).map(|_| None).collect();
         Ok(CacheStep {
             new_tokens: new_tokens.to_vec(),
             step_len,
             positions,
             written,
+            widened,
             cache: self,
         })
     }
@@ -355,6 +388,9 @@ pub struct CacheStep<'a, B: Backend> {
     step_len: usize,
     positions: Vec<usize>,
     written: Vec<bool>,
+    /// Per source layer of a converted (not native) cache: its visible keys/values widened to
+    /// the model's float type, made by the first reader and released by the last.
+    widened: Vec<Option<KeyValue<B>>>,
 }
 
 impl<B: Backend> CacheStep<'_, B> {
@@ -446,6 +482,15 @@ impl<B: Backend> KvStore<B> for CacheStep<'_, B> {
             });
         }
         let start = self.cache.len;
+        let storage = self.cache.layers[layer]
+            .take()
+            .ok_or_else(|| KvRoutingError::MissingKv {
+                layer,
+                reason: format!(
+                    "is not cached under the route {}, so it must not compute keys/values",
+                    self.cache.route
+                ),
+            })?;
         // Taking the storage out leaves its buffer uniquely owned, so backends write in place,
         // unless a view handed out earlier is still alive.
         if Arc::strong_count(&self.cache.view_leases[layer]) > 1 {
@@ -457,24 +502,65 @@ impl<B: Backend> KvStore<B> for CacheStep<'_, B> {
             }
             self.cache.copied_writes += 1;
         }
-        let storage = self.cache.layers[layer]
-            .take()
-            .ok_or_else(|| KvRoutingError::MissingKv {
-                layer,
-                reason: format!(
-                    "is not cached under the route {}, so it must not compute keys/values",
-                    self.cache.route
-                ),
-            })?;
-        self.cache.layers[layer] = Some(KeyValue::new(
-            crate::kernels::write_slots(storage.key, start, kv.key),
-            crate::kernels::write_slots(storage.value, start, kv.value),
-        ));
+        self.cache.layers[layer] = Some(storage.write(start, kv));
         self.written[layer] = true;
         Ok(())
     }
 
     fn get(&mut self, layer: usize) -> Result<KeyValue<B>> {
+        let source = self.written_source(layer)?;
+        if let Some(widened) = self.widened[source].take() {
+            if self.cache.route.last_reader(source) != Some(layer) {
+                self.widened[source] = Some(widened.clone());
+            }
+            return Ok(widened);
+        }
+        let visible = 0..self.visible_len();
+        let storage = self.cache.layers[source]
+            .as_ref()
+            .expect("a written layer holds storage");
+        let native = device_float_dtype::<B>(&self.cache.device);
+        let kv = match storage {
+            LayerStorage::Float(kv) if kv.key.dtype() == native => {
+                return Ok(KeyValue::new(
+                    slice_rows(&kv.key, visible.clone()),
+                    slice_rows(&kv.value, visible),
+                )
+                .viewing(self.cache.view_leases[source].clone()));
+            }
+            LayerStorage::Float(kv) => KeyValue::new(
+                slice_rows(&kv.key, visible.clone()).cast(FloatDType::from(native)),
+                slice_rows(&kv.value, visible).cast(FloatDType::from(native)),
+            ),
+            LayerStorage::Int8 { key, value } => KeyValue::new(
+                key.slice_rows(visible.clone()).dequantize(),
+                value.slice_rows(visible).dequantize(),
+            ),
+        };
+        if self.cache.route.last_reader(source) != Some(layer) {
+            self.widened[source] = Some(kv.clone());
+        }
+        Ok(kv)
+    }
+
+    fn get_stored(&mut self, layer: usize) -> Result<StoredKv<B>> {
+        let source = self.written_source(layer)?;
+        if let Some(LayerStorage::Int8 { key, value }) = &self.cache.layers[source] {
+            if crate::kernels::reads_int8_kv::<B>() {
+                let visible = 0..self.visible_len();
+                return Ok(StoredKv::Int8(
+                    Int8KeyValue::new(key.slice_rows(visible.clone()), value.slice_rows(visible))
+                        .viewing(self.cache.view_leases[source].clone()),
+                ));
+            }
+        }
+        self.get(layer).map(StoredKv::Float)
+    }
+}
+
+impl<B: Backend> CacheStep<'_, B> {
+    /// The source layer `layer` reads, once that source has written this step.
+    fn written_source(&self, layer: usize) -> Result<usize> {
         check_layer(&self.cache.route, layer)?;
         let source = self.cache.route.source_of(layer);
         if !self.written[source] {
@@ -483,22 +569,76 @@ impl<B: Backend> KvStore<B> for CacheStep<'_, B> {
                 reason: format!("its source layer {source} has not written this step yet"),
             });
         }
-        let layout = self.cache.layout;
-        let storage = self.cache.layers[source]
-            .as_ref()
-            .expect("a written layer holds storage");
-        let visible = [
-            0..layout.batch_size,
-            0..layout.n_kv_heads,
-            0..self.visible_len(),
-            0..layout.head_dim,
-        ];
-        Ok(KeyValue::new(
-            storage.key.clone().slice(visible.clone()),
-            storage.value.clone().slice(visible),
-        )
-        .viewing(self.cache.view_leases[source].clone()))
+        Ok(source)
     }
+}
+
+/// One source layer's keys and values in the cache's dtype.
+#[derive(Debug)]
+enum LayerStorage<B: Backend> {
+    /// A float type, the model's or another.
+    Float(KeyValue<B>),
+    /// int8 codes and block scales.
+    Int8 {
+        key: QuantizedRows<B>,
+        value: QuantizedRows<B>,
+    },
+}
+
+impl<B: Backend> LayerStorage<B> {
+    /// Zeroed storage of `shape` (`[batch, heads, capacity, head_dim]`) holding `row`'s format.
+    fn zeros(shape: [usize; 4], row: KvRowFormat, device: &B::Device) -> Self {
+        match row.scale {
+            None => Self::Float(KeyValue::new(
+                Tensor::zeros(shape, (device, row.element)),
+                Tensor::zeros(shape, (device, row.element)),
+            )),
+            Some((scale, _)) => {
+                let dtypes = (row.element, scale);
+                Self::Int8 {
+                    key: QuantizedRows::zeros(shape, row.blocks(), dtypes, device),
+                    value: QuantizedRows::zeros(shape, row.blocks(), dtypes, device),
+                }
+            }
+        }
+    }
+
+    /// `kv` (the model's float type) converted to this storage's format and written at slot
+    /// `start`.
+    fn write(self, start: usize, kv: KeyValue<B>) -> Self {
+        match self {
+            Self::Float(storage) => {
+                let dtype = FloatDType::from(storage.key.dtype());
+                Self::Float(KeyValue::new(
+                    crate::kernels::write_slots(storage.key, start, kv.key.cast(dtype)),
+                    crate::kernels::write_slots(storage.value, start, kv.value.cast(dtype)),
+                ))
+            }
+            Self::Int8 { key, value } => {
+                let block = key.codes.dims()[3] / key.scales.dims()[3];
+                let codes = key.codes.dtype();
+                Self::Int8 {
+                    key: key.write_rows(start, quantize_rows(kv.key, block, codes)),
+                    value: value.write_rows(start, quantize_rows(kv.value, block, codes)),
+                }
+            }
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Self::Float(kv) => tensor_bytes(&kv.key) + tensor_bytes(&kv.value),
+            Self::Int8 { key, value } => key.bytes() + value.bytes(),
+        }
+    }
+}
+
+/// Slots `rows` of every sequence and head of `[batch, heads, capacity, head_dim]` storage.
+fn slice_rows<B: Backend>(storage: &Tensor<B, 4>, rows: std::ops::Range<usize>) -> Tensor<B, 4> {
+    let [batch, heads, _, head_dim] = storage.dims();
+    storage
+        .clone()
+        .slice([0..batch, 0..heads, rows, 0..head_dim])
 }
 
 /// The cache's append: `storage` `[batch, heads, capacity, head_dim]` with `values` `[batch,

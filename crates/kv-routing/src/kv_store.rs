@@ -9,7 +9,8 @@
 use burn::tensor::backend::Backend;
 
 use crate::error::{KvRoutingError, Result};
-use crate::key_value::KeyValue;
+use crate::key_value::{KeyValue, StoredKv};
+use crate::kv_dtype::KvRowFormat;
 use crate::route::Route;
 
 /// Where a forward step puts and finds keys/values.
@@ -23,6 +24,13 @@ pub trait KvStore<B: Backend> {
     /// The keys/values `layer` attends to: those of `route().source_of(layer)`, covering every
     /// key slot visible in this step.
     fn get(&mut self, layer: usize) -> Result<KeyValue<B>>;
+
+    /// [`KvStore::get`]'s keys/values in the form the store holds them, when that form is one
+    /// the backend's attention reads in place (an int8 cache on flex); [`KvStore::get`]'s
+    /// floats otherwise (the default).
+    fn get_stored(&mut self, layer: usize) -> Result<StoredKv<B>> {
+        self.get(layer).map(StoredKv::Float)
+    }
 }
 
 /// In-memory keys/values of one full-sequence forward pass.
@@ -33,13 +41,29 @@ pub trait KvStore<B: Backend> {
 pub struct SequenceKv<B: Backend> {
     route: Route,
     layers: Vec<Option<KeyValue<B>>>,
+    /// The cache format whose reads this pass reproduces (`None`: the model's own values).
+    stored_as: Option<KvRowFormat>,
 }
 
 impl<B: Backend> SequenceKv<B> {
     /// An empty store for one forward pass under `route`.
     pub fn new(route: Route) -> Self {
         let layers = (0..route.n_layers()).map(|_| None).collect();
-        Self { route, layers }
+        Self {
+            route,
+            layers,
+            stored_as: None,
+        }
+    }
+
+    /// An empty store whose layers read keys/values as a cache storing rows as `format` would
+    /// give them back ([`KvRowFormat::round_trip`]): a full-sequence pass that computes what a
+    /// cached generation in that format computes (an int8 cache's perplexity, for instance).
+    pub fn stored_as(route: Route, format: KvRowFormat) -> Self {
+        Self {
+            stored_as: Some(format),
+            ..Self::new(route)
+        }
     }
 }
 
@@ -59,6 +83,10 @@ impl<B: Backend> KvStore<B> for SequenceKv<B> {
                 ),
             });
         }
+        let kv = match &self.stored_as {
+            Some(format) => KeyValue::new(format.round_trip(kv.key), format.round_trip(kv.value)),
+            None => kv,
+        };
         self.layers[layer] = Some(kv);
         Ok(())
     }

@@ -5,6 +5,7 @@ pub mod cached;
 pub mod calibration;
 pub mod errors;
 pub mod gradients;
+pub mod kv_dtypes;
 pub mod oracle_agreement;
 pub mod properties;
 pub mod retarget;

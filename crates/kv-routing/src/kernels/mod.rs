@@ -31,6 +31,8 @@ pub(crate) mod flex;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use crate::kv_quantization::QuantizedRows;
+
 /// Causal attention of already scaled queries over keys/values (the queries are the last
 /// `seq_len` of the `kv_len` key slots), with the key slots that `key_valid` marks `false`
 /// hidden from every query of their sequence, or `None` for Burn's ops.
@@ -54,6 +56,40 @@ pub(crate) fn causal_attention<B: Backend>(
     #[cfg(feature = "flex")]
     if flex::tensor::is_autodiff_flex::<B>() && key_valid.is_none() {
         return flex::training_attention::causal_attention(query, key, value);
+    }
+    let _ = (query, key, value, key_valid);
+    None
+}
+
+/// Whether `B` has an attention kernel that reads int8 keys/values in place
+/// ([`int8_causal_attention`]): a cache then hands them over as stored instead of widened.
+#[cfg_attr(not(feature = "flex"), allow(clippy::extra_unused_type_parameters))]
+pub(crate) fn reads_int8_kv<B: Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    if flex::is_flex::<B>() {
+        return true;
+    }
+    false
+}
+
+/// [`causal_attention`] over keys/values in the int8 format, read in place (widened in
+/// registers), or `None` for the caller to widen them and take the float path.
+///
+/// # Shapes
+/// - query: `[batch, heads, seq_len, head_dim]`
+/// - key, value: codes `[batch, kv_heads, kv_len, head_dim]`, scales `[batch, kv_heads, kv_len,
+///   head_dim / block]`
+/// - key_valid: `[batch, kv_len]`, row-major, when some slots are holes
+/// - output: `[batch, heads, seq_len, head_dim]`
+pub(crate) fn int8_causal_attention<B: Backend>(
+    query: &Tensor<B, 4>,
+    key: &QuantizedRows<B>,
+    value: &QuantizedRows<B>,
+    key_valid: Option<&[bool]>,
+) -> Option<Tensor<B, 4>> {
+    #[cfg(feature = "flex")]
+    if flex::is_flex::<B>() {
+        return flex::int8_attention::causal_attention(query, key, value, key_valid);
     }
     let _ = (query, key, value, key_valid);
     None

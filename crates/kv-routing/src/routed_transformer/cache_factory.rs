@@ -13,7 +13,8 @@ use crate::memory_budget::MemoryBudget;
 use crate::route::Route;
 
 impl<B: Backend> RoutedTransformer<B> {
-    /// A cache for `batch_size` sequences of up to `capacity` slots under `route`.
+    /// A cache for `batch_size` sequences of up to `capacity` slots under `route`, storing the
+    /// model's [`RoutedTransformer::kv_dtype`].
     pub fn new_cache(
         &self,
         batch_size: usize,
@@ -32,7 +33,7 @@ impl<B: Backend> RoutedTransformer<B> {
         route: Route,
         budget: &MemoryBudget,
     ) -> crate::Result<KvCacheManager<B>> {
-        KvCacheManager::new_within(
+        KvCacheManager::with_dtype(
             KvCacheLayout {
                 batch_size,
                 n_layers: self.n_layers(),
@@ -41,6 +42,7 @@ impl<B: Backend> RoutedTransformer<B> {
                 capacity,
             },
             route,
+            self.kv_dtype(),
             &self.device(),
             budget,
         )

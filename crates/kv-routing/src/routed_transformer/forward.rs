@@ -18,7 +18,7 @@ use super::RoutedTransformer;
 use crate::attention_mask::AttentionMask;
 use crate::error::KvRoutingError;
 use crate::kernels::on_compute_threads;
-use crate::kv_store::{KvStore, SequenceKv};
+use crate::kv_store::KvStore;
 use crate::projection::{matmul_last_axis, project};
 use crate::rms_norm::rms_norm;
 use crate::rope::RopeAngles;
@@ -51,7 +51,7 @@ impl<B: Backend> RoutedTransformer<B> {
             DeviceTokens::Unchecked(tokens),
             &rope,
             &AttentionMask::Causal,
-            &mut SequenceKv::new(route.clone()),
+            &mut self.sequence_kv(route)?,
         )?;
         Ok(self.vocab_logits(hidden))
     }
@@ -89,7 +89,7 @@ impl<B: Backend> RoutedTransformer<B> {
             seq_len,
             &self.device(),
         )?;
-        let hidden = self.run_blocks(ids, &rope, &mask, &mut SequenceKv::new(route.clone()))?;
+        let hidden = self.run_blocks(ids, &rope, &mask, &mut self.sequence_kv(route)?)?;
         Ok(self.vocab_logits(hidden))
     }
 

@@ -40,8 +40,9 @@ impl<B: Backend> RoutedTransformer<B> {
         .size()
     }
 
-    /// KV cache bytes per token of one sequence under `route`, in the float type caches take on
-    /// this model's device (computed, nothing allocated).
+    /// KV cache bytes per token of one sequence under `route`, in the format this model's
+    /// caches take on its device ([`RoutedTransformer::kv_dtype`]; computed, nothing
+    /// allocated).
     pub fn kv_bytes_per_token(&self, route: &Route) -> crate::Result<usize> {
         route.check_layers(self.n_layers())?;
         let layout = KvCacheLayout {
@@ -51,6 +52,6 @@ impl<B: Backend> RoutedTransformer<B> {
             head_dim: self.head_dim(),
             capacity: 1,
         };
-        Ok(layout.bytes_for(route, self.float_bytes()))
+        Ok(layout.bytes_for(route, self.kv_row_format()?))
     }
 }

@@ -32,7 +32,10 @@ pub use config::RoutedTransformerConfig;
 pub use prefix_reuse::RecordedForward;
 
 use crate::decoder_block::DecoderBlock;
+use crate::kv_dtype::{KvDtype, KvRowFormat};
+use crate::kv_store::SequenceKv;
 use crate::rope::RotaryEmbedding;
+use crate::route::Route;
 
 /// Decoder-only language model: embedding, routed pre-norm blocks, final RMSNorm, LM head.
 #[derive(Module, Debug)]
@@ -48,6 +51,9 @@ pub struct RoutedTransformer<B: Backend> {
     /// Rotary tables shared by all blocks.
     pub rope: RotaryEmbedding<B>,
     vocab_size: usize,
+    /// What KV caches store (and what full-sequence passes reproduce): a serving choice, not
+    /// a parameter, so not saved with the weights.
+    kv_dtype: KvDtype,
 }
 
 impl<B: Backend> RoutedTransformer<B> {
@@ -84,5 +90,40 @@ impl<B: Backend> RoutedTransformer<B> {
     /// The device holding the weights.
     pub fn device(&self) -> B::Device {
         self.embedding.weight.device()
+    }
+
+    /// What this model's KV caches store ([`KvDtype::Native`] unless set).
+    pub fn kv_dtype(&self) -> KvDtype {
+        self.kv_dtype
+    }
+
+    /// The model serving with KV caches that store `dtype`: every cache it makes
+    /// ([`RoutedTransformer::new_cache`]), the bytes it reports
+    /// ([`RoutedTransformer::kv_bytes_per_token`]), and its full-sequence passes, which read
+    /// keys/values as such a cache gives them back (so that perplexity measures what cached
+    /// generation computes).
+    ///
+    /// # Errors
+    /// [`KvRoutingError`](crate::KvRoutingError::InvalidConfig) for a float type the backend
+    /// cannot store.
+    pub fn with_kv_dtype(mut self, dtype: KvDtype) -> crate::Result<Self> {
+        dtype.row_format::<B>(&self.device(), self.head_dim())?;
+        self.kv_dtype = dtype;
+        Ok(self)
+    }
+
+    /// How this model's caches store one head's row of one token.
+    pub fn kv_row_format(&self) -> crate::Result<KvRowFormat> {
+        self.kv_dtype
+            .row_format::<B>(&self.device(), self.head_dim())
+    }
+
+    /// The store of a full-sequence pass under `route`, reading keys/values as this model's
+    /// caches would.
+    pub(crate) fn sequence_kv(&self, route: &Route) -> crate::Result<SequenceKv<B>> {
+        Ok(match self.kv_dtype {
+            KvDtype::Native => SequenceKv::new(route.clone()),
+            _ => SequenceKv::stored_as(route.clone(), self.kv_row_format()?),
+        })
     }
 }

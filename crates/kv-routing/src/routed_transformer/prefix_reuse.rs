@@ -103,7 +103,7 @@ impl<B: Backend> RoutedTransformer<B> {
         };
         let rope = self.full_sequence_angles(batch, seq_len)?;
         let mut store = RecordingKv {
-            inner: SequenceKv::new(route.clone()),
+            inner: self.sequence_kv(route)?,
             recorded: vec![None; self.n_layers()],
         };
         let (block_inputs, hidden) = on_compute_threads::<B, _>(|| {
@@ -153,7 +153,7 @@ impl<B: Backend> RoutedTransformer<B> {
         {
             return Err(mismatch(format!("layer {layer} reads another source")));
         }
-        let mut store = SequenceKv::new(route.clone());
+        let mut store = self.sequence_kv(route)?;
         for layer in start..n_layers {
             let source = route.source_of(layer);
             if source >= start {

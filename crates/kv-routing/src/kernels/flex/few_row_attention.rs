@@ -24,7 +24,7 @@ use super::softmax::softmax_prefix_portable;
 use super::strided::Rows;
 use super::vector::{dot, KernelElement};
 #[cfg(target_arch = "x86_64")]
-use super::vector::{has_avx2_fma_f16c, prefetch};
+use super::vector::{has_avx2_fma_f16c, lane_sums_of_eight, prefetch};
 
 /// Keys whose scores the vector path computes and reduces together (one per lane of an AVX
 /// register).
@@ -192,15 +192,7 @@ unsafe fn scores_avx2<E: KernelElement>(
                         *sum = _mm256_fmadd_ps(q, E::load8(key.add(c)), *sum);
                     }
                 }
-                // Lane i of `total` is the sum of `sums[i]`'s lanes: pairs added within each
-                // 128-bit half three times, then the halves.
-                let [s0, s1, s2, s3, s4, s5, s6, s7] = sums;
-                let low = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
-                let high = _mm256_hadd_ps(_mm256_hadd_ps(s4, s5), _mm256_hadd_ps(s6, s7));
-                let total = _mm256_add_ps(
-                    _mm256_permute2f128_ps::<0x20>(low, high),
-                    _mm256_permute2f128_ps::<0x31>(low, high),
-                );
+                let total = lane_sums_of_eight(sums);
                 _mm256_storeu_ps(
                     scores[r * key_count + first..][..KEY_BLOCK].as_mut_ptr(),
                     total,

@@ -23,6 +23,7 @@
 pub(crate) mod attention;
 pub(crate) mod few_row_attention;
 pub(crate) mod half_product;
+pub(crate) mod int8_attention;
 pub(crate) mod matvec;
 pub(crate) mod mutants;
 pub(crate) mod pool;

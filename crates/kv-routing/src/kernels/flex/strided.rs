@@ -9,7 +9,7 @@
 
 use burn_flex::FlexTensor;
 
-use super::vector::KernelElement;
+use super::vector::{KernelElement, StoredElement};
 
 /// A strided 4-D operand: its storage, the offset of element 0, its shape and its strides.
 pub(crate) struct Operand<'a, E> {
@@ -19,7 +19,7 @@ pub(crate) struct Operand<'a, E> {
     pub(crate) strides: [usize; 4],
 }
 
-impl<'a, E: KernelElement> Operand<'a, E> {
+impl<'a, E: StoredElement> Operand<'a, E> {
     /// The operand behind `tensor`, when it is 4-D with non-negative strides and its whole
     /// extent lies inside its storage; `None` otherwise (the caller leaves the work to Burn).
     pub(crate) fn new(tensor: &'a FlexTensor) -> Option<Self> {
@@ -66,13 +66,6 @@ impl<'a, E: KernelElement> Operand<'a, E> {
         self.data[self.offset(batch, head, row) + column * self.strides[3]]
     }
 
-    /// Pointer to element `[batch, head, row, 0]` of an f32 operand (gemm's), `None` for other
-    /// element types.
-    pub(crate) fn row_f32(&self, batch: usize, head: usize, row: usize) -> Option<*const f32> {
-        let data = E::as_f32(self.data)?;
-        Some(data[self.offset(batch, head, row)..].as_ptr())
-    }
-
     /// The same operand with its strides replaced, when the new view stays inside the extent
     /// already checked: each new `(size, stride)` pair spans at most what `self` spans.
     pub(crate) fn restrided(&self, shape: [usize; 4], strides: [usize; 4]) -> Option<Self> {
@@ -93,6 +86,15 @@ impl<'a, E: KernelElement> Operand<'a, E> {
     }
 }
 
+impl<E: KernelElement> Operand<'_, E> {
+    /// Pointer to element `[batch, head, row, 0]` of an f32 operand (gemm's), `None` for other
+    /// element types.
+    pub(crate) fn row_f32(&self, batch: usize, head: usize, row: usize) -> Option<*const f32> {
+        let data = E::as_f32(self.data)?;
+        Some(data[self.offset(batch, head, row)..].as_ptr())
+    }
+}
+
 /// `count` rows of `width` contiguous values, one stride apart, in an operand's storage.
 pub(crate) struct Rows<'a, E> {
     data: &'a [E],
@@ -101,7 +103,7 @@ pub(crate) struct Rows<'a, E> {
     pub(crate) width: usize,
 }
 
-impl<'a, E: KernelElement> Rows<'a, E> {
+impl<'a, E: StoredElement> Rows<'a, E> {
     /// Rows `first..first + count` of `[batch, head]`, `width` values each from column 0. The
     /// slice is bounds-checked by indexing (a panic, never an out-of-bounds read, if a caller
     /// asked for rows outside the operand).

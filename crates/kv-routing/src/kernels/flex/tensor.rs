@@ -95,6 +95,21 @@ pub(crate) fn into_flex_float<B: Backend, const D: usize>(
     }
 }
 
+/// The flex tensor behind an integer `tensor` (a shared handle) when `B` is flex and it holds
+/// `i8` values (the codes of an int8 KV cache).
+pub(crate) fn flex_int8<B: Backend, const D: usize>(
+    tensor: &Tensor<B, D, burn::tensor::Int>,
+) -> Option<FlexTensor> {
+    if !is_flex::<B>() {
+        return None;
+    }
+    let mut slot = Some(tensor.clone().into_primitive());
+    let flex = (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<FlexTensor>>()?
+        .take()?;
+    (flex.dtype() == DType::I8).then_some(flex)
+}
+
 /// `tensor` as a `Tensor<B, D>`, when `B` is flex and the ranks agree.
 pub(crate) fn from_flex<B: Backend, const D: usize>(tensor: FlexTensor) -> Option<Tensor<B, D>> {
     if tensor.layout().num_dims() != D {

@@ -36,14 +36,29 @@ pub(crate) fn has_avx2_fma_f16c() -> bool {
     })
 }
 
+/// An element type a flex tensor stores and the kernels read in place: the float types of
+/// [`KernelElement`], and the int8 codes of a quantized KV cache.
+pub(crate) trait StoredElement: Copy + Send + Sync + 'static {
+    /// The flex tensor element type that stores `Self`.
+    const DTYPE: DType;
+
+    /// `tensor`'s whole storage, when it holds `Self` (flex asserts it does).
+    fn storage(tensor: &FlexTensor) -> &[Self];
+}
+
+impl StoredElement for i8 {
+    const DTYPE: DType = DType::I8;
+
+    fn storage(tensor: &FlexTensor) -> &[Self] {
+        tensor.storage::<Self>()
+    }
+}
+
 /// An element type the kernels read weights and cache rows in. Arithmetic is f32 whatever the
 /// storage: f16 and bf16 values are widened as they are loaded (F16C for f16, a shift for bf16)
 /// and results rounded once, when stored, so a half-precision model streams half the bytes with
 /// f32 sums.
-pub(crate) trait KernelElement: Copy + Send + Sync + 'static {
-    /// The flex tensor element type that stores `Self`.
-    const DTYPE: DType;
-
+pub(crate) trait KernelElement: StoredElement {
     fn to_f32(self) -> f32;
 
     fn from_f32(value: f32) -> Self;
@@ -53,9 +68,6 @@ pub(crate) trait KernelElement: Copy + Send + Sync + 'static {
 
     /// `dst = src` rounded to `Self` (equal lengths).
     fn narrow(src: &[f32], dst: &mut [Self]);
-
-    /// `tensor`'s whole storage, when it holds `Self` (flex asserts it does).
-    fn storage(tensor: &FlexTensor) -> &[Self];
 
     /// `tensor`'s whole storage, writable (a copy first if the buffer is shared).
     fn storage_mut(tensor: &mut FlexTensor) -> &mut [Self];
@@ -78,9 +90,15 @@ pub(crate) trait KernelElement: Copy + Send + Sync + 'static {
     unsafe fn load8(values: *const Self) -> std::arch::x86_64::__m256;
 }
 
-impl KernelElement for f32 {
+impl StoredElement for f32 {
     const DTYPE: DType = DType::F32;
 
+    fn storage(tensor: &FlexTensor) -> &[Self] {
+        tensor.storage::<Self>()
+    }
+}
+
+impl KernelElement for f32 {
     fn as_f32(values: &[Self]) -> Option<&[f32]> {
         Some(values)
     }
@@ -99,10 +117,6 @@ impl KernelElement for f32 {
 
     fn narrow(src: &[f32], dst: &mut [Self]) {
         dst.copy_from_slice(src);
-    }
-
-    fn storage(tensor: &FlexTensor) -> &[Self] {
-        tensor.storage::<Self>()
     }
 
     fn storage_mut(tensor: &mut FlexTensor) -> &mut [Self] {
@@ -132,19 +146,13 @@ impl KernelElement for f32 {
 /// with F16C, for f16, where the CPU has it), the flex storage and the value conversions. Only
 /// `load8` differs.
 macro_rules! half_precision_element {
-    ($half:ty, $dtype:expr) => {
-        const DTYPE: DType = $dtype;
-
+    ($half:ty) => {
         fn widen(src: &[Self], dst: &mut [f32]) {
             src.convert_to_f32_slice(dst);
         }
 
         fn narrow(src: &[f32], dst: &mut [Self]) {
             dst.convert_from_f32_slice(src);
-        }
-
-        fn storage(tensor: &FlexTensor) -> &[Self] {
-            tensor.storage::<Self>()
         }
 
         fn storage_mut(tensor: &mut FlexTensor) -> &mut [Self] {
@@ -175,8 +183,16 @@ macro_rules! half_precision_element {
     };
 }
 
+impl StoredElement for f16 {
+    const DTYPE: DType = DType::F16;
+
+    fn storage(tensor: &FlexTensor) -> &[Self] {
+        tensor.storage::<Self>()
+    }
+}
+
 impl KernelElement for f16 {
-    half_precision_element!(f16, DType::F16);
+    half_precision_element!(f16);
 
     #[cfg(target_arch = "x86_64")]
     #[inline]
@@ -188,8 +204,16 @@ impl KernelElement for f16 {
     }
 }
 
+impl StoredElement for bf16 {
+    const DTYPE: DType = DType::BF16;
+
+    fn storage(tensor: &FlexTensor) -> &[Self] {
+        tensor.storage::<Self>()
+    }
+}
+
 impl KernelElement for bf16 {
-    half_precision_element!(bf16, DType::BF16);
+    half_precision_element!(bf16);
 
     #[cfg(target_arch = "x86_64")]
     #[inline]
@@ -264,6 +288,27 @@ pub(crate) unsafe fn widening_dot<E: KernelElement>(w: &[E], x: &[f32]) -> f32 {
         .map(|(w, x)| w.to_f32() * x)
         .sum();
     lanes.iter().sum::<f32>() + tail
+}
+
+/// Lane `i` of the result is the sum of `sums[i]`'s eight lanes: pairs added within each
+/// 128-bit half three times, then the halves (one tree for eight dot products).
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn lane_sums_of_eight(
+    sums: [std::arch::x86_64::__m256; 8],
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let [s0, s1, s2, s3, s4, s5, s6, s7] = sums;
+    let low = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+    let high = _mm256_hadd_ps(_mm256_hadd_ps(s4, s5), _mm256_hadd_ps(s6, s7));
+    _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(low, high),
+        _mm256_permute2f128_ps::<0x31>(low, high),
+    )
 }
 
 /// Asks the CPU to start loading `values` into its cache, one request per 64-byte line (x86-64;

@@ -1,0 +1,563 @@
+//! Causal attention of a few query rows over keys/values in the int8 format
+//! ([`crate::kv_quantization`]), read in place: the decode steps and short chunks of a model
+//! serving from an int8 cache on flex.
+//!
+//! A decode step streams the cache once. Widening the history to floats first (the generic
+//! path) writes and reads four bytes a value on top of the one it streams; here the codes are
+//! widened in registers, [`CHUNK`] rows at a time into a buffer that stays in the first-level
+//! cache: keys for the scores of every query row, then (after the softmax) values for the
+//! weighted sums. One task per (sequence, key/value head) holds every query row of its group
+//! (`groups x seq_len` rows), so each chunk is widened once for all of them.
+//!
+//! # Contract
+//! [`causal_attention`] computes, for queries already scaled, `softmax(q kᵀ + causal) v` with
+//! `k` and `v` the dequantized rows `codes x scale` of their block, the queries the last
+//! `seq_len` of the `kv_len` key slots, and the slots `key_valid` marks `false` hidden. It
+//! returns `None` (the caller widens and takes the float path) for any other backend, element
+//! types other than f32/f16/bf16 queries with scales of the same type and `i8` codes, layouts
+//! whose rows are not contiguous, and tasks of more than [`MAX_TASK_ROWS`] query rows (a long
+//! prefill, whose products the float path's gemm does better). Sums are in f32 in another order
+//! than a reference's: results agree to f32 rounding.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Shape, Tensor};
+use burn_flex::FlexTensor;
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::softmax::softmax_prefix_portable;
+use super::strided::{Operand, Rows};
+use super::tensor::{flex_float, flex_int8, from_flex};
+use super::vector::{has_avx2_fma_f16c, prefetch, KernelElement};
+use crate::kv_quantization::QuantizedRows;
+
+/// Query rows one task holds at most (a decode step of a group: `groups` rows; a chunk:
+/// `groups x seq_len`). Beyond it the step is a prefill, left to the float path.
+pub(crate) const MAX_TASK_ROWS: usize = 32;
+
+/// Key or value rows widened at a time: 16 KiB of f32 at a head size of 64, inside the
+/// first-level cache.
+const CHUNK: usize = 64;
+
+/// Deliberate errors of this kernel, which its tests must catch (see
+/// [`super::mutants`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Int8Mutation {
+    /// Every block of a row widened with the row's first scale.
+    FirstScaleOfRow,
+    /// Codes read as unsigned bytes.
+    UnsignedCodes,
+}
+
+impl Int8Mutation {
+    #[cfg(test)]
+    const ALL: [Self; 2] = [Self::FirstScaleOfRow, Self::UnsignedCodes];
+}
+
+fn mutation() -> Option<Int8Mutation> {
+    super::mutants::active(
+        "int8_attention",
+        &[Int8Mutation::FirstScaleOfRow, Int8Mutation::UnsignedCodes],
+    )
+}
+
+/// See the module docs.
+pub(crate) fn causal_attention<B: Backend>(
+    query: &Tensor<B, 4>,
+    key: &QuantizedRows<B>,
+    value: &QuantizedRows<B>,
+    key_valid: Option<&[bool]>,
+) -> Option<Tensor<B, 4>> {
+    let query = flex_float(query)?;
+    let codes = [flex_int8(&key.codes)?, flex_int8(&value.codes)?];
+    let scales = [flex_float(&key.scales)?, flex_float(&value.scales)?];
+    if scales.iter().any(|s| s.dtype() != query.dtype()) {
+        return None;
+    }
+    let context = match query.dtype() {
+        DType::F32 => attend::<f32>(&query, &codes, &scales, key_valid),
+        DType::F16 => attend::<f16>(&query, &codes, &scales, key_valid),
+        DType::BF16 => attend::<bf16>(&query, &codes, &scales, key_valid),
+        _ => None,
+    };
+    from_flex(context?)
+}
+
+/// One (sequence, key/value head)'s rows in the int8 format: codes and their block scales.
+struct Int8Rows<'a, E> {
+    codes: Rows<'a, i8>,
+    scales: Rows<'a, E>,
+    block: usize,
+    /// Read on the calling thread (the tests choose it per thread), not in the pool's tasks.
+    mutation: Option<Int8Mutation>,
+}
+
+impl<E: KernelElement> Int8Rows<'_, E> {
+    fn count(&self) -> usize {
+        self.codes.count
+    }
+
+    /// Rows `first..first + count` widened, `code x scale`, into `dst` (`count x width`).
+    fn widen(&self, first: usize, count: usize, dst: &mut [f32], vector: bool) {
+        let mutation = self.mutation;
+        #[cfg(target_arch = "x86_64")]
+        if vector && mutation.is_none() {
+            // SAFETY: `vector` is set only where the CPU has the features and the block is
+            // whole vectors (see `attend`).
+            return unsafe { self.widen_avx2(first, count, dst) };
+        }
+        let _ = vector;
+        let width = self.codes.width;
+        for (j, dst) in dst.chunks_exact_mut(width).take(count).enumerate() {
+            let (codes, scales) = (self.codes.row(first + j), self.scales.row(first + j));
+            for (c, (d, &code)) in dst.iter_mut().zip(codes).enumerate() {
+                let (code, scale) = match mutation {
+                    Some(Int8Mutation::UnsignedCodes) => {
+                        (code as u8 as f32, scales[c / self.block])
+                    }
+                    Some(Int8Mutation::FirstScaleOfRow) => (code as f32, scales[0]),
+                    None => (code as f32, scales[c / self.block]),
+                };
+                *d = code * scale.to_f32();
+            }
+        }
+    }
+
+    /// [`Int8Rows::widen`], eight values at a time (sign-extended, converted, scaled).
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; the block is a multiple of 8.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn widen_avx2(&self, first: usize, count: usize, dst: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let width = self.codes.width;
+        for (j, dst) in dst.chunks_exact_mut(width).take(count).enumerate() {
+            let (codes, scales) = (self.codes.row(first + j), self.scales.row(first + j));
+            if first + j + CHUNK < self.count() {
+                prefetch(self.codes.row(first + j + CHUNK));
+            }
+            for c in (0..width).step_by(8) {
+                // SAFETY: `c + 8 <= width`: eight codes readable, eight floats writable.
+                unsafe {
+                    let bytes = _mm_loadl_epi64(codes[c..].as_ptr().cast());
+                    let widened = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+                    let scale = _mm256_set1_ps(scales[c / self.block].to_f32());
+                    _mm256_storeu_ps(dst[c..].as_mut_ptr(), _mm256_mul_ps(widened, scale));
+                }
+            }
+        }
+    }
+}
+
+/// A task thread's buffers, reused from task to task.
+#[derive(Default)]
+struct Scratch {
+    /// `[rows, width]` queries in f32.
+    queries: Vec<f32>,
+    /// `[rows, kv_len]` scores, then softmax weights.
+    scores: Vec<f32>,
+    /// `[CHUNK, width]` widened key or value rows.
+    widened: Vec<f32>,
+    /// `[rows, width]` outputs in f32.
+    sums: Vec<f32>,
+}
+
+fn attend<E: KernelElement>(
+    query: &FlexTensor,
+    codes: &[FlexTensor; 2],
+    scales: &[FlexTensor; 2],
+    key_valid: Option<&[bool]>,
+) -> Option<FlexTensor> {
+    let q = Operand::<E>::new(query)?;
+    let (key_codes, value_codes) = (
+        Operand::<i8>::new(&codes[0])?,
+        Operand::<i8>::new(&codes[1])?,
+    );
+    let (key_scales, value_scales) = (
+        Operand::<E>::new(&scales[0])?,
+        Operand::<E>::new(&scales[1])?,
+    );
+    let [batch, heads, seq_len, head_dim] = q.shape;
+    let [kv_batch, kv_heads, kv_len, kv_head_dim] = key_codes.shape;
+    let blocks = key_scales.shape[3];
+    let shapes_agree = kv_batch == batch
+        && kv_head_dim == head_dim
+        && value_codes.shape == key_codes.shape
+        && key_scales.shape == [batch, kv_heads, kv_len, blocks]
+        && value_scales.shape == key_scales.shape
+        && blocks > 0
+        && head_dim.is_multiple_of(blocks)
+        && kv_heads > 0
+        && heads.is_multiple_of(kv_heads)
+        && kv_len >= seq_len
+        && seq_len > 0;
+    let contiguous_rows = [key_codes.strides[3], value_codes.strides[3]] == [1, 1]
+        && [key_scales.strides[3], value_scales.strides[3]] == [1, 1];
+    if !shapes_agree || !contiguous_rows || key_valid.is_some_and(|v| v.len() != batch * kv_len) {
+        return None;
+    }
+    let groups = heads / kv_heads;
+    let rows = groups * seq_len;
+    if rows > MAX_TASK_ROWS {
+        return None;
+    }
+    let block = head_dim / blocks;
+    let history = kv_len - seq_len;
+    let vector = has_avx2_fma_f16c() && block.is_multiple_of(8);
+    let mutation = mutation();
+
+    let mut context =
+        FlexTensor::empty(Shape::from(vec![batch, heads, seq_len, head_dim]), E::DTYPE);
+    // A task's rows `g * seq_len + t` (head `kv_head * groups + g`, query `t`) are contiguous in
+    // the `[batch, heads, seq_len, head_dim]` output.
+    E::storage_mut(&mut context)
+        .par_chunks_mut(rows * head_dim)
+        .enumerate()
+        .for_each_init(Scratch::default, |scratch, (task, out)| {
+            let (b, kv_head) = (task / kv_heads, task % kv_heads);
+            let Scratch {
+                queries,
+                scores,
+                widened,
+                sums,
+            } = scratch;
+            queries.clear();
+            for r in 0..rows {
+                let (head, t) = (kv_head * groups + r / seq_len, r % seq_len);
+                queries.extend((0..head_dim).map(|c| q.value(b, head, t, c).to_f32()));
+            }
+            let keys = Int8Rows {
+                codes: Rows::new(&key_codes, b, kv_head, 0, kv_len, head_dim),
+                scales: Rows::new(&key_scales, b, kv_head, 0, kv_len, blocks),
+                block,
+                mutation,
+            };
+            let values = Int8Rows {
+                codes: Rows::new(&value_codes, b, kv_head, 0, kv_len, head_dim),
+                scales: Rows::new(&value_scales, b, kv_head, 0, kv_len, blocks),
+                block,
+                mutation,
+            };
+            let visible = |r: usize| history + r % seq_len + 1;
+            let valid = key_valid.map(|valid| &valid[b * kv_len..][..kv_len]);
+            widened.resize(CHUNK * head_dim, 0.0);
+            scores.clear();
+            scores.resize(rows * kv_len, 0.0);
+            for first in (0..kv_len).step_by(CHUNK) {
+                let count = CHUNK.min(kv_len - first);
+                keys.widen(first, count, widened, vector);
+                chunk_scores(
+                    queries,
+                    head_dim,
+                    &widened[..count * head_dim],
+                    first,
+                    scores,
+                    vector,
+                );
+            }
+            for (r, row) in scores.chunks_exact_mut(kv_len).enumerate() {
+                softmax_prefix_portable(row, visible(r), valid);
+            }
+            sums.clear();
+            sums.resize(rows * head_dim, 0.0);
+            for first in (0..kv_len).step_by(CHUNK) {
+                let count = CHUNK.min(kv_len - first);
+                values.widen(first, count, widened, vector);
+                for (r, sums) in sums.chunks_exact_mut(head_dim).enumerate() {
+                    let seen = visible(r).min(first + count);
+                    if seen > first {
+                        let weights = &scores[r * kv_len + first..r * kv_len + seen];
+                        add_weighted_rows(weights, &widened[..count * head_dim], sums, vector);
+                    }
+                }
+            }
+            E::narrow(sums, out);
+        });
+    Some(context)
+}
+
+/// `scores[r * kv_len + first + j] = q_r · widened_j` for the `widened.len() / width` rows of a
+/// chunk starting at key `first`.
+fn chunk_scores(
+    queries: &[f32],
+    width: usize,
+    widened: &[f32],
+    first: usize,
+    scores: &mut [f32],
+    vector: bool,
+) {
+    let kv_len = scores.len() / (queries.len() / width);
+    #[cfg(target_arch = "x86_64")]
+    if vector {
+        // SAFETY: `vector` is set only where the CPU has the features and rows are whole
+        // vectors (see `attend`).
+        return unsafe { chunk_scores_avx2(queries, width, widened, first, scores) };
+    }
+    let _ = vector;
+    for (r, q) in queries.chunks_exact(width).enumerate() {
+        for (j, key) in widened.chunks_exact(width).enumerate() {
+            scores[r * kv_len + first + j] = key.iter().zip(q).map(|(k, q)| k * q).sum();
+        }
+    }
+}
+
+/// [`chunk_scores`] with eight keys' dot products reduced together.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; `width` is a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn chunk_scores_avx2(
+    queries: &[f32],
+    width: usize,
+    widened: &[f32],
+    first: usize,
+    scores: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let rows = queries.len() / width;
+    let (kv_len, count) = (scores.len() / rows, widened.len() / width);
+    let whole = count - count % 8;
+    for (r, q) in queries.chunks_exact(width).enumerate() {
+        let out = &mut scores[r * kv_len + first..][..count];
+        for j in (0..whole).step_by(8) {
+            let mut sums = [_mm256_setzero_ps(); 8];
+            for c in (0..width).step_by(8) {
+                // SAFETY: `c + 8 <= width`, and rows `j..j + 8` lie inside `widened`.
+                unsafe {
+                    let q = _mm256_loadu_ps(q[c..].as_ptr());
+                    for (i, sum) in sums.iter_mut().enumerate() {
+                        let key = _mm256_loadu_ps(widened[(j + i) * width + c..].as_ptr());
+                        *sum = _mm256_fmadd_ps(q, key, *sum);
+                    }
+                }
+            }
+            // SAFETY: eight scores are writable at `j`.
+            unsafe {
+                _mm256_storeu_ps(
+                    out[j..].as_mut_ptr(),
+                    super::vector::lane_sums_of_eight(sums),
+                )
+            };
+        }
+        for j in whole..count {
+            let key = &widened[j * width..][..width];
+            out[j] = key.iter().zip(q).map(|(k, q)| k * q).sum();
+        }
+    }
+}
+
+/// `sums += Σ_j weights[j] widened_j`.
+fn add_weighted_rows(weights: &[f32], widened: &[f32], sums: &mut [f32], vector: bool) {
+    let width = sums.len();
+    #[cfg(target_arch = "x86_64")]
+    if vector {
+        // SAFETY: `vector` is set only where the CPU has the features and rows are whole
+        // vectors (see `attend`).
+        return unsafe { add_weighted_rows_avx2(weights, widened, sums) };
+    }
+    let _ = vector;
+    for (&weight, row) in weights.iter().zip(widened.chunks_exact(width)) {
+        for (s, &v) in sums.iter_mut().zip(row) {
+            *s = v.mul_add(weight, *s);
+        }
+    }
+}
+
+/// [`add_weighted_rows`] with the sums held in registers, 64 values at a time.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; the width is a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn add_weighted_rows_avx2(weights: &[f32], widened: &[f32], sums: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let width = sums.len();
+    for slab in (0..width).step_by(64) {
+        let vectors = ((width - slab) / 8).min(8);
+        // SAFETY: `vectors` whole vectors from `slab` lie inside `sums` and inside every row.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 8];
+            for (i, a) in acc.iter_mut().enumerate().take(vectors) {
+                *a = _mm256_loadu_ps(sums[slab + 8 * i..].as_ptr());
+            }
+            for (j, &weight) in weights.iter().enumerate() {
+                let row = widened[j * width + slab..].as_ptr();
+                let weight = _mm256_set1_ps(weight);
+                for (i, a) in acc.iter_mut().enumerate().take(vectors) {
+                    *a = _mm256_fmadd_ps(weight, _mm256_loadu_ps(row.add(8 * i)), *a);
+                }
+            }
+            for (i, a) in acc.iter().enumerate().take(vectors) {
+                _mm256_storeu_ps(sums[slab + 8 * i..].as_mut_ptr(), *a);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Tensor, TensorData};
+    use burn_flex::Flex;
+
+    use super::*;
+    use crate::kernels::flex::mutants;
+    use crate::kernels::flex::tensor::f32_values;
+    use crate::kv_quantization::quantize_rows;
+
+    /// f64 attention over the dequantized rows (codes x scale of their block), holes hidden,
+    /// queries the last `seq_len` slots.
+    fn reference(
+        query: &[f64],
+        [batch, heads, seq_len, head_dim]: [usize; 4],
+        [key, value]: [&[f64]; 2],
+        kv_heads: usize,
+        kv_len: usize,
+        valid: Option<&[bool]>,
+    ) -> Vec<f64> {
+        let groups = heads / kv_heads;
+        let mut out = vec![0.0; batch * heads * seq_len * head_dim];
+        for b in 0..batch {
+            for h in 0..heads {
+                let kv = (b * kv_heads + h / groups) * kv_len;
+                for t in 0..seq_len {
+                    let q = &query[((b * heads + h) * seq_len + t) * head_dim..][..head_dim];
+                    let seen = kv_len - seq_len + t + 1;
+                    let live = |j: usize| valid.is_none_or(|v| v[b * kv_len + j]);
+                    let scores: Vec<f64> = (0..seen)
+                        .map(|j| {
+                            let k = &key[(kv + j) * head_dim..][..head_dim];
+                            q.iter().zip(k).map(|(a, b)| a * b).sum()
+                        })
+                        .collect();
+                    let max = (0..seen)
+                        .filter(|&j| live(j))
+                        .map(|j| scores[j])
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    let weights: Vec<f64> = (0..seen)
+                        .map(|j| {
+                            if live(j) {
+                                (scores[j] - max).exp()
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    let total: f64 = weights.iter().sum();
+                    let o = &mut out[((b * heads + h) * seq_len + t) * head_dim..][..head_dim];
+                    for (j, w) in weights.iter().enumerate() {
+                        let v = &value[(kv + j) * head_dim..][..head_dim];
+                        for (o, v) in o.iter_mut().zip(v) {
+                            *o += w / total * v;
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn random(seed: u64, n: usize, scale: f64) -> Vec<f64> {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+    }
+
+    /// The kernel's worst difference from the reference for one shape, or `None` when it
+    /// declined the shape.
+    fn worst_difference(
+        [batch, heads, kv_heads, seq_len, kv_len, head_dim]: [usize; 6],
+        block: usize,
+        dtype: DType,
+        holes: bool,
+    ) -> Option<f64> {
+        let device = Default::default();
+        let tensor = |values: Vec<f64>, shape: [usize; 4]| {
+            Tensor::<Flex, 4>::from_data(TensorData::new(values, shape), &device)
+                .cast(burn::tensor::FloatDType::from(dtype))
+        };
+        let kv_shape = [batch, kv_heads, kv_len, head_dim];
+        let n = batch * kv_heads * kv_len * head_dim;
+        let query = tensor(
+            random(1, batch * heads * seq_len * head_dim, 0.5),
+            [batch, heads, seq_len, head_dim],
+        );
+        let key = quantize_rows(tensor(random(2, n, 2.0), kv_shape), block, DType::I8);
+        let value = quantize_rows(tensor(random(3, n, 1.0), kv_shape), block, DType::I8);
+        let valid: Vec<bool> = (0..batch * kv_len)
+            .map(|i| !holes || i % 5 != 3 || i % kv_len == kv_len - 1)
+            .collect();
+        let valid = holes.then_some(valid.as_slice());
+        let context = causal_attention(&query, &key, &value, valid)?;
+        assert_eq!(context.dtype(), dtype);
+        let host = |t: Tensor<Flex, 4>| {
+            f32_values(&t.cast(burn::tensor::FloatDType::F32))
+                .into_iter()
+                .map(f64::from)
+                .collect::<Vec<_>>()
+        };
+        let expected = reference(
+            &host(query),
+            [batch, heads, seq_len, head_dim],
+            [&host(key.dequantize()), &host(value.dequantize())],
+            kv_heads,
+            kv_len,
+            valid,
+        );
+        Some(
+            host(context)
+                .iter()
+                .zip(&expected)
+                .map(|(a, e)| (a - e).abs())
+                .fold(0.0, f64::max),
+        )
+    }
+
+    /// Shapes: grouped heads (3 and 2 per key/value head), decode steps and chunks, chunk tails
+    /// (kv_len not a multiple of 64 or 8), blocks of 32 and of a whole 24-wide head, a head of
+    /// 12 (the portable loops), with and without holes, f32 and f16.
+    const CASES: [([usize; 6], usize); 6] = [
+        ([2, 6, 2, 1, 150, 64], 32),
+        ([1, 9, 3, 1, 7, 64], 32),
+        ([2, 4, 2, 3, 70, 64], 32),
+        ([1, 4, 2, 2, 65, 24], 24),
+        ([2, 2, 1, 1, 9, 12], 12),
+        ([1, 3, 3, 4, 130, 64], 64),
+    ];
+
+    fn check_all() -> Result<(), String> {
+        for (shape, block) in CASES {
+            for holes in [false, true] {
+                for (dtype, tolerance) in [(DType::F32, 2e-5), (DType::F16, 2e-2)] {
+                    let worst = worst_difference(shape, block, dtype, holes)
+                        .ok_or_else(|| format!("{shape:?} declined"))?;
+                    if worst > tolerance {
+                        return Err(format!(
+                            "{shape:?} block {block} {dtype:?} holes {holes}: {worst:.2e}"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn matches_f64_attention_over_the_dequantized_rows() {
+        check_all().unwrap();
+    }
+
+    #[test]
+    fn long_steps_and_other_backends_are_declined() {
+        // 9 heads x 4 queries = 36 rows per task: a prefill, for the float path.
+        assert!(worst_difference([1, 9, 1, 4, 40, 64], 32, DType::F32, false).is_none());
+        assert_eq!(MAX_TASK_ROWS, 32);
+    }
+
+    #[test]
+    fn every_mutation_is_caught() {
+        let survivors = mutants::surviving("int8_attention", &Int8Mutation::ALL, check_all);
+        assert!(survivors.is_empty(), "{survivors:?} survived");
+    }
+}
