@@ -1,5 +1,6 @@
 //! Times decode steps, a prefill, or chunks of a real checkpoint (no criterion), for profiling:
-//! `real_probe MODEL decode|prefill|chunk BATCH CONTEXT_OR_LENGTH full|every2|every4 [f32|f16|bf16] [REPEATS]`
+//! `real_probe MODEL decode|prefill|chunk BATCH CONTEXT_OR_LENGTH full|every2|every4 [f32|f16|bf16] [REPEATS] [KV_DTYPE]`
+//! (`KV_DTYPE`: what the cache stores, `native` (the default), `f16`, `int8`, ...)
 //! (`chunk`: steps of `CHUNK` tokens after a history of CONTEXT tokens, as when the next turn of
 //! a conversation is appended to a cache).
 //! (`perf record -g target/release/examples/real_probe ...` profiles exactly one workload).
@@ -16,7 +17,7 @@ fn main() {
     kv_routing_backend::retain_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 5 {
-        eprintln!("usage: real_probe MODEL decode|prefill|chunk BATCH CONTEXT full|every2|every4 [f32|f16|bf16] [REPEATS]");
+        eprintln!("usage: real_probe MODEL decode|prefill|chunk BATCH CONTEXT full|every2|every4 [f32|f16|bf16] [REPEATS] [KV_DTYPE]");
         std::process::exit(2);
     }
     let precision: Precision = args.get(5).map_or("f32", String::as_str).parse().unwrap();
@@ -24,7 +25,12 @@ fn main() {
     let device = device_with_precision(precision).unwrap();
     let loaded =
         kv_routing_train::pretrained::load_model_dir::<Backend>(args[0].as_ref(), &device).unwrap();
-    let model = &loaded.model;
+    let kv_dtype: kv_routing::KvDtype = args
+        .get(7)
+        .map_or("native", String::as_str)
+        .parse()
+        .unwrap();
+    let model = &loaded.model.clone().with_kv_dtype(kv_dtype).unwrap();
     let (batch, length): (usize, usize) = (args[2].parse().unwrap(), args[3].parse().unwrap());
     let plan = plans(model.n_layers())
         .into_iter()

@@ -69,19 +69,14 @@ impl<B: Backend> QuantizedRows<B> {
         }
     }
 
-    /// `self` with `rows` written at row `start` of every sequence and head (in place when the
-    /// storage is uniquely owned and the backend writes in place).
+    /// `self` with `rows` written at row `start` of every sequence and head: in place when the
+    /// storage is uniquely owned, through the cache's own write for codes and scales alike
+    /// (burn-flex's `slice_assign` copies its whole destination; see
+    /// [`write_slots`](crate::kv_cache::write_slots)).
     pub fn write_rows(self, start: usize, rows: Self) -> Self {
-        let [batch, heads, len, head_dim] = rows.codes.dims();
-        let blocks = rows.scales.dims()[3];
-        let range = start..start + len;
         Self {
-            codes: self
-                .codes
-                .slice_assign([0..batch, 0..heads, range.clone(), 0..head_dim], rows.codes),
-            scales: self
-                .scales
-                .slice_assign([0..batch, 0..heads, range, 0..blocks], rows.scales),
+            codes: crate::kernels::write_int_slots(self.codes, start, rows.codes),
+            scales: crate::kernels::write_slots(self.scales, start, rows.scales),
         }
     }
 

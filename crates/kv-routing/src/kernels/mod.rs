@@ -256,6 +256,29 @@ pub(crate) fn write_slots<B: Backend>(
     )
 }
 
+/// [`write_slots`] for integer storage (the codes of an int8 cache): flex's own in-place write
+/// for `i8` codes, `slice_assign` otherwise.
+pub(crate) fn write_int_slots<B: Backend>(
+    storage: Tensor<B, 4, burn::tensor::Int>,
+    start: usize,
+    values: Tensor<B, 4, burn::tensor::Int>,
+) -> Tensor<B, 4, burn::tensor::Int> {
+    #[cfg(feature = "flex")]
+    let (storage, values) = if flex::is_flex::<B>() {
+        match flex::slot_write::write_int8_slots(storage, start, values) {
+            Ok(written) => return written,
+            Err(unwritten) => unwritten,
+        }
+    } else {
+        (storage, values)
+    };
+    let [batch, heads, len, head_dim] = values.dims();
+    storage.slice_assign(
+        [0..batch, 0..heads, start..start + len, 0..head_dim],
+        values,
+    )
+}
+
 /// Runs `work` where `B` computes fastest when called from it: on rayon's pool for flex when
 /// the caller is outside the pool ([`flex::pool`]), on the calling thread otherwise.
 // Without the `flex` feature no backend is moved, and `B` only keeps the call sites the same.

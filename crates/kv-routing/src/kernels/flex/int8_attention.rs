@@ -4,10 +4,13 @@
 //!
 //! A decode step streams the cache once. Widening the history to floats first (the generic
 //! path) writes and reads four bytes a value on top of the one it streams; here the codes are
-//! widened in registers, [`CHUNK`] rows at a time into a buffer that stays in the first-level
-//! cache: keys for the scores of every query row, then (after the softmax) values for the
-//! weighted sums. One task per (sequence, key/value head) holds every query row of its group
-//! (`groups x seq_len` rows), so each chunk is widened once for all of them.
+//! widened in registers (sign-extended and converted eight at a time) and multiplied as they
+//! arrive: the scores of eight keys at a time, each block's dot product scaled once; then the
+//! weighted values, each weight scaled once per block. One task per (sequence, key/value head)
+//! holds every query row of its group (`groups x seq_len` rows); in a decode step of up to 3
+//! rows each widened value vector serves them all. The scales of a task are widened to f32
+//! once (a half-precision scale converted at each use cost more than the codes' arithmetic).
+//! Measured in docs/benchmarks.md ("An int8 KV cache").
 //!
 //! # Contract
 //! [`causal_attention`] computes, for queries already scaled, `softmax(q kᵀ + causal) v` with
@@ -28,16 +31,22 @@ use rayon::prelude::*;
 use super::softmax::softmax_prefix_portable;
 use super::strided::{Operand, Rows};
 use super::tensor::{flex_float, flex_int8, from_flex};
-use super::vector::{has_avx2_fma_f16c, prefetch, KernelElement};
+use super::vector::{has_avx2_fma_f16c, KernelElement};
+#[cfg(target_arch = "x86_64")]
+use super::vector::{lane_sums_of_eight, prefetch};
 use crate::kv_quantization::QuantizedRows;
 
 /// Query rows one task holds at most (a decode step of a group: `groups` rows; a chunk:
 /// `groups x seq_len`). Beyond it the step is a prefill, left to the float path.
 pub(crate) const MAX_TASK_ROWS: usize = 32;
 
-/// Key or value rows widened at a time: 16 KiB of f32 at a head size of 64, inside the
-/// first-level cache.
+/// Key or value rows the portable path widens at a time (16 KiB of f32 at a head size of 64,
+/// inside the first-level cache), and the vector path's group of value rows per query row.
 const CHUNK: usize = 64;
+
+/// How far ahead of the row in use the vector path asks for code rows (as
+/// [`few_row_attention`](super::few_row_attention)'s).
+const PREFETCH_ROWS: usize = 64;
 
 /// Deliberate errors of this kernel, which its tests must catch (see
 /// [`super::mutants`]).
@@ -97,53 +106,44 @@ impl<E: KernelElement> Int8Rows<'_, E> {
         self.codes.count
     }
 
-    /// Rows `first..first + count` widened, `code x scale`, into `dst` (`count x width`).
-    fn widen(&self, first: usize, count: usize, dst: &mut [f32], vector: bool) {
-        let mutation = self.mutation;
-        #[cfg(target_arch = "x86_64")]
-        if vector && mutation.is_none() {
-            // SAFETY: `vector` is set only where the CPU has the features and the block is
-            // whole vectors (see `attend`).
-            return unsafe { self.widen_avx2(first, count, dst) };
-        }
-        let _ = vector;
-        let width = self.codes.width;
-        for (j, dst) in dst.chunks_exact_mut(width).take(count).enumerate() {
-            let (codes, scales) = (self.codes.row(first + j), self.scales.row(first + j));
-            for (c, (d, &code)) in dst.iter_mut().zip(codes).enumerate() {
-                let (code, scale) = match mutation {
-                    Some(Int8Mutation::UnsignedCodes) => {
-                        (code as u8 as f32, scales[c / self.block])
-                    }
-                    Some(Int8Mutation::FirstScaleOfRow) => (code as f32, scales[0]),
-                    None => (code as f32, scales[c / self.block]),
-                };
-                *d = code * scale.to_f32();
+    /// Every row's scales widened to f32, `[count, blocks]` (once per task: a half-precision
+    /// scale converted at each use cost more than the codes' arithmetic).
+    fn scales_f32(&self, dst: &mut Vec<f32>) {
+        let blocks = self.scales.width;
+        dst.clear();
+        dst.resize(self.count() * blocks, 0.0);
+        match self.scales.as_contiguous() {
+            Some(all) => E::widen(all, dst),
+            None => {
+                for (j, dst) in dst.chunks_exact_mut(blocks).enumerate() {
+                    E::widen(self.scales.row(j), dst);
+                }
             }
         }
     }
 
-    /// [`Int8Rows::widen`], eight values at a time (sign-extended, converted, scaled).
-    ///
-    /// # Safety
-    /// The CPU has AVX2, FMA and F16C; the block is a multiple of 8.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn widen_avx2(&self, first: usize, count: usize, dst: &mut [f32]) {
-        use std::arch::x86_64::*;
+    /// Rows `first..first + count` widened, `code x scale`, into `dst` (`count x width`).
+    /// (The portable path, and every mutant: the vector path widens in registers.)
+    fn widen(&self, first: usize, count: usize, dst: &mut [f32]) {
+        let mutation = self.mutation;
         let width = self.codes.width;
         for (j, dst) in dst.chunks_exact_mut(width).take(count).enumerate() {
             let (codes, scales) = (self.codes.row(first + j), self.scales.row(first + j));
-            if first + j + CHUNK < self.count() {
-                prefetch(self.codes.row(first + j + CHUNK));
-            }
-            for c in (0..width).step_by(8) {
-                // SAFETY: `c + 8 <= width`: eight codes readable, eight floats writable.
-                unsafe {
-                    let bytes = _mm_loadl_epi64(codes[c..].as_ptr().cast());
-                    let widened = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
-                    let scale = _mm256_set1_ps(scales[c / self.block].to_f32());
-                    _mm256_storeu_ps(dst[c..].as_mut_ptr(), _mm256_mul_ps(widened, scale));
+            let blocks = dst
+                .chunks_exact_mut(self.block)
+                .zip(codes.chunks_exact(self.block));
+            for (b, (dst, codes)) in blocks.enumerate() {
+                let scale = match mutation {
+                    Some(Int8Mutation::FirstScaleOfRow) => scales[0],
+                    _ => scales[b],
+                }
+                .to_f32();
+                for (d, &code) in dst.iter_mut().zip(codes) {
+                    let code = match mutation {
+                        Some(Int8Mutation::UnsignedCodes) => f32::from(code as u8),
+                        _ => f32::from(code),
+                    };
+                    *d = code * scale;
                 }
             }
         }
@@ -161,6 +161,8 @@ struct Scratch {
     widened: Vec<f32>,
     /// `[rows, width]` outputs in f32.
     sums: Vec<f32>,
+    /// `[kv_len, blocks]` scales of the keys, then of the values, in f32.
+    scales: Vec<f32>,
 }
 
 fn attend<E: KernelElement>(
@@ -221,6 +223,7 @@ fn attend<E: KernelElement>(
                 scores,
                 widened,
                 sums,
+                scales: scales_f32,
             } = scratch;
             queries.clear();
             for r in 0..rows {
@@ -241,34 +244,55 @@ fn attend<E: KernelElement>(
             };
             let visible = |r: usize| history + r % seq_len + 1;
             let valid = key_valid.map(|valid| &valid[b * kv_len..][..kv_len]);
-            widened.resize(CHUNK * head_dim, 0.0);
             scores.clear();
             scores.resize(rows * kv_len, 0.0);
+            sums.clear();
+            sums.resize(rows * head_dim, 0.0);
+            #[cfg(target_arch = "x86_64")]
+            if vector && mutation.is_none() {
+                // SAFETY: `vector` is set only where the CPU has the features and the blocks
+                // are whole vectors (above); the buffers have the sizes the functions require.
+                unsafe {
+                    keys.scales_f32(scales_f32);
+                    scores_avx2(queries, &keys, scales_f32, scores);
+                    for (r, row) in scores.chunks_exact_mut(kv_len).enumerate() {
+                        softmax_prefix_portable(row, visible(r), valid);
+                    }
+                    values.scales_f32(scales_f32);
+                    // A decode step's rows all see every key: up to 3 of them share each
+                    // widened code vector (their sums fit the 16 vector registers).
+                    match (seq_len, rows) {
+                        (1, 1) => stacked_values_avx2::<E, 1>(&values, scales_f32, scores, sums),
+                        (1, 2) => stacked_values_avx2::<E, 2>(&values, scales_f32, scores, sums),
+                        (1, 3) => stacked_values_avx2::<E, 3>(&values, scales_f32, scores, sums),
+                        _ => weighted_values_avx2(&values, scales_f32, &visible, scores, sums),
+                    }
+                }
+                return E::narrow(sums, out);
+            }
+            widened.resize(CHUNK * head_dim, 0.0);
             for first in (0..kv_len).step_by(CHUNK) {
                 let count = CHUNK.min(kv_len - first);
-                keys.widen(first, count, widened, vector);
+                keys.widen(first, count, widened);
                 chunk_scores(
                     queries,
                     head_dim,
                     &widened[..count * head_dim],
                     first,
                     scores,
-                    vector,
                 );
             }
             for (r, row) in scores.chunks_exact_mut(kv_len).enumerate() {
                 softmax_prefix_portable(row, visible(r), valid);
             }
-            sums.clear();
-            sums.resize(rows * head_dim, 0.0);
             for first in (0..kv_len).step_by(CHUNK) {
                 let count = CHUNK.min(kv_len - first);
-                values.widen(first, count, widened, vector);
+                values.widen(first, count, widened);
                 for (r, sums) in sums.chunks_exact_mut(head_dim).enumerate() {
                     let seen = visible(r).min(first + count);
                     if seen > first {
                         let weights = &scores[r * kv_len + first..r * kv_len + seen];
-                        add_weighted_rows(weights, &widened[..count * head_dim], sums, vector);
+                        add_weighted_rows(weights, &widened[..count * head_dim], sums);
                     }
                 }
             }
@@ -279,22 +303,8 @@ fn attend<E: KernelElement>(
 
 /// `scores[r * kv_len + first + j] = q_r · widened_j` for the `widened.len() / width` rows of a
 /// chunk starting at key `first`.
-fn chunk_scores(
-    queries: &[f32],
-    width: usize,
-    widened: &[f32],
-    first: usize,
-    scores: &mut [f32],
-    vector: bool,
-) {
+fn chunk_scores(queries: &[f32], width: usize, widened: &[f32], first: usize, scores: &mut [f32]) {
     let kv_len = scores.len() / (queries.len() / width);
-    #[cfg(target_arch = "x86_64")]
-    if vector {
-        // SAFETY: `vector` is set only where the CPU has the features and rows are whole
-        // vectors (see `attend`).
-        return unsafe { chunk_scores_avx2(queries, width, widened, first, scores) };
-    }
-    let _ = vector;
     for (r, q) in queries.chunks_exact(width).enumerate() {
         for (j, key) in widened.chunks_exact(width).enumerate() {
             scores[r * kv_len + first + j] = key.iter().zip(q).map(|(k, q)| k * q).sum();
@@ -302,62 +312,9 @@ fn chunk_scores(
     }
 }
 
-/// [`chunk_scores`] with eight keys' dot products reduced together.
-///
-/// # Safety
-/// The CPU has AVX2, FMA and F16C; `width` is a multiple of 8.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn chunk_scores_avx2(
-    queries: &[f32],
-    width: usize,
-    widened: &[f32],
-    first: usize,
-    scores: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let rows = queries.len() / width;
-    let (kv_len, count) = (scores.len() / rows, widened.len() / width);
-    let whole = count - count % 8;
-    for (r, q) in queries.chunks_exact(width).enumerate() {
-        let out = &mut scores[r * kv_len + first..][..count];
-        for j in (0..whole).step_by(8) {
-            let mut sums = [_mm256_setzero_ps(); 8];
-            for c in (0..width).step_by(8) {
-                // SAFETY: `c + 8 <= width`, and rows `j..j + 8` lie inside `widened`.
-                unsafe {
-                    let q = _mm256_loadu_ps(q[c..].as_ptr());
-                    for (i, sum) in sums.iter_mut().enumerate() {
-                        let key = _mm256_loadu_ps(widened[(j + i) * width + c..].as_ptr());
-                        *sum = _mm256_fmadd_ps(q, key, *sum);
-                    }
-                }
-            }
-            // SAFETY: eight scores are writable at `j`.
-            unsafe {
-                _mm256_storeu_ps(
-                    out[j..].as_mut_ptr(),
-                    super::vector::lane_sums_of_eight(sums),
-                )
-            };
-        }
-        for j in whole..count {
-            let key = &widened[j * width..][..width];
-            out[j] = key.iter().zip(q).map(|(k, q)| k * q).sum();
-        }
-    }
-}
-
 /// `sums += Σ_j weights[j] widened_j`.
-fn add_weighted_rows(weights: &[f32], widened: &[f32], sums: &mut [f32], vector: bool) {
+fn add_weighted_rows(weights: &[f32], widened: &[f32], sums: &mut [f32]) {
     let width = sums.len();
-    #[cfg(target_arch = "x86_64")]
-    if vector {
-        // SAFETY: `vector` is set only where the CPU has the features and rows are whole
-        // vectors (see `attend`).
-        return unsafe { add_weighted_rows_avx2(weights, widened, sums) };
-    }
-    let _ = vector;
     for (&weight, row) in weights.iter().zip(widened.chunks_exact(width)) {
         for (s, &v) in sums.iter_mut().zip(row) {
             *s = v.mul_add(weight, *s);
@@ -365,32 +322,198 @@ fn add_weighted_rows(weights: &[f32], widened: &[f32], sums: &mut [f32], vector:
     }
 }
 
-/// [`add_weighted_rows`] with the sums held in registers, 64 values at a time.
+/// Eight codes at `codes` widened to f32 (sign-extended, converted).
 ///
 /// # Safety
-/// The CPU has AVX2, FMA and F16C; the width is a multiple of 8.
+/// The CPU has AVX2; `codes` addresses eight readable bytes.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8_codes(codes: *const i8) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(codes.cast()))) }
+}
+
+/// `scores[r * kv_len + j] = q_r · (codes_j x scales_j)` for every query row and key: eight
+/// keys at a time, each block's sum scaled once, the codes widened in registers.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; the block is a multiple of 8; `scores` holds `rows *
+/// kv_len` values and `queries` `rows * width`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn add_weighted_rows_avx2(weights: &[f32], widened: &[f32], sums: &mut [f32]) {
+unsafe fn scores_avx2<E: KernelElement>(
+    queries: &[f32],
+    keys: &Int8Rows<E>,
+    key_scales: &[f32],
+    scores: &mut [f32],
+) {
     use std::arch::x86_64::*;
-    let width = sums.len();
-    for slab in (0..width).step_by(64) {
-        let vectors = ((width - slab) / 8).min(8);
-        // SAFETY: `vectors` whole vectors from `slab` lie inside `sums` and inside every row.
-        unsafe {
-            let mut acc = [_mm256_setzero_ps(); 8];
-            for (i, a) in acc.iter_mut().enumerate().take(vectors) {
-                *a = _mm256_loadu_ps(sums[slab + 8 * i..].as_ptr());
+    let (width, block, key_count) = (keys.codes.width, keys.block, keys.count());
+    let rows = queries.len() / width;
+    let whole = key_count - key_count % 8;
+    for first in (0..whole).step_by(8) {
+        if first + PREFETCH_ROWS + 8 <= key_count {
+            for j in first + PREFETCH_ROWS..first + PREFETCH_ROWS + 8 {
+                prefetch(keys.codes.row(j));
             }
-            for (j, &weight) in weights.iter().enumerate() {
-                let row = widened[j * width + slab..].as_ptr();
-                let weight = _mm256_set1_ps(weight);
-                for (i, a) in acc.iter_mut().enumerate().take(vectors) {
-                    *a = _mm256_fmadd_ps(weight, _mm256_loadu_ps(row.add(8 * i)), *a);
+        }
+        let codes: [*const i8; 8] = std::array::from_fn(|i| keys.codes.row(first + i).as_ptr());
+        let blocks = width / block;
+        let scales: [&[f32]; 8] =
+            std::array::from_fn(|i| &key_scales[(first + i) * blocks..][..blocks]);
+        for r in 0..rows {
+            let query = queries[r * width..][..width].as_ptr();
+            let mut totals = [_mm256_setzero_ps(); 8];
+            for b in 0..blocks {
+                let mut sums = [_mm256_setzero_ps(); 8];
+                for c in (b * block..(b + 1) * block).step_by(8) {
+                    // SAFETY: `c + 8 <= width` for the query row and every code row.
+                    unsafe {
+                        let q = _mm256_loadu_ps(query.add(c));
+                        for (sum, codes) in sums.iter_mut().zip(&codes) {
+                            *sum = _mm256_fmadd_ps(q, load8_codes(codes.add(c)), *sum);
+                        }
+                    }
+                }
+                for ((total, sum), scales) in totals.iter_mut().zip(sums).zip(&scales) {
+                    *total = _mm256_fmadd_ps(sum, _mm256_set1_ps(scales[b]), *total);
                 }
             }
-            for (i, a) in acc.iter().enumerate().take(vectors) {
-                _mm256_storeu_ps(sums[slab + 8 * i..].as_mut_ptr(), *a);
+            let out = &mut scores[r * key_count + first..][..8];
+            // SAFETY: eight scores are writable.
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr(), lane_sums_of_eight(totals)) };
+        }
+    }
+    let mut widened = vec![0.0f32; width];
+    for j in whole..key_count {
+        keys.widen(j, 1, &mut widened);
+        for r in 0..rows {
+            let q = &queries[r * width..][..width];
+            scores[r * key_count + j] = widened.iter().zip(q).map(|(k, q)| k * q).sum();
+        }
+    }
+}
+
+/// `out_r = Σ_j weights[r, j] (codes_j x scales_j)` over each row's visible keys, the codes
+/// widened in registers and each weight scaled once per block; keys in groups of
+/// [`CHUNK`] so that a group's rows, brought in by the first query row, serve the others from
+/// the first-level cache.
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; the block is a multiple of 8; `out` holds `rows * width`
+/// values and `weights` `rows * kv_len`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn weighted_values_avx2<E: KernelElement>(
+    values: &Int8Rows<E>,
+    value_scales: &[f32],
+    visible: &dyn Fn(usize) -> usize,
+    weights: &[f32],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (width, block, key_count) = (values.codes.width, values.block, values.count());
+    let blocks = width / block;
+    for group in (0..key_count).step_by(CHUNK) {
+        for (r, out) in out.chunks_exact_mut(width).enumerate() {
+            let seen = visible(r).min(group + CHUNK);
+            if seen <= group {
+                continue;
+            }
+            let weights = &weights[r * key_count..][group..seen];
+            for slab in (0..width).step_by(64) {
+                let vectors = ((width - slab) / 8).min(8);
+                let block_of: [usize; 8] =
+                    std::array::from_fn(|i| (slab + 8 * i.min(vectors - 1)) / block);
+                let out = out[slab..][..vectors * 8].as_mut_ptr();
+                // SAFETY: `out` addresses `vectors` whole vectors, and so does every code row
+                // from `slab` on.
+                unsafe {
+                    let mut sums = [_mm256_setzero_ps(); 8];
+                    for (i, sum) in sums.iter_mut().enumerate().take(vectors) {
+                        *sum = _mm256_loadu_ps(out.add(i * 8));
+                    }
+                    for (j, &weight) in (group..).zip(weights) {
+                        if r == 0 && slab == 0 && j + PREFETCH_ROWS < key_count {
+                            prefetch(values.codes.row(j + PREFETCH_ROWS));
+                        }
+                        let codes = values.codes.row(j)[slab..].as_ptr();
+                        let scales = &value_scales[j * blocks..][..blocks];
+                        let mut current = block_of[0];
+                        let mut coefficient = _mm256_set1_ps(weight * scales[current]);
+                        for (i, sum) in sums.iter_mut().enumerate().take(vectors) {
+                            if block_of[i] != current {
+                                current = block_of[i];
+                                coefficient = _mm256_set1_ps(weight * scales[current]);
+                            }
+                            *sum =
+                                _mm256_fmadd_ps(coefficient, load8_codes(codes.add(8 * i)), *sum);
+                        }
+                    }
+                    for (i, sum) in sums.iter().enumerate().take(vectors) {
+                        _mm256_storeu_ps(out.add(i * 8), *sum);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`weighted_values_avx2`] for `ROWS` query rows that all see every key: each code vector is
+/// widened once for all of them, 32 output values of every row summed in registers at a time.
+///
+/// # Safety
+/// As [`weighted_values_avx2`]'s, and `out` holds `ROWS * width` values, `weights` `ROWS *
+/// kv_len`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn stacked_values_avx2<E: KernelElement, const ROWS: usize>(
+    values: &Int8Rows<E>,
+    value_scales: &[f32],
+    weights: &[f32],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const VECTORS: usize = 4;
+    let (width, block, key_count) = (values.codes.width, values.block, values.count());
+    let blocks = width / block;
+    for slab in (0..width).step_by(8 * VECTORS) {
+        let vectors = ((width - slab) / 8).min(VECTORS);
+        let block_of: [usize; VECTORS] =
+            std::array::from_fn(|i| (slab + 8 * i.min(vectors - 1)) / block);
+        // A slab inside one block (every head size with blocks of 32 or more) takes one
+        // coefficient per row and key.
+        let one_block = block_of.iter().all(|&b| b == block_of[0]);
+        let row_weights: [&[f32]; ROWS] =
+            std::array::from_fn(|r| &weights[r * key_count..][..key_count]);
+        let mut sums = [[_mm256_setzero_ps(); VECTORS]; ROWS];
+        for j in 0..key_count {
+            if slab == 0 && j + PREFETCH_ROWS < key_count {
+                prefetch(values.codes.row(j + PREFETCH_ROWS));
+            }
+            let codes = values.codes.row(j)[slab..].as_ptr();
+            let scales = &value_scales[j * blocks..][..blocks];
+            let coefficients: [__m256; ROWS] =
+                std::array::from_fn(|r| _mm256_set1_ps(row_weights[r][j] * scales[block_of[0]]));
+            for (i, block) in block_of.iter().enumerate().take(vectors) {
+                // SAFETY: `slab + 8 * i + 8 <= width`: eight codes readable.
+                let v = unsafe { load8_codes(codes.add(8 * i)) };
+                for (r, sums) in sums.iter_mut().enumerate() {
+                    let coefficient = if one_block {
+                        coefficients[r]
+                    } else {
+                        _mm256_set1_ps(row_weights[r][j] * scales[*block])
+                    };
+                    sums[i] = _mm256_fmadd_ps(coefficient, v, sums[i]);
+                }
+            }
+        }
+        for (r, sums) in sums.iter().enumerate() {
+            for (i, sum) in sums.iter().enumerate().take(vectors) {
+                // SAFETY: `slab + 8 * i + 8 <= width` inside row `r` of `out`.
+                unsafe { _mm256_storeu_ps(out[r * width + slab + 8 * i..].as_mut_ptr(), *sum) };
             }
         }
     }
@@ -514,11 +637,13 @@ mod tests {
         )
     }
 
-    /// Shapes: grouped heads (3 and 2 per key/value head), decode steps and chunks, chunk tails
+    /// Shapes: grouped heads (1, 2 and 3 per key/value head), decode steps and chunks, chunk tails
     /// (kv_len not a multiple of 64 or 8), blocks of 32 and of a whole 24-wide head, a head of
     /// 12 (the portable loops), with and without holes, f32 and f16.
-    const CASES: [([usize; 6], usize); 6] = [
+    const CASES: [([usize; 6], usize); 8] = [
         ([2, 6, 2, 1, 150, 64], 32),
+        ([1, 2, 2, 1, 33, 64], 32),
+        ([1, 4, 2, 1, 100, 64], 32),
         ([1, 9, 3, 1, 7, 64], 32),
         ([2, 4, 2, 3, 70, 64], 32),
         ([1, 4, 2, 2, 65, 24], 24),

@@ -16,12 +16,12 @@
 //! `slice_assign` (which copies a shared buffer, as copy-on-write must).
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Int, Tensor};
 use burn_flex::FlexTensor;
 use half::{bf16, f16};
 
-use super::tensor::{from_flex, into_flex_float};
-use super::vector::KernelElement;
+use super::tensor::{flex_int8, from_flex, from_flex_int, into_flex_float, into_flex_int};
+use super::vector::StoredElement;
 
 /// See the module docs. `Err` gives back `(storage, values)`.
 #[allow(clippy::type_complexity)]
@@ -51,6 +51,35 @@ pub(crate) fn write_slots<B: Backend>(
     }
 }
 
+/// [`write_slots`] for the int8 codes of a quantized cache: `Err` gives back `(storage, values)`
+/// when they are not flex `i8` tensors meeting the same conditions.
+#[allow(clippy::type_complexity)]
+pub(crate) fn write_int8_slots<B: Backend>(
+    storage: Tensor<B, 4, Int>,
+    start: usize,
+    values: Tensor<B, 4, Int>,
+) -> Result<Tensor<B, 4, Int>, (Tensor<B, 4, Int>, Tensor<B, 4, Int>)> {
+    let mut target = match into_flex_int(storage) {
+        Ok(target) => target,
+        Err(storage) => return Err((storage, values)),
+    };
+    let written = match flex_int8(&values) {
+        Some(source) if source.is_contiguous() => {
+            target.dtype() == DType::I8 && write::<i8>(&mut target, start, &source)
+        }
+        Some(source) => {
+            target.dtype() == DType::I8 && write::<i8>(&mut target, start, &source.to_contiguous())
+        }
+        None => false,
+    };
+    let storage = from_flex_int(target).expect("the storage came from a flex tensor of rank 4");
+    if written {
+        Ok(storage)
+    } else {
+        Err((storage, values))
+    }
+}
+
 /// The step's values as a contiguous flex tensor (a copy of the step, not of the cache, when
 /// they are a strided view).
 fn values_of<B: Backend>(values: &Tensor<B, 4>) -> Option<FlexTensor> {
@@ -64,7 +93,7 @@ fn values_of<B: Backend>(values: &Tensor<B, 4>) -> Option<FlexTensor> {
 
 /// Writes `source` into `target`'s slots from `start`; `false`, with nothing written, when the
 /// contract's conditions do not hold.
-fn write<E: KernelElement>(target: &mut FlexTensor, start: usize, source: &FlexTensor) -> bool {
+fn write<E: StoredElement>(target: &mut FlexTensor, start: usize, source: &FlexTensor) -> bool {
     if source.dtype() != E::DTYPE {
         return false;
     }

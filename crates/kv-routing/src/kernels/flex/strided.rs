@@ -129,4 +129,9 @@ impl<'a, E: StoredElement> Rows<'a, E> {
     pub(crate) fn row(&self, index: usize) -> &'a [E] {
         &self.data[index * self.stride..][..self.width]
     }
+
+    /// Every row as one slice, when the rows follow each other without gaps.
+    pub(crate) fn as_contiguous(&self) -> Option<&'a [E]> {
+        (self.stride == self.width).then(|| &self.data[..self.count * self.width])
+    }
 }

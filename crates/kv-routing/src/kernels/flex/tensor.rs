@@ -95,6 +95,40 @@ pub(crate) fn into_flex_float<B: Backend, const D: usize>(
     }
 }
 
+/// An integer `tensor`'s own flex tensor, moved out of it (a uniquely owned buffer stays so),
+/// when `B` is flex; the tensor back, untouched, otherwise.
+pub(crate) fn into_flex_int<B: Backend, const D: usize>(
+    tensor: Tensor<B, D, burn::tensor::Int>,
+) -> Result<FlexTensor, Tensor<B, D, burn::tensor::Int>> {
+    if !is_flex::<B>() {
+        return Err(tensor);
+    }
+    let mut slot = Some(tensor.into_primitive());
+    match (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<FlexTensor>>()
+        .and_then(Option::take)
+    {
+        Some(flex) => Ok(flex),
+        None => Err(Tensor::from_primitive(
+            slot.expect("not taken: the downcast failed"),
+        )),
+    }
+}
+
+/// An integer flex tensor as a `Tensor<B, D, Int>`, when `B` is flex and the ranks agree.
+pub(crate) fn from_flex_int<B: Backend, const D: usize>(
+    tensor: FlexTensor,
+) -> Option<Tensor<B, D, burn::tensor::Int>> {
+    if tensor.layout().num_dims() != D {
+        return None;
+    }
+    let mut primitive = Some(tensor);
+    let primitive = (&mut primitive as &mut dyn Any)
+        .downcast_mut::<Option<B::IntTensorPrimitive>>()?
+        .take()?;
+    Some(Tensor::from_primitive(primitive))
+}
+
 /// The flex tensor behind an integer `tensor` (a shared handle) when `B` is flex and it holds
 /// `i8` values (the codes of an int8 KV cache).
 pub(crate) fn flex_int8<B: Backend, const D: usize>(

@@ -44,6 +44,10 @@ pub(crate) trait StoredElement: Copy + Send + Sync + 'static {
 
     /// `tensor`'s whole storage, when it holds `Self` (flex asserts it does).
     fn storage(tensor: &FlexTensor) -> &[Self];
+
+    /// `tensor`'s whole storage, writable, when its buffer is uniquely owned; `None` when it is
+    /// shared (writing would need a copy).
+    fn unique_storage_mut(tensor: &mut FlexTensor) -> Option<&mut [Self]>;
 }
 
 impl StoredElement for i8 {
@@ -51,6 +55,10 @@ impl StoredElement for i8 {
 
     fn storage(tensor: &FlexTensor) -> &[Self] {
         tensor.storage::<Self>()
+    }
+
+    fn unique_storage_mut(tensor: &mut FlexTensor) -> Option<&mut [Self]> {
+        tensor.try_storage_mut::<Self>()
     }
 }
 
@@ -72,10 +80,6 @@ pub(crate) trait KernelElement: StoredElement {
     /// `tensor`'s whole storage, writable (a copy first if the buffer is shared).
     fn storage_mut(tensor: &mut FlexTensor) -> &mut [Self];
 
-    /// `tensor`'s whole storage, writable, when its buffer is uniquely owned; `None` when it is
-    /// shared (writing would need a copy).
-    fn unique_storage_mut(tensor: &mut FlexTensor) -> Option<&mut [Self]>;
-
     /// `values` as f32 values, when `Self` is f32.
     fn as_f32(values: &[Self]) -> Option<&[f32]>;
 
@@ -96,6 +100,10 @@ impl StoredElement for f32 {
     fn storage(tensor: &FlexTensor) -> &[Self] {
         tensor.storage::<Self>()
     }
+
+    fn unique_storage_mut(tensor: &mut FlexTensor) -> Option<&mut [Self]> {
+        tensor.try_storage_mut::<Self>()
+    }
 }
 
 impl KernelElement for f32 {
@@ -105,10 +113,6 @@ impl KernelElement for f32 {
 
     fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]> {
         Some(values)
-    }
-
-    fn unique_storage_mut(tensor: &mut FlexTensor) -> Option<&mut [Self]> {
-        tensor.try_storage_mut::<Self>()
     }
 
     fn widen(src: &[Self], dst: &mut [f32]) {
@@ -159,10 +163,6 @@ macro_rules! half_precision_element {
             tensor.storage_mut::<Self>()
         }
 
-        fn unique_storage_mut(tensor: &mut FlexTensor) -> Option<&mut [Self]> {
-            tensor.try_storage_mut::<Self>()
-        }
-
         fn as_f32(_: &[Self]) -> Option<&[f32]> {
             None
         }
@@ -189,6 +189,10 @@ impl StoredElement for f16 {
     fn storage(tensor: &FlexTensor) -> &[Self] {
         tensor.storage::<Self>()
     }
+
+    fn unique_storage_mut(tensor: &mut FlexTensor) -> Option<&mut [Self]> {
+        tensor.try_storage_mut::<Self>()
+    }
 }
 
 impl KernelElement for f16 {
@@ -209,6 +213,10 @@ impl StoredElement for bf16 {
 
     fn storage(tensor: &FlexTensor) -> &[Self] {
         tensor.storage::<Self>()
+    }
+
+    fn unique_storage_mut(tensor: &mut FlexTensor) -> Option<&mut [Self]> {
+        tensor.try_storage_mut::<Self>()
     }
 }
 
