@@ -194,4 +194,40 @@ mod tests {
         let written = dispatched_write(wide, 1, ones.cast(DType::F64));
         assert_eq!(written.sum().into_scalar(), 4.0);
     }
+
+    #[test]
+    fn int8_codes_are_written_in_place_and_a_shared_buffer_is_copied() {
+        let device = Default::default();
+        let address = |tensor: Tensor<Flex, 4, Int>| {
+            let flex = into_flex_int(tensor).unwrap();
+            let address = flex.bytes().as_ptr() as usize;
+            (from_flex_int::<Flex, 4>(flex).unwrap(), address)
+        };
+        let storage = Tensor::<Flex, 4, Int>::zeros([2, 3, 16, 8], (&device, DType::I8));
+        let (storage, before) = address(storage);
+        let step =
+            Tensor::<Flex, 4>::random([2, 3, 5, 8], Distribution::Uniform(-100.0, 100.0), &device)
+                .int()
+                .cast(burn::tensor::IntDType::I8);
+        let written = crate::kernels::write_int_slots(storage, 4, step.clone());
+        let (written, after) = address(written);
+        assert_eq!(before, after, "the codes' storage was copied");
+        let values = |t: Tensor<Flex, 4, Int>| t.into_data().iter::<i64>().collect::<Vec<_>>();
+        assert_eq!(
+            values(written.clone().slice([0..2, 0..3, 4..9, 0..8])),
+            values(step.clone())
+        );
+        assert!(values(written.clone().slice([0..2, 0..3, 0..4, 0..8]))
+            .iter()
+            .all(|&v| v == 0));
+        // Copy-on-write: another handle keeps the values it saw.
+        let kept = written.clone();
+        let rewritten = crate::kernels::write_int_slots(written, 0, step);
+        assert!(values(kept.slice([0..2, 0..3, 0..4, 0..8]))
+            .iter()
+            .all(|&v| v == 0));
+        assert!(values(rewritten.slice([0..2, 0..3, 0..4, 0..8]))
+            .iter()
+            .any(|&v| v != 0));
+    }
 }
