@@ -204,9 +204,10 @@ impl<B: Backend> StochasticKvAttention<B> {
     ) -> crate::Result<Tensor<B, 3>> {
         self.check_input(&x, rope)?;
         self.check_kv(&x, [kv.key.dims(), kv.value.dims()], mask)?;
+        let [batch, seq_len, _] = x.dims();
         let query = self.scaled_queries(x, rope);
         let context = self.context(query, kv, mask);
-        Ok(self.output_of(context))
+        Ok(self.output_of(context, batch, seq_len))
     }
 
     /// [`StochasticKvAttention::attend`] to keys/values in the int8 format: read in place by
@@ -226,6 +227,7 @@ impl<B: Backend> StochasticKvAttention<B> {
     ) -> crate::Result<Tensor<B, 3>> {
         self.check_input(&x, rope)?;
         self.check_kv(&x, [kv.key.codes.dims(), kv.value.codes.dims()], mask)?;
+        let [batch, seq_len, _] = x.dims();
         let query = self.scaled_queries(x, rope);
         let key_valid = match mask {
             AttentionMask::Causal => Some(None),
@@ -236,11 +238,11 @@ impl<B: Backend> StochasticKvAttention<B> {
             if let Some(context) =
                 crate::kernels::int8_causal_attention(&query, &kv.key, &kv.value, key_valid)
             {
-                return Ok(self.output_of(context));
+                return Ok(self.output_of(context, batch, seq_len));
             }
         }
         let context = self.context(query, &kv.dequantize(), mask);
-        Ok(self.output_of(context))
+        Ok(self.output_of(context, batch, seq_len))
     }
 
     /// Checks keys/values (`[key dims, value dims]`) and an explicit mask against the input.
@@ -288,7 +290,8 @@ impl<B: Backend> StochasticKvAttention<B> {
             .swap_dims(1, 2)
     }
 
-    /// `[batch, n_heads, seq_len, head_dim]` context of scaled queries over `kv` (checked).
+    /// The context of scaled queries over `kv` (checked), in one of the layouts
+    /// [`StochasticKvAttention::output_of`] takes.
     fn context(
         &self,
         query: Tensor<B, 4>,
@@ -362,9 +365,10 @@ impl<B: Backend> StochasticKvAttention<B> {
         }
     }
 
-    /// The output projection of a `[batch, n_heads, seq_len, head_dim]` context.
-    fn output_of(&self, context: Tensor<B, 4>) -> Tensor<B, 3> {
-        let [batch, _, seq_len, _] = context.dims();
+    /// The output projection of a context of `batch x n_heads x seq_len x head_dim` values
+    /// (`[batch, n_heads, seq_len, head_dim]`, or the query heads of a group stacked as rows:
+    /// `[batch, n_kv_heads, groups * seq_len, head_dim]`).
+    fn output_of(&self, context: Tensor<B, 4>, batch: usize, seq_len: usize) -> Tensor<B, 3> {
         let context = context
             .reshape([batch, self.n_heads, seq_len, self.head_dim])
             .swap_dims(1, 2)

@@ -48,10 +48,11 @@
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{FloatDType, Tensor};
+use burn::tensor::Tensor;
 
 use crate::attention_mask::AttentionMask;
 use crate::error::{KvRoutingError, Result};
+use crate::kernels::cast_float;
 use crate::key_value::{Int8KeyValue, KeyValue, StoredKv};
 use crate::kv_dtype::{device_float_dtype, KvDtype, KvRowFormat};
 use crate::kv_quantization::{quantize_rows, QuantizedRows};
@@ -529,8 +530,8 @@ impl<B: Backend> KvStore<B> for CacheStep<'_, B> {
                 .viewing(self.cache.view_leases[source].clone()));
             }
             LayerStorage::Float(kv) => KeyValue::new(
-                slice_rows(&kv.key, visible.clone()).cast(FloatDType::from(native)),
-                slice_rows(&kv.value, visible).cast(FloatDType::from(native)),
+                cast_float(slice_rows(&kv.key, visible.clone()), native),
+                cast_float(slice_rows(&kv.value, visible), native),
             ),
             LayerStorage::Int8 { key, value } => KeyValue::new(
                 key.slice_rows(visible.clone()).dequantize(),
@@ -608,10 +609,10 @@ impl<B: Backend> LayerStorage<B> {
     fn write(self, start: usize, kv: KeyValue<B>) -> Self {
         match self {
             Self::Float(storage) => {
-                let dtype = FloatDType::from(storage.key.dtype());
+                let dtype = storage.key.dtype();
                 Self::Float(KeyValue::new(
-                    crate::kernels::write_slots(storage.key, start, kv.key.cast(dtype)),
-                    crate::kernels::write_slots(storage.value, start, kv.value.cast(dtype)),
+                    crate::kernels::write_slots(storage.key, start, cast_float(kv.key, dtype)),
+                    crate::kernels::write_slots(storage.value, start, cast_float(kv.value, dtype)),
                 ))
             }
             Self::Int8 { key, value } => {

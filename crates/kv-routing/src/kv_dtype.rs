@@ -26,9 +26,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, FloatDType, Tensor};
+use burn::tensor::{DType, Tensor};
 
 use crate::error::{KvRoutingError, Result};
+use crate::kernels::cast_float;
 use crate::kv_quantization::int8_round_trip;
 use crate::precision::Precision;
 
@@ -166,9 +167,7 @@ impl KvRowFormat {
         let dtype = rows.dtype();
         match self.scale {
             None if self.element == dtype => rows,
-            None => rows
-                .cast(FloatDType::from(self.element))
-                .cast(FloatDType::from(dtype)),
+            None => cast_float(cast_float(rows, self.element), dtype),
             Some((_, block)) => int8_round_trip(rows, block, self.element),
         }
     }

@@ -256,6 +256,31 @@ pub(crate) fn write_slots<B: Backend>(
     )
 }
 
+/// `tensor` in the float type `dtype`: on flex, between f32 and a half type, one parallel pass
+/// (Burn 0.21's flex casts element by element on one thread: an f16 KV cache read back for an
+/// f32 model took longer than the rest of the decode step); Burn's cast otherwise.
+pub(crate) fn cast_float<B: Backend, const D: usize>(
+    tensor: Tensor<B, D>,
+    dtype: burn::tensor::DType,
+) -> Tensor<B, D> {
+    use burn::tensor::DType;
+    if tensor.dtype() == dtype {
+        return tensor;
+    }
+    #[cfg(feature = "flex")]
+    if let Some(flex) = flex::tensor::flex_float(&tensor) {
+        let converted = match (flex.dtype(), dtype) {
+            (DType::F16 | DType::BF16, DType::F32) => flex::tensor::widened_half(&flex),
+            (DType::F32, DType::F16 | DType::BF16) => flex::tensor::narrowed_half(&flex, dtype),
+            _ => None,
+        };
+        if let Some(converted) = converted.and_then(flex::tensor::from_flex) {
+            return converted;
+        }
+    }
+    tensor.cast(burn::tensor::FloatDType::from(dtype))
+}
+
 /// [`write_slots`] for integer storage (the codes of an int8 cache): flex's own in-place write
 /// for `i8` codes, `slice_assign` otherwise.
 pub(crate) fn write_int_slots<B: Backend>(
