@@ -160,6 +160,8 @@ pub struct Generation {
     pub tokens: Vec<Vec<u32>>,
     /// Bytes the KV cache held, per layer (zero for layers reading a shared cache).
     pub kv_bytes_per_layer: Vec<usize>,
+    /// Bytes the KV cache held for each sequence (its route's layers and its slots).
+    pub kv_bytes_per_sequence: Vec<usize>,
     /// Wall-clock seconds to the first new token of every sequence: the prompts' forward and
     /// the first pick (time to first token).
     pub prefill_seconds: f64,
@@ -183,16 +185,20 @@ impl<B: Backend> RoutedTransformer<B> {
     /// activations exceed `config.memory_budget`.
     fn check_generation_memory(
         &self,
-        batch: usize,
         longest: usize,
         capacity: usize,
-        route: &Route,
+        routes: &[&Route],
         config: &GenerationConfig,
     ) -> Result<()> {
-        let kv_per_token = self.kv_bytes_per_token(route)? as u128;
-        let needed = (batch as u128)
-            .checked_mul(capacity as u128)
-            .and_then(|slots| slots.checked_mul(kv_per_token))
+        let batch = routes.len();
+        let mut kv = Some(0u128);
+        for route in routes {
+            let bytes = (self.kv_bytes_per_token(route)? as u128).checked_mul(capacity as u128);
+            kv = kv
+                .zip(bytes)
+                .and_then(|(sum, bytes)| sum.checked_add(bytes));
+        }
+        let needed = kv
             .zip(self.min_forward_bytes(batch, longest, false))
             .and_then(|(kv, prefill)| kv.checked_add(prefill));
         config.memory_budget.check(
@@ -212,6 +218,53 @@ impl<B: Backend> RoutedTransformer<B> {
         route: &Route,
         config: &GenerationConfig,
     ) -> Result<Generation> {
+        let capacity = self.check_generation(prompts, &vec![route; prompts.len()], config)?;
+        let mut cache = self.new_cache(prompts.len(), capacity, route.clone())?;
+        let mut generation = run_generation(prompts, config, |tokens| {
+            self.forward_cached_last(tokens, &mut cache)
+        })?;
+        generation.kv_bytes_per_layer = cache.bytes_per_layer();
+        generation.kv_bytes_per_sequence =
+            vec![cache.bytes() / prompts.len().max(1); prompts.len()];
+        Ok(generation)
+    }
+
+    /// [`RoutedTransformer::generate`] with a route per prompt (`routes[b]` for `prompts[b]`):
+    /// one batch whose sequences each cache only their own route's layers
+    /// ([`MixedPlanCache`](crate::MixedPlanCache)); each sequence's tokens are those it gets
+    /// alone under its route.
+    pub fn generate_mixed(
+        &self,
+        prompts: &[Vec<u32>],
+        routes: &[Route],
+        config: &GenerationConfig,
+    ) -> Result<Generation> {
+        if routes.len() != prompts.len() {
+            return Err(KvRoutingError::ShapeMismatch {
+                context: "routes for a mixed-plan generation (one per prompt)".into(),
+                expected: vec![prompts.len()],
+                actual: vec![routes.len()],
+            });
+        }
+        let capacity =
+            self.check_generation(prompts, &routes.iter().collect::<Vec<_>>(), config)?;
+        let mut cache = self.new_mixed_cache(routes, capacity, &MemoryBudget::UNLIMITED)?;
+        let mut generation = run_generation(prompts, config, |tokens| {
+            self.forward_mixed_last(tokens, &mut cache)
+        })?;
+        generation.kv_bytes_per_layer = cache.bytes_per_layer();
+        generation.kv_bytes_per_sequence = cache.bytes_per_sequence();
+        Ok(generation)
+    }
+
+    /// Checks a generation's positions, sampler and memory before anything is allocated and
+    /// returns the cache capacity it needs.
+    fn check_generation(
+        &self,
+        prompts: &[Vec<u32>],
+        routes: &[&Route],
+        config: &GenerationConfig,
+    ) -> Result<usize> {
         config.sampler.validate()?;
         // Every position the generation can reach is checked before the prefill, so that a
         // request that cannot finish fails at once instead of after its tokens were generated.
@@ -232,46 +285,57 @@ impl<B: Backend> RoutedTransformer<B> {
         }
         let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let capacity = longest.saturating_add(config.max_new_tokens);
-        self.check_generation_memory(prompts.len(), longest, capacity, route, config)?;
-        let mut cache = self.new_cache(prompts.len(), capacity, route.clone())?;
-        let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
-        let mut generated = vec![Vec::new(); prompts.len()];
-        let mut done = vec![config.max_new_tokens == 0; prompts.len()];
-        let start = Instant::now();
-        let mut first_pick: Option<Instant> = None;
-        let mut decode_steps = 0;
-        let mut logits = self.forward_cached_last(prompts, &mut cache)?;
-        while !done.iter().all(|&d| d) {
-            let picks = config.sampler.pick(logits, &done, &mut rng)?;
-            first_pick.get_or_insert_with(Instant::now);
-            let mut next = vec![Vec::new(); prompts.len()];
-            for (sequence, &token) in picks.iter().enumerate() {
-                if done[sequence] {
-                    continue;
-                }
-                generated[sequence].push(token);
-                done[sequence] = generated[sequence].len() >= config.max_new_tokens
-                    || config.stop_tokens.contains(&token);
-                if !done[sequence] {
-                    next[sequence].push(token);
-                }
-            }
-            if done.iter().all(|&d| d) {
-                break;
-            }
-            logits = self.forward_cached_last(&next, &mut cache)?;
-            decode_steps += 1;
-        }
-        let end = Instant::now();
-        let first_pick = first_pick.unwrap_or(end);
-        Ok(Generation {
-            tokens: generated,
-            kv_bytes_per_layer: cache.bytes_per_layer(),
-            prefill_seconds: (first_pick - start).as_secs_f64(),
-            decode_seconds: (end - first_pick).as_secs_f64(),
-            decode_steps,
-        })
+        self.check_generation_memory(longest, capacity, routes, config)?;
+        Ok(capacity)
     }
+}
+
+/// The prefill and decode loop of a generation, one cached step (`step`: the new tokens of
+/// every sequence in, the logits of each sequence's last one out) at a time; the KV byte
+/// fields are left for the caller.
+fn run_generation<B: Backend>(
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    mut step: impl FnMut(&[Vec<u32>]) -> Result<Tensor<B, 2>>,
+) -> Result<Generation> {
+    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let mut generated = vec![Vec::new(); prompts.len()];
+    let mut done = vec![config.max_new_tokens == 0; prompts.len()];
+    let start = Instant::now();
+    let mut first_pick: Option<Instant> = None;
+    let mut decode_steps = 0;
+    let mut logits = step(prompts)?;
+    while !done.iter().all(|&d| d) {
+        let picks = config.sampler.pick(logits, &done, &mut rng)?;
+        first_pick.get_or_insert_with(Instant::now);
+        let mut next = vec![Vec::new(); prompts.len()];
+        for (sequence, &token) in picks.iter().enumerate() {
+            if done[sequence] {
+                continue;
+            }
+            generated[sequence].push(token);
+            done[sequence] = generated[sequence].len() >= config.max_new_tokens
+                || config.stop_tokens.contains(&token);
+            if !done[sequence] {
+                next[sequence].push(token);
+            }
+        }
+        if done.iter().all(|&d| d) {
+            break;
+        }
+        logits = step(&next)?;
+        decode_steps += 1;
+    }
+    let end = Instant::now();
+    let first_pick = first_pick.unwrap_or(end);
+    Ok(Generation {
+        tokens: generated,
+        kv_bytes_per_layer: Vec::new(),
+        kv_bytes_per_sequence: Vec::new(),
+        prefill_seconds: (first_pick - start).as_secs_f64(),
+        decode_seconds: (end - first_pick).as_secs_f64(),
+        decode_steps,
+    })
 }
 
 /// The most likely token of each row of `logits` (`[batch, vocab]`), chosen on the device:

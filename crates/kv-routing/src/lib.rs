@@ -33,6 +33,7 @@ mod kv_dtype;
 pub mod kv_quantization;
 mod kv_store;
 mod memory_budget;
+mod mixed_plan_cache;
 mod plan_calibration;
 mod plan_spec;
 mod precision;
@@ -49,7 +50,7 @@ mod vocab_loss;
 pub use attention::{StochasticKvAttention, StochasticKvAttentionConfig};
 pub use attention_mask::{AttentionMask, KeyHoles};
 pub use cache_plan::CachePlan;
-pub use decoder_block::DecoderBlock;
+pub use decoder_block::{BlockGroup, DecoderBlock};
 pub use error::{KvRoutingError, Result};
 pub use feed_forward::{SwiGluFeedForward, SwiGluFeedForwardConfig};
 pub use generation::{greedy_tokens, logits_rows, Generation, GenerationConfig, Sampler};
@@ -58,6 +59,7 @@ pub use kv_cache::{CacheStep, KvCacheLayout, KvCacheManager};
 pub use kv_dtype::{KvDtype, KvRowFormat, INT8_BLOCK};
 pub use kv_store::{KvStore, SequenceKv};
 pub use memory_budget::MemoryBudget;
+pub use mixed_plan_cache::MixedPlanCache;
 pub use plan_calibration::{
     CalibrationLevel, CalibrationMeasure, CalibrationProgress, PlanBudget, PlanCalibration,
     PlanCalibrationConfig, PlanSearch,

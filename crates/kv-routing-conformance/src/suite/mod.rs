@@ -6,6 +6,7 @@ pub mod calibration;
 pub mod errors;
 pub mod gradients;
 pub mod kv_dtypes;
+pub mod mixed_plans;
 pub mod oracle_agreement;
 pub mod properties;
 pub mod retarget;

@@ -62,6 +62,19 @@ impl<B: Backend> RoutedTransformer<B> {
         tokens: &[Vec<u32>],
         cache: &mut KvCacheManager<B>,
     ) -> crate::Result<Tensor<B, 3>> {
+        self.check_cache_layout(cache)?;
+        let new_tokens: Vec<usize> = tokens.iter().map(Vec::len).collect();
+        let (ids, batch, step_len) = self.token_tensor(tokens)?;
+        let mut step = cache.begin_step(&new_tokens, step_len)?;
+        let rope = self.angles(step.positions(), batch, step_len)?;
+        let mask = step.mask()?;
+        let hidden = self.run_blocks(ids, &rope, &mask, &mut step)?;
+        step.commit()?;
+        Ok(hidden)
+    }
+
+    /// Refuses a cache laid out for another model.
+    pub(super) fn check_cache_layout(&self, cache: &KvCacheManager<B>) -> crate::Result<()> {
         let layout = cache.layout();
         if layout.n_layers != self.n_layers()
             || layout.n_kv_heads != self.n_kv_heads()
@@ -73,13 +86,6 @@ impl<B: Backend> RoutedTransformer<B> {
                 actual: vec![layout.n_layers, layout.n_kv_heads, layout.head_dim],
             });
         }
-        let new_tokens: Vec<usize> = tokens.iter().map(Vec::len).collect();
-        let (ids, batch, step_len) = self.token_tensor(tokens)?;
-        let mut step = cache.begin_step(&new_tokens, step_len)?;
-        let rope = self.angles(step.positions(), batch, step_len)?;
-        let mask = step.mask()?;
-        let hidden = self.run_blocks(ids, &rope, &mask, &mut step)?;
-        step.commit()?;
-        Ok(hidden)
+        Ok(())
     }
 }

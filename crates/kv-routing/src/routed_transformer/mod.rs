@@ -14,6 +14,7 @@
 //! - `cached`: the forward passes that append to a KV cache.
 //! - `cache_factory`: KV caches laid out for this model.
 //! - `memory`: bytes of activations and KV caches, computed without allocating.
+//! - `mixed`: the cached forward of a batch whose sequences each have their own plan.
 //! - `prefix_reuse`: a forward pass recorded layer by layer, and routes rerun from a layer on.
 
 mod cache_factory;
@@ -21,6 +22,7 @@ mod cached;
 mod config;
 mod forward;
 mod memory;
+mod mixed;
 mod prefix_reuse;
 mod tokens;
 

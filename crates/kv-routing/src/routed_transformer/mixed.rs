@@ -1,0 +1,125 @@
+//! Forward passes of a batch in which each sequence has its own plan, through a
+//! [`MixedPlanCache`].
+//!
+//! # Contract
+//! - Each sequence's logits are those it gets alone under its own route (cached or not), to
+//!   float rounding: attention runs per plan group on its rows, everything else on the batch.
+//! - A call is all-or-nothing: the groups' steps are validated before anything runs and
+//!   committed only once every block has run.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use super::RoutedTransformer;
+use crate::decoder_block::BlockGroup;
+use crate::error::{KvRoutingError, Result};
+use crate::kernels::on_compute_threads;
+use crate::memory_budget::MemoryBudget;
+use crate::mixed_plan_cache::MixedPlanCache;
+use crate::route::Route;
+
+impl<B: Backend> RoutedTransformer<B> {
+    /// A cache for a batch in which sequence `b` keeps the layers of `routes[b]`, up to
+    /// `capacity` slots each, refused before any allocation when all of it would exceed
+    /// `budget`.
+    pub fn new_mixed_cache(
+        &self,
+        routes: &[Route],
+        capacity: usize,
+        budget: &MemoryBudget,
+    ) -> Result<MixedPlanCache<B>> {
+        let mut needed = Some(0u128);
+        for route in routes {
+            let per_token = self.kv_bytes_per_token(route)? as u128;
+            needed = needed
+                .zip(per_token.checked_mul(capacity as u128))
+                .and_then(|(sum, bytes)| sum.checked_add(bytes));
+        }
+        budget.check(
+            &format!(
+                "a mixed-plan KV cache of {} sequences x {capacity} slots",
+                routes.len()
+            ),
+            needed,
+        )?;
+        MixedPlanCache::build(routes, |route, sequences| {
+            self.new_cache(sequences, capacity, route.clone())
+        })
+    }
+
+    /// Cached forward of a mixed-plan batch: appends `tokens[b]` to sequence `b` under its own
+    /// route and returns the logits of each sequence's last new token, in request order (rows
+    /// of sequences that brought no token are meaningless).
+    ///
+    /// # Shapes
+    /// - output: `[batch, vocab_size]`
+    pub fn forward_mixed_last(
+        &self,
+        tokens: &[Vec<u32>],
+        cache: &mut MixedPlanCache<B>,
+    ) -> Result<Tensor<B, 2>> {
+        if tokens.len() != cache.batch_size() {
+            return Err(KvRoutingError::ShapeMismatch {
+                context: "tokens per sequence for a mixed-plan step (one entry per sequence)"
+                    .into(),
+                expected: vec![cache.batch_size()],
+                actual: vec![tokens.len()],
+            });
+        }
+        let in_group_order: Vec<Vec<u32>> =
+            cache.order.iter().map(|&s| tokens[s].clone()).collect();
+        let (ids, batch, step_len) = self.token_tensor(&in_group_order)?;
+        let mut steps = Vec::with_capacity(cache.groups.len());
+        for group in cache.groups.iter_mut() {
+            self.check_cache_layout(&group.cache)?;
+            let new_tokens: Vec<usize> = group.sequences.iter().map(|&s| tokens[s].len()).collect();
+            steps.push(group.cache.begin_step(&new_tokens, step_len)?);
+        }
+        let mut first = 0;
+        let mut parts = Vec::with_capacity(steps.len());
+        for step in &steps {
+            let rows = cache_rows(step.positions().len() / step_len, &mut first);
+            let rope = self.angles(step.positions(), rows.len(), step_len)?;
+            parts.push((rows, rope, step.mask()?));
+        }
+        let hidden = on_compute_threads::<B, _>(|| {
+            let mut x = self.embed(ids);
+            for (layer, block) in self.blocks.iter().enumerate() {
+                let mut groups: Vec<_> = parts
+                    .iter()
+                    .zip(steps.iter_mut())
+                    .map(|((rows, rope, mask), store)| BlockGroup {
+                        rows: rows.clone(),
+                        rope,
+                        mask,
+                        store,
+                    })
+                    .collect();
+                x = block.forward_grouped(layer, x, &mut groups)?;
+            }
+            Ok::<_, KvRoutingError>(x)
+        })?;
+        for step in steps {
+            step.commit()?;
+        }
+        // Request b's last new token, from its row in group order.
+        let mut position = vec![0; batch];
+        for (row, &sequence) in cache.order.iter().enumerate() {
+            position[sequence] = row;
+        }
+        let rows: Vec<i64> = (0..batch)
+            .map(|b| (position[b] * step_len + tokens[b].len().saturating_sub(1)) as i64)
+            .collect();
+        let d_model = self.d_model();
+        let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [batch]), &self.device());
+        let last = hidden.reshape([batch * step_len, d_model]).select(0, rows);
+        Ok(self.vocab_logits(last))
+    }
+}
+
+/// The next `count` rows from `*first`, advancing it.
+fn cache_rows(count: usize, first: &mut usize) -> std::ops::Range<usize> {
+    let rows = *first..*first + count;
+    *first += count;
+    rows
+}
