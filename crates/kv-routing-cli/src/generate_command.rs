@@ -22,13 +22,15 @@ pub struct GenerateArgs {
     /// Checkpoint directory (a run directory or a Hugging Face checkpoint works too).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// Prompt text.
-    #[arg(long)]
-    prompt: String,
+    /// Prompt text; repeat for a batch (generated together, each continuation printed in turn).
+    #[arg(long, required = true)]
+    prompt: Vec<String>,
     /// Plan: full, every:K, retention:F, layers:0,3,5. Default: the plan stored with an
-    /// exported model (kv_routing.serve_cached_layers), else full.
+    /// exported model (kv_routing.serve_cached_layers), else full. One plan serves every
+    /// prompt; as many plans as prompts give each prompt its own (in order), in one batch
+    /// whose sequences each cache only their plan's layers.
     #[arg(long)]
-    plan: Option<String>,
+    plan: Vec<String>,
     /// New tokens (bytes) at most. The prompt and these must fit the model's maximum sequence
     /// length (the last new token is not fed back: prompt + new tokens - 1 positions).
     #[arg(long, default_value_t = 64)]
@@ -62,20 +64,37 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
     let mut loaded = load_model_dir::<Backend>(&resolve_checkpoint(&args.checkpoint)?, &device)?;
     loaded.model = loaded.model.with_kv_dtype(args.kv_dtype)?;
     let n_layers = loaded.model_config.n_layers;
-    let (plan_name, plan) = match (&args.plan, loaded.stored_plan()?) {
-        (Some(spec), _) => (spec.clone(), CachePlan::parse(spec, n_layers)?),
-        (None, Some(stored)) => ("stored with the model".to_string(), stored),
-        (None, None) => ("full".to_string(), CachePlan::full(n_layers)?),
+    let stored = loaded.stored_plan()?;
+    let plans: Vec<(String, CachePlan)> = match args.plan.len() {
+        0 => match stored {
+            Some(stored) => vec![("stored with the model".to_string(), stored)],
+            None => vec![("full".to_string(), CachePlan::full(n_layers)?)],
+        },
+        n if n == 1 || n == args.prompt.len() => args
+            .plan
+            .iter()
+            .map(|spec| Ok((spec.clone(), CachePlan::parse(spec, n_layers)?)))
+            .collect::<Result<_>>()?,
+        n => {
+            return Err(CliError::Setting(format!(
+                "{n} plans for {} prompts: give one plan for all of them or one per prompt",
+                args.prompt.len()
+            )))
+        }
     };
-    let prompt = loaded.codec.encode(&args.prompt)?;
-    if prompt.is_empty() {
-        return Err(CliError::Setting("the prompt is empty".into()));
+    let mut prompts = Vec::with_capacity(args.prompt.len());
+    for (i, text) in args.prompt.iter().enumerate() {
+        let prompt = loaded.codec.encode(text)?;
+        if prompt.is_empty() {
+            return Err(CliError::Setting(format!("prompt {i} is empty")));
+        }
+        check_context(
+            prompt.len(),
+            args.max_new_tokens,
+            loaded.model.max_seq_len(),
+        )?;
+        prompts.push(prompt);
     }
-    check_context(
-        prompt.len(),
-        args.max_new_tokens,
-        loaded.model.max_seq_len(),
-    )?;
     let sampler = if args.temperature > 0.0 {
         Sampler::TopK {
             k: args.top_k,
@@ -84,44 +103,66 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
     } else {
         Sampler::Greedy
     };
-    let generation = loaded.model.generate(
-        std::slice::from_ref(&prompt),
-        &plan.route(),
-        &GenerationConfig {
-            max_new_tokens: args.max_new_tokens,
-            sampler,
-            seed: args.seed,
-            stop_tokens: loaded.end_of_sequence_ids(),
-            memory_budget: args.memory_budget,
-        },
-    )?;
-    // Decoding the continuation alone would lose the space a tokenizer folds into its first
-    // token; decode prompt + continuation and print what follows the decoded prompt.
-    let prompt_text = loaded.codec.decode(&prompt)?;
-    let full_text = loaded
-        .codec
-        .decode(&[prompt.as_slice(), &generation.tokens[0]].concat())?;
-    match full_text.strip_prefix(&prompt_text) {
-        Some(continuation) => println!("{}{continuation}", args.prompt),
-        None => println!("{full_text}"),
+    let config = GenerationConfig {
+        max_new_tokens: args.max_new_tokens,
+        sampler,
+        seed: args.seed,
+        stop_tokens: loaded.end_of_sequence_ids(),
+        memory_budget: args.memory_budget,
+    };
+    let generation = if plans.len() == 1 {
+        loaded
+            .model
+            .generate(&prompts, &plans[0].1.route(), &config)?
+    } else {
+        let routes: Vec<_> = plans.iter().map(|(_, plan)| plan.route()).collect();
+        loaded.model.generate_mixed(&prompts, &routes, &config)?
+    };
+    for (i, (text, prompt)) in args.prompt.iter().zip(&prompts).enumerate() {
+        if prompts.len() > 1 {
+            let (name, plan) = &plans[i.min(plans.len() - 1)];
+            println!(
+                "--- prompt {i}, plan {name} (layers {:?}), {} bytes of KV cache",
+                plan.cached_layers(),
+                generation.kv_bytes_per_sequence[i]
+            );
+        }
+        // Decoding the continuation alone would lose the space a tokenizer folds into its
+        // first token; decode prompt + continuation and print what follows the decoded prompt.
+        let prompt_text = loaded.codec.decode(prompt)?;
+        let full_text = loaded
+            .codec
+            .decode(&[prompt.as_slice(), &generation.tokens[i]].concat())?;
+        match full_text.strip_prefix(&prompt_text) {
+            Some(continuation) => println!("{text}{continuation}"),
+            None => println!("{full_text}"),
+        }
     }
-    let new_tokens = generation.tokens[0].len();
+    let new_tokens: usize = generation.tokens.iter().map(Vec::len).sum();
+    let prompt_tokens: usize = prompts.iter().map(Vec::len).sum();
     let decode_rate = match generation.decode_steps {
         0 => String::new(),
-        steps => format!(
+        steps if prompts.len() == 1 => format!(
             ", then {:.1} new tokens/s",
             steps as f64 / generation.decode_seconds
         ),
+        steps => format!(
+            ", then {:.1} decode steps/s for the batch of {}",
+            steps as f64 / generation.decode_seconds,
+            prompts.len()
+        ),
+    };
+    let plan_note = match plans.as_slice() {
+        [(name, plan)] => format!("plan {name} caching layers {:?}", plan.cached_layers()),
+        _ => "a plan per prompt".to_string(),
     };
     eprintln!(
-        "[{NAME} {}, {} tokens, plan {plan_name} caching layers {:?}: {} bytes of {} KV cache; \
-         {} prompt + {new_tokens} new tokens in {:.2} s: first token after {:.2} s{decode_rate}]",
+        "[{NAME} {}, {} tokens, {plan_note}: {} bytes of {} KV cache; \
+         {prompt_tokens} prompt + {new_tokens} new tokens in {:.2} s: first token after {:.2} s{decode_rate}]",
         args.dtype.name(),
         loaded.codec.name(),
-        plan.cached_layers(),
         generation.kv_bytes(),
         args.kv_dtype,
-        prompt.len(),
         generation.prefill_seconds + generation.decode_seconds,
         generation.prefill_seconds,
     );

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 
 use kv_routing_hf::gguf::GgmlType;
-use support::run;
+use support::{run, run_failing};
 
 #[test]
 fn generate_fine_tune_eval_and_export_from_a_gguf_file() {
@@ -174,4 +174,109 @@ fn a_damaged_gguf_file_is_a_one_line_error() {
         "{stderr}"
     );
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
+/// `generate` with a plan per prompt and an int8 cache: one batch in which each continuation is
+/// the one its prompt gets alone under its plan, each sequence reporting its own bytes; a plan
+/// count that fits neither rule is refused; `eval --kv-dtype int8` labels its results.
+#[test]
+fn a_plan_per_prompt_and_an_int8_cache_from_the_command_line() {
+    let root = tempfile::tempdir().unwrap();
+    let gguf = root.path().join("tiny-llama.Q8_0.gguf");
+    let spec = checkpoint_builder::Spec {
+        intermediate: 64,
+        ..checkpoint_builder::Spec::llama()
+    };
+    let (writer, _) = gguf_writer::gguf_model(&spec, GgmlType::Q8_0, 5);
+    std::fs::write(&gguf, writer.to_bytes()).unwrap();
+    let gguf = gguf.to_str().unwrap();
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--checkpoint",
+            gguf,
+            "--max-new-tokens",
+            "5",
+            "--kv-dtype",
+            "int8",
+        ];
+        args.extend_from_slice(extra);
+        String::from_utf8_lossy(&run(&args).stdout).into_owned()
+    };
+    let batch = generate(&[
+        "--prompt", "abc", "--plan", "full", "--prompt", "hgfedcb", "--plan", "every:2",
+    ]);
+    let sections: Vec<&str> = batch.split("--- prompt ").skip(1).collect();
+    assert_eq!(sections.len(), 2, "{batch}");
+    assert!(sections[0].starts_with("0, plan full"), "{batch}");
+    assert!(sections[1].starts_with("1, plan every:2"), "{batch}");
+    let continuation = |section: &str| section.lines().nth(1).unwrap().to_string();
+    let alone_full = generate(&["--prompt", "abc", "--plan", "full"]);
+    let alone_shared = generate(&["--prompt", "hgfedcb", "--plan", "every:2"]);
+    assert_eq!(continuation(sections[0]), alone_full.trim_end());
+    assert_eq!(continuation(sections[1]), alone_shared.trim_end());
+    let bytes = |section: &str| -> usize {
+        section
+            .split(", ")
+            .last()
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    // Same slots, half the layers.
+    assert_eq!(bytes(sections[0]), 2 * bytes(sections[1]), "{batch}");
+
+    let refused = run_failing(&[
+        "generate",
+        "--checkpoint",
+        gguf,
+        "--prompt",
+        "a",
+        "--prompt",
+        "b",
+        "--prompt",
+        "c",
+        "--plan",
+        "full",
+        "--plan",
+        "every:2",
+    ]);
+    assert!(refused.contains("2 plans for 3 prompts"), "{refused}");
+    let refused = run_failing(&[
+        "generate",
+        "--checkpoint",
+        gguf,
+        "--prompt",
+        "a",
+        "--kv-dtype",
+        "int4",
+    ]);
+    assert!(refused.contains("int4"), "{refused}");
+
+    let corpus = root.path().join("heldout.txt");
+    std::fs::write(&corpus, "abcdefghijklmnopqrstuvwxyz".repeat(10)).unwrap();
+    let output = run(&[
+        "eval",
+        "--checkpoint",
+        gguf,
+        "--heldout",
+        corpus.to_str().unwrap(),
+        "--seq-len",
+        "16",
+        "--batches",
+        "1",
+        "--batch-size",
+        "2",
+        "--plans",
+        "full,every:2",
+        "--decode-tokens",
+        "2",
+        "--kv-dtype",
+        "int8",
+    ]);
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(table.contains("every:2"), "{table}");
 }
