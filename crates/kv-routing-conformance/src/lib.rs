@@ -81,6 +81,7 @@ macro_rules! conformance_suite {
             kv_dtypes::int8_cache_matches_the_oracle_on_its_stored_values,
             kv_dtypes::cache_bytes_follow_the_kv_dtype,
             mixed_plans::mixed_plan_batches_match_each_sequence_alone,
+            mixed_plans::retargeting_one_sequence_matches_the_oracle,
             retarget::retarget_mid_generation_matches_oracle,
             calibration::forward_from_a_layer_matches_the_oracle,
             calibration::calibration_drops_a_duplicate_and_keeps_an_essential_layer,

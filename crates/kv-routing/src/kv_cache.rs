@@ -48,7 +48,7 @@
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::attention_mask::AttentionMask;
 use crate::error::{KvRoutingError, Result};
@@ -315,6 +315,62 @@ impl<B: Backend> KvCacheManager<B> {
         }
         self.route = route;
         Ok(())
+    }
+
+    /// Moves sequence `sequence` out of this cache into a cache of its own (same route, dtype,
+    /// capacity, slots and history), leaving the other sequences here: how one sequence of a
+    /// batch gets a route of its own ([`MixedPlanCache::retarget_sequence`]
+    /// (crate::MixedPlanCache::retarget_sequence)). Copies the stored rows of both parts once.
+    ///
+    /// # Errors
+    /// [`KvRoutingError::InvalidLengths`] for a sequence outside the batch or the batch's only
+    /// sequence (nothing would be left); the cache is unchanged.
+    pub fn take_sequence(&mut self, sequence: usize) -> Result<Self> {
+        let batch = self.layout.batch_size;
+        if sequence >= batch || batch == 1 {
+            return Err(KvRoutingError::InvalidLengths(format!(
+                "cannot move sequence {sequence} out of a cache of {batch} sequences"
+            )));
+        }
+        let rows = |picked: &mut dyn FnMut(usize) -> bool| -> Vec<i64> {
+            (0..batch)
+                .filter(|&b| picked(b))
+                .map(|b| b as i64)
+                .collect()
+        };
+        let (kept, taken) = (rows(&mut |b| b != sequence), rows(&mut |b| b == sequence));
+        let layers: Vec<_> = self
+            .layers
+            .iter_mut()
+            .map(|slot| {
+                let (kept_rows, taken_rows) = slot.take()?.split(&kept, &taken, &self.device);
+                *slot = Some(kept_rows);
+                Some(taken_rows)
+            })
+            .collect();
+        let capacity = self.layout.capacity;
+        let key_valid = self
+            .key_valid
+            .drain(sequence * capacity..(sequence + 1) * capacity)
+            .collect();
+        let length = self.sequence_lengths.remove(sequence);
+        self.layout.batch_size -= 1;
+        Ok(Self {
+            layout: KvCacheLayout {
+                batch_size: 1,
+                ..self.layout
+            },
+            route: self.route.clone(),
+            dtype: self.dtype,
+            row_format: self.row_format,
+            layers,
+            len: self.len,
+            sequence_lengths: vec![length],
+            key_valid,
+            device: self.device.clone(),
+            view_leases: (0..self.layout.n_layers).map(|_| Arc::new(())).collect(),
+            copied_writes: 0,
+        })
     }
 
     /// Starts appending a step of `step_len` slots in which sequence `b` brings
@@ -622,6 +678,32 @@ impl<B: Backend> LayerStorage<B> {
                     key: key.write_rows(start, quantize_rows(kv.key, block, codes)),
                     value: value.write_rows(start, quantize_rows(kv.value, block, codes)),
                 }
+            }
+        }
+    }
+
+    /// The batch rows `kept` and `taken` of this storage, as two storages.
+    fn split(self, kept: &[i64], taken: &[i64], device: &B::Device) -> (Self, Self) {
+        let rows = |rows: &[i64]| {
+            Tensor::<B, 1, Int>::from_data(TensorData::new(rows.to_vec(), [rows.len()]), device)
+        };
+        let (kept, taken) = (rows(kept), rows(taken));
+        match self {
+            Self::Float(kv) => {
+                let pick = |rows: &Tensor<B, 1, Int>| {
+                    Self::Float(KeyValue::new(
+                        kv.key.clone().select(0, rows.clone()),
+                        kv.value.clone().select(0, rows.clone()),
+                    ))
+                };
+                (pick(&kept), pick(&taken))
+            }
+            Self::Int8 { key, value } => {
+                let pick = |rows: &Tensor<B, 1, Int>| Self::Int8 {
+                    key: key.select_sequences(rows.clone()),
+                    value: value.select_sequences(rows.clone()),
+                };
+                (pick(&kept), pick(&taken))
             }
         }
     }

@@ -80,6 +80,14 @@ impl<B: Backend> QuantizedRows<B> {
         }
     }
 
+    /// The rows of the sequences `sequences` (indices along the batch axis), copied.
+    pub fn select_sequences(&self, sequences: Tensor<B, 1, Int>) -> Self {
+        Self {
+            codes: self.codes.clone().select(0, sequences.clone()),
+            scales: self.scales.clone().select(0, sequences),
+        }
+    }
+
     /// Bytes of the codes and scales held.
     pub fn bytes(&self) -> usize {
         self.codes.shape().num_elements() * self.codes.dtype().size()

@@ -16,7 +16,9 @@
 //! # Invariants
 //! 1. Every sequence belongs to exactly one group; a group's route is its sequences' route.
 //! 2. Group caches advance together: every step appends `step_len` slots to every group (a
-//!    sequence that brings fewer tokens leaves holes), so all groups have the same `len`.
+//!    sequence that brings fewer tokens leaves holes), so all groups have the same `len`; a
+//!    sequence given a route of its own mid-generation
+//!    ([`MixedPlanCache::retarget_sequence`]) keeps its slots in a group of its own.
 //! 3. [`MixedPlanCache::bytes`] is the sum of the groups' [`KvCacheManager::bytes`].
 
 use burn::tensor::backend::Backend;
@@ -129,6 +131,58 @@ impl<B: Backend> MixedPlanCache<B> {
             }
         }
         bytes
+    }
+
+    /// Switches sequence `sequence` (request order) to `route`, whose sources must all be
+    /// cached for it already: the sequence leaves its group for a group of its own (its rows
+    /// copied once, the group's others untouched) and its cache drops every layer `route` does
+    /// not read ([`KvCacheManager::retarget`]). Fails, changing nothing, for a sequence outside
+    /// the batch or a route that needs a layer the sequence does not cache.
+    pub fn retarget_sequence(&mut self, sequence: usize, route: Route) -> Result<()> {
+        let (g, index) = self
+            .groups
+            .iter()
+            .enumerate()
+            .find_map(|(g, group)| {
+                group
+                    .sequences
+                    .iter()
+                    .position(|&s| s == sequence)
+                    .map(|i| (g, i))
+            })
+            .ok_or_else(|| {
+                KvRoutingError::InvalidLengths(format!(
+                    "sequence {sequence} is not in this batch of {}",
+                    self.batch_size()
+                ))
+            })?;
+        let group = &mut self.groups[g];
+        route.check_layers(group.cache.layout().n_layers)?;
+        let cached = group.cache.cached_layers();
+        if let Some(layer) = route.sources().into_iter().find(|l| !cached.contains(l)) {
+            return Err(KvRoutingError::MissingKv {
+                layer,
+                reason: format!(
+                    "is a source of the new route {route} but sequence {sequence} does not cache it (its layers: {cached:?})"
+                ),
+            });
+        }
+        if group.sequences.len() == 1 {
+            return group.cache.retarget(route);
+        }
+        let mut own = group.cache.take_sequence(index)?;
+        group.sequences.remove(index);
+        own.retarget(route)?;
+        self.groups.push(PlanGroup {
+            sequences: vec![sequence],
+            cache: own,
+        });
+        self.order = self
+            .groups
+            .iter()
+            .flat_map(|g| g.sequences.clone())
+            .collect();
+        Ok(())
     }
 
     /// Bytes held by each layer, summed over the groups (zero for a layer no sequence caches).

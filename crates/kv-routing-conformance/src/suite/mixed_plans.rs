@@ -3,11 +3,12 @@
 
 use burn::tensor::backend::Backend;
 use kv_routing::{
-    CachePlan, GenerationConfig, KvRoutingError, MemoryBudget, Route, StochasticRouter,
+    CachePlan, GenerationConfig, KvDtype, KvRoutingError, MemoryBudget, Route, StochasticRouter,
 };
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::oracle::{int8_round_trip, OracleModel};
 use crate::support::{
     assert_close, logits_to_host, random_tokens, tiny_config, tiny_model, to_host, tolerance,
 };
@@ -137,4 +138,87 @@ pub fn mixed_plan_batches_match_each_sequence_alone<B: Backend>(device: &B::Devi
     assert!(model
         .new_mixed_cache(&[], 4, &MemoryBudget::UNLIMITED)
         .is_err());
+}
+
+/// One sequence of a plan group (3 sequences, full plan; native and int8 caches) switched to
+/// every:2 mid-generation: its logits from then on are the oracle's with its route changed at
+/// that position, the others' stay those of the full plan; it holds every:2's bytes, the others
+/// the full plan's. A switch to a layer it no longer caches fails and changes nothing.
+pub fn retargeting_one_sequence_matches_the_oracle<B: Backend>(device: &B::Device) {
+    let config = tiny_config(2);
+    let native = tiny_model::<B>(&config, device);
+    let oracle = OracleModel::from_model(&native, &config);
+    let n = config.n_layers;
+    let tolerance = tolerance::<B>(device);
+    let full = CachePlan::full(n).unwrap().route();
+    let every2 = CachePlan::every_kth(n, 2).unwrap().route();
+    for dtype in [KvDtype::Native, KvDtype::Int8] {
+        let model = native.clone().with_kv_dtype(dtype).unwrap();
+        let block = model.kv_row_format().unwrap().scale.map(|(_, block)| block);
+        let stored = |row: &[f64]| match block {
+            Some(block) => int8_round_trip(row, block),
+            None => row.to_vec(),
+        };
+        let capacity = 9;
+        let mut cache = model
+            .new_mixed_cache(&vec![full.clone(); 3], capacity, &MemoryBudget::UNLIMITED)
+            .unwrap();
+        let mut sequences: Vec<Vec<u32>> = (0..3).map(|b| random_tokens(70 + b, 4, 37)).collect();
+        // The position of the first token under every:2 (fed in the second round).
+        let switch_at = 4;
+        let mut step = sequences.clone();
+        for round in 0..5 {
+            if round == 1 {
+                cache.retarget_sequence(1, every2.clone()).unwrap();
+                assert_eq!(cache.group_count(), 2);
+                assert_eq!(
+                    cache.routes(),
+                    vec![full.clone(), every2.clone(), full.clone()]
+                );
+            }
+            let logits = to_host(model.forward_mixed_last(&step, &mut cache).unwrap());
+            for (b, tokens) in sequences.iter().enumerate() {
+                let route_at = |p: usize| {
+                    if b == 1 && p >= switch_at {
+                        every2.clone()
+                    } else {
+                        full.clone()
+                    }
+                };
+                let expected = oracle.logits_stored_as(tokens, route_at, &stored);
+                assert_close(
+                    &logits[b * 37..(b + 1) * 37],
+                    expected.last().unwrap(),
+                    tolerance,
+                    &format!("{dtype} cache, round {round}, sequence {b}"),
+                );
+            }
+            step = (0..3)
+                .map(|b| random_tokens(80 + round * 3 + b, 1, 37))
+                .collect();
+            for (sequence, new) in sequences.iter_mut().zip(&step) {
+                sequence.extend(new);
+            }
+        }
+        let bytes = cache.bytes_per_sequence();
+        assert_eq!(
+            bytes[1],
+            model.kv_bytes_per_token(&every2).unwrap() * capacity
+        );
+        assert_eq!(
+            bytes[0],
+            model.kv_bytes_per_token(&full).unwrap() * capacity
+        );
+        assert_eq!(bytes[2], bytes[0]);
+        let before = (cache.routes(), cache.bytes(), cache.sequence_lengths());
+        assert!(matches!(
+            cache.retarget_sequence(1, full.clone()),
+            Err(KvRoutingError::MissingKv { .. })
+        ));
+        assert!(cache.retarget_sequence(3, full.clone()).is_err());
+        assert_eq!(
+            (cache.routes(), cache.bytes(), cache.sequence_lengths()),
+            before
+        );
+    }
 }
