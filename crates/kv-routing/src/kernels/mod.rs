@@ -249,6 +249,16 @@ pub(crate) fn write_slots<B: Backend>(
     } else {
         (storage, values)
     };
+    slice_assign_slots(storage, start, values)
+}
+
+/// Burn's write of `values` at slots `start..` of every sequence and head of `storage` (a copy
+/// of the whole storage on backends whose `slice_assign` copies).
+fn slice_assign_slots<B: Backend, K: burn::tensor::BasicOps<B>>(
+    storage: Tensor<B, 4, K>,
+    start: usize,
+    values: Tensor<B, 4, K>,
+) -> Tensor<B, 4, K> {
     let [batch, heads, len, head_dim] = values.dims();
     storage.slice_assign(
         [0..batch, 0..heads, start..start + len, 0..head_dim],
@@ -263,12 +273,12 @@ pub(crate) fn cast_float<B: Backend, const D: usize>(
     tensor: Tensor<B, D>,
     dtype: burn::tensor::DType,
 ) -> Tensor<B, D> {
-    use burn::tensor::DType;
     if tensor.dtype() == dtype {
         return tensor;
     }
     #[cfg(feature = "flex")]
     if let Some(flex) = flex::tensor::flex_float(&tensor) {
+        use burn::tensor::DType;
         let converted = match (flex.dtype(), dtype) {
             (DType::F16 | DType::BF16, DType::F32) => flex::tensor::widened_half(&flex),
             (DType::F32, DType::F16 | DType::BF16) => flex::tensor::narrowed_half(&flex, dtype),
@@ -297,11 +307,7 @@ pub(crate) fn write_int_slots<B: Backend>(
     } else {
         (storage, values)
     };
-    let [batch, heads, len, head_dim] = values.dims();
-    storage.slice_assign(
-        [0..batch, 0..heads, start..start + len, 0..head_dim],
-        values,
-    )
+    slice_assign_slots(storage, start, values)
 }
 
 /// Runs `work` where `B` computes fastest when called from it: on rayon's pool for flex when
