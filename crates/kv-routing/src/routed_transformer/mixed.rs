@@ -14,6 +14,7 @@ use super::RoutedTransformer;
 use crate::decoder_block::BlockGroup;
 use crate::error::{KvRoutingError, Result};
 use crate::kernels::on_compute_threads;
+use crate::kv_cache::KvCacheManager;
 use crate::memory_budget::MemoryBudget;
 use crate::mixed_plan_cache::MixedPlanCache;
 use crate::route::Route;
@@ -68,19 +69,56 @@ impl<B: Backend> RoutedTransformer<B> {
         }
         let in_group_order: Vec<Vec<u32>> =
             cache.order.iter().map(|&s| tokens[s].clone()).collect();
-        let (ids, batch, step_len) = self.token_tensor(&in_group_order)?;
-        let mut steps = Vec::with_capacity(cache.groups.len());
-        for group in cache.groups.iter_mut() {
-            self.check_cache_layout(&group.cache)?;
-            let new_tokens: Vec<usize> = group.sequences.iter().map(|&s| tokens[s].len()).collect();
-            steps.push(group.cache.begin_step(&new_tokens, step_len)?);
+        let mut groups: Vec<_> = cache
+            .groups
+            .iter_mut()
+            .map(|group| (group.sequences.len(), &mut group.cache))
+            .collect();
+        let last = self.forward_groups_last(&in_group_order, &mut groups)?;
+        // Request b's row, from its place in group order.
+        let batch = tokens.len();
+        let mut position = vec![0i64; batch];
+        for (row, &sequence) in cache.order.iter().enumerate() {
+            position[sequence] = row as i64;
         }
+        let position =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(position, [batch]), &self.device());
+        Ok(last.select(0, position))
+    }
+
+    /// The cached step of consecutive groups of a batch, each with its own cache (and route):
+    /// `groups[g] = (sequences, cache)` takes the next `sequences` rows of `tokens`. Attention
+    /// runs once per group, everything else once on the batch; every group's step is begun
+    /// (validated) before anything runs and committed once every block has run. Returns the
+    /// logits of each sequence's last new token in the order of `tokens`.
+    ///
+    /// # Shapes
+    /// - output: `[tokens.len(), vocab_size]`
+    pub(crate) fn forward_groups_last(
+        &self,
+        tokens: &[Vec<u32>],
+        groups: &mut [(usize, &mut KvCacheManager<B>)],
+    ) -> Result<Tensor<B, 2>> {
+        if groups.iter().map(|(n, _)| n).sum::<usize>() != tokens.len() {
+            return Err(KvRoutingError::ShapeMismatch {
+                context: "sequences of the groups of a step".into(),
+                expected: vec![tokens.len()],
+                actual: vec![groups.iter().map(|(n, _)| n).sum()],
+            });
+        }
+        let (ids, batch, step_len) = self.token_tensor(tokens)?;
+        let mut steps = Vec::with_capacity(groups.len());
         let mut first = 0;
+        for (sequences, cache) in groups.iter_mut() {
+            self.check_cache_layout(cache)?;
+            let rows = cache_rows(*sequences, &mut first);
+            let new_tokens: Vec<usize> = tokens[rows.clone()].iter().map(Vec::len).collect();
+            steps.push((rows, cache.begin_step(&new_tokens, step_len)?));
+        }
         let mut parts = Vec::with_capacity(steps.len());
-        for step in &steps {
-            let rows = cache_rows(step.positions().len() / step_len, &mut first);
+        for (rows, step) in &steps {
             let rope = self.angles(step.positions(), rows.len(), step_len)?;
-            parts.push((rows, rope, step.mask()?));
+            parts.push((rows.clone(), rope, step.mask()?));
         }
         let hidden = on_compute_threads::<B, _>(|| {
             let mut x = self.embed(ids);
@@ -88,7 +126,7 @@ impl<B: Backend> RoutedTransformer<B> {
                 let mut groups: Vec<_> = parts
                     .iter()
                     .zip(steps.iter_mut())
-                    .map(|((rows, rope, mask), store)| BlockGroup {
+                    .map(|((rows, rope, mask), (_, store))| BlockGroup {
                         rows: rows.clone(),
                         rope,
                         mask,
@@ -99,20 +137,18 @@ impl<B: Backend> RoutedTransformer<B> {
             }
             Ok::<_, KvRoutingError>(x)
         })?;
-        for step in steps {
+        for (_, step) in steps {
             step.commit()?;
         }
-        // Request b's last new token, from its row in group order.
-        let mut position = vec![0; batch];
-        for (row, &sequence) in cache.order.iter().enumerate() {
-            position[sequence] = row;
-        }
-        let rows: Vec<i64> = (0..batch)
-            .map(|b| (position[b] * step_len + tokens[b].len().saturating_sub(1)) as i64)
+        let rows: Vec<i64> = tokens
+            .iter()
+            .enumerate()
+            .map(|(b, t)| (b * step_len + t.len().saturating_sub(1)) as i64)
             .collect();
-        let d_model = self.d_model();
         let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [batch]), &self.device());
-        let last = hidden.reshape([batch * step_len, d_model]).select(0, rows);
+        let last = hidden
+            .reshape([batch * step_len, self.d_model()])
+            .select(0, rows);
         Ok(self.vocab_logits(last))
     }
 }
