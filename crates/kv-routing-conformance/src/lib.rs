@@ -82,6 +82,7 @@ macro_rules! conformance_suite {
             kv_dtypes::cache_bytes_follow_the_kv_dtype,
             mixed_plans::mixed_plan_batches_match_each_sequence_alone,
             mixed_plans::retargeting_one_sequence_matches_the_oracle,
+            serving::serving_admits_by_exact_bytes_and_matches_each_request_alone,
             retarget::retarget_mid_generation_matches_oracle,
             calibration::forward_from_a_layer_matches_the_oracle,
             calibration::calibration_drops_a_duplicate_and_keeps_an_essential_layer,

@@ -45,6 +45,7 @@ mod route_draw;
 mod routed_transformer;
 mod router;
 mod seeded_init;
+mod serving;
 mod vocab_loss;
 
 pub use attention::{StochasticKvAttention, StochasticKvAttentionConfig};
@@ -72,6 +73,7 @@ pub use route_draw::RouteDraw;
 pub use routed_transformer::{RecordedForward, RoutedTransformer, RoutedTransformerConfig};
 pub use router::StochasticRouter;
 pub use seeded_init::reinit_seeded;
+pub use serving::{ServeConfig, ServeReport, ServeRequest, ServedRequest};
 pub use vocab_loss::{cross_entropy_per_token, distillation_per_token};
 
 /// Compiles the README's example as a doctest so that it cannot rot.

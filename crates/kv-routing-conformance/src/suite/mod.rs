@@ -12,3 +12,4 @@ pub mod properties;
 pub mod retarget;
 pub mod routes;
 pub mod sampling;
+pub mod serving;
