@@ -180,10 +180,9 @@ impl<B: Backend> StochasticKvAttention<B> {
     /// - output: keys and values `[batch, n_kv_heads, seq_len, head_dim]`
     pub fn project_kv(&self, x: Tensor<B, 3>, rope: &RopeAngles<B>) -> crate::Result<KeyValue<B>> {
         self.check_input(&x, rope)?;
-        let key = self.split_heads(project(&self.key, x.clone()), self.n_kv_heads);
-        let key = rope.apply(normalize_heads(&self.key_norm, key));
+        let key = self.rotated_keys(project(&self.key, x.clone()), rope);
         let value = self.split_heads(project(&self.value, x), self.n_kv_heads);
-        Ok(KeyValue::new(key.swap_dims(1, 2), value.swap_dims(1, 2)))
+        Ok(KeyValue::new(key, value.swap_dims(1, 2)))
     }
 
     /// Attends with this layer's queries for `x` to `kv` (from this or an earlier layer).
@@ -229,6 +228,18 @@ impl<B: Backend> StochasticKvAttention<B> {
         self.check_kv(&x, [kv.key.codes.dims(), kv.value.codes.dims()], mask)?;
         let [batch, seq_len, _] = x.dims();
         let query = self.scaled_queries(x, rope);
+        let context = self.int8_context(query, kv, mask);
+        Ok(self.output_of(context, batch, seq_len))
+    }
+
+    /// The context of scaled queries over int8 keys/values (checked): the backend's kernel
+    /// where it has one for the step, the float path on widened rows otherwise.
+    fn int8_context(
+        &self,
+        query: Tensor<B, 4>,
+        kv: &Int8KeyValue<B>,
+        mask: &AttentionMask<B>,
+    ) -> Tensor<B, 4> {
         let key_valid = match mask {
             AttentionMask::Causal => Some(None),
             AttentionMask::CausalWithHoles(holes) => Some(Some(holes.key_valid())),
@@ -238,21 +249,98 @@ impl<B: Backend> StochasticKvAttention<B> {
             if let Some(context) =
                 crate::kernels::int8_causal_attention(&query, &kv.key, &kv.value, key_valid)
             {
-                return Ok(self.output_of(context, batch, seq_len));
+                return context;
             }
         }
-        let context = self.context(query, &kv.dequantize(), mask);
-        Ok(self.output_of(context, batch, seq_len))
+        self.context(query, &kv.dequantize(), mask)
+    }
+
+    /// [`StochasticKvAttention::forward`] for a batch whose consecutive row ranges are groups
+    /// with stores (routes), rotary angles and masks of their own: the four projections run
+    /// once on the whole batch, the attention proper once per group on its rows. (A layer that
+    /// is a source for any group projects keys/values for every row; the other groups' rows
+    /// are dropped.)
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq_len, d_model]`, the groups' rows in order, covering the batch
+    /// - output: `[batch, seq_len, d_model]`
+    pub fn forward_grouped<S: KvStore<B>>(
+        &self,
+        layer: usize,
+        x: Tensor<B, 3>,
+        groups: &mut [BlockGroup<'_, B, S>],
+    ) -> crate::Result<Tensor<B, 3>> {
+        let [batch, seq_len, d_model] = x.dims();
+        let covered: usize = groups.iter().map(|g| g.rows.len()).sum();
+        if d_model != self.d_model() || covered != batch {
+            return Err(KvRoutingError::ShapeMismatch {
+                context: "grouped attention input (the groups' rows cover the batch)".into(),
+                expected: vec![covered, seq_len, self.d_model()],
+                actual: x.dims().to_vec(),
+            });
+        }
+        let queries = project(&self.query, x.clone());
+        let key_values = groups
+            .iter()
+            .any(|g| g.store.route().is_source(layer))
+            .then(|| (project(&self.key, x.clone()), project(&self.value, x)));
+        let mut contexts = Vec::with_capacity(groups.len());
+        for group in groups.iter_mut() {
+            let rows = |t: &Tensor<B, 3>| {
+                let width = t.dims()[2];
+                t.clone().slice([group.rows.clone(), 0..seq_len, 0..width])
+            };
+            let (count, rope, mask) = (group.rows.len(), group.rope, group.mask);
+            if rope.batch_size() != count || rope.seq_len() != seq_len {
+                return Err(KvRoutingError::ShapeMismatch {
+                    context: "rotary angles of a group of the batch".into(),
+                    expected: vec![count, seq_len],
+                    actual: vec![rope.batch_size(), rope.seq_len()],
+                });
+            }
+            if group.store.route().is_source(layer) {
+                let (keys, values) = key_values.as_ref().expect("projected for a source");
+                let key = self.rotated_keys(rows(keys), rope);
+                let value = self.split_heads(rows(values), self.n_kv_heads);
+                group
+                    .store
+                    .put(layer, KeyValue::new(key, value.swap_dims(1, 2)))?;
+            }
+            let query = self.rotated_queries(rows(&queries), rope);
+            let group_input = [count, seq_len, d_model];
+            let context = match group.store.get_stored(layer)? {
+                StoredKv::Float(kv) => {
+                    self.check_kv_dims(group_input, [kv.key.dims(), kv.value.dims()], mask)?;
+                    self.context(query, &kv, mask)
+                }
+                StoredKv::Int8(kv) => {
+                    let dims = [kv.key.codes.dims(), kv.value.codes.dims()];
+                    self.check_kv_dims(group_input, dims, mask)?;
+                    self.int8_context(query, &kv, mask)
+                }
+            };
+            contexts.push(self.merged_heads(context, count, seq_len));
+        }
+        Ok(project(&self.output, Tensor::cat(contexts, 0)))
     }
 
     /// Checks keys/values (`[key dims, value dims]`) and an explicit mask against the input.
     fn check_kv(
         &self,
         x: &Tensor<B, 3>,
+        kv: [[usize; 4]; 2],
+        mask: &AttentionMask<B>,
+    ) -> crate::Result<()> {
+        self.check_kv_dims(x.dims(), kv, mask)
+    }
+
+    /// [`StochasticKvAttention::check_kv`] for an input of dims `[batch, seq_len, _]`.
+    fn check_kv_dims(
+        &self,
+        [batch, seq_len, _]: [usize; 3],
         [key, value]: [[usize; 4]; 2],
         mask: &AttentionMask<B>,
     ) -> crate::Result<()> {
-        let [batch, seq_len, _] = x.dims();
         let [kv_batch, kv_heads, kv_len, kv_head_dim] = key;
         if [kv_batch, kv_heads, kv_head_dim] != [batch, self.n_kv_heads, self.head_dim]
             || value != key
@@ -284,9 +372,23 @@ impl<B: Backend> StochasticKvAttention<B> {
         // rotated queries in their projection layout, for both paths below: on wgpu's fusion,
         // scaling the reshaped view of the swapped queries in the decode path read wrong
         // elements after a multi-token step (conformance `chunked_prefill_matches_uncached`).
-        let query = self.split_heads(project(&self.query, x), self.n_heads);
+        self.rotated_queries(project(&self.query, x), rope)
+    }
+
+    /// Projected queries `[batch, seq_len, n_heads * head_dim]` normed, rotated and scaled,
+    /// `[batch, n_heads, seq_len, head_dim]`.
+    fn rotated_queries(&self, query: Tensor<B, 3>, rope: &RopeAngles<B>) -> Tensor<B, 4> {
+        let query = self.split_heads(query, self.n_heads);
         rope.apply(normalize_heads(&self.query_norm, query))
             .mul_scalar((self.head_dim as f64).powf(-0.5))
+            .swap_dims(1, 2)
+    }
+
+    /// Projected keys `[batch, seq_len, n_kv_heads * head_dim]` normed and rotated,
+    /// `[batch, n_kv_heads, seq_len, head_dim]`.
+    fn rotated_keys(&self, key: Tensor<B, 3>, rope: &RopeAngles<B>) -> Tensor<B, 4> {
+        let key = self.split_heads(key, self.n_kv_heads);
+        rope.apply(normalize_heads(&self.key_norm, key))
             .swap_dims(1, 2)
     }
 
@@ -369,11 +471,16 @@ impl<B: Backend> StochasticKvAttention<B> {
     /// (`[batch, n_heads, seq_len, head_dim]`, or the query heads of a group stacked as rows:
     /// `[batch, n_kv_heads, groups * seq_len, head_dim]`).
     fn output_of(&self, context: Tensor<B, 4>, batch: usize, seq_len: usize) -> Tensor<B, 3> {
-        let context = context
+        project(&self.output, self.merged_heads(context, batch, seq_len))
+    }
+
+    /// A context (either layout of [`StochasticKvAttention::output_of`]) as `[batch, seq_len,
+    /// n_heads * head_dim]`, the output projection's input.
+    fn merged_heads(&self, context: Tensor<B, 4>, batch: usize, seq_len: usize) -> Tensor<B, 3> {
+        context
             .reshape([batch, self.n_heads, seq_len, self.head_dim])
             .swap_dims(1, 2)
-            .reshape([batch, seq_len, self.n_heads * self.head_dim]);
-        project(&self.output, context)
+            .reshape([batch, seq_len, self.n_heads * self.head_dim])
     }
 
     /// Runs this attention as layer `layer` of a routed stack: computes and hands its own
@@ -489,4 +596,17 @@ mod tests {
         let explicit = AttentionMask::Explicit(mask.hidden_tensor().unwrap().clone());
         assert!(fused_causal_attention(&query, &kv, &explicit).is_none());
     }
+}
+
+/// One group of a batch's rows for [`StochasticKvAttention::forward_grouped`] (and
+/// [`DecoderBlock::forward_grouped`](crate::DecoderBlock::forward_grouped)).
+pub struct BlockGroup<'a, B: Backend, S> {
+    /// The group's rows of the batch.
+    pub rows: std::ops::Range<usize>,
+    /// Rotary angles of the group's rows.
+    pub rope: &'a RopeAngles<B>,
+    /// Attention mask of the group's rows.
+    pub mask: &'a AttentionMask<B>,
+    /// Where the group's keys/values go and come from (its route).
+    pub store: &'a mut S,
 }

@@ -5,7 +5,7 @@ use burn::nn::RmsNorm;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use crate::attention::StochasticKvAttention;
+use crate::attention::{BlockGroup, StochasticKvAttention};
 use crate::attention_mask::AttentionMask;
 use crate::error::Result;
 use crate::feed_forward::SwiGluFeedForward;
@@ -47,8 +47,9 @@ impl<B: Backend> DecoderBlock<B> {
     }
 
     /// [`DecoderBlock::forward`] for a batch whose consecutive row ranges are groups with
-    /// stores (routes), rotary angles and masks of their own: attention runs once per group
-    /// on its rows, the feed-forward block once on the whole batch.
+    /// stores (routes), rotary angles and masks of their own: attention proper once per group
+    /// on its rows, the projections and the feed-forward block once on the whole batch
+    /// ([`StochasticKvAttention::forward_grouped`]).
     ///
     /// # Shapes
     /// - x: `[batch, seq_len, d_model]`, the groups' rows in order, covering the batch
@@ -59,31 +60,8 @@ impl<B: Backend> DecoderBlock<B> {
         x: Tensor<B, 3>,
         groups: &mut [BlockGroup<'_, B, S>],
     ) -> Result<Tensor<B, 3>> {
-        let [_, seq_len, d_model] = x.dims();
         let normed = rms_norm(&self.attention_norm, x.clone());
-        let attended = groups
-            .iter_mut()
-            .map(|group| {
-                let rows = normed
-                    .clone()
-                    .slice([group.rows.clone(), 0..seq_len, 0..d_model]);
-                self.attention
-                    .forward(layer, rows, group.rope, group.mask, group.store)
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let x = x + Tensor::cat(attended, 0);
+        let x = x + self.attention.forward_grouped(layer, normed, groups)?;
         Ok(x.clone() + self.mlp.forward(rms_norm(&self.mlp_norm, x)))
     }
-}
-
-/// One group of a batch's rows for [`DecoderBlock::forward_grouped`].
-pub struct BlockGroup<'a, B: Backend, S> {
-    /// The group's rows of the batch.
-    pub rows: std::ops::Range<usize>,
-    /// Rotary angles of the group's rows.
-    pub rope: &'a RopeAngles<B>,
-    /// Attention mask of the group's rows.
-    pub mask: &'a AttentionMask<B>,
-    /// Where the group's keys/values go and come from (its route).
-    pub store: &'a mut S,
 }

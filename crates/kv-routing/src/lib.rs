@@ -48,10 +48,10 @@ mod seeded_init;
 mod serving;
 mod vocab_loss;
 
-pub use attention::{StochasticKvAttention, StochasticKvAttentionConfig};
+pub use attention::{BlockGroup, StochasticKvAttention, StochasticKvAttentionConfig};
 pub use attention_mask::{AttentionMask, KeyHoles};
 pub use cache_plan::CachePlan;
-pub use decoder_block::{BlockGroup, DecoderBlock};
+pub use decoder_block::DecoderBlock;
 pub use error::{KvRoutingError, Result};
 pub use feed_forward::{SwiGluFeedForward, SwiGluFeedForwardConfig};
 pub use generation::{greedy_tokens, logits_rows, Generation, GenerationConfig, Sampler};

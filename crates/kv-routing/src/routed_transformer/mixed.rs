@@ -11,7 +11,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::RoutedTransformer;
-use crate::decoder_block::BlockGroup;
+use crate::attention::BlockGroup;
 use crate::error::{KvRoutingError, Result};
 use crate::kernels::on_compute_threads;
 use crate::kv_cache::KvCacheManager;
