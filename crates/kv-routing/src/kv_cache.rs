@@ -7,7 +7,9 @@
 //!   the cache's [`KvDtype`]: the model's float type (the default), another float type, or
 //!   int8 codes with their block scales ([`crate::kv_quantization`]); keys/values are converted
 //!   when written, and a step's reads of a converted layer are widened back to the model's
-//!   type once per step and source layer, however many layers read it.
+//!   type once per step and source layer, however many layers read it, except where the
+//!   backend's attention reads the stored format in place ([`CacheStep`]'s
+//!   [`KvStore::get_stored`]: int8 on flex, no widened copy of the history).
 //! - **Slots.** The batch shares one write cursor, [`KvCacheManager::len`]: a step of `t` tokens
 //!   writes slots `len..len + t` of every source layer in place (no concatenation of the
 //!   history). A sequence that brings fewer than `t` tokens to a step (a shorter prompt, a
