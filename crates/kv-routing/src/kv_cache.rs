@@ -321,8 +321,9 @@ impl<B: Backend> KvCacheManager<B> {
 
     /// Moves sequence `sequence` out of this cache into a cache of its own (same route, dtype,
     /// capacity, slots and history), leaving the other sequences here: how one sequence of a
-    /// batch gets a route of its own ([`MixedPlanCache::retarget_sequence`]
-    /// (crate::MixedPlanCache::retarget_sequence)). Copies the stored rows of both parts once.
+    /// batch gets a route of its own
+    /// ([`MixedPlanCache::retarget_sequence`](crate::MixedPlanCache::retarget_sequence)).
+    /// Copies the stored rows of both parts once.
     ///
     /// # Errors
     /// [`KvRoutingError::InvalidLengths`] for a sequence outside the batch or the batch's only
