@@ -44,6 +44,16 @@ impl<B: Backend> RoutedTransformer<B> {
         cache: &mut KvCacheManager<B>,
     ) -> crate::Result<Tensor<B, 2>> {
         let hidden = self.hidden_cached(tokens, cache)?;
+        Ok(self.last_token_logits(hidden, tokens))
+    }
+
+    /// The vocabulary logits of each sequence's last new token of a step's `hidden` output
+    /// (`[batch, step_len, d_model]`), projecting only those rows, `[batch, vocab_size]`.
+    pub(super) fn last_token_logits(
+        &self,
+        hidden: Tensor<B, 3>,
+        tokens: &[Vec<u32>],
+    ) -> Tensor<B, 2> {
         let [batch, step_len, d_model] = hidden.dims();
         let rows: Vec<i64> = tokens
             .iter()
@@ -52,7 +62,7 @@ impl<B: Backend> RoutedTransformer<B> {
             .collect();
         let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [batch]), &self.device());
         let last = hidden.reshape([batch * step_len, d_model]).select(0, rows);
-        Ok(self.vocab_logits(last))
+        self.vocab_logits(last)
     }
 
     /// The last blocks' output for the new tokens of one cached step, committed to `cache` only

@@ -106,7 +106,7 @@ impl<B: Backend> RoutedTransformer<B> {
                 actual: vec![groups.iter().map(|(n, _)| n).sum()],
             });
         }
-        let (ids, batch, step_len) = self.token_tensor(tokens)?;
+        let (ids, _, step_len) = self.token_tensor(tokens)?;
         let mut steps = Vec::with_capacity(groups.len());
         let mut first = 0;
         for (sequences, cache) in groups.iter_mut() {
@@ -140,16 +140,7 @@ impl<B: Backend> RoutedTransformer<B> {
         for (_, step) in steps {
             step.commit()?;
         }
-        let rows: Vec<i64> = tokens
-            .iter()
-            .enumerate()
-            .map(|(b, t)| (b * step_len + t.len().saturating_sub(1)) as i64)
-            .collect();
-        let rows = Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [batch]), &self.device());
-        let last = hidden
-            .reshape([batch * step_len, self.d_model()])
-            .select(0, rows);
-        Ok(self.vocab_logits(last))
+        Ok(self.last_token_logits(hidden, tokens))
     }
 }
 
