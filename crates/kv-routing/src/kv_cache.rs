@@ -50,7 +50,7 @@
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Tensor;
 
 use crate::attention_mask::AttentionMask;
 use crate::error::{KvRoutingError, Result};
@@ -335,18 +335,11 @@ impl<B: Backend> KvCacheManager<B> {
                 "cannot move sequence {sequence} out of a cache of {batch} sequences"
             )));
         }
-        let rows = |picked: &mut dyn FnMut(usize) -> bool| -> Vec<i64> {
-            (0..batch)
-                .filter(|&b| picked(b))
-                .map(|b| b as i64)
-                .collect()
-        };
-        let (kept, taken) = (rows(&mut |b| b != sequence), rows(&mut |b| b == sequence));
         let layers: Vec<_> = self
             .layers
             .iter_mut()
             .map(|slot| {
-                let (kept_rows, taken_rows) = slot.take()?.split(&kept, &taken, &self.device);
+                let (kept_rows, taken_rows) = slot.take()?.split(sequence);
                 *slot = Some(kept_rows);
                 Some(taken_rows)
             })
@@ -685,28 +678,33 @@ impl<B: Backend> LayerStorage<B> {
         }
     }
 
-    /// The batch rows `kept` and `taken` of this storage, as two storages.
-    fn split(self, kept: &[i64], taken: &[i64], device: &B::Device) -> (Self, Self) {
-        let rows = |rows: &[i64]| {
-            Tensor::<B, 1, Int>::from_data(TensorData::new(rows.to_vec(), [rows.len()]), device)
-        };
-        let (kept, taken) = (rows(kept), rows(taken));
+    /// This storage without batch row `sequence`, and that row alone, as two storages with
+    /// buffers of their own. (Slices and concatenations, not `select`: burn-wgpu 0.21's fused
+    /// `select` read the wrong row here when two index tensors were queued together.)
+    fn split(self, sequence: usize) -> (Self, Self) {
         match self {
             Self::Float(kv) => {
-                let pick = |rows: &Tensor<B, 1, Int>| {
-                    Self::Float(KeyValue::new(
-                        kv.key.clone().select(0, rows.clone()),
-                        kv.value.clone().select(0, rows.clone()),
-                    ))
-                };
-                (pick(&kept), pick(&taken))
+                let (key_kept, key_taken) = split_rows(kv.key, sequence, |t| t.mul_scalar(1.0));
+                let (value_kept, value_taken) =
+                    split_rows(kv.value, sequence, |t| t.mul_scalar(1.0));
+                (
+                    Self::Float(KeyValue::new(key_kept, value_kept)),
+                    Self::Float(KeyValue::new(key_taken, value_taken)),
+                )
             }
             Self::Int8 { key, value } => {
-                let pick = |rows: &Tensor<B, 1, Int>| Self::Int8 {
-                    key: key.select_sequences(rows.clone()),
-                    value: value.select_sequences(rows.clone()),
-                };
-                (pick(&kept), pick(&taken))
+                let (key_kept, key_taken) = key.split_sequence(sequence);
+                let (value_kept, value_taken) = value.split_sequence(sequence);
+                (
+                    Self::Int8 {
+                        key: key_kept,
+                        value: value_kept,
+                    },
+                    Self::Int8 {
+                        key: key_taken,
+                        value: value_taken,
+                    },
+                )
             }
         }
     }
@@ -717,6 +715,24 @@ impl<B: Backend> LayerStorage<B> {
             Self::Int8 { key, value } => key.bytes() + value.bytes(),
         }
     }
+}
+
+/// `tensor` (`[batch, ...]`) without batch row `sequence`, and that row alone, each in a buffer
+/// of its own (`copy` makes a fresh tensor of a view: the row is written in place later).
+pub(crate) fn split_rows<B: Backend, K: burn::tensor::BasicOps<B>>(
+    tensor: Tensor<B, 4, K>,
+    sequence: usize,
+    copy: impl Fn(Tensor<B, 4, K>) -> Tensor<B, 4, K>,
+) -> (Tensor<B, 4, K>, Tensor<B, 4, K>) {
+    let [batch, a, b, c] = tensor.dims();
+    let rows = |range: std::ops::Range<usize>| tensor.clone().slice([range, 0..a, 0..b, 0..c]);
+    let taken = copy(rows(sequence..sequence + 1));
+    let kept = match (sequence > 0, sequence + 1 < batch) {
+        (true, true) => Tensor::cat(vec![rows(0..sequence), rows(sequence + 1..batch)], 0),
+        (true, false) => copy(rows(0..sequence)),
+        _ => copy(rows(sequence + 1..batch)),
+    };
+    (kept, taken)
 }
 
 /// Slots `rows` of every sequence and head of `[batch, heads, capacity, head_dim]` storage.

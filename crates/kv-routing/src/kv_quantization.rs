@@ -80,12 +80,23 @@ impl<B: Backend> QuantizedRows<B> {
         }
     }
 
-    /// The rows of the sequences `sequences` (indices along the batch axis), copied.
-    pub fn select_sequences(&self, sequences: Tensor<B, 1, Int>) -> Self {
-        Self {
-            codes: self.codes.clone().select(0, sequences.clone()),
-            scales: self.scales.clone().select(0, sequences),
-        }
+    /// These rows without those of sequence `sequence` (along the batch axis), and that
+    /// sequence's alone, each in buffers of their own.
+    pub fn split_sequence(self, sequence: usize) -> (Self, Self) {
+        let (codes_kept, codes_taken) =
+            crate::kv_cache::split_rows(self.codes, sequence, |t| t.add_scalar(0));
+        let (scales_kept, scales_taken) =
+            crate::kv_cache::split_rows(self.scales, sequence, |t| t.mul_scalar(1.0));
+        (
+            Self {
+                codes: codes_kept,
+                scales: scales_kept,
+            },
+            Self {
+                codes: codes_taken,
+                scales: scales_taken,
+            },
+        )
     }
 
     /// Bytes of the codes and scales held.
