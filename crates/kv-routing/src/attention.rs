@@ -308,16 +308,11 @@ impl<B: Backend> StochasticKvAttention<B> {
             }
             let query = self.rotated_queries(rows(&queries), rope);
             let group_input = [count, seq_len, d_model];
-            let context = match group.store.get_stored(layer)? {
-                StoredKv::Float(kv) => {
-                    self.check_kv_dims(group_input, [kv.key.dims(), kv.value.dims()], mask)?;
-                    self.context(query, &kv, mask)
-                }
-                StoredKv::Int8(kv) => {
-                    let dims = [kv.key.codes.dims(), kv.value.codes.dims()];
-                    self.check_kv_dims(group_input, dims, mask)?;
-                    self.int8_context(query, &kv, mask)
-                }
+            let kv = group.store.get_stored(layer)?;
+            self.check_kv_dims(group_input, kv.dims(), mask)?;
+            let context = match &kv {
+                StoredKv::Float(kv) => self.context(query, kv, mask),
+                StoredKv::Int8(kv) => self.int8_context(query, kv, mask),
             };
             contexts.push(self.merged_heads(context, count, seq_len));
         }

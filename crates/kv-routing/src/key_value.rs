@@ -66,6 +66,16 @@ pub enum StoredKv<B: Backend> {
     Int8(Int8KeyValue<B>),
 }
 
+impl<B: Backend> StoredKv<B> {
+    /// The dims of the keys and of the values (the codes' for int8).
+    pub fn dims(&self) -> [[usize; 4]; 2] {
+        match self {
+            Self::Float(kv) => [kv.key.dims(), kv.value.dims()],
+            Self::Int8(kv) => [kv.key.codes.dims(), kv.value.codes.dims()],
+        }
+    }
+}
+
 /// Rotated keys and values in the int8 format ([`crate::kv_quantization`]); like a
 /// [`KeyValue`] from a cache, a view of its storage (drop it before the next step).
 ///
