@@ -8,7 +8,8 @@
 //! arrive: the scores of eight keys at a time, each block's dot product scaled once; then the
 //! weighted values, each weight scaled once per block. One task per (sequence, key/value head)
 //! holds every query row of its group (`groups x seq_len` rows); in a decode step of up to 3
-//! rows each widened value vector serves them all. The scales of a task are widened to f32
+//! rows each widened key vector and each widened value vector serves them all (SmolLM2's 3
+//! query heads per key/value head: the codes are widened once, not three times). The scales of a task are widened to f32
 //! once (a half-precision scale converted at each use cost more than the codes' arithmetic).
 //! Measured in docs/benchmarks.md ("An int8 KV cache").
 //!
@@ -43,6 +44,10 @@ pub(crate) const MAX_TASK_ROWS: usize = 32;
 /// Key or value rows the portable path widens at a time (16 KiB of f32 at a head size of 64,
 /// inside the first-level cache), and the vector path's group of value rows per query row.
 const CHUNK: usize = 64;
+
+/// Keys whose scores [`stacked_scores_avx2`] sums together: with 3 rows, 12 sums, which leave
+/// room in the 16 vector registers for the widened key and its scale.
+const STACKED_KEYS: usize = 4;
 
 /// How far ahead of the row in use the vector path asks for code rows (as
 /// [`few_row_attention`](super::few_row_attention)'s).
@@ -254,7 +259,11 @@ fn attend<E: KernelElement>(
                 // are whole vectors (above); the buffers have the sizes the functions require.
                 unsafe {
                     keys.scales_f32(scales_f32);
-                    scores_avx2(queries, &keys, scales_f32, scores);
+                    match rows {
+                        2 => stacked_scores_avx2::<E, 2>(queries, &keys, scales_f32, scores),
+                        3 => stacked_scores_avx2::<E, 3>(queries, &keys, scales_f32, scores),
+                        _ => scores_avx2(queries, &keys, scales_f32, scores),
+                    }
                     for (r, row) in scores.chunks_exact_mut(kv_len).enumerate() {
                         softmax_prefix_portable(row, visible(r), valid);
                     }
@@ -392,6 +401,75 @@ unsafe fn scores_avx2<E: KernelElement>(
         for r in 0..rows {
             let q = &queries[r * width..][..width];
             scores[r * key_count + j] = widened.iter().zip(q).map(|(k, q)| k * q).sum();
+        }
+    }
+}
+
+/// [`scores_avx2`] for `ROWS` (2 or 3) query rows, [`STACKED_KEYS`] keys at a time: each code
+/// vector is widened and scaled once for all the rows (a decode step's group shares every key),
+/// where [`scores_avx2`] widens it once per row. Per eight values of a row: an eighth of the
+/// widening's three instructions times `3 / ROWS`, and one multiply-add, against three.
+///
+/// # Safety
+/// As [`scores_avx2`]'s, and `queries` holds `ROWS * width` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn stacked_scores_avx2<E: KernelElement, const ROWS: usize>(
+    queries: &[f32],
+    keys: &Int8Rows<E>,
+    key_scales: &[f32],
+    scores: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const KEYS: usize = STACKED_KEYS;
+    let (width, block, key_count) = (keys.codes.width, keys.block, keys.count());
+    let blocks = width / block;
+    let query: [&[f32]; ROWS] = std::array::from_fn(|r| &queries[r * width..][..width]);
+    let whole = key_count - key_count % KEYS;
+    for first in (0..whole).step_by(KEYS) {
+        if first + PREFETCH_ROWS + KEYS <= key_count {
+            for j in first + PREFETCH_ROWS..first + PREFETCH_ROWS + KEYS {
+                prefetch(keys.codes.row(j));
+            }
+        }
+        let codes: [*const i8; KEYS] = std::array::from_fn(|k| keys.codes.row(first + k).as_ptr());
+        let mut sums = [[_mm256_setzero_ps(); KEYS]; ROWS];
+        for b in 0..blocks {
+            let scales: [f32; KEYS] = std::array::from_fn(|k| key_scales[(first + k) * blocks + b]);
+            for c in (b * block..(b + 1) * block).step_by(8) {
+                for (k, codes) in codes.iter().enumerate() {
+                    // SAFETY: `c + 8 <= width` for every code row.
+                    let key = unsafe {
+                        _mm256_mul_ps(load8_codes(codes.add(c)), _mm256_set1_ps(scales[k]))
+                    };
+                    for (sums, query) in sums.iter_mut().zip(&query) {
+                        // SAFETY: `c + 8 <= width` for every query row.
+                        let q = unsafe { _mm256_loadu_ps(query.as_ptr().add(c)) };
+                        sums[k] = _mm256_fmadd_ps(q, key, sums[k]);
+                    }
+                }
+            }
+        }
+        // Reduced eight at a time (rows after rows), padded with zeros.
+        let mut flat = [_mm256_setzero_ps(); 16];
+        for (i, sum) in sums.iter().flatten().enumerate() {
+            flat[i] = *sum;
+        }
+        let mut totals = [0.0f32; 16];
+        for (half, totals) in flat.chunks_exact(8).zip(totals.chunks_exact_mut(8)) {
+            let half: [__m256; 8] = std::array::from_fn(|i| half[i]);
+            // SAFETY: eight writable values.
+            unsafe { _mm256_storeu_ps(totals.as_mut_ptr(), lane_sums_of_eight(half)) };
+        }
+        for r in 0..ROWS {
+            scores[r * key_count + first..][..KEYS].copy_from_slice(&totals[r * KEYS..][..KEYS]);
+        }
+    }
+    let mut widened = vec![0.0f32; width];
+    for j in whole..key_count {
+        keys.widen(j, 1, &mut widened);
+        for (r, q) in query.iter().enumerate() {
+            scores[r * key_count + j] = widened.iter().zip(*q).map(|(k, q)| k * q).sum();
         }
     }
 }
