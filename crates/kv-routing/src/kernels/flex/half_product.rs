@@ -10,7 +10,7 @@
 //!
 //! # Contract
 //! [`half_product`] computes `y = x W` for `x` `[rows, in]` and `W` `[in, out]` of one half type,
-//! with `rows > MAX_STREAMED_ROWS` and `W` the transposed view of a checkpoint's contiguous
+//! with more rows than [`super::matvec`] streams ([`MAX_STREAMED_HALF_ROWS`]) and `W` the transposed view of a checkpoint's contiguous
 //! `[out, in]` matrix (how weights load; the tied head is one too). The weight is widened one
 //! block of outputs at a time (at most [`BLOCK_VALUES`] f32 values, so the f32 copy stays small
 //! even for a 49,152-word vocabulary), each block multiplied by flex's f32 matmul, and every
@@ -25,7 +25,9 @@ use burn_flex::FlexTensor;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-use super::matvec::{dims, MAX_STREAMED_ROWS};
+#[cfg(doc)]
+use super::matvec::MAX_STREAMED_HALF_ROWS;
+use super::matvec::{dims, max_streamed_rows};
 use super::tensor::{flex_float, from_flex, widened_half};
 use super::vector::KernelElement;
 
@@ -63,7 +65,11 @@ fn widened<E: KernelElement, B: Backend>(
 ) -> Option<Tensor<B, 2>> {
     let [rows, d_input] = dims(x);
     let [weight_input, d_output] = dims(weight);
-    if rows <= MAX_STREAMED_ROWS || weight_input != d_input || d_input == 0 || d_output == 0 {
+    if rows <= max_streamed_rows(E::DTYPE)
+        || weight_input != d_input
+        || d_input == 0
+        || d_output == 0
+    {
         return None;
     }
     // The checkpoint layout: output `o`'s weights are the contiguous `d_input` values at
@@ -128,12 +134,12 @@ mod tests {
         // One rounding of each f32 sum: within 2^-11 (f16) or 2^-8 (bf16) of the result.
         for (dtype, tolerance) in [(DType::F16, 1e-3), (DType::BF16, 8e-3)] {
             for (rows, d_input, d_output, block_values) in [
-                (9, 37, 29, BLOCK_VALUES),
+                (49, 37, 29, BLOCK_VALUES),
                 // Blocks of 7 outputs (300 / 37 = 8, clamped by the last block of 5).
-                (33, 37, 61, 300),
+                (53, 37, 61, 300),
                 (100, 64, 1000, 64 * 128),
                 // One output per block.
-                (12, 20, 5, 1),
+                (60, 20, 5, 1),
             ] {
                 let half = |dims: [usize; 2]| {
                     Tensor::<Flex, 2>::random(dims, Distribution::Default, &device).cast(dtype)
@@ -169,15 +175,16 @@ mod tests {
         let f16 = |dims: [usize; 2]| {
             Tensor::<Flex, 2>::random(dims, Distribution::Default, &device).cast(DType::F16)
         };
-        // A decode step's few rows are matvec's.
+        // A decode step's few rows, and a served batch's, are matvec's.
         assert!(half_product(&f16([8, 16]), &f16([4, 16]).transpose()).is_none());
+        assert!(half_product(&f16([48, 16]), &f16([4, 16]).transpose()).is_none());
         // A contiguous `[in, out]` weight.
-        assert!(half_product(&f16([9, 16]), &f16([16, 4])).is_none());
+        assert!(half_product(&f16([49, 16]), &f16([16, 4])).is_none());
         // f32.
         let f32 = Tensor::<Flex, 2>::random([9, 16], Distribution::Default, &device);
         let w32 = Tensor::<Flex, 2>::random([4, 16], Distribution::Default, &device);
         assert!(half_product(&f32, &w32.transpose()).is_none());
         // Mismatched inner sizes.
-        assert!(half_product(&f16([9, 16]), &f16([4, 15]).transpose()).is_none());
+        assert!(half_product(&f16([49, 16]), &f16([4, 15]).transpose()).is_none());
     }
 }

@@ -15,7 +15,8 @@
 //! # Contract
 //! [`matvec`] computes `y = x W` for `x` `[rows, in]` and `W` `[in, out]` of one element type
 //! (f32, f16 or bf16), with `W` either the transposed view of a checkpoint's `[out, in]` matrix
-//! (each output a dot product with a contiguous row; 1 to [`MAX_STREAMED_ROWS`] rows) or, in f32,
+//! (each output a dot product with a contiguous row; 1 to [`MAX_STREAMED_ROWS`] rows in f32,
+//! [`MAX_STREAMED_HALF_ROWS`] in half precision) or, in f32,
 //! contiguous `[in, out]` (each input row scaled into the outputs; one row). Half-precision
 //! weights are widened in registers and summed in f32, each output rounded once. It returns
 //! `None`, leaving the product to the backend's matmul, for any other backend, element type,
@@ -38,8 +39,24 @@ use super::vector::{dot, has_avx2_fma_f16c, prefetch, KernelElement};
 /// the halves to the pool costs more than the second core's bandwidth saves.
 const PARALLEL_VALUES: usize = 1 << 16;
 
-/// The most rows multiplied here; more rows are a matrix product, gemm's work.
+/// The most f32 rows multiplied here; more rows are a matrix product, gemm's work.
 pub(crate) const MAX_STREAMED_ROWS: usize = 8;
+
+/// The most half-precision rows multiplied here. Past it the weight is widened to f32 and
+/// multiplied by gemm ([`super::half_product`]), which costs a pass over the weight per product:
+/// for a decode step of 9-48 rows (a served batch) that pass costs more than streaming the half
+/// weight through this kernel. Measured with SmolLM2 in f16 (docs/benchmarks.md, "Serving under
+/// a KV budget"): a 15-row decode step 2.3-2.8x faster streamed, prompts of 32 and 48 tokens
+/// 1.3-1.7x faster, 64 tokens even, 128 tokens 1.3x slower.
+pub(crate) const MAX_STREAMED_HALF_ROWS: usize = 48;
+
+/// The most rows of `dtype` that [`matvec`] multiplies.
+pub(crate) fn max_streamed_rows(dtype: DType) -> usize {
+    match dtype {
+        DType::F32 => MAX_STREAMED_ROWS,
+        _ => MAX_STREAMED_HALF_ROWS,
+    }
+}
 
 /// Outputs per task: enough tasks for the pool to balance, each streaming at least tens of
 /// kilobytes of weight.
@@ -63,7 +80,7 @@ pub(crate) fn matvec<B: Backend>(x: &Tensor<B, 2>, weight: &Tensor<B, 2>) -> Opt
 fn multiply_rows<E: KernelElement>(x: &FlexTensor, weight: &FlexTensor) -> Option<FlexTensor> {
     let [rows, d_input] = dims(x);
     let [weight_input, d_output] = dims(weight);
-    if !(1..=MAX_STREAMED_ROWS).contains(&rows)
+    if !(1..=max_streamed_rows(E::DTYPE)).contains(&rows)
         || weight_input != d_input
         || d_input == 0
         || d_output == 0
@@ -252,7 +269,7 @@ fn scaled_rows_portable(
 /// itself (measured: batch-8 decode of SmolLM2 1.37x faster with it).
 const PREFETCH_ROWS: usize = 2;
 
-/// `x W` for 2 to [`MAX_STREAMED_ROWS`] rows of `x` and a checkpoint-layout weight: every weight row is
+/// `x W` for 2 to [`max_streamed_rows`] rows of `x` and a checkpoint-layout weight: every weight row is
 /// read once, from memory, and multiplied with all input rows while it is in the core's cache.
 fn few_rows<E: KernelElement>(
     weights: &[E],
@@ -468,9 +485,14 @@ mod tests {
         let device = Default::default();
         // One rounding of each f32 sum: within 2^-11 (f16) or 2^-8 (bf16) of the result.
         for (dtype, tolerance) in [(DType::F16, 1e-3), (DType::BF16, 8e-3)] {
-            for (rows, d_input, d_output) in
-                [(1, 37, 29), (1, 576, 1536), (3, 576, 1536), (8, 64, 2048)]
-            {
+            for (rows, d_input, d_output) in [
+                (1, 37, 29),
+                (1, 576, 1536),
+                (3, 576, 1536),
+                (8, 64, 2048),
+                (15, 576, 192),
+                (48, 37, 29),
+            ] {
                 let half = |dims: [usize; 2]| {
                     Tensor::<Flex, 2>::random(dims, Distribution::Default, &device).cast(dtype)
                 };
@@ -506,6 +528,16 @@ mod tests {
         let w = Tensor::<Flex, 2>::ones([8, 4], &device);
         let many_rows = Tensor::<Flex, 2>::ones([MAX_STREAMED_ROWS + 1, 8], &device);
         assert!(matvec(&many_rows, &w).is_none());
+        // Half precision streams up to its own count of rows (a served batch), in the checkpoint
+        // layout.
+        let half_w = Tensor::<Flex, 2>::ones([4, 8], &device)
+            .cast(DType::F16)
+            .transpose();
+        let half_rows = |rows| Tensor::<Flex, 2>::ones([rows, 8], &device).cast(DType::F16);
+        assert!(matvec(&half_rows(MAX_STREAMED_HALF_ROWS + 1), &half_w).is_none());
+        if has_avx2_fma_f16c() {
+            assert!(matvec(&half_rows(MAX_STREAMED_HALF_ROWS), &half_w).is_some());
+        }
         let x = Tensor::<Flex, 2>::ones([1, 8], &device);
         // Mixed element types, and f16 weights in the `[in, out]` layout of a model built here.
         assert!(matvec(&x.clone().cast(DType::F16), &w.clone()).is_none());
