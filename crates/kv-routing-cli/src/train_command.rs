@@ -126,8 +126,9 @@ pub struct TrainArgs {
     node_timeout: f64,
     /// Where the sharing steps' routes come from: `layers` (the paper's: each layer
     /// independently reads a random earlier layer), `every:K` (each sharing step serves the
-    /// plan every:k, k uniform in 2..=K) or `plans:F` (a random plan caching at least the
-    /// fraction F of the layers). A step shares with probability --p.
+    /// plan every:k, k uniform in 2..=K), `plans:F` (a random plan caching at least the
+    /// fraction F of the layers) or `fixed:layers:0,3,5` (the one plan you will serve, e.g. a
+    /// calibrated plan from `kv-routing plan`). A step shares with probability --p.
     #[arg(long, default_value = "layers")]
     route_draw: RouteDraw,
     /// Self-distillation: the loss is the KL divergence from the frozen starting model's

@@ -105,7 +105,7 @@ impl TrainConfig {
     pub fn router(&self) -> Result<StochasticRouter> {
         Ok(
             StochasticRouter::new(self.model.n_layers, self.p, self.route_seed)?
-                .with_draw(self.route_draw)?,
+                .with_draw(self.route_draw.clone())?,
         )
     }
 

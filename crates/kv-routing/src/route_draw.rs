@@ -9,8 +9,9 @@
 //! # Contract
 //! - Every route a plan draw returns is `CachePlan::route()` of a valid plan (layer 0 cached).
 //! - The draw is a pure function of the router's seed and the step (see `StochasticRouter`).
-//! - `"layers"`, `"every:K"` and `"plans:F"` parse to and display from the three kinds
-//!   (the `--route-draw` syntax of `kv-routing train`).
+//! - `"layers"`, `"every:K"`, `"plans:F"` and `"fixed:layers:0,3,5"` parse to and display from
+//!   the four kinds (the `--route-draw` syntax of `kv-routing train`). A fixed plan is checked
+//!   against the model's layer count when a router takes it ([`RouteDraw::validate_for`]).
 
 use std::fmt;
 use std::str::FromStr;
@@ -23,7 +24,7 @@ use crate::cache_plan::CachePlan;
 use crate::error::{KvRoutingError, Result};
 
 /// The distribution of the routes of the steps that share (probability `p`).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RouteDraw {
     /// The paper's: each layer `l >= 1` independently, with probability `p`, reads a layer drawn
@@ -43,6 +44,12 @@ pub enum RouteDraw {
         /// The smallest fraction of layers a drawn plan caches, in `(0, 1)`.
         min_retention: f64,
     },
+    /// With probability `p` the step serves this one plan, given by its cached layers (the plan
+    /// you will serve: a calibrated one, say, from `kv-routing plan`); otherwise the full plan.
+    FixedPlan {
+        /// The cached layers, layer 0 first, increasing.
+        layers: Vec<usize>,
+    },
 }
 
 impl RouteDraw {
@@ -60,8 +67,29 @@ impl RouteDraw {
                     "the smallest retention of a drawn plan must be in (0, 1), got {min_retention}"
                 )))
             }
+            RouteDraw::FixedPlan { ref layers } => {
+                let n_layers = layers.iter().max().map_or(1, |&last| last + 1);
+                CachePlan::new(n_layers, layers.iter().copied())
+                    .map(drop)
+                    .map_err(|e| {
+                        KvRoutingError::InvalidConfig(format!("a fixed plan to draw: {e}"))
+                    })
+            }
             _ => Ok(()),
         }
+    }
+
+    /// [`RouteDraw::validate`], and for a fixed plan that it fits a model of `n_layers` layers.
+    pub fn validate_for(&self, n_layers: usize) -> Result<()> {
+        self.validate()?;
+        if let RouteDraw::FixedPlan { layers } = self {
+            CachePlan::new(n_layers, layers.iter().copied()).map_err(|e| {
+                KvRoutingError::InvalidConfig(format!(
+                    "the fixed plan {self} does not fit {n_layers} layers: {e}"
+                ))
+            })?;
+        }
+        Ok(())
     }
 
     /// Whether this is a plan draw (every route a serving plan's).
@@ -79,6 +107,7 @@ impl RouteDraw {
     pub(crate) fn draw_plan(&self, n_layers: usize, rng: &mut ChaCha8Rng) -> Option<CachePlan> {
         // u32 draws keep the stream identical on 32- and 64-bit targets.
         let cached: Vec<usize> = match *self {
+            RouteDraw::FixedPlan { ref layers } => layers.clone(),
             RouteDraw::IndependentLayers => return None,
             RouteDraw::EveryKth { max_k } => {
                 let k = rng.random_range(2..=max_k.min(u32::MAX as usize) as u32) as usize;
@@ -111,6 +140,10 @@ impl fmt::Display for RouteDraw {
             RouteDraw::IndependentLayers => write!(f, "layers"),
             RouteDraw::EveryKth { max_k } => write!(f, "every:{max_k}"),
             RouteDraw::RandomPlans { min_retention } => write!(f, "plans:{min_retention}"),
+            RouteDraw::FixedPlan { layers } => {
+                let layers: Vec<String> = layers.iter().map(usize::to_string).collect();
+                write!(f, "fixed:layers:{}", layers.join(","))
+            }
         }
     }
 }
@@ -118,12 +151,13 @@ impl fmt::Display for RouteDraw {
 impl FromStr for RouteDraw {
     type Err = KvRoutingError;
 
-    /// `layers` (the paper's), `every:K` (every:k plans, `k` in `2..=K`) or `plans:F` (random
-    /// plans caching at least the fraction `F` of the layers).
+    /// `layers` (the paper's), `every:K` (every:k plans, `k` in `2..=K`), `plans:F` (random
+    /// plans caching at least the fraction `F` of the layers) or `fixed:layers:0,3,5` (one plan).
     fn from_str(text: &str) -> Result<Self> {
         let bad = || {
             KvRoutingError::InvalidConfig(format!(
-                "route draw {text:?}: expected `layers`, `every:K` (K >= 2) or `plans:F` (0 < F < 1)"
+                "route draw {text:?}: expected `layers`, `every:K` (K >= 2), `plans:F` (0 < F < 1) \
+                 or `fixed:layers:0,3,5` (layer 0 and increasing layers)"
             ))
         };
         let draw = match text.split_once(':') {
@@ -133,6 +167,14 @@ impl FromStr for RouteDraw {
             },
             Some(("plans", f)) => RouteDraw::RandomPlans {
                 min_retention: f.parse().map_err(|_| bad())?,
+            },
+            Some(("fixed", plan)) => RouteDraw::FixedPlan {
+                layers: plan
+                    .strip_prefix("layers:")
+                    .ok_or_else(bad)?
+                    .split(',')
+                    .map(|l| l.trim().parse::<usize>().map_err(|_| bad()))
+                    .collect::<Result<_>>()?,
             },
             _ => return Err(bad()),
         };
@@ -147,7 +189,7 @@ mod tests {
 
     #[test]
     fn the_cli_syntax_round_trips_and_refuses_what_it_cannot_draw() {
-        for text in ["layers", "every:4", "plans:0.25"] {
+        for text in ["layers", "every:4", "plans:0.25", "fixed:layers:0,3,5"] {
             assert_eq!(text.parse::<RouteDraw>().unwrap().to_string(), text);
         }
         for text in [
@@ -159,8 +201,16 @@ mod tests {
             "plans:1",
             "plans:nan",
             "all",
+            "fixed:every:2",
+            "fixed:layers:",
+            "fixed:layers:1,3",
+            "fixed:layers:0,3,3",
+            "fixed:layers:0,x",
         ] {
             assert!(text.parse::<RouteDraw>().is_err(), "{text:?}");
         }
+        let fixed: RouteDraw = "fixed:layers:0,3,5".parse().unwrap();
+        assert!(fixed.validate_for(6).is_ok());
+        assert!(fixed.validate_for(5).is_err(), "layer 5 of a 5-layer model");
     }
 }

@@ -97,14 +97,14 @@ impl StochasticRouter {
 
     /// The same router drawing its sharing steps' routes from `draw`.
     pub fn with_draw(mut self, draw: RouteDraw) -> Result<Self> {
-        draw.validate()?;
+        draw.validate_for(self.n_layers)?;
         self.draw = draw;
         Ok(self)
     }
 
     /// Where the sharing steps' routes come from.
-    pub fn draw(&self) -> RouteDraw {
-        self.draw
+    pub fn draw(&self) -> &RouteDraw {
+        &self.draw
     }
 
     /// The sharing probability.

@@ -156,14 +156,17 @@ pub fn plan_draws_are_serving_plans_reproducibly<B: Backend>(_device: &B::Device
         RouteDraw::RandomPlans {
             min_retention: 0.25,
         },
+        RouteDraw::FixedPlan {
+            layers: vec![0, 1, 2, 5, 8],
+        },
     ] {
         let router = StochasticRouter::new(n_layers, 0.75, 5)
             .unwrap()
-            .with_draw(draw)
+            .with_draw(draw.clone())
             .unwrap();
         let mut resumed: StochasticRouter =
             serde_json::from_str(&serde_json::to_string(&router).unwrap()).unwrap();
-        assert_eq!(resumed.draw(), draw);
+        assert_eq!(resumed.draw(), &draw);
         resumed.set_step(100);
         let mut sharing = 0;
         let mut spacings = std::collections::BTreeSet::new();
@@ -190,11 +193,15 @@ pub fn plan_draws_are_serving_plans_reproducibly<B: Backend>(_device: &B::Device
             }
             if route != full {
                 sharing += 1;
-                match draw {
+                match &draw {
                     RouteDraw::EveryKth { .. } => {
                         let k = plan.cached_layers()[1];
                         assert_eq!(plan, CachePlan::every_kth(n_layers, k).unwrap(), "{draw}");
                         spacings.insert(k);
+                    }
+                    RouteDraw::FixedPlan { layers } => {
+                        assert_eq!(plan.cached_layers(), layers.as_slice(), "{draw}");
+                        spacings.insert(layers.len());
                     }
                     _ => {
                         assert!(
@@ -211,8 +218,9 @@ pub fn plan_draws_are_serving_plans_reproducibly<B: Backend>(_device: &B::Device
             (0.68..0.82).contains(&rate),
             "{draw}: share rate {rate} at p = 0.75"
         );
-        let expected: Vec<usize> = match draw {
+        let expected: Vec<usize> = match &draw {
             RouteDraw::EveryKth { .. } => vec![2, 3, 4],
+            RouteDraw::FixedPlan { layers } => vec![layers.len()],
             _ => (3..12).collect(),
         };
         assert_eq!(
@@ -225,11 +233,11 @@ pub fn plan_draws_are_serving_plans_reproducibly<B: Backend>(_device: &B::Device
     let every = RouteDraw::EveryKth { max_k: 4 };
     let a = StochasticRouter::new(n_layers, 0.75, 5)
         .unwrap()
-        .with_draw(every)
+        .with_draw(every.clone())
         .unwrap();
     let b = StochasticRouter::new(n_layers, 0.75, 6)
         .unwrap()
-        .with_draw(every)
+        .with_draw(every.clone())
         .unwrap();
     assert!((0..50).any(|s| a.route_for_step(s) != b.route_for_step(s)));
     let never = StochasticRouter::new(n_layers, 0.0, 5)
@@ -240,5 +248,10 @@ pub fn plan_draws_are_serving_plans_reproducibly<B: Backend>(_device: &B::Device
     assert!(StochasticRouter::new(4, 0.5, 0)
         .unwrap()
         .with_draw(RouteDraw::EveryKth { max_k: 1 })
+        .is_err());
+    // A fixed plan must fit the model.
+    assert!(StochasticRouter::new(4, 0.5, 0)
+        .unwrap()
+        .with_draw(RouteDraw::FixedPlan { layers: vec![0, 4] })
         .is_err());
 }
