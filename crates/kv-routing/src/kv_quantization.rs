@@ -133,6 +133,18 @@ pub fn quantize_rows<B: Backend>(
     block: usize,
     codes: DType,
 ) -> QuantizedRows<B> {
+    if let Some(quantized) = crate::kernels::quantize_rows(&rows, block, codes) {
+        return quantized;
+    }
+    quantize_rows_generic(rows, block, codes)
+}
+
+/// [`quantize_rows`] with Burn's ops on any backend (the definition the flex kernel reproduces).
+pub(crate) fn quantize_rows_generic<B: Backend>(
+    rows: Tensor<B, 4>,
+    block: usize,
+    codes: DType,
+) -> QuantizedRows<B> {
     let [batch, heads, len, head_dim] = rows.dims();
     assert!(
         block > 0 && head_dim.is_multiple_of(block),

@@ -291,6 +291,21 @@ pub(crate) fn cast_float<B: Backend, const D: usize>(
     tensor.cast(burn::tensor::FloatDType::from(dtype))
 }
 
+/// Rows quantized into the int8 KV format in one pass on flex
+/// ([`flex::quantize`]); `None` elsewhere (the caller uses Burn's ops).
+pub(crate) fn quantize_rows<B: Backend>(
+    rows: &Tensor<B, 4>,
+    block: usize,
+    codes: burn::tensor::DType,
+) -> Option<crate::kv_quantization::QuantizedRows<B>> {
+    #[cfg(feature = "flex")]
+    if let Some(quantized) = flex::quantize::quantize_rows(rows, block, codes) {
+        return Some(quantized);
+    }
+    let _ = (rows, block, codes);
+    None
+}
+
 /// [`write_slots`] for integer storage (the codes of an int8 cache): flex's own in-place write
 /// for `i8` codes, `slice_assign` otherwise.
 pub(crate) fn write_int_slots<B: Backend>(

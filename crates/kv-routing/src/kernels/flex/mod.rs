@@ -27,6 +27,7 @@ pub(crate) mod int8_attention;
 pub(crate) mod matvec;
 pub(crate) mod mutants;
 pub(crate) mod pool;
+pub(crate) mod quantize;
 pub(crate) mod rms_norm;
 pub(crate) mod rotary;
 pub(crate) mod slot_write;
