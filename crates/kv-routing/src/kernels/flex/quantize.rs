@@ -63,24 +63,25 @@ fn quantize<E: KernelElement>(rows: &FlexTensor, block: usize) -> Option<(FlexTe
     let mut scales = FlexTensor::empty(Shape::from(vec![batch, heads, len, blocks]), E::DTYPE);
     let code_out = codes.try_storage_mut::<i8>()?;
     let scale_out = E::storage_mut(&mut scales);
-    // One task per (sequence, head): its `len` rows.
-    let task = |(index, (codes, scales)): (usize, (&mut [i8], &mut [E]))| {
-        let source = Rows::new(&operand, index / heads, index % heads, 0, len, width);
-        let rows = codes
-            .chunks_exact_mut(width)
-            .zip(scales.chunks_exact_mut(blocks));
-        for (t, (codes, scales)) in rows.enumerate() {
-            quantize_row(source.row(t), block, codes, scales);
-        }
+    // Row `index` is `[b, h, t]` of the rows, in the order the outputs store them.
+    let quantize_one = |(index, (codes, scales)): (usize, (&mut [i8], &mut [E]))| {
+        let (b, h, t) = (index / (heads * len), index / len % heads, index % len);
+        let source = Rows::new(&operand, b, h, t, 1, width);
+        quantize_row(source.row(0), block, codes, scales);
     };
-    let tasks = code_out
-        .chunks_exact_mut(len * width)
-        .zip(scale_out.chunks_exact_mut(len * blocks))
-        .enumerate();
     if batch * heads * len * width < PARALLEL_VALUES {
-        tasks.for_each(task);
+        code_out
+            .chunks_exact_mut(width)
+            .zip(scale_out.chunks_exact_mut(blocks))
+            .enumerate()
+            .for_each(quantize_one);
     } else {
-        tasks.par_bridge().for_each(task);
+        code_out
+            .par_chunks_exact_mut(width)
+            .zip(scale_out.par_chunks_exact_mut(blocks))
+            .enumerate()
+            .with_min_len(16)
+            .for_each(quantize_one);
     }
     Some((codes, scales))
 }
