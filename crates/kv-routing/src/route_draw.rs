@@ -168,14 +168,14 @@ impl FromStr for RouteDraw {
             Some(("plans", f)) => RouteDraw::RandomPlans {
                 min_retention: f.parse().map_err(|_| bad())?,
             },
-            Some(("fixed", plan)) => RouteDraw::FixedPlan {
-                layers: plan
-                    .strip_prefix("layers:")
-                    .ok_or_else(bad)?
-                    .split(',')
-                    .map(|l| l.trim().parse::<usize>().map_err(|_| bad()))
-                    .collect::<Result<_>>()?,
-            },
+            Some(("fixed", plan)) if plan.starts_with("layers:") => {
+                // The plans' own parser; the layer count is the model's, unknown here (checked
+                // by `validate_for`), so any count holds the listed layers.
+                let plan = CachePlan::parse(plan, usize::MAX).map_err(|_| bad())?;
+                RouteDraw::FixedPlan {
+                    layers: plan.cached_layers().to_vec(),
+                }
+            }
             _ => return Err(bad()),
         };
         draw.validate()?;

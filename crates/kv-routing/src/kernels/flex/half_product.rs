@@ -10,14 +10,14 @@
 //!
 //! # Contract
 //! [`half_product`] computes `y = x W` for `x` `[rows, in]` and `W` `[in, out]` of one half type,
-//! with more rows than [`super::matvec`] streams ([`MAX_STREAMED_HALF_ROWS`]) and `W` the transposed view of a checkpoint's contiguous
-//! `[out, in]` matrix (how weights load; the tied head is one too). The weight is widened one
-//! block of outputs at a time (at most [`BLOCK_VALUES`] f32 values, so the f32 copy stays small
-//! even for a 49,152-word vocabulary), each block multiplied by flex's f32 matmul, and every
-//! output rounded once to the half type. It returns `None`, leaving the product to flex's
-//! matmul, for any other element type, layout or row count. The sums are f32 sums (gemm's f16
-//! path also accumulates in f32): results agree with an f64 product of the half values to one
-//! rounding of the half type.
+//! with more rows than [`super::matvec`] streams ([`MAX_STREAMED_HALF_ROWS`]) and `W` the
+//! transposed view of a checkpoint's contiguous `[out, in]` matrix (how weights load; the tied head
+//! is one too). The weight is widened one block of outputs at a time (at most [`BLOCK_VALUES`] f32
+//! values, so the f32 copy stays small even for a 49,152-word vocabulary), each block multiplied by
+//! flex's f32 matmul, and every output rounded once to the half type. It returns `None`, leaving
+//! the product to flex's matmul, for any other element type, layout or row count. The sums are f32
+//! sums (gemm's f16 path also accumulates in f32): results agree with an f64 product of the half
+//! values to one rounding of the half type.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor};

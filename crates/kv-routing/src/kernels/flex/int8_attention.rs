@@ -9,8 +9,9 @@
 //! weighted values, each weight scaled once per block. One task per (sequence, key/value head)
 //! holds every query row of its group (`groups x seq_len` rows); in a decode step of up to 3
 //! rows each widened key vector and each widened value vector serves them all (SmolLM2's 3
-//! query heads per key/value head: the codes are widened once, not three times). The scales of a task are widened to f32
-//! once (a half-precision scale converted at each use cost more than the codes' arithmetic).
+//! query heads per key/value head: the codes are widened once, not three times). The scales of
+//! a task are widened to f32 once (a half-precision scale converted at each use cost more than
+//! the codes' arithmetic).
 //! Measured in docs/benchmarks.md ("An int8 KV cache").
 //!
 //! # Contract
@@ -395,11 +396,22 @@ unsafe fn scores_avx2<E: KernelElement>(
             unsafe { _mm256_storeu_ps(out.as_mut_ptr(), lane_sums_of_eight(totals)) };
         }
     }
+    tail_scores(queries, keys, whole, scores);
+}
+
+/// The scores of the keys from `first` on (the tail that does not fill a vector group of the
+/// vector paths), each key widened on its own.
+fn tail_scores<E: KernelElement>(
+    queries: &[f32],
+    keys: &Int8Rows<E>,
+    first: usize,
+    scores: &mut [f32],
+) {
+    let (width, key_count) = (keys.codes.width, keys.count());
     let mut widened = vec![0.0f32; width];
-    for j in whole..key_count {
+    for j in first..key_count {
         keys.widen(j, 1, &mut widened);
-        for r in 0..rows {
-            let q = &queries[r * width..][..width];
+        for (r, q) in queries.chunks_exact(width).enumerate() {
             scores[r * key_count + j] = widened.iter().zip(q).map(|(k, q)| k * q).sum();
         }
     }
@@ -465,13 +477,7 @@ unsafe fn stacked_scores_avx2<E: KernelElement, const ROWS: usize>(
             scores[r * key_count + first..][..KEYS].copy_from_slice(&totals[r * KEYS..][..KEYS]);
         }
     }
-    let mut widened = vec![0.0f32; width];
-    for j in whole..key_count {
-        keys.widen(j, 1, &mut widened);
-        for (r, q) in query.iter().enumerate() {
-            scores[r * key_count + j] = widened.iter().zip(*q).map(|(k, q)| k * q).sum();
-        }
-    }
+    tail_scores(queries, keys, whole, scores);
 }
 
 /// `out_r = Σ_j weights[r, j] (codes_j x scales_j)` over each row's visible keys, the codes

@@ -269,8 +269,9 @@ fn scaled_rows_portable(
 /// itself (measured: batch-8 decode of SmolLM2 1.37x faster with it).
 const PREFETCH_ROWS: usize = 2;
 
-/// `x W` for 2 to [`max_streamed_rows`] rows of `x` and a checkpoint-layout weight: every weight row is
-/// read once, from memory, and multiplied with all input rows while it is in the core's cache.
+/// `x W` for 2 to [`max_streamed_rows`] rows of `x` and a checkpoint-layout weight: every weight
+/// row is read once, from memory, and multiplied with all input rows while it is in the core's
+/// cache.
 fn few_rows<E: KernelElement>(
     weights: &[E],
     row_stride: usize,

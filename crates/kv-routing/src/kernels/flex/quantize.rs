@@ -8,12 +8,12 @@
 //! scales written once, the rows spread over the pool.
 //!
 //! # Contract
-//! [`quantize_rows`] returns exactly what the generic path returns (the same codes and scales,
-//! bit for bit, for finite inputs): per block, the scale is `max |x| / 127` rounded to the
-//! rows' float type, and each code `round(x / scale)` (ties to even) with the quotient rounded to
-//! that type first (Burn's half-precision division rounds its result), clamped to `-127..=127`; a block
-//! of zeros has scale 0 and codes 0. `None` (the caller takes Burn's ops) for any other
-//! backend, element type, code type than `i8`, or a layout whose rows are not contiguous.
+//! [`quantize_rows`] returns exactly what the generic path returns (the same codes and scales, bit
+//! for bit, for finite inputs): per block, the scale is `max |x| / 127` rounded to the rows' float
+//! type, and each code `round(x / scale)` (ties to even) with the quotient rounded to that type
+//! first (Burn's half-precision division rounds its result), clamped to `-127..=127`; a block of
+//! zeros has scale 0 and codes 0. `None` (the caller takes Burn's ops) for any other backend,
+//! element type, code type than `i8`, or a layout whose rows are not contiguous.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor};
@@ -97,7 +97,7 @@ fn quantize_row<E: KernelElement>(values: &[E], block: usize, codes: &mut [i8], 
             .iter()
             .map(|v| v.to_f32().abs())
             .fold(0.0f32, f32::max);
-        *scale = E::from_f32(largest / INT8_MAX_CODE as f32);
+        *scale = E::from_f32(largest / MAX);
         let divisor = match scale.to_f32() {
             0.0 => 1.0,
             s => s,
