@@ -51,6 +51,16 @@ fn with_settings(changes: &[(&str, &str)]) -> Vec<String> {
     args
 }
 
+/// Tests that start nodes run one at a time: a port found free is released before node 0
+/// binds it, and two tests in parallel could be handed the same one (seen in the library's
+/// own node tests: one test's nodes joined the other's coordinator).
+fn one_group_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static GROUPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GROUPS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn free_address() -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
@@ -135,6 +145,7 @@ fn train(out: &Path, extra: &[&str]) {
 
 #[test]
 fn two_and_three_nodes_train_the_run_of_one_process_with_the_whole_batch() {
+    let _serial = one_group_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let one = root.path().join("one");
     train(&one, &RUN);
@@ -167,6 +178,7 @@ fn two_and_three_nodes_train_the_run_of_one_process_with_the_whole_batch() {
 
 #[test]
 fn a_node_of_another_run_is_refused_and_every_node_stops() {
+    let _serial = one_group_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let coordinator = free_address();
     let started = Instant::now();
@@ -199,6 +211,7 @@ fn a_node_of_another_run_is_refused_and_every_node_stops() {
 
 #[test]
 fn a_node_that_dies_or_never_joins_stops_the_others_in_bounded_time() {
+    let _serial = one_group_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let out = root.path().join("run");
     let coordinator = free_address();
@@ -317,6 +330,7 @@ fn a_node_that_dies_or_never_joins_stops_the_others_in_bounded_time() {
 
 #[test]
 fn a_run_stopped_on_two_nodes_resumes_on_one_and_on_two_exactly() {
+    let _serial = one_group_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let one = root.path().join("one");
     train(&one, &RUN);

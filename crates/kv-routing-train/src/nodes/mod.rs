@@ -491,6 +491,16 @@ mod tests {
 
     use super::*;
 
+    /// Tests that open a group run one at a time: a port found free is released before node 0
+    /// binds it, and two tests in parallel were handed the same one (one test's nodes then
+    /// joined the other's coordinator, and its own node 0 could not listen).
+    fn one_group_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+        static GROUPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        GROUPS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn configs(nodes: usize, timeout: Duration) -> Vec<NodeConfig> {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -532,6 +542,7 @@ mod tests {
 
     #[test]
     fn every_node_receives_the_same_sum_in_rank_order() {
+        let _serial = one_group_at_a_time();
         let sums = on_nodes(3, |rank, group| {
             let own: Vec<f32> = (0..40_000)
                 .map(|i| (i as f32).sin() * (rank + 1) as f32)
@@ -558,6 +569,7 @@ mod tests {
 
     #[test]
     fn a_node_out_of_step_stops_every_node_with_the_reason() {
+        let _serial = one_group_at_a_time();
         let results = on_nodes(3, |rank, group| {
             // Node 2 holds a gradient where the others hold none (another route).
             let values = if rank == 2 {
@@ -582,6 +594,7 @@ mod tests {
 
     #[test]
     fn a_departed_node_is_seen_at_once_and_a_missing_one_after_the_timeout() {
+        let _serial = one_group_at_a_time();
         let results = on_nodes(2, |rank, group| {
             if rank == 1 {
                 drop(group);
