@@ -149,6 +149,11 @@ pub struct TrainArgs {
     /// pass per sharing step), holding the full cache to the teacher on every step.
     #[arg(long, default_value_t = 0.0)]
     distill_full_weight: f64,
+    /// On sharing steps, also pull the student's hidden state after every block towards the
+    /// teacher's (full cache) with this weight: a direct signal to each layer that reads
+    /// another layer's keys/values.
+    #[arg(long, default_value_t = 0.0)]
+    distill_hidden_weight: f64,
 }
 
 /// Runs `kv-routing train`.
@@ -205,6 +210,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             temperature: args.distill_temperature,
             ce_weight: args.distill_ce_weight,
             full_plan_weight: args.distill_full_weight,
+            hidden_weight: args.distill_hidden_weight,
             ..Distillation::from_teacher(teacher)
         });
     }

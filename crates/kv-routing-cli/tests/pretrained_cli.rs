@@ -319,6 +319,10 @@ fn a_distilled_plan_drawn_retrofit_is_configured_by_flags() {
         &["--distill", "--distill-full-weight", "nan"],
         "full-plan weight of distillation must be finite and >= 0",
     );
+    fails(
+        &["--distill", "--distill-hidden-weight", "inf"],
+        "hidden-state weight of distillation must be finite and >= 0",
+    );
 
     let argv = args(&[
         "--route-draw",
@@ -328,6 +332,8 @@ fn a_distilled_plan_drawn_retrofit_is_configured_by_flags() {
         "0.5",
         "--distill-full-weight",
         "0.25",
+        "--distill-hidden-weight",
+        "3",
     ]);
     run(&argv.iter().map(String::as_str).collect::<Vec<_>>());
     let saved: serde_json::Value = serde_json::from_str(
@@ -341,6 +347,7 @@ fn a_distilled_plan_drawn_retrofit_is_configured_by_flags() {
     assert_eq!(saved["distill"]["temperature"], 2.0);
     assert_eq!(saved["distill"]["ce_weight"], 0.5);
     assert_eq!(saved["distill"]["full_plan_weight"], 0.25);
+    assert_eq!(saved["distill"]["hidden_weight"], 3.0);
     let teacher = std::path::absolute(&base).unwrap();
     assert_eq!(saved["distill"]["teacher"], teacher.to_str().unwrap());
     let note = std::fs::read_to_string(runs.join("RESUME.md")).unwrap();

@@ -15,13 +15,18 @@
 //! - With `ce_weight = w` the loss is `(1 - w) · KL-term + w · cross-entropy`.
 //! - With `full_plan_weight = a > 0`, a step whose route shares layers adds `a ·` the KL term of
 //!   the student's full-cache pass (the full plan's steps are unchanged).
+//! - With `hidden_weight = h > 0`, a step whose route shares layers also adds, at every
+//!   position, `h ·` [`hidden_state_distances`] between the student's hidden states under the
+//!   step's route and the teacher's under the full plan, over the states between blocks.
+//!   The final KL reaches a layer only through every layer above it; this term tells each
+//!   layer directly what its reading of another layer's keys/values did to its output.
 //! - The teacher runs under the full plan on the inner (non-autodiff) backend: its logits are
 //!   constants, its weights never receive a gradient, and the optimizer never sees them.
 
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 use kv_routing::KvRoutingError;
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +50,11 @@ pub struct Distillation {
     /// student pass on sharing steps.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub full_plan_weight: f64,
+    /// On a step whose route shares layers, also pull the student's hidden states between
+    /// blocks towards the teacher's with this weight ([`hidden_state_distances`]). `0` (the
+    /// default, and what configurations without the field read as): logits only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub hidden_weight: f64,
 }
 
 fn is_zero(weight: &f64) -> bool {
@@ -59,6 +69,7 @@ impl Distillation {
             temperature: 2.0,
             ce_weight: 0.0,
             full_plan_weight: 0.0,
+            hidden_weight: 0.0,
         }
     }
 
@@ -82,6 +93,12 @@ impl Distillation {
                 self.full_plan_weight
             )));
         }
+        if !(self.hidden_weight >= 0.0 && self.hidden_weight.is_finite()) {
+            return Err(TrainError::Config(format!(
+                "the hidden-state weight of distillation must be finite and >= 0, got {}",
+                self.hidden_weight
+            )));
+        }
         Ok(())
     }
 }
@@ -103,12 +120,73 @@ pub fn distillation_losses<B: Backend>(
     kv_routing::distillation_per_token(student, teacher, temperature)
 }
 
+/// How far the student's hidden states are from the teacher's, per position: over the listed
+/// states (one per layer boundary), the mean of `mean_d (s / rms(s) - t / rms(t))²`, with
+/// `rms(x) = sqrt(mean_d x² + 1e-6)` over the `d_model` features of the position.
+///
+/// Each state is scaled to unit RMS first because that is what the next block sees (its
+/// input goes through an RMS norm), and because the residual stream's scale grows with depth:
+/// unscaled, the deepest layers would own the term. A position's value lies in `[0, 4]`.
+/// Differentiable in `student`; `teacher` is taken as constant. Computed in f32 for
+/// half-precision states.
+///
+/// # Shapes
+/// - student, teacher: lists of equal length (at least one) of `[batch, seq_len, d_model]`
+/// - output: `[batch, seq_len]`
+pub fn hidden_state_distances<B: Backend>(
+    student: &[Tensor<B, 3>],
+    teacher: &[Tensor<B, 3>],
+) -> Result<Tensor<B, 2>> {
+    if student.is_empty() || student.len() != teacher.len() {
+        return Err(TrainError::Config(format!(
+            "hidden-state distillation needs as many teacher states as student states, and at least one (got {} and {})",
+            student.len(),
+            teacher.len()
+        )));
+    }
+    let [batch, seq_len, d_model] = student[0].dims();
+    let mut total: Option<Tensor<B, 3>> = None;
+    for (layer, (s, t)) in student.iter().zip(teacher).enumerate() {
+        if s.dims() != [batch, seq_len, d_model] || t.dims() != [batch, seq_len, d_model] {
+            return Err(TrainError::Model(KvRoutingError::InvalidLengths(format!(
+                "hidden state {layer}: student {:?} and teacher {:?}, expected {:?}",
+                s.dims(),
+                t.dims(),
+                [batch, seq_len, d_model]
+            ))));
+        }
+        let difference = unit_rms(in_f32(s.clone())) - unit_rms(in_f32(t.clone()).detach());
+        let squared = difference.powi_scalar(2).mean_dim(2);
+        total = Some(match total {
+            Some(sum) => sum + squared,
+            None => squared,
+        });
+    }
+    let total = total.expect("at least one state, checked above");
+    Ok(total
+        .div_scalar(student.len() as f64)
+        .reshape([batch, seq_len]))
+}
+
+/// `x / sqrt(mean_d x² + 1e-6)` along the last axis.
+fn unit_rms<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let rms = x.clone().powi_scalar(2).mean_dim(2).add_scalar(1e-6).sqrt();
+    x.div(rms)
+}
+
+fn in_f32<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    match x.dtype() {
+        DType::F16 | DType::BF16 => x.cast(DType::F32),
+        _ => x,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use burn::tensor::{Tensor, TensorData};
     use burn_ndarray::NdArray;
 
-    use super::{distillation_losses, Distillation};
+    use super::{distillation_losses, hidden_state_distances, Distillation};
 
     type B = NdArray<f64>;
 
@@ -174,5 +252,71 @@ mod tests {
         settings.ce_weight = 0.5;
         settings.temperature = 0.0;
         assert!(settings.validate().is_err());
+        settings.temperature = 2.0;
+        for weight in [-0.5, f64::NAN, f64::INFINITY] {
+            settings.hidden_weight = weight;
+            assert!(settings.validate().is_err(), "hidden weight {weight}");
+        }
+        let state = |d: usize| vec![Tensor::<B, 3>::zeros([1, 2, d], &device)];
+        assert!(hidden_state_distances(&state(3), &state(4)).is_err());
+        assert!(hidden_state_distances(&state(3), &[]).is_err());
+        assert!(hidden_state_distances::<B>(&[], &[]).is_err());
+    }
+
+    /// The hidden-state term against plain f64 loops over two layers of a [1, 2, 3] batch: one
+    /// position where the student is the teacher scaled (distance 0: only the direction and
+    /// relative size of the features count), one where it is not.
+    #[test]
+    fn hidden_state_distances_match_a_direct_computation() {
+        let device = Default::default();
+        let student = [
+            [[2.0, -4.0, 6.0], [1.0, 0.5, -2.0]],
+            [[0.3, 0.1, -0.2], [5.0, 5.0, 5.0]],
+        ];
+        let teacher = [
+            [[1.0, -2.0, 3.0], [0.0, 1.0, 1.0]],
+            [[-0.3, 0.4, 0.9], [1.0, 1.0, 1.0]],
+        ];
+        let unit = |x: &[f64; 3]| {
+            let rms = (x.iter().map(|v| v * v).sum::<f64>() / 3.0 + 1e-6).sqrt();
+            x.map(|v| v / rms)
+        };
+        let expected: Vec<f64> = (0..2)
+            .map(|position| {
+                (0..2)
+                    .map(|layer| {
+                        let (s, t) = (
+                            unit(&student[layer][position]),
+                            unit(&teacher[layer][position]),
+                        );
+                        (0..3).map(|i| (s[i] - t[i]).powi(2)).sum::<f64>() / 3.0
+                    })
+                    .sum::<f64>()
+                    / 2.0
+            })
+            .collect();
+        let states = |values: [[[f64; 3]; 2]; 2]| -> Vec<Tensor<B, 3>> {
+            values
+                .iter()
+                .map(|layer| {
+                    let flat: Vec<f64> = layer.iter().flatten().copied().collect();
+                    Tensor::from_data(TensorData::new(flat, [1, 2, 3]), &device)
+                })
+                .collect()
+        };
+        let got: Vec<f64> = hidden_state_distances(&states(student), &states(teacher))
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap();
+        assert_eq!(got.len(), 2);
+        for (g, e) in got.iter().zip(&expected) {
+            assert!((g - e).abs() < 1e-12, "{got:?} against {expected:?}");
+        }
+        // Layer 1 position 1 is the teacher times 5, layer 0 position 0 the teacher times 2:
+        // those contribute (almost) nothing, the others do.
+        assert!(expected.iter().all(|&e| e > 0.01), "{expected:?}");
+        let same = hidden_state_distances(&states(teacher), &states(teacher)).unwrap();
+        assert_eq!(same.max().into_scalar(), 0.0);
     }
 }

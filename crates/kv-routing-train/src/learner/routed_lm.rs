@@ -15,7 +15,9 @@
 //!   cross-entropy whatever the training loss, so that recipes compare.
 //! - With a teacher ([`RoutedLm::distilled_from`]) the training loss is the distillation loss
 //!   of [`crate::distillation`]: the teacher runs under the full plan on the inner backend, is
-//!   never visited by the optimizer (a skipped field) and never saved with the model.
+//!   never visited by the optimizer (a skipped field) and never saved with the model. With a
+//!   hidden-state weight, sharing steps run both passes recorded (their states between blocks
+//!   kept) instead of plain.
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -26,7 +28,7 @@ use kv_routing::{CachePlan, Route, RoutedTransformer, StochasticRouter};
 use super::output::StepOutput;
 use super::step_batch::StepBatch;
 use super::step_losses::StepLosses;
-use crate::distillation::{distillation_losses, Distillation};
+use crate::distillation::{distillation_losses, hidden_state_distances, Distillation};
 use crate::error::{Result, TrainError};
 use crate::loss::token_losses;
 
@@ -159,14 +161,37 @@ impl<B: AutodiffBackend> RoutedLm<B> {
         let (Some(teacher), Some(settings)) = (&self.teacher, &self.distillation) else {
             return self.batch_losses(batch, route);
         };
-        let logits = self.transformer.forward_tokens(&batch.inputs, route)?;
         // The inner backend: no graph is recorded for the teacher, and it runs the plain
         // backend's inference kernels.
         let teacher = teacher.valid();
         let full = CachePlan::full(teacher.n_layers())?.route();
-        let targets = Tensor::from_inner(teacher.forward_tokens(&batch.inputs, &full)?);
+        let (logits, targets, hidden) = if settings.hidden_weight > 0.0 && *route != full {
+            // Both passes keep their states between blocks (block 0's input, the embedding,
+            // is the same in both and left out).
+            let student = self.transformer.forward_recorded(&batch.inputs, route)?;
+            let teacher = teacher.forward_recorded(&batch.inputs, &full)?;
+            let teacher_states: Vec<Tensor<B, 3>> = teacher.block_inputs()[1..]
+                .iter()
+                .map(|state| Tensor::from_inner(state.clone()))
+                .collect();
+            let distances = hidden_state_distances(&student.block_inputs()[1..], &teacher_states)?;
+            (
+                student.logits(),
+                Tensor::from_inner(teacher.logits()),
+                Some(distances.mul_scalar(settings.hidden_weight)),
+            )
+        } else {
+            (
+                self.transformer.forward_tokens(&batch.inputs, route)?,
+                Tensor::from_inner(teacher.forward_tokens(&batch.inputs, &full)?),
+                None,
+            )
+        };
         let mut losses =
             distillation_losses(logits.clone(), targets.clone(), settings.temperature)?;
+        if let Some(hidden) = hidden {
+            losses = losses.add(hidden);
+        }
         if settings.ce_weight > 0.0 {
             losses = losses
                 .mul_scalar(1.0 - settings.ce_weight)

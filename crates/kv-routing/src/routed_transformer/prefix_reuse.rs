@@ -53,6 +53,13 @@ impl<B: Backend> RecordedForward<B> {
     pub fn logits(&self) -> Tensor<B, 3> {
         self.logits.clone()
     }
+
+    /// The input of every block, `n_layers` tensors of `[batch, seq_len, d_model]`: block 0's
+    /// is the embedding, block `l`'s the output of block `l - 1` (the hidden state between
+    /// the two).
+    pub fn block_inputs(&self) -> &[Tensor<B, 3>] {
+        &self.block_inputs
+    }
 }
 
 /// A [`SequenceKv`] that also keeps a copy of every source layer's keys/values.
