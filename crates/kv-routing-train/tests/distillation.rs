@@ -144,34 +144,11 @@ fn assert_gradient_matches_finite_differences(
     assert_eq!(without, unread, "parameter tensors without a gradient");
 }
 
-/// The distillation loss of a tiny f64 model against a teacher, summed: its autodiff gradient
-/// agrees with central finite differences in entries of every kind of parameter, under a
-/// route that shares.
+/// The distillation loss of a tiny f64 model against a teacher, summed, alone and with the
+/// hidden-state term added (weight 3): its autodiff gradient agrees with central finite
+/// differences in entries of every kind of parameter, under a route that shares.
 #[test]
 fn the_distillation_gradient_matches_finite_differences() {
-    let device = Default::default();
-    let student = tiny_model().init_seeded::<F64>(1, &device).unwrap();
-    let teacher = tiny_model()
-        .init_seeded::<NdArray<f64>>(2, &device)
-        .unwrap();
-    let inputs = tokens(2, 6, 1);
-    let route = Route::new(vec![0, 0, 1]).unwrap();
-    let teacher_logits = teacher
-        .forward_tokens(&inputs, &CachePlan::full(3).unwrap().route())
-        .unwrap();
-    let loss = |model: &RoutedTransformer<F64>| -> Tensor<F64, 1> {
-        let logits = model.forward_tokens(&inputs, &route).unwrap();
-        let targets = Tensor::from_inner(teacher_logits.clone());
-        distillation_losses(logits, targets, 2.0).unwrap().sum()
-    };
-    // Layer 2's key/value projections: no layer reads them under this route.
-    assert_gradient_matches_finite_differences(&student, loss, 2);
-}
-
-/// The same with the hidden-state term added (weight 3): its gradient reaches the states
-/// between blocks directly.
-#[test]
-fn the_hidden_state_term_gradient_matches_finite_differences() {
     let device = Default::default();
     let student = tiny_model().init_seeded::<F64>(1, &device).unwrap();
     let teacher = tiny_model()
@@ -182,20 +159,25 @@ fn the_hidden_state_term_gradient_matches_finite_differences() {
     let recorded = teacher
         .forward_recorded(&inputs, &CachePlan::full(3).unwrap().route())
         .unwrap();
-    let loss = |model: &RoutedTransformer<F64>| -> Tensor<F64, 1> {
-        let pass = model.forward_recorded(&inputs, &route).unwrap();
-        let teacher_states: Vec<Tensor<F64, 3>> = recorded.block_inputs()[1..]
-            .iter()
-            .map(|state| Tensor::from_inner(state.clone()))
-            .collect();
-        let hidden = hidden_state_distances(&pass.block_inputs()[1..], &teacher_states).unwrap();
-        let targets = Tensor::from_inner(recorded.logits());
-        distillation_losses(pass.logits(), targets, 2.0)
-            .unwrap()
-            .add(hidden.mul_scalar(3.0))
-            .sum()
-    };
-    assert_gradient_matches_finite_differences(&student, loss, 2);
+    for hidden_weight in [0.0, 3.0] {
+        let loss = |model: &RoutedTransformer<F64>| -> Tensor<F64, 1> {
+            let pass = model.forward_recorded(&inputs, &route).unwrap();
+            let targets = Tensor::from_inner(recorded.logits());
+            let kl = distillation_losses(pass.logits(), targets, 2.0).unwrap();
+            if hidden_weight == 0.0 {
+                return kl.sum();
+            }
+            let teacher_states: Vec<Tensor<F64, 3>> = recorded.block_inputs()[1..]
+                .iter()
+                .map(|state| Tensor::from_inner(state.clone()))
+                .collect();
+            let hidden =
+                hidden_state_distances(&pass.block_inputs()[1..], &teacher_states).unwrap();
+            kl.add(hidden.mul_scalar(hidden_weight)).sum()
+        };
+        // Layer 2's key/value projections: no layer reads them under this route.
+        assert_gradient_matches_finite_differences(&student, loss, 2);
+    }
 }
 
 /// The same check on the logits themselves, where everything is f64: agreement to 1e-9.
@@ -421,6 +403,29 @@ fn a_distilled_plan_drawn_run_resumes_bit_exactly() {
     );
 }
 
+/// The route that a router sharing with probability `p` (every:2 plan draws, seed 0) gives
+/// `batch`'s step, and the loss of that training step of `student` distilled from `teacher`
+/// with `settings`.
+fn distilled_step_loss(
+    student: &RoutedTransformer<Autodiff<NdArray<f64>>>,
+    teacher: &RoutedTransformer<Autodiff<NdArray<f64>>>,
+    batch: &StepBatch,
+    p: f64,
+    settings: Distillation,
+) -> (Route, f64) {
+    let router = kv_routing::StochasticRouter::new(3, p, 0)
+        .unwrap()
+        .with_draw(RouteDraw::EveryKth { max_k: 2 })
+        .unwrap();
+    let route = router.route_for_step(batch.step);
+    let lm = RoutedLm::new(student.clone(), router)
+        .unwrap()
+        .distilled_from(teacher.clone(), settings)
+        .unwrap();
+    let loss = TrainStep::step(&lm, batch.clone()).item.loss.into_scalar();
+    (route, loss)
+}
+
 /// With a full-plan weight `a`, a sharing step's loss is the distillation of its own route plus
 /// `a` times that of the student's full-cache pass (computed here from the two passes); a step
 /// that draws the full plan is unchanged.
@@ -441,21 +446,12 @@ fn the_full_plan_weight_adds_the_full_cache_distillation_on_sharing_steps() {
             .into_scalar()
     };
     for (p, weight) in [(1.0, 0.0), (1.0, 0.5), (0.0, 0.5)] {
-        let router = kv_routing::StochasticRouter::new(3, p, 0)
-            .unwrap()
-            .with_draw(RouteDraw::EveryKth { max_k: 2 })
-            .unwrap();
-        let route = router.route_for_step(batch.step);
-        assert_eq!(route == full, p == 0.0);
         let settings = Distillation {
             full_plan_weight: weight,
             ..Distillation::from_teacher("/unused".into())
         };
-        let lm = RoutedLm::new(student.clone(), router)
-            .unwrap()
-            .distilled_from(teacher.clone(), settings)
-            .unwrap();
-        let loss: f64 = TrainStep::step(&lm, batch.clone()).item.loss.into_scalar();
+        let (route, loss) = distilled_step_loss(&student, &teacher, &batch, p, settings);
+        assert_eq!(route == full, p == 0.0);
         let anchor = if route == full {
             0.0
         } else {
@@ -500,21 +496,12 @@ fn the_hidden_weight_adds_the_hidden_state_distances_on_sharing_steps() {
         (kl, hidden)
     };
     for (p, weight) in [(1.0, 0.0), (1.0, 2.5), (0.0, 2.5)] {
-        let router = kv_routing::StochasticRouter::new(3, p, 0)
-            .unwrap()
-            .with_draw(RouteDraw::EveryKth { max_k: 2 })
-            .unwrap();
-        let route = router.route_for_step(batch.step);
-        assert_eq!(route == full, p == 0.0);
         let settings = Distillation {
             hidden_weight: weight,
             ..Distillation::from_teacher("/unused".into())
         };
-        let lm = RoutedLm::new(student.clone(), router)
-            .unwrap()
-            .distilled_from(teacher.clone(), settings)
-            .unwrap();
-        let loss: f64 = TrainStep::step(&lm, batch.clone()).item.loss.into_scalar();
+        let (route, loss) = distilled_step_loss(&student, &teacher, &batch, p, settings);
+        assert_eq!(route == full, p == 0.0);
         let (kl, hidden) = terms(&route);
         let expected = if route == full {
             kl
