@@ -263,9 +263,9 @@ mod tests {
         assert!(hidden_state_distances::<B>(&[], &[]).is_err());
     }
 
-    /// The hidden-state term against plain f64 loops over two layers of a [1, 2, 3] batch: one
-    /// position where the student is the teacher scaled (distance 0: only the direction and
-    /// relative size of the features count), one where it is not.
+    /// The hidden-state term against plain f64 loops over two layers of a [1, 2, 3] batch. In
+    /// each layer, one position's student state is the teacher's scaled (distance 0 there: only
+    /// the direction and relative size of the features count) and the other's is not.
     #[test]
     fn hidden_state_distances_match_a_direct_computation() {
         let device = Default::default();
