@@ -403,12 +403,27 @@ fn a_distilled_plan_drawn_run_resumes_bit_exactly() {
     );
 }
 
+/// A tiny f64 model that records gradients.
+type Tiny = RoutedTransformer<Autodiff<NdArray<f64>>>;
+
+/// A tiny f64 student and teacher (seeds 4 and 5), a batch of 2 x 8 tokens at step 3, and the
+/// full plan's route.
+fn step_fixture() -> (Tiny, Tiny, StepBatch, Route) {
+    let device = Default::default();
+    (
+        tiny_model().init_seeded(4, &device).unwrap(),
+        tiny_model().init_seeded(5, &device).unwrap(),
+        step_batch(2, 8, 3),
+        CachePlan::full(3).unwrap().route(),
+    )
+}
+
 /// The route that a router sharing with probability `p` (every:2 plan draws, seed 0) gives
 /// `batch`'s step, and the loss of that training step of `student` distilled from `teacher`
 /// with `settings`.
 fn distilled_step_loss(
-    student: &RoutedTransformer<Autodiff<NdArray<f64>>>,
-    teacher: &RoutedTransformer<Autodiff<NdArray<f64>>>,
+    student: &Tiny,
+    teacher: &Tiny,
     batch: &StepBatch,
     p: f64,
     settings: Distillation,
@@ -431,12 +446,7 @@ fn distilled_step_loss(
 /// that draws the full plan is unchanged.
 #[test]
 fn the_full_plan_weight_adds_the_full_cache_distillation_on_sharing_steps() {
-    type B = Autodiff<NdArray<f64>>;
-    let device = Default::default();
-    let student = tiny_model().init_seeded::<B>(4, &device).unwrap();
-    let teacher = tiny_model().init_seeded::<B>(5, &device).unwrap();
-    let batch = step_batch(2, 8, 3);
-    let full = CachePlan::full(3).unwrap().route();
+    let (student, teacher, batch, full) = step_fixture();
     let mean_kl = |route: &Route| -> f64 {
         let student_logits = student.forward_tokens(&batch.inputs, route).unwrap();
         let teacher_logits = teacher.forward_tokens(&batch.inputs, &full).unwrap();
@@ -475,12 +485,7 @@ fn the_full_plan_weight_adds_the_full_cache_distillation_on_sharing_steps() {
 /// the two recorded passes); a step that draws the full plan is unchanged.
 #[test]
 fn the_hidden_weight_adds_the_hidden_state_distances_on_sharing_steps() {
-    type B = Autodiff<NdArray<f64>>;
-    let device = Default::default();
-    let student = tiny_model().init_seeded::<B>(4, &device).unwrap();
-    let teacher = tiny_model().init_seeded::<B>(5, &device).unwrap();
-    let batch = step_batch(2, 8, 3);
-    let full = CachePlan::full(3).unwrap().route();
+    let (student, teacher, batch, full) = step_fixture();
     let terms = |route: &Route| -> (f64, f64) {
         let pass = student.forward_recorded(&batch.inputs, route).unwrap();
         let reference = teacher.forward_recorded(&batch.inputs, &full).unwrap();
