@@ -164,7 +164,7 @@ fn attend<E: KernelElement>(
         return None;
     }
     let mut context =
-        FlexTensor::empty(Shape::from(vec![batch, heads, seq_len, head_dim]), E::DTYPE);
+        super::tensor::zeroed(Shape::from(vec![batch, heads, seq_len, head_dim]), E::DTYPE);
     let output = E::storage_mut(&mut context);
     output
         .par_chunks_mut(task_rows * head_dim)

@@ -88,7 +88,7 @@ fn widened<E: KernelElement, B: Backend>(
 
     let x32: Tensor<B, 2> = from_flex(widened_half(x)?)?;
     let block = (block_values / d_input).clamp(1, d_output);
-    let mut y = FlexTensor::empty(Shape::from(vec![rows, d_output]), E::DTYPE);
+    let mut y = super::tensor::zeroed(Shape::from(vec![rows, d_output]), E::DTYPE);
     let y_values = E::storage_mut(&mut y);
     for first in (0..d_output).step_by(block) {
         let outputs = block.min(d_output - first);
@@ -115,7 +115,7 @@ fn widened<E: KernelElement, B: Backend>(
 
 /// A contiguous f32 `Tensor<B, 2>` of `dims` (when `B` is flex), its values written by `fill`.
 fn f32_tensor<B: Backend>(dims: [usize; 2], fill: impl FnOnce(&mut [f32])) -> Option<Tensor<B, 2>> {
-    let mut tensor = FlexTensor::empty(Shape::from(dims.to_vec()), DType::F32);
+    let mut tensor = super::tensor::zeroed(Shape::from(dims.to_vec()), DType::F32);
     fill(tensor.storage_mut::<f32>());
     from_flex(tensor)
 }

@@ -216,7 +216,7 @@ fn attend<E: KernelElement>(
     let mutation = mutation();
 
     let mut context =
-        FlexTensor::empty(Shape::from(vec![batch, heads, seq_len, head_dim]), E::DTYPE);
+        super::tensor::zeroed(Shape::from(vec![batch, heads, seq_len, head_dim]), E::DTYPE);
     // A task's rows `g * seq_len + t` (head `kv_head * groups + g`, query `t`) are contiguous in
     // the `[batch, heads, seq_len, head_dim]` output.
     E::storage_mut(&mut context)

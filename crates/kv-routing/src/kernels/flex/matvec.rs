@@ -115,7 +115,7 @@ fn multiply_rows<E: KernelElement>(x: &FlexTensor, weight: &FlexTensor) -> Optio
         && input_stride >= d_output as isize
     {
         let weights = &weight.storage::<f32>()[start..];
-        let mut y = FlexTensor::empty(Shape::from(vec![1, d_output]), DType::F32);
+        let mut y = super::tensor::zeroed(Shape::from(vec![1, d_output]), DType::F32);
         let row_stride = input_stride as usize;
         split_outputs(y.storage_mut::<f32>(), d_input, |first, out| {
             scaled_rows(weights, row_stride, first, x_values, out)
@@ -148,7 +148,7 @@ fn one_row<E: KernelElement>(
     x: &[f32],
     d_output: usize,
 ) -> FlexTensor {
-    let mut y = FlexTensor::empty(Shape::from(vec![1, d_output]), E::DTYPE);
+    let mut y = super::tensor::zeroed(Shape::from(vec![1, d_output]), E::DTYPE);
     split_outputs(E::storage_mut(&mut y), x.len(), |first, out| {
         dot_rows(weights, row_stride, first, x, out)
     });
@@ -287,7 +287,7 @@ fn few_rows<E: KernelElement>(
         .par_chunks_mut(chunk * rows)
         .enumerate()
         .for_each(|(task, out)| dot_rows_few(weights, row_stride, task * chunk, x, rows, out));
-    let mut y = FlexTensor::empty(Shape::from(vec![rows, d_output]), E::DTYPE);
+    let mut y = super::tensor::zeroed(Shape::from(vec![rows, d_output]), E::DTYPE);
     let out = E::storage_mut(&mut y);
     for (o, values) in by_output.chunks_exact(rows).enumerate() {
         for (r, &value) in values.iter().enumerate() {

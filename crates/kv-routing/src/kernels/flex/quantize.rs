@@ -59,8 +59,8 @@ fn quantize<E: KernelElement>(rows: &FlexTensor, block: usize) -> Option<(FlexTe
         return None;
     }
     let blocks = width / block;
-    let mut codes = FlexTensor::empty(Shape::from(vec![batch, heads, len, width]), DType::I8);
-    let mut scales = FlexTensor::empty(Shape::from(vec![batch, heads, len, blocks]), E::DTYPE);
+    let mut codes = super::tensor::zeroed(Shape::from(vec![batch, heads, len, width]), DType::I8);
+    let mut scales = super::tensor::zeroed(Shape::from(vec![batch, heads, len, blocks]), E::DTYPE);
     let code_out = codes.try_storage_mut::<i8>()?;
     let scale_out = E::storage_mut(&mut scales);
     // Row `index` is `[b, h, t]` of the rows, in the order the outputs store them.

@@ -58,7 +58,7 @@ pub(super) fn normalize<E: KernelElement>(
     let values = &E::storage(x)[x_start..x_end];
     let mut widened_gamma = vec![0.0f32; width];
     E::widen(&E::storage(gamma)[g_start..g_end], &mut widened_gamma);
-    let mut out = FlexTensor::empty(x.layout().shape().clone(), E::DTYPE);
+    let mut out = super::tensor::zeroed(x.layout().shape().clone(), E::DTYPE);
     let rows_per_task = (VALUES_PER_TASK / width).max(1);
     E::storage_mut(&mut out)
         .par_chunks_mut(rows_per_task * width)

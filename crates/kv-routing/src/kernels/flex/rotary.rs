@@ -124,7 +124,7 @@ fn rotation(
         contiguous_values(cos),
         contiguous_values(sin),
     );
-    let mut out = FlexTensor::empty(shape, DType::F32);
+    let mut out = super::tensor::zeroed(shape, DType::F32);
     out.storage_mut::<f32>()
         .par_chunks_mut(ROWS_PER_TASK * head_dim)
         .zip(values.par_chunks(ROWS_PER_TASK * head_dim))

@@ -51,7 +51,7 @@ pub(super) fn gated<E: KernelElement>(gate: &FlexTensor, up: &FlexTensor) -> Opt
         &E::storage(gate)[g_start..g_end],
         &E::storage(up)[u_start..u_end],
     );
-    let mut out = FlexTensor::empty(gate.layout().shape().clone(), E::DTYPE);
+    let mut out = super::tensor::zeroed(gate.layout().shape().clone(), E::DTYPE);
     E::storage_mut(&mut out)
         .par_chunks_mut(VALUES_PER_TASK)
         .zip(g.par_chunks(VALUES_PER_TASK))

@@ -10,7 +10,7 @@
 use std::any::Any;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor, TensorPrimitive};
+use burn::tensor::{DType, Shape, Tensor, TensorPrimitive};
 use burn_flex::FlexTensor;
 
 use burn::tensor::ops::FloatTensor;
@@ -156,6 +156,22 @@ pub(crate) fn from_flex<B: Backend, const D: usize>(tensor: FlexTensor) -> Optio
     Some(Tensor::from_primitive(TensorPrimitive::Float(primitive)))
 }
 
+/// A contiguous tensor of zeros, for a kernel's output.
+///
+/// burn-flex 0.21's `FlexTensor::empty` zeroes a vector of bytes and then copies it into a
+/// buffer aligned for any element (`Bytes::from_bytes_vec`): two passes over fresh pages, 10% of
+/// a SmolLM2 training step's samples. A vector of the element's own width is aligned for it, and
+/// a zeroed one comes from the allocator's zeroed pages without a pass.
+pub(crate) fn zeroed(shape: Shape, dtype: DType) -> FlexTensor {
+    match dtype.size() {
+        1 => FlexTensor::filled_typed(shape, dtype, 0u8),
+        2 => FlexTensor::filled_typed(shape, dtype, 0u16),
+        4 => FlexTensor::filled_typed(shape, dtype, 0u32),
+        8 => FlexTensor::filled_typed(shape, dtype, 0u64),
+        _ => FlexTensor::empty(shape, dtype),
+    }
+}
+
 /// An incoming gradient as f32 values in one contiguous run: cast and copied only when it is
 /// not already (a backward pass's input is whatever the ops after it produced).
 pub(crate) fn contiguous_f32(tensor: FlexTensor) -> FlexTensor {
@@ -180,7 +196,7 @@ pub(crate) fn widened_half(tensor: &FlexTensor) -> Option<FlexTensor> {
         let tensor = contiguous(tensor);
         let (start, end) = tensor.layout().contiguous_offsets()?;
         let src = &E::storage(&tensor)[start..end];
-        let mut out = FlexTensor::empty(tensor.layout().shape().clone(), DType::F32);
+        let mut out = zeroed(tensor.layout().shape().clone(), DType::F32);
         convert_in_parallel(src, out.storage_mut::<f32>(), E::widen);
         Some(out)
     }
@@ -198,7 +214,7 @@ pub(crate) fn narrowed_half(tensor: &FlexTensor, dtype: DType) -> Option<FlexTen
         let tensor = contiguous(tensor);
         let (start, end) = tensor.layout().contiguous_offsets()?;
         let src = &tensor.storage::<f32>()[start..end];
-        let mut out = FlexTensor::empty(tensor.layout().shape().clone(), E::DTYPE);
+        let mut out = zeroed(tensor.layout().shape().clone(), E::DTYPE);
         convert_in_parallel(src, E::storage_mut(&mut out), E::narrow);
         Some(out)
     }

@@ -230,7 +230,7 @@ fn forward(
         ..
     } = dims;
     let groups = dims.groups();
-    let mut context = FlexTensor::empty(
+    let mut context = super::tensor::zeroed(
         Shape::from(vec![batch, heads, seq_len, head_dim]),
         DType::F32,
     );
@@ -341,7 +341,7 @@ fn backward(
     let d_o = Operand::<f32>::new(&grad_context).expect("contiguous f32 (made so above)");
     let log_sum_exp = &saved.log_sum_exp;
 
-    let mut grad_query = FlexTensor::empty(
+    let mut grad_query = super::tensor::zeroed(
         Shape::from(vec![batch, heads, seq_len, head_dim]),
         DType::F32,
     );
@@ -444,7 +444,7 @@ fn backward(
         if groups == 1 {
             return FlexTensor::from_data(burn::tensor::TensorData::new(parts, shape));
         }
-        let mut sum = FlexTensor::empty(shape, DType::F32);
+        let mut sum = super::tensor::zeroed(shape, DType::F32);
         sum.storage_mut::<f32>()
             .par_chunks_mut(head_keys)
             .enumerate()

@@ -118,7 +118,7 @@ fn backward(
     let values = contiguous_values;
     let (xs, gamma_values, dys) = (values(x), values(gamma), values(&grad));
     let width = gamma_values.len();
-    let mut grad_x = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
+    let mut grad_x = super::tensor::zeroed(x.layout().shape().clone(), DType::F32);
     let partial_sums: Vec<Vec<f32>> = grad_x
         .storage_mut::<f32>()
         .par_chunks_mut(ROWS_PER_TASK * width)

@@ -111,8 +111,8 @@ fn backward(gate: &FlexTensor, up: &FlexTensor, grad: FlexTensor) -> (FlexTensor
     let values = contiguous_values;
     let (g, u, d) = (values(gate), values(up), values(&grad));
     let shape = gate.layout().shape().clone();
-    let mut grad_gate = FlexTensor::empty(shape.clone(), DType::F32);
-    let mut grad_up = FlexTensor::empty(shape, DType::F32);
+    let mut grad_gate = super::tensor::zeroed(shape.clone(), DType::F32);
+    let mut grad_up = super::tensor::zeroed(shape, DType::F32);
     let sigmoid_derivative = current_mutation() != Some(Mutation::SigmoidDerivativeMissing);
     grad_gate
         .storage_mut::<f32>()
