@@ -19,6 +19,8 @@
 //! backend's own few-row kernel goes first where there is one ([`crate::kernels`]; on flex up
 //! to 8 rows, each weight streamed once on every core), then its half-precision product (on
 //! flex, more rows of f16 or bf16 multiplied in f32, 3x faster than flex's own f16 product).
+//! When training on flex, every product is the training kernel's (its own backward pass, results
+//! written into fresh buffers without flex's extra copy).
 
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
@@ -55,7 +57,9 @@ pub fn matmul_last_axis<B: Backend, const D: usize>(
     let mut dims = x.dims();
     let rows = dims[..D - 1].iter().product();
     let x = x.reshape([rows, d_input]);
-    let y = if let Some(y) = crate::kernels::few_row_product(&x, &weight) {
+    let y = if let Some(y) = crate::kernels::training_product(&x, &weight) {
+        y
+    } else if let Some(y) = crate::kernels::few_row_product(&x, &weight) {
         y
     } else if let Some(y) = crate::kernels::half_product(&x, &weight) {
         y

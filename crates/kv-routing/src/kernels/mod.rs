@@ -172,6 +172,25 @@ pub(crate) fn few_row_product<B: Backend>(
     None
 }
 
+/// `x W` with its own backward pass when training (on `Autodiff<Flex>`, f32), or `None` for
+/// the backend's matmul.
+///
+/// # Shapes
+/// - x: `[rows, in]`
+/// - weight: `[in, out]`
+/// - output: `[rows, out]`
+pub(crate) fn training_product<B: Backend>(
+    x: &Tensor<B, 2>,
+    weight: &Tensor<B, 2>,
+) -> Option<Tensor<B, 2>> {
+    #[cfg(feature = "flex")]
+    if flex::tensor::is_autodiff_flex::<B>() {
+        return flex::training_linear::linear(x, weight);
+    }
+    let _ = (x, weight);
+    None
+}
+
 /// `x W` for many rows of a half-precision product, in f32 arithmetic, or `None` for the
 /// backend's matmul (on flex, whose own half-precision product is about 3x slower than its f32
 /// one).

@@ -7,8 +7,9 @@
 //! - [`rms_norm`], [`swiglu`]: one-pass row kernels;
 //! - [`rotary`]: the rotary embedding in one pass, with its backward pass on `Autodiff<Flex>`;
 //! - [`slot_write`]: the KV cache's append, in place;
-//! - [`training_attention`], [`training_rms_norm`], [`training_swiglu`]: causal attention, RMS
-//!   norm and SwiGLU's gate with their own backward passes on `Autodiff<Flex>`;
+//! - [`training_attention`], [`training_linear`], [`training_rms_norm`], [`training_swiglu`]:
+//!   causal attention, the projections' product, RMS norm and SwiGLU's gate with their own
+//!   backward passes on `Autodiff<Flex>`;
 //! - [`vocab_loss`]: per-token cross-entropy and distillation over the vocabulary in one pass
 //!   per row, with their backward passes;
 //! - [`pool`]: running a forward pass on rayon's pool.
@@ -36,6 +37,7 @@ pub(crate) mod strided;
 pub(crate) mod swiglu;
 pub(crate) mod tensor;
 pub(crate) mod training_attention;
+pub(crate) mod training_linear;
 pub(crate) mod training_rms_norm;
 pub(crate) mod training_swiglu;
 pub(crate) mod vector;
