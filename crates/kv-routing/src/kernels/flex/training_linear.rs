@@ -5,9 +5,9 @@
 //! same gemm products as here. What differs is each result's buffer: flex 0.21 allocates it
 //! through `FlexTensor::empty`, which zeroes a byte vector and copies it into an aligned one
 //! (two passes over fresh pages: at SmolLM2's 4 x 512 tokens 7% of a training step's samples
-//! were those passes for the products alone). Here each result is written by gemm into zeroed
-//! pages straight from the allocator ([`super::tensor::zeroed`]), and the transposed operands
-//! of the backward pass are read through their strides.
+//! were those passes for the products alone). Here gemm writes each result into a fresh,
+//! unzeroed buffer, and the transposed operands of the backward pass are read through their
+//! strides.
 //!
 //! # Contract
 //! [`linear`] returns `None` (Burn's matmul then runs) for any backend but `Autodiff<Flex>`,
@@ -17,14 +17,14 @@
 //! both operands (shared handles) for the backward pass, as Burn's matmul does.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Shape, Tensor};
+use burn::tensor::{Bytes, DType, Shape, Tensor};
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
-use burn_flex::{Flex, FlexTensor};
+use burn_flex::{Flex, FlexTensor, Layout};
 
-use super::tensor::{contiguous_f32, diff_float, from_diff, zeroed};
+use super::tensor::{contiguous_f32, diff_float, from_diff};
 
 /// Below this many multiply-adds a product runs on the calling thread (burn-flex's own
 /// threshold for its matmul).
@@ -174,25 +174,28 @@ impl<'a> Matrix<'a> {
 
 /// `lhs rhs` over the first `inner` terms of the inner dimension (all of them but under a
 /// mutation), as a new contiguous `[lhs.rows, rhs.cols]` tensor.
+///
+/// The result's buffer is neither zeroed nor copied: gemm writes every element of it (it does
+/// not read the destination, and with an empty inner dimension it writes zeros).
 fn product(lhs: &Matrix, rhs: &Matrix, inner: usize) -> FlexTensor {
     debug_assert!(inner <= lhs.cols && lhs.cols == rhs.rows);
     let (m, n) = (lhs.rows, rhs.cols);
-    let mut out = zeroed(Shape::from(vec![m, n]), DType::F32);
     let parallelism = if m.saturating_mul(n).saturating_mul(inner) >= PARALLEL_MULTIPLY_ADDS {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
-    let dst = out.storage_mut::<f32>();
+    let mut values: Vec<f32> = Vec::with_capacity(m * n);
     // SAFETY: both operands' extents were checked against their storage (`Matrix::new`; a
-    // transposed view covers the same elements), `inner` does not exceed their shared
-    // dimension, and `dst` is a fresh, exclusive `m x n` buffer written with unit column stride.
+    // transposed view covers the same elements) and `inner` does not exceed their shared
+    // dimension; the destination is the vector's `m x n` spare capacity, written through its
+    // pointer with unit column stride, every element of it (see above) before `set_len`.
     unsafe {
         gemm::gemm(
             m,
             n,
             inner,
-            dst.as_mut_ptr(),
+            values.as_mut_ptr(),
             1,
             n as isize,
             false,
@@ -209,8 +212,10 @@ fn product(lhs: &Matrix, rhs: &Matrix, inner: usize) -> FlexTensor {
             false,
             parallelism,
         );
+        values.set_len(m * n);
     }
-    out
+    let layout = Layout::contiguous(Shape::from(vec![m, n]));
+    FlexTensor::new(Bytes::from_elems(values), layout, DType::F32)
 }
 
 #[cfg(test)]
