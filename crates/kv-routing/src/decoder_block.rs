@@ -9,6 +9,7 @@ use crate::attention::{BlockGroup, StochasticKvAttention};
 use crate::attention_mask::AttentionMask;
 use crate::error::Result;
 use crate::feed_forward::SwiGluFeedForward;
+use crate::kernels::residual_add;
 use crate::kv_store::KvStore;
 use crate::rms_norm::rms_norm;
 use crate::rope::RopeAngles;
@@ -42,8 +43,9 @@ impl<B: Backend> DecoderBlock<B> {
         store: &mut impl KvStore<B>,
     ) -> Result<Tensor<B, 3>> {
         let normed = rms_norm(&self.attention_norm, x.clone());
-        let x = x + self.attention.forward(layer, normed, rope, mask, store)?;
-        Ok(x.clone() + self.mlp.forward(rms_norm(&self.mlp_norm, x)))
+        let x = residual_add(x, self.attention.forward(layer, normed, rope, mask, store)?);
+        let mlp = self.mlp.forward(rms_norm(&self.mlp_norm, x.clone()));
+        Ok(residual_add(x, mlp))
     }
 
     /// [`DecoderBlock::forward`] for a batch whose consecutive row ranges are groups with
@@ -61,7 +63,8 @@ impl<B: Backend> DecoderBlock<B> {
         groups: &mut [BlockGroup<'_, B, S>],
     ) -> Result<Tensor<B, 3>> {
         let normed = rms_norm(&self.attention_norm, x.clone());
-        let x = x + self.attention.forward_grouped(layer, normed, groups)?;
-        Ok(x.clone() + self.mlp.forward(rms_norm(&self.mlp_norm, x)))
+        let x = residual_add(x, self.attention.forward_grouped(layer, normed, groups)?);
+        let mlp = self.mlp.forward(rms_norm(&self.mlp_norm, x.clone()));
+        Ok(residual_add(x, mlp))
     }
 }

@@ -211,6 +211,25 @@ pub(crate) fn half_product<B: Backend>(
     None
 }
 
+/// `x + y` for tensors of one shape: the residual stream's sums. On flex, half-precision
+/// operands are added by [`flex::half_add`] (flex's own half-precision add runs one element at
+/// a time), in place into `x` where its buffer is its own; Burn's add otherwise.
+pub(crate) fn residual_add<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    y: Tensor<B, D>,
+) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    let (x, y) = if flex::is_flex::<B>() {
+        match flex::half_add::half_add(x, y) {
+            Ok(sum) => return sum,
+            Err(operands) => operands,
+        }
+    } else {
+        (x, y)
+    };
+    x + y
+}
+
 /// SwiGLU's gate `silu(gate) * up`, or `None` for Burn's ops.
 pub(crate) fn swiglu<B: Backend, const D: usize>(
     gate: &Tensor<B, D>,

@@ -14,7 +14,8 @@
 //! transposed view of a checkpoint's contiguous `[out, in]` matrix (how weights load; the tied head
 //! is one too). The weight is widened one block of outputs at a time (at most [`BLOCK_VALUES`] f32
 //! values, so the f32 copy stays small even for a 49,152-word vocabulary), each block multiplied by
-//! flex's f32 matmul, and every output rounded once to the half type. It returns `None`, leaving
+//! gemm's f32 product into a fresh buffer ([`super::matrix`]), and every output rounded once to
+//! the half type. It returns `None`, leaving
 //! the product to flex's matmul, for any other element type, layout or row count. The sums are f32
 //! sums (gemm's f16 path also accumulates in f32): results agree with an f64 product of the half
 //! values to one rounding of the half type.
@@ -25,6 +26,7 @@ use burn_flex::FlexTensor;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::matrix::{product, Matrix};
 #[cfg(doc)]
 use super::matvec::MAX_STREAMED_HALF_ROWS;
 use super::matvec::{dims, max_streamed_rows};
@@ -86,38 +88,31 @@ fn widened<E: KernelElement, B: Backend>(
         return None;
     }
 
-    let x32: Tensor<B, 2> = from_flex(widened_half(x)?)?;
+    let x32 = widened_half(x)?;
+    let lhs = Matrix::new(&x32)?;
     let block = (block_values / d_input).clamp(1, d_output);
     let mut y = super::tensor::zeroed(Shape::from(vec![rows, d_output]), E::DTYPE);
     let y_values = E::storage_mut(&mut y);
+    let mut block_weight = super::tensor::zeroed(Shape::from(vec![block, d_input]), DType::F32);
     for first in (0..d_output).step_by(block) {
         let outputs = block.min(d_output - first);
         // `[outputs, in]` widened (rows of the checkpoint's matrix), used transposed.
-        let block_weight = f32_tensor::<B>([outputs, d_input], |out| {
-            out.par_chunks_mut(d_input)
-                .enumerate()
-                .for_each(|(o, row)| {
-                    let at = (first + o) * row_stride;
-                    E::widen(&weights[at..at + d_input], row);
-                })
-        })?;
-        let product = x32.clone().matmul(block_weight.transpose());
-        let product = flex_float(&product)?;
-        let (p_start, p_end) = product.layout().contiguous_offsets()?;
-        let product = &product.storage::<f32>()[p_start..p_end];
+        block_weight.storage_mut::<f32>()[..outputs * d_input]
+            .par_chunks_mut(d_input)
+            .enumerate()
+            .for_each(|(o, row)| {
+                let at = (first + o) * row_stride;
+                E::widen(&weights[at..at + d_input], row);
+            });
+        let rhs = Matrix::new(&block_weight)?.first_rows(outputs).transposed();
+        let product = product(&lhs, &rhs, d_input);
+        let product = product.storage::<f32>();
         y_values
             .par_chunks_mut(d_output)
             .zip(product.par_chunks(outputs))
             .for_each(|(y_row, p_row)| E::narrow(p_row, &mut y_row[first..first + outputs]));
     }
     from_flex(y)
-}
-
-/// A contiguous f32 `Tensor<B, 2>` of `dims` (when `B` is flex), its values written by `fill`.
-fn f32_tensor<B: Backend>(dims: [usize; 2], fill: impl FnOnce(&mut [f32])) -> Option<Tensor<B, 2>> {
-    let mut tensor = super::tensor::zeroed(Shape::from(dims.to_vec()), DType::F32);
-    fill(tensor.storage_mut::<f32>());
-    from_flex(tensor)
 }
 
 #[cfg(test)]

@@ -33,9 +33,9 @@ use rayon::prelude::*;
 use super::softmax::softmax_prefix_portable;
 use super::strided::{Operand, Rows};
 use super::tensor::{flex_float, flex_int8, from_flex};
-use super::vector::{has_avx2_fma_f16c, KernelElement};
+use super::vector::{has_avx2_fma_f16c, has_avx512_registers, KernelElement};
 #[cfg(target_arch = "x86_64")]
-use super::vector::{lane_sums_of_eight, prefetch};
+use super::vector::{lane_sums_of_eight, prefetch, widen_avx2};
 use crate::kv_quantization::QuantizedRows;
 
 /// Query rows one task holds at most (a decode step of a group: `groups` rows; a chunk:
@@ -113,16 +113,23 @@ impl<E: KernelElement> Int8Rows<'_, E> {
     }
 
     /// Every row's scales widened to f32, `[count, blocks]` (once per task: a half-precision
-    /// scale converted at each use cost more than the codes' arithmetic).
-    fn scales_f32(&self, dst: &mut Vec<f32>) {
+    /// scale converted at each use cost more than the codes' arithmetic), in vector registers.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; called only from functions compiled for them (inlined).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn scales_f32(&self, dst: &mut Vec<f32>) {
         let blocks = self.scales.width;
         dst.clear();
         dst.resize(self.count() * blocks, 0.0);
         match self.scales.as_contiguous() {
-            Some(all) => E::widen(all, dst),
+            // SAFETY: the caller's contract.
+            Some(all) => unsafe { widen_avx2(all, dst) },
             None => {
                 for (j, dst) in dst.chunks_exact_mut(blocks).enumerate() {
-                    E::widen(self.scales.row(j), dst);
+                    // SAFETY: the caller's contract.
+                    unsafe { widen_avx2(self.scales.row(j), dst) };
                 }
             }
         }
@@ -213,6 +220,7 @@ fn attend<E: KernelElement>(
     let block = head_dim / blocks;
     let history = kv_len - seq_len;
     let vector = has_avx2_fma_f16c() && block.is_multiple_of(8);
+    let wide = vector && has_avx512_registers();
     let mutation = mutation();
 
     let mut context =
@@ -256,26 +264,29 @@ fn attend<E: KernelElement>(
             sums.resize(rows * head_dim, 0.0);
             #[cfg(target_arch = "x86_64")]
             if vector && mutation.is_none() {
-                // SAFETY: `vector` is set only where the CPU has the features and the blocks
-                // are whole vectors (above); the buffers have the sizes the functions require.
+                let (task, buffers) = (
+                    Task {
+                        queries,
+                        keys: &keys,
+                        values: &values,
+                        seq_len,
+                        visible: &visible,
+                        valid,
+                    },
+                    TaskBuffers {
+                        scales: scales_f32,
+                        scores,
+                        sums,
+                    },
+                );
+                // SAFETY: `vector` is set only where the CPU has the features (and `wide`
+                // where it also has AVX-512F/VL) and the blocks are whole vectors (above); the
+                // buffers have the sizes the functions require.
                 unsafe {
-                    keys.scales_f32(scales_f32);
-                    match rows {
-                        2 => stacked_scores_avx2::<E, 2>(queries, &keys, scales_f32, scores),
-                        3 => stacked_scores_avx2::<E, 3>(queries, &keys, scales_f32, scores),
-                        _ => scores_avx2(queries, &keys, scales_f32, scores),
-                    }
-                    for (r, row) in scores.chunks_exact_mut(kv_len).enumerate() {
-                        softmax_prefix_portable(row, visible(r), valid);
-                    }
-                    values.scales_f32(scales_f32);
-                    // A decode step's rows all see every key: up to 3 of them share each
-                    // widened code vector (their sums fit the 16 vector registers).
-                    match (seq_len, rows) {
-                        (1, 1) => stacked_values_avx2::<E, 1>(&values, scales_f32, scores, sums),
-                        (1, 2) => stacked_values_avx2::<E, 2>(&values, scales_f32, scores, sums),
-                        (1, 3) => stacked_values_avx2::<E, 3>(&values, scales_f32, scores, sums),
-                        _ => weighted_values_avx2(&values, scales_f32, &visible, scores, sums),
+                    if wide {
+                        vector_task_wide(task, buffers)
+                    } else {
+                        vector_task_avx2(task, buffers)
                     }
                 }
                 return E::narrow(sums, out);
@@ -309,6 +320,102 @@ fn attend<E: KernelElement>(
             E::narrow(sums, out);
         });
     Some(context)
+}
+
+/// One task's operands for the vector path.
+struct Task<'a, E> {
+    /// `[rows, width]` queries in f32.
+    queries: &'a [f32],
+    keys: &'a Int8Rows<'a, E>,
+    values: &'a Int8Rows<'a, E>,
+    seq_len: usize,
+    /// How many key slots query row `r` sees.
+    visible: &'a dyn Fn(usize) -> usize,
+    valid: Option<&'a [bool]>,
+}
+
+/// One task's buffers for the vector path (sized by the caller: `scores` `[rows, kv_len]`,
+/// `sums` `[rows, width]`, zeroed).
+struct TaskBuffers<'a> {
+    scales: &'a mut Vec<f32>,
+    scores: &'a mut [f32],
+    sums: &'a mut [f32],
+}
+
+/// The vector path of one task: scores, softmax and weighted values, inlined with the kernels
+/// below into [`vector_task_avx2`] and [`vector_task_wide`], so that all of it is compiled for
+/// their features (the softmax inlined into the task closure was portable code, and cost a
+/// fifth of the attention's time in a decode step at context 4096).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C; the block is a multiple of 8. Called only from functions
+/// compiled for those features (as are the kernels it inlines).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn vector_task<E: KernelElement>(task: Task<E>, buffers: TaskBuffers) {
+    let Task {
+        queries,
+        keys,
+        values,
+        seq_len,
+        visible,
+        valid,
+    } = task;
+    let TaskBuffers {
+        scales,
+        scores,
+        sums,
+    } = buffers;
+    let rows = queries.len() / keys.codes.width;
+    let kv_len = keys.count();
+    // SAFETY: the caller's contract; the buffers' sizes are the functions'.
+    unsafe {
+        keys.scales_f32(scales);
+        match rows {
+            2 => stacked_scores_avx2::<E, 2>(queries, keys, scales, scores),
+            3 => stacked_scores_avx2::<E, 3>(queries, keys, scales, scores),
+            _ => scores_avx2(queries, keys, scales, scores),
+        }
+    }
+    for (r, row) in scores.chunks_exact_mut(kv_len).enumerate() {
+        softmax_prefix_portable(row, visible(r), valid);
+    }
+    // SAFETY: as above.
+    unsafe {
+        values.scales_f32(scales);
+        // A decode step's rows all see every key: up to 3 of them share each widened code
+        // vector (their sums fit the 16 vector registers).
+        match (seq_len, rows) {
+            (1, 1) => stacked_values_avx2::<E, 1>(values, scales, scores, sums),
+            (1, 2) => stacked_values_avx2::<E, 2>(values, scales, scores, sums),
+            (1, 3) => stacked_values_avx2::<E, 3>(values, scales, scores, sums),
+            _ => weighted_values_avx2(values, scales, visible, scores, sums),
+        }
+    }
+}
+
+/// [`vector_task`] compiled for AVX2, FMA and F16C.
+///
+/// # Safety
+/// As [`vector_task`]'s.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn vector_task_avx2<E: KernelElement>(task: Task<E>, buffers: TaskBuffers) {
+    // SAFETY: the caller's contract.
+    unsafe { vector_task(task, buffers) }
+}
+
+/// [`vector_task`] compiled with AVX-512F/VL as well: the same 256-bit instructions with 32
+/// vector registers instead of 16 (with 16, the scores pass kept some of its accumulators and
+/// its broadcast scales on the stack).
+///
+/// # Safety
+/// As [`vector_task`]'s, and the CPU has AVX-512F and AVX-512VL.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+unsafe fn vector_task_wide<E: KernelElement>(task: Task<E>, buffers: TaskBuffers) {
+    // SAFETY: the caller's contract, a superset of `vector_task`'s.
+    unsafe { vector_task(task, buffers) }
 }
 
 /// `scores[r * kv_len + first + j] = q_r · widened_j` for the `widened.len() / width` rows of a
@@ -352,7 +459,7 @@ unsafe fn load8_codes(codes: *const i8) -> std::arch::x86_64::__m256 {
 /// The CPU has AVX2, FMA and F16C; the block is a multiple of 8; `scores` holds `rows *
 /// kv_len` values and `queries` `rows * width`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(always)]
 unsafe fn scores_avx2<E: KernelElement>(
     queries: &[f32],
     keys: &Int8Rows<E>,
@@ -425,7 +532,7 @@ fn tail_scores<E: KernelElement>(
 /// # Safety
 /// As [`scores_avx2`]'s, and `queries` holds `ROWS * width` values.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(always)]
 unsafe fn stacked_scores_avx2<E: KernelElement, const ROWS: usize>(
     queries: &[f32],
     keys: &Int8Rows<E>,
@@ -489,7 +596,7 @@ unsafe fn stacked_scores_avx2<E: KernelElement, const ROWS: usize>(
 /// The CPU has AVX2, FMA and F16C; the block is a multiple of 8; `out` holds `rows * width`
 /// values and `weights` `rows * kv_len`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(always)]
 unsafe fn weighted_values_avx2<E: KernelElement>(
     values: &Int8Rows<E>,
     value_scales: &[f32],
@@ -552,7 +659,7 @@ unsafe fn weighted_values_avx2<E: KernelElement>(
 /// As [`weighted_values_avx2`]'s, and `out` holds `ROWS * width` values, `weights` `ROWS *
 /// kv_len`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[inline(always)]
 unsafe fn stacked_values_avx2<E: KernelElement, const ROWS: usize>(
     values: &Int8Rows<E>,
     value_scales: &[f32],

@@ -4,7 +4,8 @@
 //!   with [`few_row_attention`] for the few query rows of a decode step;
 //! - [`matvec`]: products of one to a few rows that stream each weight once on every core;
 //!   [`half_product`]: products of more half-precision rows through the f32 matrix product;
-//! - [`rms_norm`], [`swiglu`]: one-pass row kernels;
+//! - [`rms_norm`], [`swiglu`]: one-pass row kernels; [`half_add`]: the residual stream's sums
+//!   in half precision;
 //! - [`rotary`]: the rotary embedding in one pass, with its backward pass on `Autodiff<Flex>`;
 //! - [`slot_write`]: the KV cache's append, in place;
 //! - [`training_attention`], [`training_linear`], [`training_rms_norm`], [`training_swiglu`]:
@@ -18,13 +19,15 @@
 //! catch (tests and the `kernel-mutants` feature only).
 //!
 //! The shared pieces: [`tensor`] (the flex tensor behind a `Tensor<B, D>`), [`strided`] (bounds-
-//! checked strided operands), [`softmax`], [`vector`] (vector arithmetic, element types, the CPU
-//! feature check).
+//! checked strided operands), [`matrix`] (strided f32 matrices and their product by gemm),
+//! [`softmax`], [`vector`] (vector arithmetic, element types, the CPU feature check).
 
 pub(crate) mod attention;
 pub(crate) mod few_row_attention;
+pub(crate) mod half_add;
 pub(crate) mod half_product;
 pub(crate) mod int8_attention;
+pub(crate) mod matrix;
 pub(crate) mod matvec;
 pub(crate) mod mutants;
 pub(crate) mod pool;

@@ -193,6 +193,11 @@ pub(crate) fn contiguous_f32(tensor: FlexTensor) -> FlexTensor {
 /// copy, element by element); `None` for other element types.
 pub(crate) fn widened_half(tensor: &FlexTensor) -> Option<FlexTensor> {
     fn widen<E: super::vector::KernelElement>(tensor: &FlexTensor) -> Option<FlexTensor> {
+        if tensor.layout().contiguous_offsets().is_none() {
+            if let Some(widened) = widened_rows::<E>(tensor) {
+                return Some(widened);
+            }
+        }
         let tensor = contiguous(tensor);
         let (start, end) = tensor.layout().contiguous_offsets()?;
         let src = &E::storage(&tensor)[start..end];
@@ -205,6 +210,32 @@ pub(crate) fn widened_half(tensor: &FlexTensor) -> Option<FlexTensor> {
         DType::BF16 => widen::<half::bf16>(tensor),
         _ => None,
     }
+}
+
+/// A 4-D half-precision tensor whose rows (last axis) are contiguous but not one after the
+/// other (the heads view `[batch, heads, seq, head_dim]` of a `[batch, seq, heads * head_dim]`
+/// projection) widened row by row into a contiguous f32 tensor: one pass, where a contiguous
+/// half copy first (flex's element-by-element strided iterator) and then the widening took two.
+/// `None` for other ranks and layouts.
+fn widened_rows<E: super::vector::KernelElement>(tensor: &FlexTensor) -> Option<FlexTensor> {
+    use super::strided::{Operand, Rows};
+    use rayon::prelude::*;
+    let operand = Operand::<E>::new(tensor)?;
+    let [_, heads, rows, width] = operand.shape;
+    if operand.strides[3] != 1 {
+        return None;
+    }
+    let mut out = zeroed(tensor.layout().shape().clone(), DType::F32);
+    out.storage_mut::<f32>()
+        .par_chunks_mut(rows * width)
+        .enumerate()
+        .for_each(|(task, dst)| {
+            let src = Rows::new(&operand, task / heads, task % heads, 0, rows, width);
+            for (j, dst) in dst.chunks_exact_mut(width).enumerate() {
+                E::widen(src.row(j), dst);
+            }
+        });
+    Some(out)
 }
 
 /// An f32 tensor rounded to the half-precision `dtype` (f16 or bf16), contiguous; `None` for
@@ -335,6 +366,33 @@ mod tests {
         // Autodiff<Flex> is another backend.
         type Diff = burn_autodiff::Autodiff<Flex>;
         assert!(flex_float(&Tensor::<Diff, 2>::ones([2, 2], &device)).is_none());
+    }
+
+    #[test]
+    fn a_heads_view_is_widened_to_the_values_of_flex_cast() {
+        let device = Default::default();
+        for dtype in [DType::F16, DType::BF16] {
+            // `[batch, seq, heads * head_dim]` seen as `[batch, heads, seq, head_dim]`.
+            let projection = Tensor::<Flex, 3>::random(
+                [2, 5, 3 * 8],
+                burn::tensor::Distribution::Normal(0.0, 1.0),
+                &device,
+            )
+            .cast(dtype);
+            let heads = projection.reshape([2, 5, 3, 8]).swap_dims(1, 2);
+            let flex = flex_float(&heads).unwrap();
+            assert!(
+                flex.layout().contiguous_offsets().is_none(),
+                "a strided view"
+            );
+            let widened: Tensor<Flex, 4> = from_flex(widened_half(&flex).unwrap()).unwrap();
+            assert_eq!(widened.dims(), [2, 3, 5, 8]);
+            assert_eq!(
+                widened.into_data().to_vec::<f32>().unwrap(),
+                heads.cast(DType::F32).into_data().to_vec::<f32>().unwrap(),
+                "{dtype:?}"
+            );
+        }
     }
 
     #[test]

@@ -17,18 +17,15 @@
 //! both operands (shared handles) for the backward pass, as Burn's matmul does.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bytes, DType, Shape, Tensor};
+use burn::tensor::Tensor;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::NoCheckpointing;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
-use burn_flex::{Flex, FlexTensor, Layout};
+use burn_flex::{Flex, FlexTensor};
 
+use super::matrix::{product, Matrix};
 use super::tensor::{contiguous_f32, diff_float, from_diff};
-
-/// Below this many multiply-adds a product runs on the calling thread (burn-flex's own
-/// threshold for its matmul).
-const PARALLEL_MULTIPLY_ADDS: usize = 192 * 192 * 192;
 
 /// Deliberate errors of the backward pass, switched on only by the tests and `kernel-mutants`
 /// builds ([`super::mutants`]).
@@ -118,110 +115,11 @@ impl Backward<Flex, 2> for LinearBackward {
     }
 }
 
-/// A strided f32 matrix whose whole extent lies inside its storage (checked once, as
-/// [`super::strided::Operand`] does for the attention's operands).
-struct Matrix<'a> {
-    data: &'a [f32],
-    start: usize,
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-impl<'a> Matrix<'a> {
-    /// The matrix behind a 2-D f32 tensor with non-negative strides, no empty dimension and
-    /// its last element inside its storage; `None` otherwise.
-    fn new(tensor: &'a FlexTensor) -> Option<Self> {
-        let layout = tensor.layout();
-        let (shape, strides) = (layout.shape(), layout.strides());
-        if tensor.dtype() != DType::F32 || shape.num_dims() != 2 || strides.len() != 2 {
-            return None;
-        }
-        let (rows, cols) = (shape[0], shape[1]);
-        let row_stride = usize::try_from(strides[0]).ok()?;
-        let col_stride = usize::try_from(strides[1]).ok()?;
-        if rows == 0 || cols == 0 {
-            return None;
-        }
-        let data = tensor.storage::<f32>();
-        let start = layout.start_offset();
-        let last = start
-            .checked_add((rows - 1).checked_mul(row_stride)?)?
-            .checked_add((cols - 1).checked_mul(col_stride)?)?;
-        (last < data.len()).then_some(Self {
-            data,
-            start,
-            rows,
-            cols,
-            row_stride,
-            col_stride,
-        })
-    }
-
-    /// The same values read as the transposed matrix (no copy).
-    fn transposed(&self) -> Self {
-        Self {
-            data: self.data,
-            start: self.start,
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-        }
-    }
-}
-
-/// `lhs rhs` over the first `inner` terms of the inner dimension (all of them but under a
-/// mutation), as a new contiguous `[lhs.rows, rhs.cols]` tensor.
-///
-/// The result's buffer is neither zeroed nor copied: gemm writes every element of it (it does
-/// not read the destination, and with an empty inner dimension it writes zeros).
-fn product(lhs: &Matrix, rhs: &Matrix, inner: usize) -> FlexTensor {
-    debug_assert!(inner <= lhs.cols && lhs.cols == rhs.rows);
-    let (m, n) = (lhs.rows, rhs.cols);
-    let parallelism = if m.saturating_mul(n).saturating_mul(inner) >= PARALLEL_MULTIPLY_ADDS {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    let mut values: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: both operands' extents were checked against their storage (`Matrix::new`; a
-    // transposed view covers the same elements) and `inner` does not exceed their shared
-    // dimension; the destination is the vector's `m x n` spare capacity, written through its
-    // pointer with unit column stride, every element of it (see above) before `set_len`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            inner,
-            values.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.data.as_ptr().add(lhs.start),
-            lhs.col_stride as isize,
-            lhs.row_stride as isize,
-            rhs.data.as_ptr().add(rhs.start),
-            rhs.col_stride as isize,
-            rhs.row_stride as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-        values.set_len(m * n);
-    }
-    let layout = Layout::contiguous(Shape::from(vec![m, n]));
-    FlexTensor::new(Bytes::from_elems(values), layout, DType::F32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::kernels::flex::tensor::{all_close, Diff};
+    use burn::tensor::DType;
     use burn::tensor::Distribution;
 
     /// `[output, dx, dW]` of `Σ (x W) ⊙ r` by the kernel (f32) and by Burn's ops in f64, for a

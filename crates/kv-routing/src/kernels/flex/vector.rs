@@ -36,6 +36,28 @@ pub(crate) fn has_avx2_fma_f16c() -> bool {
     })
 }
 
+/// Whether the CPU also has AVX-512F and AVX-512VL, for which some hot loops are compiled a
+/// second time: the same 256-bit instructions, with 32 vector registers instead of 16 (fewer
+/// values kept on the stack). `KV_ROUTING_KERNELS=avx2` switches it off (as the tests do, to
+/// check the 16-register code on such a CPU), `=portable` with the rest.
+#[inline]
+pub(crate) fn has_avx512_registers() -> bool {
+    static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        let forced_avx2 = std::env::var(PORTABLE_KERNELS_VARIABLE).is_ok_and(|v| v == "avx2");
+        #[cfg(target_arch = "x86_64")]
+        return has_avx2_fma_f16c()
+            && !forced_avx2
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl");
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = forced_avx2;
+            false
+        }
+    })
+}
+
 /// An element type a flex tensor stores and the kernels read in place: the float types of
 /// [`KernelElement`], and the int8 codes of a quantized KV cache.
 pub(crate) trait StoredElement: Copy + Send + Sync + 'static {
@@ -261,6 +283,31 @@ pub(crate) fn dot<E: KernelElement>(a: &[E], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
+/// `dst = src` widened to f32, eight values at a time in registers: [`KernelElement::widen`]
+/// inlined into vector code (`half`'s slice conversion calls a function per eight values).
+///
+/// # Safety
+/// The CPU has AVX2, FMA and F16C.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn widen_avx2<E: KernelElement>(src: &[E], dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    assert_eq!(
+        src.len(),
+        dst.len(),
+        "widening into a slice of another length"
+    );
+    let whole = src.len() - src.len() % 8;
+    for c in (0..whole).step_by(8) {
+        // SAFETY: `c + 8 <= whole <= len` for both slices.
+        unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(c), E::load8(src.as_ptr().add(c))) };
+    }
+    for (d, s) in dst[whole..].iter_mut().zip(&src[whole..]) {
+        *d = s.to_f32();
+    }
+}
+
 /// `w · x` for weights of any [`KernelElement`] type and f32 `x` of the same length, widened in
 /// registers: four independent sums of eight lanes.
 ///
@@ -388,6 +435,38 @@ mod tests {
             stdout.contains("the_variable_selects_the_portable_path ... ok"),
             "{stdout}"
         );
+    }
+
+    /// On a CPU with AVX-512F/VL, runs every kernel test of this binary again in a child
+    /// process with the 32-register variants switched off, so that the 16-register code (what
+    /// an AVX2 CPU without AVX-512 runs) is executed and checked too.
+    #[test]
+    fn kernels_pass_on_the_avx2_path() {
+        if std::env::var(PORTABLE_KERNELS_VARIABLE).is_ok() || !has_avx512_registers() {
+            return;
+        }
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["kernels::", "--skip", "kernels_pass_on_the_"])
+            .env(PORTABLE_KERNELS_VARIABLE, "avx2")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "kernel tests failed on the AVX2 path:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(
+            stdout.contains("the_variable_selects_the_avx2_path ... ok"),
+            "{stdout}"
+        );
+    }
+
+    #[test]
+    fn the_variable_selects_the_avx2_path() {
+        if std::env::var(PORTABLE_KERNELS_VARIABLE).is_ok_and(|v| v == "avx2") {
+            assert!(has_avx2_fma_f16c() && !has_avx512_registers());
+        }
     }
 
     #[test]
