@@ -374,9 +374,8 @@ impl<B: Backend> StochasticKvAttention<B> {
     /// `[batch, n_heads, seq_len, head_dim]`.
     fn rotated_queries(&self, query: Tensor<B, 3>, rope: &RopeAngles<B>) -> Tensor<B, 4> {
         let query = self.split_heads(query, self.n_heads);
-        rope.apply(normalize_heads(&self.query_norm, query))
-            .mul_scalar((self.head_dim as f64).powf(-0.5))
-            .swap_dims(1, 2)
+        let rotated = rope.apply(normalize_heads(&self.query_norm, query));
+        crate::kernels::mul_scalar(rotated, (self.head_dim as f64).powf(-0.5)).swap_dims(1, 2)
     }
 
     /// Projected keys `[batch, seq_len, n_kv_heads * head_dim]` normed and rotated,

@@ -212,15 +212,15 @@ pub(crate) fn half_product<B: Backend>(
 }
 
 /// `x + y` for tensors of one shape: the residual stream's sums. On flex, half-precision
-/// operands are added by [`flex::half_add`] (flex's own half-precision add runs one element at
-/// a time), in place into `x` where its buffer is its own; Burn's add otherwise.
+/// operands are added by [`flex::half_elementwise`] (flex's own half-precision add runs one
+/// element at a time), in place into `x` where its buffer is its own; Burn's add otherwise.
 pub(crate) fn residual_add<B: Backend, const D: usize>(
     x: Tensor<B, D>,
     y: Tensor<B, D>,
 ) -> Tensor<B, D> {
     #[cfg(feature = "flex")]
     let (x, y) = if flex::is_flex::<B>() {
-        match flex::half_add::half_add(x, y) {
+        match flex::half_elementwise::add(x, y) {
             Ok(sum) => return sum,
             Err(operands) => operands,
         }
@@ -228,6 +228,22 @@ pub(crate) fn residual_add<B: Backend, const D: usize>(
         (x, y)
     };
     x + y
+}
+
+/// `x * s`: the queries' scale. On flex, a half-precision `x` is scaled by
+/// [`flex::half_elementwise`], in place where its buffer is its own; Burn's `mul_scalar`
+/// otherwise.
+pub(crate) fn mul_scalar<B: Backend, const D: usize>(x: Tensor<B, D>, s: f64) -> Tensor<B, D> {
+    #[cfg(feature = "flex")]
+    let x = if flex::is_flex::<B>() {
+        match flex::half_elementwise::scale(x, s) {
+            Ok(scaled) => return scaled,
+            Err(x) => x,
+        }
+    } else {
+        x
+    };
+    x.mul_scalar(s)
 }
 
 /// SwiGLU's gate `silu(gate) * up`, or `None` for Burn's ops.

@@ -4,8 +4,8 @@
 //!   with [`few_row_attention`] for the few query rows of a decode step;
 //! - [`matvec`]: products of one to a few rows that stream each weight once on every core;
 //!   [`half_product`]: products of more half-precision rows through the f32 matrix product;
-//! - [`rms_norm`], [`swiglu`]: one-pass row kernels; [`half_add`]: the residual stream's sums
-//!   in half precision;
+//! - [`rms_norm`], [`swiglu`]: one-pass row kernels; [`half_elementwise`]: the residual
+//!   stream's sums and the queries' scale in half precision;
 //! - [`rotary`]: the rotary embedding in one pass, with its backward pass on `Autodiff<Flex>`;
 //! - [`slot_write`]: the KV cache's append, in place;
 //! - [`training_attention`], [`training_linear`], [`training_rms_norm`], [`training_swiglu`]:
@@ -24,7 +24,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod few_row_attention;
-pub(crate) mod half_add;
+pub(crate) mod half_elementwise;
 pub(crate) mod half_product;
 pub(crate) mod int8_attention;
 pub(crate) mod matrix;
