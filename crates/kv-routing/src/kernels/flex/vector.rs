@@ -484,55 +484,42 @@ pub(crate) fn exp(x: f32) -> f32 {
 mod tests {
     use super::*;
 
-    /// Runs every kernel test of this binary again in a child process with the vector code
-    /// switched off, so that the portable branches (what a CPU without AVX2/FMA/F16C runs) are
-    /// executed and checked against the same references.
-    #[test]
-    fn kernels_pass_on_the_portable_path() {
-        if std::env::var(PORTABLE_KERNELS_VARIABLE).is_ok() {
-            // The child itself (or a run that chose a path already).
-            return;
-        }
-        let output = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["kernels::", "--skip", "kernels_pass_on_the_portable_path"])
-            .env(PORTABLE_KERNELS_VARIABLE, "portable")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "kernel tests failed on the portable path:\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(
-            stdout.contains("the_variable_selects_the_portable_path ... ok"),
-            "{stdout}"
-        );
-    }
-
-    /// On a CPU with AVX-512F/VL, runs every kernel test of this binary again in a child
-    /// process with the 32-register variants switched off, so that the 16-register code (what
-    /// an AVX2 CPU without AVX-512 runs) is executed and checked too.
-    #[test]
-    fn kernels_pass_on_the_avx2_path() {
-        if std::env::var(PORTABLE_KERNELS_VARIABLE).is_ok() || !has_avx512_registers() {
-            return;
-        }
+    /// Runs every kernel test of this binary again in a child process with
+    /// `KV_ROUTING_KERNELS=value`, and checks that it passed and that the child's marker test
+    /// (which asserts the variable's effect) ran.
+    fn kernels_pass_with(value: &str, marker: &str) {
         let output = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["kernels::", "--skip", "kernels_pass_on_the_"])
-            .env(PORTABLE_KERNELS_VARIABLE, "avx2")
+            .env(PORTABLE_KERNELS_VARIABLE, value)
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
-            "kernel tests failed on the AVX2 path:\n{stdout}\n{}",
+            "kernel tests failed with {PORTABLE_KERNELS_VARIABLE}={value}:\n{stdout}\n{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        assert!(
-            stdout.contains("the_variable_selects_the_avx2_path ... ok"),
-            "{stdout}"
-        );
+        assert!(stdout.contains(&format!("{marker} ... ok")), "{stdout}");
+    }
+
+    /// Every kernel test again with the vector code switched off, so that the portable branches
+    /// (what a CPU without AVX2/FMA/F16C runs) are executed and checked against the same
+    /// references.
+    #[test]
+    fn kernels_pass_on_the_portable_path() {
+        // Not in a child (or in a run that chose a path already).
+        if std::env::var(PORTABLE_KERNELS_VARIABLE).is_err() {
+            kernels_pass_with("portable", "the_variable_selects_the_portable_path");
+        }
+    }
+
+    /// On a CPU with AVX-512F/VL, every kernel test again with the 32-register variants switched
+    /// off, so that the 16-register code (what an AVX2 CPU without AVX-512 runs) is checked too.
+    #[test]
+    fn kernels_pass_on_the_avx2_path() {
+        if std::env::var(PORTABLE_KERNELS_VARIABLE).is_err() && has_avx512_registers() {
+            kernels_pass_with("avx2", "the_variable_selects_the_avx2_path");
+        }
     }
 
     #[test]
