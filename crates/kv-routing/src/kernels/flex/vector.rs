@@ -218,24 +218,9 @@ fn widen_f16(src: &[f16], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2_fma_f16c() {
         // SAFETY: the CPU has the features (checked above).
-        return unsafe { widen_f16_avx2(src, dst) };
+        return unsafe { widen_avx2(src, dst) };
     }
     src.convert_to_f32_slice(dst);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn widen_f16_avx2(src: &[f16], dst: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let whole = src.len() - src.len() % 8;
-    for c in (0..whole).step_by(8) {
-        // SAFETY: `c + 8 <= whole <= len` for both slices (equal lengths, checked by the caller).
-        unsafe {
-            let halves = _mm_loadu_si128(src.as_ptr().add(c).cast());
-            _mm256_storeu_ps(dst.as_mut_ptr().add(c), _mm256_cvtph_ps(halves));
-        }
-    }
-    src[whole..].convert_to_f32_slice(&mut dst[whole..]);
 }
 
 /// f32 values rounded to f16 (to nearest, ties to even), as [`widen_f16`]: the CPU's
