@@ -15,10 +15,9 @@
 //! is one too). The weight is widened one block of outputs at a time (at most [`BLOCK_VALUES`] f32
 //! values, so the f32 copy stays small even for a 49,152-word vocabulary), each block multiplied by
 //! gemm's f32 product into a fresh buffer ([`super::matrix`]), and every output rounded once to
-//! the half type. It returns `None`, leaving
-//! the product to flex's matmul, for any other element type, layout or row count. The sums are f32
-//! sums (gemm's f16 path also accumulates in f32): results agree with an f64 product of the half
-//! values to one rounding of the half type.
+//! the half type. It returns `None`, leaving the product to flex's matmul, for any other element
+//! type, layout or row count. The sums are f32 sums (gemm's f16 path also accumulates in f32):
+//! results agree with an f64 product of the half values to one rounding of the half type.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor};
