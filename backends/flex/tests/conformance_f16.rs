@@ -35,4 +35,6 @@ kv_routing_conformance::conformance_suite!(@tests Flex, half_device();
     cached::chunked_prefill_matches_uncached,
     cached::ragged_batch_cached_matches_uncached,
     retarget::retarget_mid_generation_matches_oracle,
+    block_weights::block_weight_models_match_the_oracle_on_their_weights,
+    block_weights::block_weight_bytes_are_the_blocks,
 );

@@ -80,6 +80,8 @@ macro_rules! conformance_suite {
             kv_dtypes::int8_rows_round_trip_within_their_bound,
             kv_dtypes::int8_cache_matches_the_oracle_on_its_stored_values,
             kv_dtypes::cache_bytes_follow_the_kv_dtype,
+            block_weights::block_weight_models_match_the_oracle_on_their_weights,
+            block_weights::block_weight_bytes_are_the_blocks,
             mixed_plans::mixed_plan_batches_match_each_sequence_alone,
             mixed_plans::retargeting_one_sequence_matches_the_oracle,
             serving::serving_admits_by_exact_bytes_and_matches_each_request_alone,

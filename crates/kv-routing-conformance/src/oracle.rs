@@ -7,9 +7,9 @@
 //! was retargeted mid-generation: the token at position `p` was processed under `route_at(p)`.
 
 use burn::module::Param;
-use burn::nn::Linear;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use kv_routing::Projection;
 use kv_routing::{
     RopeScaling, Route, RoutedTransformer, RoutedTransformerConfig, StochasticKvAttention,
 };
@@ -36,7 +36,7 @@ impl Matrix {
         }
     }
 
-    fn from_linear<B: Backend>(linear: &Linear<B>) -> Self {
+    fn from_linear<B: Backend>(linear: &Projection<B>) -> Self {
         let mut matrix = Self::from_tensor(linear.weight.val());
         matrix.bias = linear.bias.as_ref().map(vector);
         matrix

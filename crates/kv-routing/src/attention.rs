@@ -11,7 +11,7 @@
 use burn::config::Config;
 use burn::module::Param;
 use burn::module::{Initializer, Module};
-use burn::nn::{Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{LinearConfig, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
@@ -22,7 +22,7 @@ use crate::attention_mask::{causal_hidden, AttentionMask};
 use crate::error::KvRoutingError;
 use crate::key_value::{Int8KeyValue, KeyValue, StoredKv};
 use crate::kv_store::KvStore;
-use crate::projection::project;
+use crate::projection::{project, Projection};
 use crate::rms_norm::rms_norm;
 use crate::rope::RopeAngles;
 
@@ -119,7 +119,7 @@ impl StochasticKvAttentionConfig {
             // Zero biases, as checkpoints are initialized; drawing them from the backend's RNG
             // would also make seeded models differ across backends.
             linear.bias = bias.then(|| Param::from_tensor(Tensor::zeros([d_output], device)));
-            linear
+            Projection::from(linear)
         };
         let head_norm = || {
             self.qk_norm.then(|| {
@@ -148,13 +148,13 @@ impl StochasticKvAttentionConfig {
 #[derive(Module, Debug)]
 pub struct StochasticKvAttention<B: Backend> {
     /// Query projection, `[d_model, n_heads * head_dim]`.
-    pub query: Linear<B>,
+    pub query: Projection<B>,
     /// Key projection, `[d_model, n_kv_heads * head_dim]`.
-    pub key: Linear<B>,
+    pub key: Projection<B>,
     /// Value projection, `[d_model, n_kv_heads * head_dim]`.
-    pub value: Linear<B>,
+    pub value: Projection<B>,
     /// Output projection, `[n_heads * head_dim, d_model]`.
-    pub output: Linear<B>,
+    pub output: Projection<B>,
     /// RMSNorm of each query head before the rotation, `[head_dim]` (Qwen3), if any.
     pub query_norm: Option<RmsNorm<B>>,
     /// RMSNorm of each key head before the rotation, `[head_dim]` (Qwen3), if any.
@@ -170,7 +170,7 @@ pub struct StochasticKvAttention<B: Backend> {
 impl<B: Backend> StochasticKvAttention<B> {
     /// Width of the residual stream.
     pub fn d_model(&self) -> usize {
-        self.query.weight.dims()[0]
+        self.query.dims()[0]
     }
 
     /// This layer's keys (rotated) and values for `x`. Only a source layer needs to call it.

@@ -11,13 +11,13 @@
 
 use burn::config::Config;
 use burn::module::{Initializer, Module};
-use burn::nn::{Linear, LinearConfig};
+use burn::nn::LinearConfig;
 use burn::tensor::activation::silu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::error::KvRoutingError;
-use crate::projection::project;
+use crate::projection::{project, Projection};
 
 /// Configuration of a [`SwiGluFeedForward`].
 #[derive(Config, Debug)]
@@ -41,10 +41,12 @@ impl SwiGluFeedForwardConfig {
             )));
         }
         let linear = |d_input, d_output| {
-            LinearConfig::new(d_input, d_output)
-                .with_bias(false)
-                .with_initializer(self.initializer.clone())
-                .init(device)
+            Projection::from(
+                LinearConfig::new(d_input, d_output)
+                    .with_bias(false)
+                    .with_initializer(self.initializer.clone())
+                    .init(device),
+            )
         };
         Ok(SwiGluFeedForward {
             gate: linear(self.d_model, self.d_ff),
@@ -58,11 +60,11 @@ impl SwiGluFeedForwardConfig {
 #[derive(Module, Debug)]
 pub struct SwiGluFeedForward<B: Backend> {
     /// Gate projection, `[d_model, d_ff]`.
-    pub gate: Linear<B>,
+    pub gate: Projection<B>,
     /// Up projection, `[d_model, d_ff]`.
-    pub up: Linear<B>,
+    pub up: Projection<B>,
     /// Down projection, `[d_ff, d_model]`.
-    pub down: Linear<B>,
+    pub down: Projection<B>,
 }
 
 impl<B: Backend> SwiGluFeedForward<B> {

@@ -20,6 +20,7 @@
 
 mod attention;
 mod attention_mask;
+mod block_weight;
 mod byte_count;
 mod cache_plan;
 mod decoder_block;
@@ -46,10 +47,12 @@ mod routed_transformer;
 mod router;
 mod seeded_init;
 mod serving;
+mod token_embedding;
 mod vocab_loss;
 
 pub use attention::{BlockGroup, StochasticKvAttention, StochasticKvAttentionConfig};
 pub use attention_mask::{AttentionMask, KeyHoles};
+pub use block_weight::{BlockFormat, BlockWeight, BLOCK_VALUES};
 pub use cache_plan::CachePlan;
 pub use decoder_block::DecoderBlock;
 pub use error::{KvRoutingError, Result};
@@ -67,6 +70,7 @@ pub use plan_calibration::{
 };
 pub use plan_spec::split_plan_list;
 pub use precision::Precision;
+pub use projection::Projection;
 pub use rope::{RopeAngles, RopeScaling, RotaryEmbedding, RotaryEmbeddingConfig, MAX_TABLE_VALUES};
 pub use route::Route;
 pub use route_draw::RouteDraw;
@@ -74,6 +78,7 @@ pub use routed_transformer::{RecordedForward, RoutedTransformer, RoutedTransform
 pub use router::StochasticRouter;
 pub use seeded_init::reinit_seeded;
 pub use serving::{ServeConfig, ServeReport, ServeRequest, ServedRequest};
+pub use token_embedding::TokenEmbedding;
 pub use vocab_loss::{cross_entropy_per_token, distillation_per_token};
 
 /// Compiles the README's example as a doctest so that it cannot rot.

@@ -1,4 +1,16 @@
-//! [`project`]: a `burn::nn::Linear` applied as one rank-2 product.
+//! [`Projection`]: a linear layer whose weight is either floats (a `burn::nn::Linear`'s) or a
+//! [`BlockWeight`] kept as a GGUF file stores it, and [`project`], which applies it as one
+//! rank-2 product.
+//!
+//! # Block weights
+//! A projection holding a [`BlockWeight`] keeps its float `weight` *lazy*: an uninitialized
+//! `Param` whose initializer dequantizes the blocks. Where the backend multiplies blocks in place
+//! (burn-flex, [`crate::kernels::block_product`]) the forward pass never asks for it and the
+//! blocks are all the memory the weight takes; on every other backend the first forward pass
+//! widens it once (the run's float type) and multiplies floats from then on. Anything else that
+//! reads `weight` (saving a record, a gradient) gets the dequantized matrix, never a wrong one.
+//! The record of a `Projection` is that of a `Linear` (`weight`, `bias`): checkpoints written
+//! with `Linear` fields load unchanged, and a block projection saves its dequantized weight.
 //!
 //! `Linear::forward` raises the weight to the input's rank (`unsqueeze`) for a batched matmul.
 //! On a contiguous `[in, out]` weight that is free, but a weight stored as the transposed view
@@ -22,23 +34,159 @@
 //! When training on flex, every product is the training kernel's (its own backward pass, results
 //! written into fresh buffers without flex's extra copy).
 
+use burn::module::{Module, Param, ParamId};
 use burn::nn::Linear;
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{Shape, Tensor, TensorData};
+
+use crate::block_weight::{BlockFormat, BlockWeight, BLOCK_VALUES};
 
 /// The most rows a product is computed transposed for (see the module docs).
 pub const MAX_TRANSPOSED_ROWS: usize = 32;
 
-/// `x W + b` over the last axis of `x`, with `W` used through its strides.
+/// A linear layer `x W + b` with float or block weights (see the module docs).
+#[derive(Module, Debug)]
+pub struct Projection<B: Backend> {
+    /// `[in, out]` weight: a checkpoint's `[out, in]` matrix used through its transposed view,
+    /// or, with `blocks`, their dequantized form, built only when something asks for it.
+    pub weight: Param<Tensor<B, 2>>,
+    /// `[out]` bias.
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    /// The weight as blocks (`[out, in]`), multiplied in place where the backend can.
+    #[module(skip)]
+    pub blocks: Option<BlockWeight>,
+}
+
+impl<B: Backend> From<Linear<B>> for Projection<B> {
+    fn from(linear: Linear<B>) -> Self {
+        Self {
+            weight: linear.weight,
+            bias: linear.bias,
+            blocks: None,
+        }
+    }
+}
+
+impl<B: Backend> Projection<B> {
+    /// `[in, out]`, without building a lazy weight.
+    pub fn dims(&self) -> [usize; 2] {
+        self.weight.lazy_shape().dims()
+    }
+
+    /// A projection whose weight is `blocks` (`[out, in]`) with `bias`, on `device`. Its float
+    /// weight is built, in `device`'s float type, only if something asks for it.
+    pub fn from_blocks(
+        blocks: BlockWeight,
+        bias: Option<Param<Tensor<B, 1>>>,
+        device: &B::Device,
+    ) -> Self {
+        Self {
+            weight: lazy_dequantized(&blocks, device, true),
+            bias,
+            blocks: Some(blocks),
+        }
+    }
+
+    /// This projection with its weight in `format`: blocks already in `format` stay as they
+    /// are, anything else is quantized from its float values ([`BlockWeight::quantize`]). A
+    /// weight whose rows are not whole blocks (an input width not a multiple of
+    /// [`BLOCK_VALUES`](crate::BLOCK_VALUES)) stays as it is.
+    pub fn into_blocks(self, format: BlockFormat) -> crate::Result<Self> {
+        let [d_input, d_output] = self.dims();
+        if self.blocks.as_ref().is_some_and(|b| b.format() == format)
+            || !d_input.is_multiple_of(BLOCK_VALUES)
+        {
+            return Ok(self);
+        }
+        let device = self.weight.lazy_device();
+        let values = host_rows(self.weight.val().transpose());
+        let blocks = BlockWeight::quantize(format, [d_output, d_input], &values)?;
+        Ok(Self::from_blocks(blocks, self.bias, &device))
+    }
+}
+
+/// A matrix's values in f32, row-major (`[rows, cols]` as seen, whatever its layout).
+pub(crate) fn host_rows<B: Backend>(matrix: Tensor<B, 2>) -> Vec<f32> {
+    matrix
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("converted to f32")
+}
+
+/// A parameter holding `blocks` (`[rows, cols]`) dequantized in `device`'s float type,
+/// computed on its first use: `[cols, rows]`, the transposed view, when `transposed` (a
+/// projection's weight), else `[rows, cols]` (an embedding table).
+pub(crate) fn lazy_dequantized<B: Backend>(
+    blocks: &BlockWeight,
+    device: &B::Device,
+    transposed: bool,
+) -> Param<Tensor<B, 2>> {
+    let [rows, cols] = blocks.dims();
+    let source = blocks.clone();
+    let shape = if transposed {
+        [cols, rows]
+    } else {
+        [rows, cols]
+    };
+    Param::uninitialized(
+        ParamId::new(),
+        move |device, require_grad| {
+            let values = TensorData::new(source.dequantize(), [rows, cols]);
+            let matrix = Tensor::<B, 2>::from_data(values, device);
+            let matrix = if transposed {
+                matrix.transpose()
+            } else {
+                matrix
+            };
+            matrix.set_require_grad(require_grad)
+        },
+        device.clone(),
+        false,
+        Shape::new(shape),
+    )
+}
+
+/// `x W + b` over the last axis of `x`, with `W` used through its strides, or read as blocks
+/// where the backend multiplies them in place.
 ///
 /// # Shapes
 /// - x: `[..., in]`
 /// - output: `[..., out]`
-pub fn project<B: Backend, const D: usize>(linear: &Linear<B>, x: Tensor<B, D>) -> Tensor<B, D> {
-    let y = matmul_last_axis(x, linear.weight.val());
-    match &linear.bias {
+pub fn project<B: Backend, const D: usize>(
+    projection: &Projection<B>,
+    x: Tensor<B, D>,
+) -> Tensor<B, D> {
+    let y = match &projection.blocks {
+        Some(blocks) => blocks_last_axis(x, blocks, || projection.weight.val()),
+        None => matmul_last_axis(x, projection.weight.val()),
+    };
+    match &projection.bias {
         Some(bias) => y + bias.val().unsqueeze(),
         None => y,
+    }
+}
+
+/// `x Wᵀ` over the last axis of `x` for a block matrix `W` (`[out, in]`): the backend's block
+/// kernel, or the float product with `weight()`, its dequantized `[in, out]` form.
+///
+/// # Shapes
+/// - x: `[..., in]`
+/// - output: `[..., out]`
+pub(crate) fn blocks_last_axis<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    blocks: &BlockWeight,
+    weight: impl FnOnce() -> Tensor<B, 2>,
+) -> Tensor<B, D> {
+    let [d_output, d_input] = blocks.dims();
+    let mut dims = x.dims();
+    let rows = dims[..D - 1].iter().product();
+    match crate::kernels::block_product(&x.clone().reshape([rows, d_input]), blocks) {
+        Some(y) => {
+            dims[D - 1] = d_output;
+            y.reshape(dims)
+        }
+        None => matmul_last_axis(x, weight()),
     }
 }
 

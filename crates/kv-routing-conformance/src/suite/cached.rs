@@ -49,7 +49,7 @@ pub fn chunk_steps(sequences: &[Vec<u32>], sizes: &[usize]) -> Vec<Vec<Vec<u32>>
         .collect()
 }
 
-fn assert_matches_uncached<B: Backend>(
+pub fn assert_matches_uncached<B: Backend>(
     model: &RoutedTransformer<B>,
     route: &Route,
     sequences: &[Vec<u32>],

@@ -1,5 +1,6 @@
 //! The conformance tests, each a generic function over the backend.
 
+pub mod block_weights;
 pub mod cache_memory;
 pub mod cached;
 pub mod calibration;

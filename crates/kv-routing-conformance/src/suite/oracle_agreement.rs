@@ -151,7 +151,7 @@ pub fn model_logits_match_oracle_for_every_route<B: Backend>(device: &B::Device)
 }
 
 /// Logits of `batch` under every route kind equal the oracle's, sequence by sequence.
-fn assert_every_route_matches_oracle<B: Backend>(
+pub fn assert_every_route_matches_oracle<B: Backend>(
     model: &RoutedTransformer<B>,
     oracle: &OracleModel,
     batch: &[Vec<u32>],

@@ -31,6 +31,7 @@ pub(crate) mod flex;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
+use crate::block_weight::BlockWeight;
 use crate::kv_quantization::QuantizedRows;
 
 /// Causal attention of already scaled queries over keys/values (the queries are the last
@@ -151,6 +152,36 @@ pub(crate) fn rotary<B: Backend>(
         return flex::rotary::rotate(x, cos, sin);
     }
     let _ = (x, cos, sin);
+    None
+}
+
+/// Whether `B` multiplies [`BlockWeight`]s where they lie ([`block_product`]): a model then keeps
+/// them as blocks, and on other backends widens them to floats at first use.
+#[cfg_attr(not(feature = "flex"), allow(clippy::extra_unused_type_parameters))]
+pub(crate) fn multiplies_blocks<B: Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    if flex::is_flex::<B>() {
+        return true;
+    }
+    false
+}
+
+/// `x Wᵀ` for a block matrix `W` read in place, or `None` for the float product with its
+/// dequantized form.
+///
+/// # Shapes
+/// - x: `[rows, in]`
+/// - blocks: `[out, in]`
+/// - output: `[rows, out]`
+pub(crate) fn block_product<B: Backend>(
+    x: &Tensor<B, 2>,
+    blocks: &BlockWeight,
+) -> Option<Tensor<B, 2>> {
+    #[cfg(feature = "flex")]
+    if flex::is_flex::<B>() {
+        return flex::block_product::block_product(x, blocks);
+    }
+    let _ = (x, blocks);
     None
 }
 

@@ -200,7 +200,8 @@ impl RoutedTransformerConfig {
         Ok(RoutedTransformer {
             embedding: EmbeddingConfig::new(self.vocab_size, self.d_model)
                 .with_initializer(self.initializer())
-                .init(device),
+                .init(device)
+                .into(),
             blocks,
             norm: norm(),
             lm_head: (!self.tie_embeddings).then(|| {
@@ -208,6 +209,7 @@ impl RoutedTransformerConfig {
                     .with_bias(false)
                     .with_initializer(self.initializer())
                     .init(device)
+                    .into()
             }),
             rope: self.rotary_config().init(device)?,
             vocab_size: self.vocab_size,

@@ -19,7 +19,7 @@ use crate::attention_mask::AttentionMask;
 use crate::error::KvRoutingError;
 use crate::kernels::on_compute_threads;
 use crate::kv_store::KvStore;
-use crate::projection::{matmul_last_axis, project};
+use crate::projection::{blocks_last_axis, matmul_last_axis, project};
 use crate::rms_norm::rms_norm;
 use crate::rope::RopeAngles;
 use crate::route::Route;
@@ -106,7 +106,12 @@ impl<B: Backend> RoutedTransformer<B> {
             // A rank-2 product with the transposed embedding *view*: backends multiply by its
             // strides as they are. Raising the view's rank instead (`unsqueeze`) made flex copy
             // the whole `[vocab, d_model]` matrix on every call.
-            None => matmul_last_axis(normed, self.embedding.weight.val().transpose()),
+            None => match &self.embedding.blocks {
+                Some(blocks) => {
+                    blocks_last_axis(normed, blocks, || self.embedding.weight.val().transpose())
+                }
+                None => matmul_last_axis(normed, self.embedding.weight.val().transpose()),
+            },
         }
     }
 

@@ -17,6 +17,7 @@
 //! - `mixed`: the cached forward of a batch whose sequences each have their own plan.
 //! - `prefix_reuse`: a forward pass recorded layer by layer, and routes rerun from a layer on.
 
+mod block_weights;
 mod cache_factory;
 mod cached;
 mod config;
@@ -27,7 +28,7 @@ mod prefix_reuse;
 mod tokens;
 
 use burn::module::Module;
-use burn::nn::{Embedding, Linear, RmsNorm};
+use burn::nn::RmsNorm;
 use burn::tensor::backend::Backend;
 
 pub use config::RoutedTransformerConfig;
@@ -36,20 +37,22 @@ pub use prefix_reuse::RecordedForward;
 use crate::decoder_block::DecoderBlock;
 use crate::kv_dtype::{KvDtype, KvRowFormat};
 use crate::kv_store::SequenceKv;
+use crate::projection::Projection;
 use crate::rope::RotaryEmbedding;
 use crate::route::Route;
+use crate::token_embedding::TokenEmbedding;
 
 /// Decoder-only language model: embedding, routed pre-norm blocks, final RMSNorm, LM head.
 #[derive(Module, Debug)]
 pub struct RoutedTransformer<B: Backend> {
     /// Token embedding, `[vocab_size, d_model]`.
-    pub embedding: Embedding<B>,
+    pub embedding: TokenEmbedding<B>,
     /// Decoder blocks, layer 0 first.
     pub blocks: Vec<DecoderBlock<B>>,
     /// Final norm.
     pub norm: RmsNorm<B>,
     /// Output projection, `[d_model, vocab_size]`; `None` when tied to the embedding.
-    pub lm_head: Option<Linear<B>>,
+    pub lm_head: Option<Projection<B>>,
     /// Rotary tables shared by all blocks.
     pub rope: RotaryEmbedding<B>,
     vocab_size: usize,
@@ -66,7 +69,7 @@ impl<B: Backend> RoutedTransformer<B> {
 
     /// Width of the hidden state.
     pub fn d_model(&self) -> usize {
-        self.embedding.weight.dims()[1]
+        self.embedding.dims()[1]
     }
 
     /// Vocabulary size.
@@ -91,7 +94,7 @@ impl<B: Backend> RoutedTransformer<B> {
 
     /// The device holding the weights.
     pub fn device(&self) -> B::Device {
-        self.embedding.weight.device()
+        self.embedding.weight.lazy_device()
     }
 
     /// What this model's KV caches store ([`KvDtype::Native`] unless set).

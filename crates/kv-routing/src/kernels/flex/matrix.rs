@@ -56,6 +56,20 @@ impl<'a> Matrix<'a> {
         })
     }
 
+    /// `values` read as a contiguous `[rows, cols]` matrix (`rows * cols` of them, both
+    /// positive).
+    pub(crate) fn contiguous(values: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert!(rows > 0 && cols > 0 && rows * cols == values.len());
+        Self {
+            data: values,
+            start: 0,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
     /// The first `count` rows (at most all of them) of the same values.
     pub(crate) fn first_rows(&self, count: usize) -> Self {
         Self {
@@ -74,6 +88,46 @@ impl<'a> Matrix<'a> {
             row_stride: self.col_stride,
             col_stride: self.row_stride,
         }
+    }
+}
+
+/// `lhs rhs` written into `dst`, row `i` of the product at `dst[i * dst_row_stride..]` (the
+/// columns of a wider matrix): gemm writes every one of those `lhs.rows x rhs.cols` elements
+/// and nothing else.
+pub(crate) fn product_into(lhs: &Matrix, rhs: &Matrix, dst: &mut [f32], dst_row_stride: usize) {
+    let (m, n, inner) = (lhs.rows, rhs.cols, lhs.cols);
+    assert!(lhs.cols == rhs.rows && n <= dst_row_stride);
+    assert!((m - 1) * dst_row_stride + n <= dst.len());
+    let parallelism = if m.saturating_mul(n).saturating_mul(inner) >= PARALLEL_MULTIPLY_ADDS {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: both operands' extents were checked against their storage (`Matrix::new` or
+    // `Matrix::contiguous`; a transposed view covers the same elements), the destination's
+    // extent against `dst` (above); gemm does not read the destination (`read_dst` false).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            inner,
+            dst.as_mut_ptr(),
+            1,
+            dst_row_stride as isize,
+            false,
+            lhs.data.as_ptr().add(lhs.start),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.data.as_ptr().add(rhs.start),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
     }
 }
 

@@ -3,6 +3,7 @@
 //! - [`attention`]: causal grouped-query attention in one parallel pass (prefill, chunks, decode),
 //!   with [`few_row_attention`] for the few query rows of a decode step;
 //! - [`matvec`]: products of one to a few rows that stream each weight once on every core;
+//!   [`block_product`]: products with block-quantized (GGUF) weights, read in place;
 //!   [`half_product`]: products of more half-precision rows through the f32 matrix product;
 //! - [`rms_norm`], [`swiglu`]: one-pass row kernels; [`half_elementwise`]: the residual
 //!   stream's sums and the queries' scale in half precision;
@@ -23,6 +24,7 @@
 //! [`softmax`], [`vector`] (vector arithmetic, element types, the CPU feature check).
 
 pub(crate) mod attention;
+pub(crate) mod block_product;
 pub(crate) mod few_row_attention;
 pub(crate) mod half_elementwise;
 pub(crate) mod half_product;

@@ -1,0 +1,385 @@
+//! Products `x Wᵀ` of burn-flex rows with a [`BlockWeight`] (`[out, in]`, llama.cpp's Q8_0 or
+//! Q4_1 blocks), reading the blocks where they lie.
+//!
+//! # Few rows: streamed
+//! A decode step's product (1 to [`MAX_STREAMED_ROWS`] rows) streams each weight row once: a
+//! block's codes are widened to f32 in registers, multiplied with every input row's 32 values,
+//! and the block's sum scaled by its f16 scale, so the weight costs the memory traffic of its
+//! blocks (8.5 or 5 bits a value instead of 16 or 32). Q4_1's offsets need the input's block
+//! sums, computed once per product: `Σ (d q + m) x = d Σ q x + m Σ x`. The outputs are split over
+//! rayon's pool so that every core streams its share (as [`super::matvec`] does for floats).
+//!
+//! # More rows: dequantized panels, gemm
+//! A prompt's product has the arithmetic to hide a widening pass: the weight is dequantized a
+//! panel of rows at a time (a few megabytes, so that it stays in cache and the temporary memory
+//! is bounded whatever the matrix, e.g. a tied `[49152, 576]` LM head) and each panel multiplied
+//! by gemm straight into its columns of the result.
+//!
+//! # Contract
+//! `x` `[rows, in]` of f32, f16 or bf16, contiguous, with `in` the blocks' `in`; the result
+//! `[rows, out]` in `x`'s type, each element rounded once from its f32 sum. `None` for any other
+//! backend, element type, layout or width. Sums run in another order than the dequantized
+//! float product's: results agree to f32 rounding of the sums, not bit for bit.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Shape, Tensor};
+use burn_flex::FlexTensor;
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::matrix::{product_into, Matrix};
+use super::matvec::dims;
+use super::tensor::{flex_float, from_flex, zeroed};
+use super::vector::{has_avx2_fma_f16c, KernelElement};
+use crate::block_weight::{dequantize_block, BlockFormat, BlockWeight, BLOCK_VALUES};
+
+/// The most input rows a product streams; more are dequantized panels and gemm.
+pub(crate) const MAX_STREAMED_ROWS: usize = 8;
+
+/// Values of one dequantized panel (4 MiB of f32).
+const PANEL_VALUES: usize = 1 << 20;
+
+/// Weights smaller than this (values) are multiplied on the calling thread.
+const PARALLEL_VALUES: usize = 1 << 16;
+
+/// Output chunks per pool thread, for balance.
+const TASKS_PER_THREAD: usize = 4;
+
+/// `x Wᵀ` for flex rows `x` and block matrix `blocks` (see the module docs).
+pub(crate) fn block_product<B: Backend>(
+    x: &Tensor<B, 2>,
+    blocks: &BlockWeight,
+) -> Option<Tensor<B, 2>> {
+    let x = flex_float(x)?;
+    let y = match x.dtype() {
+        DType::F32 => multiply::<f32>(&x, blocks),
+        DType::F16 => multiply::<f16>(&x, blocks),
+        DType::BF16 => multiply::<bf16>(&x, blocks),
+        _ => None,
+    };
+    from_flex(y?)
+}
+
+fn multiply<E: KernelElement>(x: &FlexTensor, blocks: &BlockWeight) -> Option<FlexTensor> {
+    let [rows, d_input] = dims(x);
+    let [d_output, weight_input] = blocks.dims();
+    if rows == 0 || d_input != weight_input {
+        return None;
+    }
+    let (x_start, x_end) = x.layout().contiguous_offsets()?;
+    let x_values = &E::storage(x)[x_start..x_end];
+    let mut widened = Vec::new();
+    let x_values = E::as_f32(x_values).unwrap_or_else(|| {
+        widened.resize(x_values.len(), 0.0);
+        E::widen(x_values, &mut widened);
+        &widened
+    });
+    let y = if rows <= MAX_STREAMED_ROWS {
+        streamed(blocks, x_values, rows)
+    } else {
+        panels(blocks, x_values, rows)
+    };
+    let mut out = zeroed(Shape::from(vec![rows, d_output]), E::DTYPE);
+    E::narrow(&y, E::storage_mut(&mut out));
+    Some(out)
+}
+
+/// `[rows, out]` f32 by streaming the blocks (few rows).
+fn streamed(blocks: &BlockWeight, x: &[f32], rows: usize) -> Vec<f32> {
+    let [d_output, d_input] = blocks.dims();
+    let n_blocks = d_input / BLOCK_VALUES;
+    // Q4_1's offsets multiply the input's block sums.
+    let block_sums: Vec<f32> = match blocks.format() {
+        BlockFormat::Q4_1 => x
+            .chunks_exact(BLOCK_VALUES)
+            .map(|b| b.iter().sum())
+            .collect(),
+        BlockFormat::Q8_0 => Vec::new(),
+    };
+    let task = Task {
+        format: blocks.format(),
+        bytes: blocks.bytes(),
+        row_bytes: blocks.row_bytes(),
+        x,
+        block_sums: &block_sums,
+        rows,
+        n_blocks,
+    };
+    // Output-major (`[out, rows]`): each task writes a contiguous run.
+    let mut transposed = vec![0f32; d_output * rows];
+    if d_output * d_input < PARALLEL_VALUES {
+        task.run(0, &mut transposed);
+    } else {
+        let tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
+        let chunk = d_output.div_ceil(tasks).next_multiple_of(8);
+        transposed
+            .par_chunks_mut(chunk * rows)
+            .enumerate()
+            .for_each(|(i, out)| task.run(i * chunk, out));
+    }
+    if rows == 1 {
+        return transposed;
+    }
+    let mut y = vec![0f32; rows * d_output];
+    for (o, outputs) in transposed.chunks_exact(rows).enumerate() {
+        for (r, &value) in outputs.iter().enumerate() {
+            y[r * d_output + o] = value;
+        }
+    }
+    y
+}
+
+/// One streamed product's operands.
+struct Task<'a> {
+    format: BlockFormat,
+    bytes: &'a [u8],
+    row_bytes: usize,
+    /// `[rows, in]` input rows.
+    x: &'a [f32],
+    /// `[rows, in / 32]` sums of the input's blocks (Q4_1 only).
+    block_sums: &'a [f32],
+    rows: usize,
+    n_blocks: usize,
+}
+
+impl Task<'_> {
+    /// `out[o * rows + r]` = output `first + o` of row `r`.
+    fn run(&self, first: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma_f16c() {
+            // SAFETY: the CPU has the features the function is compiled for (checked above).
+            return unsafe {
+                match self.rows {
+                    1 => self.run_avx2::<1>(first, out),
+                    2 => self.run_avx2::<2>(first, out),
+                    3 => self.run_avx2::<3>(first, out),
+                    4 => self.run_avx2::<4>(first, out),
+                    5 => self.run_avx2::<5>(first, out),
+                    6 => self.run_avx2::<6>(first, out),
+                    7 => self.run_avx2::<7>(first, out),
+                    _ => self.run_avx2::<8>(first, out),
+                }
+            };
+        }
+        self.run_portable(first, out)
+    }
+
+    fn run_portable(&self, first: usize, out: &mut [f32]) {
+        let block_bytes = self.format.block_bytes();
+        let mut values = [0f32; BLOCK_VALUES];
+        for (o, out) in out.chunks_exact_mut(self.rows).enumerate() {
+            let row = &self.bytes[(first + o) * self.row_bytes..][..self.row_bytes];
+            out.fill(0.0);
+            for (b, block) in row.chunks_exact(block_bytes).enumerate() {
+                dequantize_block(self.format, block, &mut values);
+                for (r, out) in out.iter_mut().enumerate() {
+                    let x = &self.x[r * self.n_blocks * BLOCK_VALUES + b * BLOCK_VALUES..]
+                        [..BLOCK_VALUES];
+                    *out += values.iter().zip(x).map(|(w, x)| w * x).sum::<f32>();
+                }
+            }
+        }
+    }
+
+    /// The streamed product for `R` rows (`R == self.rows`), AVX2/FMA/F16C.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run_avx2<const R: usize>(&self, first: usize, out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let block_bytes = self.format.block_bytes();
+        let width = self.n_blocks * BLOCK_VALUES;
+        let low_nibbles = _mm_set1_epi8(0x0f);
+        for (o, out) in out.chunks_exact_mut(R).enumerate() {
+            let row = &self.bytes[(first + o) * self.row_bytes..][..self.row_bytes];
+            let mut sums = [_mm256_setzero_ps(); R];
+            let mut offsets = [0f32; R];
+            for (b, block) in row.chunks_exact(block_bytes).enumerate() {
+                let p = block.as_ptr();
+                // SAFETY: `block` is one whole block of `block_bytes` bytes (its format's
+                // layout): every load below reads inside it; `x` holds `R` rows of `width`.
+                let (scale, codes) = unsafe {
+                    let scale =
+                        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([
+                            *p,
+                            *p.add(1),
+                        ])
+                            as i32)));
+                    let codes = match self.format {
+                        BlockFormat::Q8_0 => {
+                            let q = p.add(2);
+                            [0, 8, 16, 24].map(|k| {
+                                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(
+                                    q.add(k) as *const __m128i
+                                )))
+                            })
+                        }
+                        BlockFormat::Q4_1 => {
+                            let offset = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                                u16::from_le_bytes([*p.add(2), *p.add(3)]) as i32,
+                            )));
+                            for (r, offsets) in offsets.iter_mut().enumerate() {
+                                *offsets += offset * self.block_sums[r * self.n_blocks + b];
+                            }
+                            let packed = _mm_loadu_si128(p.add(4) as *const __m128i);
+                            let low = _mm_and_si128(packed, low_nibbles);
+                            let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), low_nibbles);
+                            let widen = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+                            [
+                                widen(low),
+                                widen(_mm_srli_si128::<8>(low)),
+                                widen(high),
+                                widen(_mm_srli_si128::<8>(high)),
+                            ]
+                        }
+                    };
+                    (_mm256_set1_ps(scale), codes)
+                };
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    // SAFETY: row `r`'s block `b` is inside `x` (`R` rows of `width`).
+                    unsafe {
+                        let x = self.x.as_ptr().add(r * width + b * BLOCK_VALUES);
+                        let mut dot = _mm256_mul_ps(codes[0], _mm256_loadu_ps(x));
+                        dot = _mm256_fmadd_ps(codes[1], _mm256_loadu_ps(x.add(8)), dot);
+                        dot = _mm256_fmadd_ps(codes[2], _mm256_loadu_ps(x.add(16)), dot);
+                        dot = _mm256_fmadd_ps(codes[3], _mm256_loadu_ps(x.add(24)), dot);
+                        *sum = _mm256_fmadd_ps(dot, scale, *sum);
+                    }
+                }
+            }
+            for ((out, sum), offset) in out.iter_mut().zip(sums).zip(offsets) {
+                let mut lanes = [0f32; 8];
+                // SAFETY: eight f32 lanes into an array of eight.
+                unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
+                *out = lanes.iter().sum::<f32>() + offset;
+            }
+        }
+    }
+}
+
+/// `[rows, out]` f32 through dequantized panels and gemm (many rows).
+fn panels(blocks: &BlockWeight, x: &[f32], rows: usize) -> Vec<f32> {
+    let [d_output, d_input] = blocks.dims();
+    let panel_rows = (PANEL_VALUES / d_input).max(16).min(d_output);
+    let mut panel = vec![0f32; panel_rows * d_input];
+    let mut y = vec![0f32; rows * d_output];
+    let x = Matrix::contiguous(x, rows, d_input);
+    for first in (0..d_output).step_by(panel_rows) {
+        let count = panel_rows.min(d_output - first);
+        let panel = &mut panel[..count * d_input];
+        panel
+            .par_chunks_mut(d_input)
+            .enumerate()
+            .for_each(|(o, out)| blocks.dequantize_rows(first + o..first + o + 1, out));
+        // y[:, first..first + count] = x panelᵀ.
+        let weight = Matrix::contiguous(panel, count, d_input).transposed();
+        product_into(&x, &weight, &mut y[first..], d_output);
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Tensor, TensorData};
+    use burn_flex::Flex;
+
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// `x Wᵀ` in f64 over the dequantized blocks: the reference.
+    fn reference(blocks: &BlockWeight, x: &[f32], rows: usize) -> Vec<f64> {
+        let [d_output, d_input] = blocks.dims();
+        let w = blocks.dequantize();
+        let mut y = vec![0f64; rows * d_output];
+        for r in 0..rows {
+            for o in 0..d_output {
+                y[r * d_output + o] = (0..d_input)
+                    .map(|i| x[r * d_input + i] as f64 * w[o * d_input + i] as f64)
+                    .sum();
+            }
+        }
+        y
+    }
+
+    fn check(format: BlockFormat, [d_output, d_input]: [usize; 2], rows: usize, dtype: DType) {
+        let device = Default::default();
+        let blocks =
+            BlockWeight::quantize(format, [d_output, d_input], &values(d_output * d_input, 3))
+                .unwrap();
+        let x_values = values(rows * d_input, 11);
+        let x = Tensor::<Flex, 2>::from_data(
+            TensorData::new(x_values.clone(), [rows, d_input]),
+            &device,
+        )
+        .cast(dtype);
+        // The reference reads the rows as the kernel receives them (rounded to `dtype`).
+        let x_rounded: Vec<f32> = x.clone().cast(DType::F32).into_data().to_vec().unwrap();
+        let y = block_product(&x, &blocks).expect("flex rows of a supported type");
+        assert_eq!(y.dims(), [rows, d_output]);
+        assert_eq!(y.dtype(), dtype);
+        let y: Vec<f32> = y.cast(DType::F32).into_data().to_vec().unwrap();
+        let expected = reference(&blocks, &x_rounded, rows);
+        let w = blocks.dequantize();
+        let rounding = match dtype {
+            DType::F32 => 0.0,
+            DType::F16 => 2f64.powi(-11),
+            _ => 2f64.powi(-8),
+        };
+        for r in 0..rows {
+            for o in 0..d_output {
+                // f32 sums of `d_input` terms, then one rounding to the output type.
+                let magnitude: f64 = (0..d_input)
+                    .map(|i| (x_rounded[r * d_input + i] as f64 * w[o * d_input + i] as f64).abs())
+                    .sum();
+                let e = expected[r * d_output + o];
+                let bound = magnitude * d_input as f64 * 2f64.powi(-23) + e.abs() * rounding + 1e-6;
+                let got = y[r * d_output + o] as f64;
+                assert!(
+                    (got - e).abs() <= bound,
+                    "{format} [{d_output}, {d_input}] x {rows} rows {dtype:?}: y[{r}, {o}] = {got}, expected {e} (bound {bound})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn products_match_f64_on_dequantized_blocks() {
+        for format in [BlockFormat::Q8_0, BlockFormat::Q4_1] {
+            // Widths of one and of several blocks, odd output counts, 1-8 streamed rows and
+            // panel rows (more than one panel for the widest).
+            for rows in [1, 2, 3, 5, 8, 9, 33] {
+                check(format, [7, 32], rows, DType::F32);
+                check(format, [45, 96], rows, DType::F32);
+            }
+            check(format, [2_100, 544], 2, DType::F32);
+            check(format, [2_100, 544], 20, DType::F32);
+            for dtype in [DType::F16, DType::BF16] {
+                check(format, [37, 64], 1, dtype);
+                check(format, [37, 64], 12, dtype);
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_multiply() {
+        let device = Default::default();
+        let blocks = BlockWeight::quantize(BlockFormat::Q8_0, [4, 32], &values(128, 1)).unwrap();
+        let narrow = Tensor::<Flex, 2>::zeros([2, 64], &device);
+        assert!(block_product(&narrow, &blocks).is_none());
+        let strided = Tensor::<Flex, 2>::zeros([64, 2], &device).transpose();
+        assert!(block_product(&strided, &blocks).is_none());
+        // Other backends (here training's Autodiff<Flex>) take the float product.
+        let rows = Tensor::<burn_autodiff::Autodiff<Flex>, 2>::zeros([2, 32], &device);
+        assert!(block_product(&rows, &blocks).is_none());
+    }
+}

@@ -1,0 +1,76 @@
+//! A model's matrices in a block-quantized format ([`BlockFormat`]): every projection, the token
+//! embedding and an untied LM head whose input width is a whole number of blocks.
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use super::RoutedTransformer;
+use crate::block_weight::BlockFormat;
+
+impl<B: Backend> RoutedTransformer<B> {
+    /// This model with its matrices in `format` (see [`crate::Projection::into_blocks`]):
+    /// blocks already in `format` are kept as they are, float matrices quantized, and a matrix
+    /// whose rows are not whole blocks stays in floats. Norm gains, biases and rotary tables stay
+    /// in floats. Where the backend multiplies blocks in place (burn-flex) the float weights are
+    /// not kept; elsewhere they are rebuilt from the blocks at first use.
+    pub fn with_block_weights(mut self, format: BlockFormat) -> crate::Result<Self> {
+        self.embedding = self.embedding.into_blocks(format)?;
+        self.lm_head = self.lm_head.map(|h| h.into_blocks(format)).transpose()?;
+        for block in &mut self.blocks {
+            let attention = &mut block.attention;
+            for projection in [
+                &mut attention.query,
+                &mut attention.key,
+                &mut attention.value,
+                &mut attention.output,
+                &mut block.mlp.gate,
+                &mut block.mlp.up,
+                &mut block.mlp.down,
+            ] {
+                let float = std::mem::replace(projection, projection.clone());
+                *projection = float.into_blocks(format)?;
+            }
+        }
+        Ok(self)
+    }
+
+    /// Bytes the model's weights take: blocks at their size, float parameters at their type's
+    /// (a float weight that stands for blocks counts only when it has been built).
+    pub fn weight_bytes(&self) -> usize {
+        let mut bytes = 0;
+        let mut add_blocks = |blocks: Option<&crate::BlockWeight>| {
+            bytes += blocks.map_or(0, |b| b.bytes().len());
+        };
+        add_blocks(self.embedding.blocks.as_ref());
+        add_blocks(self.lm_head.as_ref().and_then(|h| h.blocks.as_ref()));
+        for block in &self.blocks {
+            for projection in [
+                &block.attention.query,
+                &block.attention.key,
+                &block.attention.value,
+                &block.attention.output,
+                &block.mlp.gate,
+                &block.mlp.up,
+                &block.mlp.down,
+            ] {
+                add_blocks(projection.blocks.as_ref());
+            }
+        }
+        let mut floats = BuiltFloatBytes(0);
+        self.visit(&mut floats);
+        bytes + floats.0
+    }
+}
+
+/// Sums the bytes of the float parameters that hold a value (a lazy one not yet built holds
+/// none).
+struct BuiltFloatBytes(usize);
+
+impl<B: Backend> ModuleVisitor<B> for BuiltFloatBytes {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if param.is_initialized() {
+            self.0 += param.shape().num_elements() * param.dtype().size();
+        }
+    }
+}
