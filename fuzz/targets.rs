@@ -45,6 +45,7 @@ fn scratch() -> &'static Path {
 fn options() -> LoadOptions {
     LoadOptions {
         max_seq_len: Some(64),
+        ..LoadOptions::default()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Times decode steps, a prefill, or chunks of a real checkpoint (no criterion), for profiling:
-//! `real_probe MODEL decode|prefill|chunk BATCH CONTEXT_OR_LENGTH full|every2|every4 [f32|f16|bf16] [REPEATS] [KV_DTYPE]`
+//! `real_probe MODEL decode|prefill|chunk BATCH CONTEXT_OR_LENGTH full|every2|every4 [f32|f16|bf16] [REPEATS] [KV_DTYPE] [WEIGHTS]`
 //! (`KV_DTYPE`: what the cache stores, `native` (the default), `f16`, `int8`, ...)
+//! (`WEIGHTS`: what the matrices are held as, `float` (the default), `as-stored`, `q8_0`, `q4_1`)
 //! (`chunk`: steps of `CHUNK` tokens after a history of CONTEXT tokens, as when the next turn of
 //! a conversation is appended to a cache).
 //! (`perf record -g target/release/examples/real_probe ...` profiles exactly one workload).
@@ -17,14 +18,19 @@ fn main() {
     kv_routing_backend::retain_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 5 {
-        eprintln!("usage: real_probe MODEL decode|prefill|chunk BATCH CONTEXT full|every2|every4 [f32|f16|bf16] [REPEATS] [KV_DTYPE]");
+        eprintln!("usage: real_probe MODEL decode|prefill|chunk BATCH CONTEXT full|every2|every4 [f32|f16|bf16] [REPEATS] [KV_DTYPE] [WEIGHTS]");
         std::process::exit(2);
     }
     let precision: Precision = args.get(5).map_or("f32", String::as_str).parse().unwrap();
     let repeats: usize = args.get(6).map_or(24, |r| r.parse().unwrap());
     let device = device_with_precision(precision).unwrap();
-    let loaded =
-        kv_routing_train::pretrained::load_model_dir::<Backend>(args[0].as_ref(), &device).unwrap();
+    let weights = args.get(8).map_or("float", String::as_str).parse().unwrap();
+    let loaded = kv_routing_train::pretrained::load_model_dir_with::<Backend>(
+        args[0].as_ref(),
+        weights,
+        &device,
+    )
+    .unwrap();
     let kv_dtype: kv_routing::KvDtype = args
         .get(7)
         .map_or("native", String::as_str)

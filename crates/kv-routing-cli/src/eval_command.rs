@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 use kv_routing::{split_plan_list, CachePlan, KvDtype};
 use kv_routing_backend::{Backend, Precision, NAME};
-use kv_routing_hf::{load_model_dir, tokenizer_file};
+use kv_routing_hf::{load_model_dir_with, tokenizer_file, WeightStorage};
 use kv_routing_train::checkpoint::load_config;
 use kv_routing_train::data::{DataSource, Dataset};
 use kv_routing_train::evaluate::{evaluate_plans, EvalSettings};
@@ -69,6 +69,12 @@ pub struct EvalArgs {
     /// with one scale per 32 values, llama.cpp's q8_0 layout).
     #[arg(long, default_value = "native")]
     kv_dtype: KvDtype,
+    /// What the weight matrices are held as: float (the --dtype, default), as-stored (a GGUF
+    /// file's q8_0 and q4_1 matrices kept as the file stores them: 8.5 and 5 bits a value,
+    /// multiplied in place on flex), q8_0 or q4_1 (every matrix in that format, quantized at
+    /// load where the file does not store it so).
+    #[arg(long, default_value = "float")]
+    weights: WeightStorage,
 }
 
 /// Runs `kv-routing eval`.
@@ -87,7 +93,8 @@ pub fn run_eval(args: EvalArgs) -> Result<()> {
     };
     let mut evaluations = Vec::new();
     for path in &args.checkpoint {
-        let mut loaded = load_model_dir::<Backend>(&resolve_checkpoint(path)?, &device)?;
+        let mut loaded =
+            load_model_dir_with::<Backend>(&resolve_checkpoint(path)?, args.weights, &device)?;
         loaded.model = loaded.model.with_kv_dtype(args.kv_dtype)?;
         let plans = split_plan_list(&args.plans)
             .into_iter()

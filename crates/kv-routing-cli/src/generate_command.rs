@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use clap::Args;
 use kv_routing::{CachePlan, GenerationConfig, KvDtype, MemoryBudget, Sampler};
 use kv_routing_backend::{Backend, Precision, NAME};
-use kv_routing_hf::load_model_dir;
+use kv_routing_hf::{load_model_dir_with, WeightStorage};
 
 use crate::checkpoint_path::resolve_checkpoint;
 use crate::error::{CliError, Result};
@@ -51,6 +51,12 @@ pub struct GenerateArgs {
     /// with one scale per 32 values, llama.cpp's q8_0 layout).
     #[arg(long, default_value = "native")]
     kv_dtype: KvDtype,
+    /// What the weight matrices are held as: float (the --dtype, default), as-stored (a GGUF
+    /// file's q8_0 and q4_1 matrices kept as the file stores them: 8.5 and 5 bits a value,
+    /// multiplied in place on flex), q8_0 or q4_1 (every matrix in that format, quantized at
+    /// load where the file does not store it so).
+    #[arg(long, default_value = "float")]
+    weights: WeightStorage,
     /// Refuse a generation whose KV cache and prompt activations would exceed this much
     /// memory, before allocating: a size (8GiB, 512MB), `available` (what the system has free
     /// now) or `none`. On a GPU, give the device's memory.
@@ -61,7 +67,11 @@ pub struct GenerateArgs {
 /// Runs `kv-routing generate`.
 pub fn run_generate(args: GenerateArgs) -> Result<()> {
     let device = inference_device(args.dtype)?;
-    let mut loaded = load_model_dir::<Backend>(&resolve_checkpoint(&args.checkpoint)?, &device)?;
+    let mut loaded = load_model_dir_with::<Backend>(
+        &resolve_checkpoint(&args.checkpoint)?,
+        args.weights,
+        &device,
+    )?;
     loaded.model = loaded.model.with_kv_dtype(args.kv_dtype)?;
     let n_layers = loaded.model_config.n_layers;
     let stored = loaded.stored_plan()?;

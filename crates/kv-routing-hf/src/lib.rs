@@ -53,10 +53,10 @@ pub use export::{save_pretrained, ExportDtype, ExportOptions};
 pub use gguf::is_gguf_file;
 pub use hf_config::{Architecture, HfConfig};
 pub use load::{
-    is_hf_checkpoint, is_pretrained, load_pretrained, LoadOptions, PretrainedModel, CONFIG_FILE,
-    MAX_POSITIONS,
+    is_hf_checkpoint, is_pretrained, load_pretrained, LoadOptions, PretrainedModel, WeightStorage,
+    CONFIG_FILE, MAX_POSITIONS,
 };
-pub use model_dir::{end_of_sequence_ids, load_model_dir, LoadedModel};
+pub use model_dir::{end_of_sequence_ids, load_model_dir, load_model_dir_with, LoadedModel};
 pub use routing_metadata::{RoutingMetadata, ROUTING_METADATA_VERSION};
 pub use run_checkpoint::{PretrainedBase, TrainingRun};
 pub use safetensors_files::{SafetensorsFiles, INDEX_FILE, SINGLE_FILE};

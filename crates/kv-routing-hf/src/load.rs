@@ -6,12 +6,15 @@ use std::path::Path;
 use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
-use kv_routing::{RoutedTransformer, RoutedTransformerConfig};
+use kv_routing::{
+    BlockFormat, BlockWeight, Projection, RoutedTransformer, RoutedTransformerConfig,
+    TokenEmbedding,
+};
 
 use crate::error::{HfError, Result};
 use crate::gguf::{is_gguf_file, GgufCheckpoint};
 use crate::hf_config::HfConfig;
-use crate::parameter_map::{matrix, parameter_names, vector, Layout, Slot};
+use crate::parameter_map::{matrix, parameter_names, projection, vector, Layout, Slot};
 use crate::safetensors_files::{SafetensorsFiles, INDEX_FILE, SINGLE_FILE};
 use crate::tokenizer::HfTokenizer;
 
@@ -30,6 +33,48 @@ pub struct LoadOptions {
     /// Positions the rotary tables cover. Default: the checkpoint's `max_position_embeddings`.
     /// A smaller value saves the table's memory; sequences must stay below it.
     pub max_seq_len: Option<usize>,
+    /// What the matrices are held as.
+    pub weights: WeightStorage,
+}
+
+/// What a loaded model holds its matrices (projections, embedding, LM head) as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WeightStorage {
+    /// Floats of the device's type (the default; training needs them): a GGUF file's blocks
+    /// are dequantized at load.
+    #[default]
+    Float,
+    /// A GGUF file's Q8_0 and Q4_1 matrices as the file stores them (4.5-8.5 bits a value
+    /// instead of 16 or 32), everything else in floats. The same as `Float` for other files.
+    AsStored,
+    /// Every matrix in this format: a GGUF file's blocks of that format as stored, anything else
+    /// quantized at load ([`RoutedTransformer::with_block_weights`]).
+    Blocks(BlockFormat),
+}
+
+impl WeightStorage {
+    /// `float`, `as-stored`, `q8_0` or `q4_1`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Float => "float",
+            Self::AsStored => "as-stored",
+            Self::Blocks(format) => format.name(),
+        }
+    }
+}
+
+impl std::str::FromStr for WeightStorage {
+    type Err = String;
+
+    fn from_str(name: &str) -> std::result::Result<Self, String> {
+        match name.to_ascii_lowercase().as_str() {
+            "float" => Ok(Self::Float),
+            "as-stored" => Ok(Self::AsStored),
+            other => other.parse().map(Self::Blocks).map_err(|_| {
+                format!("unknown weight storage `{name}` (float, as-stored, q8_0 or q4_1)")
+            }),
+        }
+    }
 }
 
 /// A loaded checkpoint: the model and everything read with it.
@@ -69,6 +114,11 @@ trait TensorSource {
     fn file_of(&self, name: &str) -> String;
     /// Values held by all tensors together.
     fn total_values(&self) -> usize;
+    /// Tensor `name` as the blocks the file stores, when it is in a block format the model
+    /// multiplies in place.
+    fn blocks(&self, _name: &str) -> Result<Option<BlockWeight>> {
+        Ok(None)
+    }
 }
 
 impl TensorSource for SafetensorsFiles {
@@ -107,6 +157,10 @@ impl TensorSource for GgufCheckpoint {
             self.file().path().display(),
             self.gguf_name(name).unwrap_or(name)
         )
+    }
+
+    fn blocks(&self, name: &str) -> Result<Option<BlockWeight>> {
+        self.read_blocks(name)
     }
 
     fn total_values(&self) -> usize {
@@ -188,7 +242,10 @@ fn load_from<B: Backend>(
         }
     }
     for (name, slot) in &expected {
-        load_parameter(&mut model, source, name, *slot, device)?;
+        load_parameter(&mut model, source, name, *slot, options.weights, device)?;
+    }
+    if let WeightStorage::Blocks(format) = options.weights {
+        model = model.with_block_weights(format).map_err(HfError::from)?;
     }
     Ok(PretrainedModel {
         model,
@@ -203,8 +260,20 @@ fn load_parameter<B: Backend>(
     source: &impl TensorSource,
     name: &str,
     slot: Slot,
+    weights: WeightStorage,
     device: &B::Device,
 ) -> Result<()> {
+    if slot.layout() != Layout::Vector && weights != WeightStorage::Float {
+        if let Some(blocks) = source.blocks(name)? {
+            let wanted = match weights {
+                WeightStorage::Blocks(format) => blocks.format() == format,
+                _ => true,
+            };
+            if wanted {
+                return set_blocks(model, slot, name, blocks, device);
+            }
+        }
+    }
     let data = source.tensor(name)?;
     let shape = data.shape.to_vec();
     let check = |expected: Vec<usize>| {
@@ -238,6 +307,38 @@ fn load_parameter<B: Backend>(
                 Tensor::from_data(data, device)
             };
             *param = Param::from_tensor(tensor);
+        }
+    }
+    Ok(())
+}
+
+/// Installs `blocks` (tensor `name`, in the checkpoint's `[out, in]` layout) as the matrix at
+/// `slot`, after checking its shape against the model's.
+fn set_blocks<B: Backend>(
+    model: &mut RoutedTransformer<B>,
+    slot: Slot,
+    name: &str,
+    blocks: BlockWeight,
+    device: &B::Device,
+) -> Result<()> {
+    let [rows, cols] = matrix(model, slot).lazy_shape().dims::<2>();
+    // Projections hold `[in, out]`, the checkpoint `[out, in]`; the embedding is as stored.
+    let expected = match slot.layout() {
+        Layout::LinearWeight => [cols, rows],
+        _ => [rows, cols],
+    };
+    if blocks.dims() != expected {
+        return Err(HfError::TensorShape {
+            name: name.into(),
+            expected: expected.to_vec(),
+            actual: blocks.dims().to_vec(),
+        });
+    }
+    match slot {
+        Slot::Embedding => model.embedding = TokenEmbedding::from_blocks(blocks, device),
+        _ => {
+            let projection = projection(model, slot);
+            *projection = Projection::from_blocks(blocks, projection.bias.take(), device);
         }
     }
     Ok(())

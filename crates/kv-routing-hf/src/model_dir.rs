@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::error::{HfError, Result};
 use crate::export::{save_pretrained, ExportOptions};
 use crate::hf_config::HfConfig;
-use crate::load::{is_pretrained, load_pretrained, LoadOptions};
+use crate::load::{is_pretrained, load_pretrained, LoadOptions, WeightStorage};
 use crate::routing_metadata::{RoutingMetadata, ROUTING_METADATA_VERSION};
 use crate::run_checkpoint::{load_run_weights, TrainingRun};
 use crate::staged_dir::StagedDir;
@@ -156,9 +156,24 @@ fn token_id(value: &Value) -> Option<u32> {
 /// `config.json` and safetensors weights, a GGUF file, else a training checkpoint. Only reads
 /// (see the module docs).
 pub fn load_model_dir<B: Backend>(path: &Path, device: &B::Device) -> Result<LoadedModel<B>> {
+    load_model_dir_with(path, WeightStorage::Float, device)
+}
+
+/// [`load_model_dir`] with the matrices held as `weights` says: a GGUF file's blocks kept as
+/// stored ([`WeightStorage::AsStored`]), or every matrix of any checkpoint in a block format
+/// ([`WeightStorage::Blocks`], quantized at load where the file does not store that format).
+pub fn load_model_dir_with<B: Backend>(
+    path: &Path,
+    weights: WeightStorage,
+    device: &B::Device,
+) -> Result<LoadedModel<B>> {
     let dir = StagedDir::committed(path)?;
     if is_pretrained(&dir) {
-        let loaded = load_pretrained::<B>(&dir, &LoadOptions::default(), device)?;
+        let options = LoadOptions {
+            weights,
+            ..LoadOptions::default()
+        };
+        let loaded = load_pretrained::<B>(&dir, &options, device)?;
         return Ok(LoadedModel {
             model: loaded.model,
             model_config: loaded.model_config,
@@ -169,7 +184,10 @@ pub fn load_model_dir<B: Backend>(path: &Path, device: &B::Device) -> Result<Loa
         });
     }
     let run = TrainingRun::read(&dir)?;
-    let model = load_run_weights::<B>(&dir, &run.model, device)?;
+    let mut model = load_run_weights::<B>(&dir, &run.model, device)?;
+    if let WeightStorage::Blocks(format) = weights {
+        model = model.with_block_weights(format)?;
+    }
     Ok(LoadedModel {
         model,
         model_config: run.model.clone(),

@@ -9,7 +9,7 @@
 use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use kv_routing::RoutedTransformer;
+use kv_routing::{Projection, RoutedTransformer};
 
 /// How a tensor is laid out in the checkpoint relative to the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,30 +121,32 @@ pub fn matrix<B: Backend>(
     model: &mut RoutedTransformer<B>,
     slot: Slot,
 ) -> &mut Param<Tensor<B, 2>> {
-    use BlockParam::*;
     match slot {
         Slot::Embedding => &mut model.embedding.weight,
-        Slot::LmHead => {
-            &mut model
-                .lm_head
-                .as_mut()
-                .expect("slot from parameter_names")
-                .weight
-        }
+        Slot::FinalNorm => unreachable!("the final norm is a vector"),
+        _ => &mut projection(model, slot).weight,
+    }
+}
+
+/// The projection at a linear-weight `slot` (see [`matrix`]; panics on any other slot).
+pub fn projection<B: Backend>(model: &mut RoutedTransformer<B>, slot: Slot) -> &mut Projection<B> {
+    use BlockParam::*;
+    match slot {
+        Slot::LmHead => model.lm_head.as_mut().expect("slot from parameter_names"),
         Slot::Block(layer, param) => {
             let block = &mut model.blocks[layer];
             match param {
-                Query => &mut block.attention.query.weight,
-                Key => &mut block.attention.key.weight,
-                Value => &mut block.attention.value.weight,
-                Output => &mut block.attention.output.weight,
-                Gate => &mut block.mlp.gate.weight,
-                Up => &mut block.mlp.up.weight,
-                Down => &mut block.mlp.down.weight,
+                Query => &mut block.attention.query,
+                Key => &mut block.attention.key,
+                Value => &mut block.attention.value,
+                Output => &mut block.attention.output,
+                Gate => &mut block.mlp.gate,
+                Up => &mut block.mlp.up,
+                Down => &mut block.mlp.down,
                 _ => unreachable!("{param:?} is a vector"),
             }
         }
-        Slot::FinalNorm => unreachable!("the final norm is a vector"),
+        _ => unreachable!("{slot:?} is not a projection"),
     }
 }
 

@@ -34,6 +34,7 @@ const CASES: u32 = 3000;
 fn options() -> LoadOptions {
     LoadOptions {
         max_seq_len: Some(64),
+        ..LoadOptions::default()
     }
 }
 

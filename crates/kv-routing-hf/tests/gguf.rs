@@ -402,6 +402,7 @@ fn corrupted_headers_are_errors_or_load_but_never_panic() {
         // MAX_POSITIONS positions of rotary tables, which is legal but slow to fill.
         let options = LoadOptions {
             max_seq_len: Some(64),
+            ..LoadOptions::default()
         };
         let _ = load_pretrained::<Flex>(&path, &options, &Default::default());
     }

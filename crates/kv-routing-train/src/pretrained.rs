@@ -6,5 +6,6 @@
 //! here too for the code that loads through the training crate's paths.
 
 pub use kv_routing_hf::{
-    end_of_sequence_ids, load_model_dir, tokenizer_file, LoadedModel, PretrainedBase,
+    end_of_sequence_ids, load_model_dir, load_model_dir_with, tokenizer_file, LoadedModel,
+    PretrainedBase, WeightStorage,
 };

@@ -20,7 +20,10 @@ use std::path::Path;
 
 use serde_json::{json, Map};
 
+use kv_routing::{BlockFormat, BlockWeight};
+
 use super::file::{supported_type_names, GgufFile};
+use super::ggml_type::GgmlType;
 use super::metadata::MetadataValue;
 use crate::error::{HfError, Result};
 use crate::hf_config::{Architecture, HfConfig};
@@ -140,30 +143,67 @@ impl GgufCheckpoint {
             searched: self.file.path().display().to_string(),
         })?;
         let shape = self.file.tensors()[gguf_name].shape();
-        let mut values = self.file.read_f32(gguf_name)?;
-        if self.permuted_qk {
-            let heads = if name.contains(".q_proj.") {
-                Some(self.config.num_attention_heads)
-            } else if name.contains(".k_proj.") {
-                Some(
-                    self.config
-                        .num_key_value_heads
-                        .unwrap_or(self.config.num_attention_heads),
-                )
-            } else {
-                None
-            };
-            if let Some(heads) = heads {
-                values = unpermute_rotary_rows(&values, &shape, heads).ok_or_else(|| {
-                    HfError::TensorShape {
-                        name: name.into(),
-                        expected: vec![heads * self.head_dim()],
-                        actual: shape.clone(),
-                    }
-                })?;
-            }
-        }
+        let values = self.file.read_f32(gguf_name)?;
+        let values = self.unpermuted(name, &shape, values, shape[1..].iter().product())?;
         Ok((shape, values))
+    }
+
+    /// Hugging Face tensor `name` as the blocks the file stores, when it is a matrix in a block
+    /// format the model multiplies in place (Q8_0, Q4_1; rows in Hugging Face's order); `None`
+    /// for any other type.
+    pub fn read_blocks(&self, name: &str) -> Result<Option<BlockWeight>> {
+        let gguf_name = self.gguf_name(name).ok_or_else(|| HfError::MissingTensor {
+            name: name.into(),
+            searched: self.file.path().display().to_string(),
+        })?;
+        let shape = self.file.tensors()[gguf_name].shape();
+        let (ggml_type, bytes) = self.file.read_raw(gguf_name)?;
+        let format = match ggml_type {
+            GgmlType::Q8_0 => BlockFormat::Q8_0,
+            GgmlType::Q4_1 => BlockFormat::Q4_1,
+            _ => return Ok(None),
+        };
+        let &[rows, cols] = shape.as_slice() else {
+            return Ok(None);
+        };
+        let row_bytes = if rows == 0 { 0 } else { bytes.len() / rows };
+        let bytes = self.unpermuted(name, &shape, bytes.to_vec(), row_bytes)?;
+        BlockWeight::new(format, [rows, cols], bytes)
+            .map(Some)
+            .map_err(|e| HfError::Gguf {
+                path: self.file.path().to_path_buf(),
+                message: format!("tensor `{gguf_name}`: {e}"),
+            })
+    }
+
+    /// `values` (rows of `width` elements, Hugging Face tensor `name` of `shape` as the file
+    /// stores it) with llama.cpp's rotary row order of query and key projections undone.
+    fn unpermuted<T: Copy + Default>(
+        &self,
+        name: &str,
+        shape: &[usize],
+        values: Vec<T>,
+        width: usize,
+    ) -> Result<Vec<T>> {
+        if !self.permuted_qk {
+            return Ok(values);
+        }
+        let heads = if name.contains(".q_proj.") {
+            self.config.num_attention_heads
+        } else if name.contains(".k_proj.") {
+            self.config
+                .num_key_value_heads
+                .unwrap_or(self.config.num_attention_heads)
+        } else {
+            return Ok(values);
+        };
+        unpermute_rotary_rows(&values, &[shape[0], width], heads).ok_or_else(|| {
+            HfError::TensorShape {
+                name: name.into(),
+                expected: vec![heads * self.head_dim()],
+                actual: shape.to_vec(),
+            }
+        })
     }
 
     fn head_dim(&self) -> usize {
@@ -176,7 +216,11 @@ impl GgufCheckpoint {
 /// Undoes llama.cpp's rotary row order of a projection with `heads` heads: `values` is
 /// `shape[0]` rows (one per output feature) of `shape[1..]` values each. `None` when the rows
 /// do not split into heads of an even size.
-pub fn unpermute_rotary_rows(values: &[f32], shape: &[usize], heads: usize) -> Option<Vec<f32>> {
+pub fn unpermute_rotary_rows<T: Copy + Default>(
+    values: &[T],
+    shape: &[usize],
+    heads: usize,
+) -> Option<Vec<T>> {
     let rows = *shape.first()?;
     let width: usize = shape[1..].iter().product();
     if heads == 0
@@ -188,7 +232,7 @@ pub fn unpermute_rotary_rows(values: &[f32], shape: &[usize], heads: usize) -> O
     }
     let head_dim = rows / heads;
     let half = head_dim / 2;
-    let mut out = vec![0.0; values.len()];
+    let mut out = vec![T::default(); values.len()];
     for head in 0..heads {
         for i in 0..half {
             for j in 0..2 {

@@ -151,6 +151,24 @@ impl GgufFile {
         &self.tensors
     }
 
+    /// The bytes of tensor `name` as stored, when its type is one this crate reads.
+    pub fn read_raw(&self, name: &str) -> Result<(GgmlType, &[u8])> {
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| HfError::MissingTensor {
+                name: name.into(),
+                searched: self.path.display().to_string(),
+            })?;
+        let len = info.len.filter(|_| info.ggml_type.is_supported());
+        let len = len.ok_or_else(|| HfError::GgufTensorType {
+            name: name.into(),
+            ggml_type: info.ggml_type.name(),
+            supported: supported_type_names(),
+        })?;
+        Ok((info.ggml_type, &self.map[info.start..info.start + len]))
+    }
+
     /// The values of tensor `name` as f32, in row-major order of [`TensorInfo::shape`].
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
         let info = self
