@@ -8,10 +8,11 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use kv_routing::{CachePlan, GenerationConfig};
+use kv_routing::{BlockFormat, CachePlan, GenerationConfig};
 use kv_routing_hf::gguf::{dequantize::dequantize, GgmlType, GgufFile};
 use kv_routing_hf::{
     load_pretrained, save_pretrained, ExportOptions, HfError, HfTokenizer, LoadOptions,
+    WeightStorage,
 };
 use serde_json::Value;
 use support::checkpoint_builder::{Spec, Tensors};
@@ -177,6 +178,103 @@ fn every_family_matches_the_reference() {
         let path = write(dir.path(), "model.gguf", &writer.to_bytes());
         assert_matches_reference(&path, &spec, &tensors, F64_TOLERANCE, name);
     }
+}
+
+/// The matrices of a model that hold blocks, with their formats (`None`: floats).
+fn matrix_formats(model: &kv_routing::RoutedTransformer<Flex>) -> Vec<Option<BlockFormat>> {
+    let mut formats = vec![model.embedding.blocks.as_ref().map(|b| b.format())];
+    for block in &model.blocks {
+        let (attention, mlp) = (&block.attention, &block.mlp);
+        for projection in [
+            &attention.query,
+            &attention.key,
+            &attention.value,
+            &attention.output,
+            &mlp.gate,
+            &mlp.up,
+            &mlp.down,
+        ] {
+            formats.push(projection.blocks.as_ref().map(|b| b.format()));
+        }
+    }
+    formats
+}
+
+#[test]
+fn q8_0_and_q4_1_files_keep_their_blocks_and_match_the_reference() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = wide_llama();
+    let device = Default::default();
+    for (ty, format) in [
+        (GgmlType::Q8_0, BlockFormat::Q8_0),
+        (GgmlType::Q4_1, BlockFormat::Q4_1),
+    ] {
+        let (writer, tensors) = gguf_model(&spec, ty, 5);
+        let path = write(dir.path(), &format!("{ty}.gguf"), &writer.to_bytes());
+        let options = LoadOptions {
+            weights: WeightStorage::AsStored,
+            ..LoadOptions::default()
+        };
+        let loaded = load_pretrained::<Flex>(&path, &options, &device).unwrap();
+        // Every matrix as the file stores it (rows of the rotary projections reordered).
+        assert!(
+            matrix_formats(&loaded.model)
+                .iter()
+                .all(|f| *f == Some(format)),
+            "{ty}"
+        );
+        let config = spec.config_json();
+        let reference = HfReference::new(&config, &tensors);
+        for route in routes(spec.layers, 3) {
+            let expected = reference.logits(&tokens(), &sources(&route, spec.layers));
+            let actual = host_logits(&loaded.model, &tokens(), &route);
+            // f32 sums over rows of 256 (the f64 reference's tolerance is for f64).
+            assert_close(
+                &actual,
+                &expected,
+                1e-3,
+                &format!("{ty} as stored, route {route}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn any_file_loads_with_every_matrix_in_a_block_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = wide_llama();
+    let device = Default::default();
+    let (writer, _) = gguf_model(&spec, GgmlType::Q4_K, 8);
+    let path = write(dir.path(), "q4_k.gguf", &writer.to_bytes());
+    let float = load_pretrained::<Flex>(&path, &LoadOptions::default(), &device).unwrap();
+    assert!(matrix_formats(&float.model).iter().all(Option::is_none));
+    // Q4_K is not kept as stored: as-stored leaves it in floats, q8_0 quantizes it.
+    let options = |weights| LoadOptions {
+        weights,
+        ..LoadOptions::default()
+    };
+    let stored =
+        load_pretrained::<Flex>(&path, &options(WeightStorage::AsStored), &device).unwrap();
+    assert!(matrix_formats(&stored.model).iter().all(Option::is_none));
+    let q8 = load_pretrained::<Flex>(
+        &path,
+        &options(WeightStorage::Blocks(BlockFormat::Q8_0)),
+        &device,
+    )
+    .unwrap();
+    assert!(matrix_formats(&q8.model)
+        .iter()
+        .all(|f| *f == Some(BlockFormat::Q8_0)));
+    let route = CachePlan::full(spec.layers).unwrap().route();
+    let (expected, actual) = (
+        host_logits(&float.model, &tokens(), &route),
+        host_logits(&q8.model, &tokens(), &route),
+    );
+    // Q8_0 moves each weight by at most half a code step (1/254 of its block's largest); through
+    // two random layers the logits move by a few percent (seen: 2.5%), a mapping or row-order
+    // mistake by O(1).
+    assert_close(&actual, &expected, 5e-2, "q8_0 from q4_k");
+    assert_ne!(actual, expected, "the weights were quantized");
 }
 
 #[test]
