@@ -166,7 +166,7 @@ impl GgufCheckpoint {
         let &[rows, cols] = shape.as_slice() else {
             return Ok(None);
         };
-        let row_bytes = if rows == 0 { 0 } else { bytes.len() / rows };
+        let row_bytes = bytes.len().checked_div(rows).unwrap_or(0);
         let bytes = self.unpermuted(name, &shape, bytes.to_vec(), row_bytes)?;
         BlockWeight::new(format, [rows, cols], bytes)
             .map(Some)
