@@ -151,7 +151,7 @@ impl BlockWeight {
         };
         if let Some(block) = weight
             .blocks()
-            .position(|block| !Self::params(format, block).iter().all(|p| p.is_finite()))
+            .position(|block| !block_params(format, block).iter().all(|p| p.is_finite()))
         {
             return Err(KvRoutingError::InvalidConfig(format!(
                 "block {block} of a {format} matrix has a scale or offset that is not finite"
@@ -221,15 +221,6 @@ impl BlockWeight {
         self.bytes.chunks_exact(self.format.block_bytes())
     }
 
-    /// A block's scale and offset (0 for Q8_0).
-    fn params(format: BlockFormat, block: &[u8]) -> [f32; 2] {
-        let scale = f16::from_le_bytes([block[0], block[1]]).to_f32();
-        match format {
-            BlockFormat::Q8_0 => [scale, 0.0],
-            BlockFormat::Q4_1 => [scale, f16::from_le_bytes([block[2], block[3]]).to_f32()],
-        }
-    }
-
     /// Rows `rows` dequantized into `out` (`rows.len() * d_input` values, row-major).
     pub fn dequantize_rows(&self, rows: std::ops::Range<usize>, out: &mut [f32]) {
         let row_bytes = self.row_bytes();
@@ -250,9 +241,18 @@ impl BlockWeight {
     }
 }
 
+/// A block's scale and offset (0 for Q8_0).
+pub(crate) fn block_params(format: BlockFormat, block: &[u8]) -> [f32; 2] {
+    let scale = f16::from_le_bytes([block[0], block[1]]).to_f32();
+    match format {
+        BlockFormat::Q8_0 => [scale, 0.0],
+        BlockFormat::Q4_1 => [scale, f16::from_le_bytes([block[2], block[3]]).to_f32()],
+    }
+}
+
 /// One block of `format` widened into `out` (32 values).
-pub(crate) fn dequantize_block(format: BlockFormat, block: &[u8], out: &mut [f32]) {
-    let [scale, offset] = BlockWeight::params(format, block);
+fn dequantize_block(format: BlockFormat, block: &[u8], out: &mut [f32]) {
+    let [scale, offset] = block_params(format, block);
     match format {
         BlockFormat::Q8_0 => {
             for (out, &code) in out.iter_mut().zip(&block[2..]) {

@@ -30,8 +30,8 @@ use rayon::prelude::*;
 use super::matrix::{product_into, Matrix};
 use super::matvec::dims;
 use super::tensor::{flex_float, from_flex, zeroed};
-use super::vector::{has_avx2_fma_f16c, KernelElement};
-use crate::block_weight::{dequantize_block, BlockFormat, BlockWeight, BLOCK_VALUES};
+use super::vector::{has_avx2_fma_f16c, has_avx512_registers, KernelElement};
+use crate::block_weight::{block_params, BlockFormat, BlockWeight, BLOCK_VALUES};
 
 /// The most input rows a product streams; more are dequantized panels and gemm.
 pub(crate) const MAX_STREAMED_ROWS: usize = 8;
@@ -44,6 +44,28 @@ const PARALLEL_VALUES: usize = 1 << 16;
 
 /// Output chunks per pool thread, for balance.
 const TASKS_PER_THREAD: usize = 4;
+
+/// Deliberate errors of the streamed product, switched on only by the tests and
+/// `kernel-mutants` builds ([`super::mutants`]): each must fail the f64 check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(any(test, feature = "kernel-mutants")), allow(dead_code))]
+enum Mutation {
+    /// Blocks summed without their scale.
+    ScaleIgnored,
+    /// A Q4_1 byte's nibbles read in the wrong order.
+    NibblesSwapped,
+    /// The last block of every row left out.
+    LastBlockDropped,
+}
+
+#[cfg_attr(not(any(test, feature = "kernel-mutants")), allow(dead_code))]
+impl Mutation {
+    const ALL: [Mutation; 3] = [
+        Mutation::ScaleIgnored,
+        Mutation::NibblesSwapped,
+        Mutation::LastBlockDropped,
+    ];
+}
 
 /// `x Wᵀ` for flex rows `x` and block matrix `blocks` (see the module docs).
 pub(crate) fn block_product<B: Backend>(
@@ -96,7 +118,9 @@ fn streamed(blocks: &BlockWeight, x: &[f32], rows: usize) -> Vec<f32> {
             .collect(),
         BlockFormat::Q8_0 => Vec::new(),
     };
+    let mutation = super::mutants::active("block_product", &Mutation::ALL);
     let task = Task {
+        mutation,
         format: blocks.format(),
         bytes: blocks.bytes(),
         row_bytes: blocks.row_bytes(),
@@ -131,6 +155,8 @@ fn streamed(blocks: &BlockWeight, x: &[f32], rows: usize) -> Vec<f32> {
 
 /// One streamed product's operands.
 struct Task<'a> {
+    #[cfg_attr(not(any(test, feature = "kernel-mutants")), allow(dead_code))]
+    mutation: Option<Mutation>,
     format: BlockFormat,
     bytes: &'a [u8],
     row_bytes: usize,
@@ -145,37 +171,104 @@ struct Task<'a> {
 impl Task<'_> {
     /// `out[o * rows + r]` = output `first + o` of row `r`.
     fn run(&self, first: usize, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2_fma_f16c() {
-            // SAFETY: the CPU has the features the function is compiled for (checked above).
-            return unsafe {
+        /// `self.$variant::<R>(first, out)` with `R` the task's row count (1 to 8).
+        macro_rules! for_rows {
+            ($variant:ident) => {
                 match self.rows {
-                    1 => self.run_avx2::<1>(first, out),
-                    2 => self.run_avx2::<2>(first, out),
-                    3 => self.run_avx2::<3>(first, out),
-                    4 => self.run_avx2::<4>(first, out),
-                    5 => self.run_avx2::<5>(first, out),
-                    6 => self.run_avx2::<6>(first, out),
-                    7 => self.run_avx2::<7>(first, out),
-                    _ => self.run_avx2::<8>(first, out),
+                    1 => self.$variant::<1>(first, out),
+                    2 => self.$variant::<2>(first, out),
+                    3 => self.$variant::<3>(first, out),
+                    4 => self.$variant::<4>(first, out),
+                    5 => self.$variant::<5>(first, out),
+                    6 => self.$variant::<6>(first, out),
+                    7 => self.$variant::<7>(first, out),
+                    _ => self.$variant::<8>(first, out),
                 }
             };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if has_avx512_registers() {
+            // SAFETY: the CPU has the features the function is compiled for (checked above).
+            return unsafe { for_rows!(run_avx512) };
+        }
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2_fma_f16c() {
+            // SAFETY: as above.
+            return unsafe { for_rows!(run_avx2) };
         }
         self.run_portable(first, out)
     }
 
+    /// Blocks of a row that are summed (all of them but under a mutation).
+    #[inline(always)]
+    fn summed_blocks(&self) -> usize {
+        #[cfg(any(test, feature = "kernel-mutants"))]
+        if self.mutation == Some(Mutation::LastBlockDropped) {
+            return self.n_blocks - 1;
+        }
+        self.n_blocks
+    }
+
+    /// A block's scale as the sums use it (itself but under a mutation).
+    #[inline(always)]
+    fn scale(&self, scale: f32) -> f32 {
+        #[cfg(any(test, feature = "kernel-mutants"))]
+        if self.mutation == Some(Mutation::ScaleIgnored) {
+            return 1.0;
+        }
+        scale
+    }
+
+    /// Whether Q4_1's nibbles are read high first (never but under a mutation).
+    #[inline(always)]
+    fn nibbles_swapped(&self) -> bool {
+        #[cfg(any(test, feature = "kernel-mutants"))]
+        if self.mutation == Some(Mutation::NibblesSwapped) {
+            return true;
+        }
+        false
+    }
+
     fn run_portable(&self, first: usize, out: &mut [f32]) {
         let block_bytes = self.format.block_bytes();
-        let mut values = [0f32; BLOCK_VALUES];
+        let width = self.n_blocks * BLOCK_VALUES;
+        let mut codes = [0f32; BLOCK_VALUES];
         for (o, out) in out.chunks_exact_mut(self.rows).enumerate() {
             let row = &self.bytes[(first + o) * self.row_bytes..][..self.row_bytes];
             out.fill(0.0);
-            for (b, block) in row.chunks_exact(block_bytes).enumerate() {
-                dequantize_block(self.format, block, &mut values);
+            for (b, block) in row
+                .chunks_exact(block_bytes)
+                .take(self.summed_blocks())
+                .enumerate()
+            {
+                let [scale, offset] = block_params(self.format, block);
+                match self.format {
+                    BlockFormat::Q8_0 => {
+                        for (code, &byte) in codes.iter_mut().zip(&block[2..]) {
+                            *code = byte as i8 as f32;
+                        }
+                    }
+                    BlockFormat::Q4_1 => {
+                        let (low, high) = codes.split_at_mut(BLOCK_VALUES / 2);
+                        let (low, high) = if self.nibbles_swapped() {
+                            (high, low)
+                        } else {
+                            (low, high)
+                        };
+                        for ((low, high), &byte) in low.iter_mut().zip(high).zip(&block[4..]) {
+                            *low = (byte & 0x0f) as f32;
+                            *high = (byte >> 4) as f32;
+                        }
+                    }
+                }
                 for (r, out) in out.iter_mut().enumerate() {
-                    let x = &self.x[r * self.n_blocks * BLOCK_VALUES + b * BLOCK_VALUES..]
-                        [..BLOCK_VALUES];
-                    *out += values.iter().zip(x).map(|(w, x)| w * x).sum::<f32>();
+                    let x = &self.x[r * width + b * BLOCK_VALUES..][..BLOCK_VALUES];
+                    let dot: f32 = codes.iter().zip(x).map(|(q, x)| q * x).sum();
+                    let offsets = match self.format {
+                        BlockFormat::Q4_1 => offset * self.block_sums[r * self.n_blocks + b],
+                        BlockFormat::Q8_0 => 0.0,
+                    };
+                    *out += self.scale(scale) * dot + offsets;
                 }
             }
         }
@@ -193,7 +286,11 @@ impl Task<'_> {
             let row = &self.bytes[(first + o) * self.row_bytes..][..self.row_bytes];
             let mut sums = [_mm256_setzero_ps(); R];
             let mut offsets = [0f32; R];
-            for (b, block) in row.chunks_exact(block_bytes).enumerate() {
+            for (b, block) in row
+                .chunks_exact(block_bytes)
+                .take(self.summed_blocks())
+                .enumerate()
+            {
                 let p = block.as_ptr();
                 // SAFETY: `block` is one whole block of `block_bytes` bytes (its format's
                 // layout): every load below reads inside it; `x` holds `R` rows of `width`.
@@ -223,6 +320,11 @@ impl Task<'_> {
                             let packed = _mm_loadu_si128(p.add(4) as *const __m128i);
                             let low = _mm_and_si128(packed, low_nibbles);
                             let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), low_nibbles);
+                            let (low, high) = if self.nibbles_swapped() {
+                                (high, low)
+                            } else {
+                                (low, high)
+                            };
                             let widen = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
                             [
                                 widen(low),
@@ -232,7 +334,7 @@ impl Task<'_> {
                             ]
                         }
                     };
-                    (_mm256_set1_ps(scale), codes)
+                    (_mm256_set1_ps(self.scale(scale)), codes)
                 };
                 for (r, sum) in sums.iter_mut().enumerate() {
                     // SAFETY: row `r`'s block `b` is inside `x` (`R` rows of `width`).
@@ -251,6 +353,75 @@ impl Task<'_> {
                 // SAFETY: eight f32 lanes into an array of eight.
                 unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), sum) };
                 *out = lanes.iter().sum::<f32>() + offset;
+            }
+        }
+    }
+
+    /// The streamed product for `R` rows with AVX-512: a block's 32 codes in two 16-lane
+    /// registers (half the widening and multiply-adds of [`Task::run_avx2`]).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    unsafe fn run_avx512<const R: usize>(&self, first: usize, out: &mut [f32]) {
+        use std::arch::x86_64::*;
+        let block_bytes = self.format.block_bytes();
+        let width = self.n_blocks * BLOCK_VALUES;
+        let low_nibbles = _mm_set1_epi8(0x0f);
+        for (o, out) in out.chunks_exact_mut(R).enumerate() {
+            let row = &self.bytes[(first + o) * self.row_bytes..][..self.row_bytes];
+            let mut sums = [_mm512_setzero_ps(); R];
+            let mut offsets = [0f32; R];
+            for (b, block) in row
+                .chunks_exact(block_bytes)
+                .take(self.summed_blocks())
+                .enumerate()
+            {
+                let p = block.as_ptr();
+                // SAFETY: as in `run_avx2`: every load reads inside the block or inside `x`.
+                let (scale, codes) = unsafe {
+                    let scale =
+                        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([
+                            *p,
+                            *p.add(1),
+                        ])
+                            as i32)));
+                    let codes = match self.format {
+                        BlockFormat::Q8_0 => [2, 18].map(|k| {
+                            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
+                                p.add(k) as *const __m128i
+                            )))
+                        }),
+                        BlockFormat::Q4_1 => {
+                            let offset = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
+                                u16::from_le_bytes([*p.add(2), *p.add(3)]) as i32,
+                            )));
+                            for (r, offsets) in offsets.iter_mut().enumerate() {
+                                *offsets += offset * self.block_sums[r * self.n_blocks + b];
+                            }
+                            let packed = _mm_loadu_si128(p.add(4) as *const __m128i);
+                            let low = _mm_and_si128(packed, low_nibbles);
+                            let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), low_nibbles);
+                            let (low, high) = if self.nibbles_swapped() {
+                                (high, low)
+                            } else {
+                                (low, high)
+                            };
+                            [low, high].map(|v| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)))
+                        }
+                    };
+                    (_mm512_set1_ps(self.scale(scale)), codes)
+                };
+                for (r, sum) in sums.iter_mut().enumerate() {
+                    // SAFETY: row `r`'s block `b` is inside `x` (`R` rows of `width`).
+                    unsafe {
+                        let x = self.x.as_ptr().add(r * width + b * BLOCK_VALUES);
+                        let dot = _mm512_mul_ps(codes[0], _mm512_loadu_ps(x));
+                        let dot = _mm512_fmadd_ps(codes[1], _mm512_loadu_ps(x.add(16)), dot);
+                        *sum = _mm512_fmadd_ps(dot, scale, *sum);
+                    }
+                }
+            }
+            for ((out, sum), offset) in out.iter_mut().zip(sums).zip(offsets) {
+                *out = _mm512_reduce_add_ps(sum) + offset;
             }
         }
     }
@@ -312,6 +483,15 @@ mod tests {
     }
 
     fn check(format: BlockFormat, [d_output, d_input]: [usize; 2], rows: usize, dtype: DType) {
+        checked(format, [d_output, d_input], rows, dtype).unwrap()
+    }
+
+    fn checked(
+        format: BlockFormat,
+        [d_output, d_input]: [usize; 2],
+        rows: usize,
+        dtype: DType,
+    ) -> Result<(), String> {
         let device = Default::default();
         let blocks =
             BlockWeight::quantize(format, [d_output, d_input], &values(d_output * d_input, 3))
@@ -344,12 +524,24 @@ mod tests {
                 let e = expected[r * d_output + o];
                 let bound = magnitude * d_input as f64 * 2f64.powi(-23) + e.abs() * rounding + 1e-6;
                 let got = y[r * d_output + o] as f64;
-                assert!(
-                    (got - e).abs() <= bound,
-                    "{format} [{d_output}, {d_input}] x {rows} rows {dtype:?}: y[{r}, {o}] = {got}, expected {e} (bound {bound})"
-                );
+                if (got - e).abs() > bound || got.is_nan() {
+                    return Err(format!(
+                        "{format} [{d_output}, {d_input}] x {rows} rows {dtype:?}: y[{r}, {o}] = {got}, expected {e} (bound {bound})"
+                    ));
+                }
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn every_mutation_of_the_streamed_product_fails_the_check() {
+        let survivors = super::super::mutants::surviving("block_product", &Mutation::ALL, || {
+            // Both formats, a streamed product of several blocks per row.
+            checked(BlockFormat::Q8_0, [9, 96], 2, DType::F32)?;
+            checked(BlockFormat::Q4_1, [9, 96], 2, DType::F32)
+        });
+        assert!(survivors.is_empty(), "not caught: {survivors:?}");
     }
 
     #[test]
