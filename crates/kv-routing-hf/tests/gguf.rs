@@ -660,8 +660,19 @@ fn real_smollm2_gguf_matches_transformers() {
     )
     .unwrap();
     let device = Default::default();
-    let loaded =
-        load_pretrained::<Flex>(Path::new(&path), &LoadOptions::default(), &device).unwrap();
+    // Dequantized to f32 at load, and the file's Q4_1/Q8_0 blocks multiplied in place: the same
+    // checks for both.
+    for weights in [WeightStorage::Float, WeightStorage::AsStored] {
+        let options = LoadOptions {
+            weights,
+            ..LoadOptions::default()
+        };
+        let loaded = load_pretrained::<Flex>(Path::new(&path), &options, &device).unwrap();
+        check_against_transformers(&loaded, &reference);
+    }
+}
+
+fn check_against_transformers(loaded: &kv_routing_hf::PretrainedModel<Flex>, reference: &Value) {
     let tokenizer = loaded.tokenizer.as_ref().unwrap();
     for case in reference["cases"].as_array().unwrap() {
         let prompt = case["prompt"].as_str().unwrap();
