@@ -167,7 +167,7 @@ impl GgufCheckpoint {
             return Ok(None);
         };
         let row_bytes = bytes.len().checked_div(rows).unwrap_or(0);
-        let bytes = self.unpermuted(name, &shape, bytes.to_vec(), row_bytes)?;
+        let bytes = self.unpermuted(name, &shape, bytes, row_bytes)?;
         BlockWeight::new(format, [rows, cols], bytes)
             .map(Some)
             .map_err(|e| HfError::Gguf {

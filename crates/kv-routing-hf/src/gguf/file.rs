@@ -151,8 +151,9 @@ impl GgufFile {
         &self.tensors
     }
 
-    /// The bytes of tensor `name` as stored, when its type is one this crate reads.
-    pub fn read_raw(&self, name: &str) -> Result<(GgmlType, &[u8])> {
+    /// A copy of the bytes of tensor `name` as stored, when its type is one this crate reads
+    /// (its pages of the map released after the copy, see [`GgufFile::release`]).
+    pub fn read_raw(&self, name: &str) -> Result<(GgmlType, Vec<u8>)> {
         let info = self
             .tensors
             .get(name)
@@ -166,7 +167,35 @@ impl GgufFile {
             ggml_type: info.ggml_type.name(),
             supported: supported_type_names(),
         })?;
-        Ok((info.ggml_type, &self.map[info.start..info.start + len]))
+        let bytes = self.map[info.start..info.start + len].to_vec();
+        self.release(info.start, len);
+        Ok((info.ggml_type, bytes))
+    }
+
+    /// Drops the mapped pages of `len` bytes from `start` from this process's resident memory
+    /// once their tensor has been copied out: a loaded model then holds its weights once, not
+    /// once in its own buffers and once in the map's pages until the file is closed (the peak of
+    /// a load would be twice the weights). The pages come back from the file if read again.
+    fn release(&self, start: usize, len: usize) {
+        #[cfg(unix)]
+        {
+            const PAGE: usize = 4096;
+            let first = start / PAGE * PAGE;
+            let end = (start + len).min(self.map.len());
+            // SAFETY: a read-only map of a file: MADV_DONTNEED makes the next read of these
+            // pages fault them in from the file again, with the same bytes (the file must not
+            // change while it is open, as for the map itself); no reference into them is
+            // written through.
+            let _ = unsafe {
+                self.map.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    first,
+                    end.saturating_sub(first),
+                )
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = (start, len);
     }
 
     /// The values of tensor `name` as f32, in row-major order of [`TensorInfo::shape`].
@@ -186,7 +215,9 @@ impl GgufFile {
         let len = info.len.filter(|_| info.ggml_type.is_supported());
         let len = len.ok_or_else(unsupported)?;
         let bytes = &self.map[info.start..info.start + len];
-        dequantize(info.ggml_type, bytes, info.n_values()).ok_or_else(unsupported)
+        let values = dequantize(info.ggml_type, bytes, info.n_values()).ok_or_else(unsupported);
+        self.release(info.start, len);
+        values
     }
 }
 
