@@ -280,3 +280,71 @@ fn a_plan_per_prompt_and_an_int8_cache_from_the_command_line() {
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.contains("every:2"), "{table}");
 }
+
+#[test]
+fn block_weights_from_the_command_line() {
+    let root = tempfile::tempdir().unwrap();
+    let spec = checkpoint_builder::Spec {
+        intermediate: 64,
+        ..checkpoint_builder::Spec::llama()
+    };
+    let gguf = root.path().join("tiny-llama.Q4_1.gguf");
+    let (writer, _) = gguf_writer::gguf_model(&spec, GgmlType::Q4_1, 5);
+    std::fs::write(&gguf, writer.to_bytes()).unwrap();
+    let gguf = gguf.to_str().unwrap();
+    let generate = |weights: &str| {
+        let output = run(&[
+            "generate",
+            "--checkpoint",
+            gguf,
+            "--prompt",
+            "abc",
+            "--max-new-tokens",
+            "8",
+            "--weights",
+            weights,
+        ]);
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    // The file's blocks multiplied in place give the dequantized path's greedy text.
+    let (float, stored) = (generate("float"), generate("as-stored"));
+    assert!(float.starts_with("abc") && float.len() > 3, "{float}");
+    assert_eq!(float, stored);
+    // Every matrix quantized at load, under a sharing plan: it runs and reports.
+    let corpus = root.path().join("corpus.txt");
+    std::fs::write(&corpus, "abcdefghijklmnopqrstuvwxyz".repeat(20)).unwrap();
+    let output = run(&[
+        "eval",
+        "--checkpoint",
+        gguf,
+        "--heldout",
+        corpus.to_str().unwrap(),
+        "--seq-len",
+        "16",
+        "--plans",
+        "full,every:2",
+        "--batches",
+        "1",
+        "--batch-size",
+        "2",
+        "--decode-tokens",
+        "2",
+        "--weights",
+        "q8_0",
+    ]);
+    assert!(String::from_utf8_lossy(&output.stdout).contains("every:2"));
+    let stderr = run_failing(&[
+        "generate",
+        "--checkpoint",
+        gguf,
+        "--prompt",
+        "abc",
+        "--weights",
+        "q5_k",
+    ]);
+    assert!(stderr.contains("unknown weight storage"), "{stderr}");
+}
