@@ -151,9 +151,8 @@ impl GgufFile {
         &self.tensors
     }
 
-    /// A copy of the bytes of tensor `name` as stored, when its type is one this crate reads
-    /// (its pages of the map released after the copy, see [`GgufFile::release`]).
-    pub fn read_raw(&self, name: &str) -> Result<(GgmlType, Vec<u8>)> {
+    /// Tensor `name`'s entry and its stored bytes, when its type is one this crate reads.
+    fn stored(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
         let info = self
             .tensors
             .get(name)
@@ -162,13 +161,16 @@ impl GgufFile {
                 searched: self.path.display().to_string(),
             })?;
         let len = info.len.filter(|_| info.ggml_type.is_supported());
-        let len = len.ok_or_else(|| HfError::GgufTensorType {
-            name: name.into(),
-            ggml_type: info.ggml_type.name(),
-            supported: supported_type_names(),
-        })?;
-        let bytes = self.map[info.start..info.start + len].to_vec();
-        self.release(info.start, len);
+        let len = len.ok_or_else(|| unsupported(name, info))?;
+        Ok((info, &self.map[info.start..info.start + len]))
+    }
+
+    /// A copy of the bytes of tensor `name` as stored, when its type is one this crate reads
+    /// (its pages of the map released after the copy, see [`GgufFile::release`]).
+    pub fn read_raw(&self, name: &str) -> Result<(GgmlType, Vec<u8>)> {
+        let (info, bytes) = self.stored(name)?;
+        let bytes = bytes.to_vec();
+        self.release(info.start, bytes.len());
         Ok((info.ggml_type, bytes))
     }
 
@@ -200,24 +202,19 @@ impl GgufFile {
 
     /// The values of tensor `name` as f32, in row-major order of [`TensorInfo::shape`].
     pub fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let info = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| HfError::MissingTensor {
-                name: name.into(),
-                searched: self.path.display().to_string(),
-            })?;
-        let unsupported = || HfError::GgufTensorType {
-            name: name.into(),
-            ggml_type: info.ggml_type.name(),
-            supported: supported_type_names(),
-        };
-        let len = info.len.filter(|_| info.ggml_type.is_supported());
-        let len = len.ok_or_else(unsupported)?;
-        let bytes = &self.map[info.start..info.start + len];
-        let values = dequantize(info.ggml_type, bytes, info.n_values()).ok_or_else(unsupported);
-        self.release(info.start, len);
-        values
+        let (info, bytes) = self.stored(name)?;
+        let values = dequantize(info.ggml_type, bytes, info.n_values());
+        self.release(info.start, bytes.len());
+        values.ok_or_else(|| unsupported(name, info))
+    }
+}
+
+/// The error for tensor `name` of a type this crate does not read.
+fn unsupported(name: &str, info: &TensorInfo) -> HfError {
+    HfError::GgufTensorType {
+        name: name.into(),
+        ggml_type: info.ggml_type.name(),
+        supported: supported_type_names(),
     }
 }
 

@@ -89,13 +89,8 @@ fn multiply<E: KernelElement>(x: &FlexTensor, blocks: &BlockWeight) -> Option<Fl
         return None;
     }
     let (x_start, x_end) = x.layout().contiguous_offsets()?;
-    let x_values = &E::storage(x)[x_start..x_end];
     let mut widened = Vec::new();
-    let x_values = E::as_f32(x_values).unwrap_or_else(|| {
-        widened.resize(x_values.len(), 0.0);
-        E::widen(x_values, &mut widened);
-        &widened
-    });
+    let x_values = E::in_f32(&E::storage(x)[x_start..x_end], &mut widened);
     let y = if rows <= MAX_STREAMED_ROWS {
         streamed(blocks, x_values, rows)
     } else {

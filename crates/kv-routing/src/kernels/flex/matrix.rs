@@ -95,23 +95,60 @@ impl<'a> Matrix<'a> {
 /// columns of a wider matrix): gemm writes every one of those `lhs.rows x rhs.cols` elements
 /// and nothing else.
 pub(crate) fn product_into(lhs: &Matrix, rhs: &Matrix, dst: &mut [f32], dst_row_stride: usize) {
-    let (m, n, inner) = (lhs.rows, rhs.cols, lhs.cols);
+    let (m, n) = (lhs.rows, rhs.cols);
     assert!(lhs.cols == rhs.rows && n <= dst_row_stride);
     assert!((m - 1) * dst_row_stride + n <= dst.len());
+    // SAFETY: the destination's extent was checked against `dst` above.
+    unsafe { gemm_into(lhs, rhs, lhs.cols, dst.as_mut_ptr(), dst_row_stride) }
+}
+
+/// `lhs rhs` over the first `inner` terms of the inner dimension (all of them but under a
+/// mutation), as a new contiguous `[lhs.rows, rhs.cols]` tensor.
+///
+/// The result's buffer is neither zeroed nor copied: gemm writes every element of it (it does
+/// not read the destination, and with an empty inner dimension it writes zeros).
+pub(crate) fn product(lhs: &Matrix, rhs: &Matrix, inner: usize) -> FlexTensor {
+    debug_assert!(inner <= lhs.cols && lhs.cols == rhs.rows);
+    let (m, n) = (lhs.rows, rhs.cols);
+    let mut values: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: the destination is the vector's `m x n` spare capacity, written with unit column
+    // stride, every element of it (see above) before `set_len`.
+    unsafe {
+        gemm_into(lhs, rhs, inner, values.as_mut_ptr(), n);
+        values.set_len(m * n);
+    }
+    let layout = Layout::contiguous(Shape::from(vec![m, n]));
+    FlexTensor::new(Bytes::from_elems(values), layout, DType::F32)
+}
+
+/// gemm's `dst = lhs rhs` over the first `inner` terms, row `i` of the product at
+/// `dst + i * dst_row_stride`, on the pool when the product is large enough.
+///
+/// # Safety
+/// `dst` is valid for writes of `(lhs.rows - 1) * dst_row_stride + rhs.cols` values, and
+/// `inner` does not exceed `lhs.cols == rhs.rows`. Both operands' extents were checked against
+/// their storage (`Matrix::new`, `Matrix::contiguous`; a transposed view covers the same
+/// elements); gemm does not read the destination.
+unsafe fn gemm_into(
+    lhs: &Matrix,
+    rhs: &Matrix,
+    inner: usize,
+    dst: *mut f32,
+    dst_row_stride: usize,
+) {
+    let (m, n) = (lhs.rows, rhs.cols);
     let parallelism = if m.saturating_mul(n).saturating_mul(inner) >= PARALLEL_MULTIPLY_ADDS {
         gemm::Parallelism::Rayon(0)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: both operands' extents were checked against their storage (`Matrix::new` or
-    // `Matrix::contiguous`; a transposed view covers the same elements), the destination's
-    // extent against `dst` (above); gemm does not read the destination (`read_dst` false).
+    // SAFETY: this function's contract.
     unsafe {
         gemm::gemm(
             m,
             n,
             inner,
-            dst.as_mut_ptr(),
+            dst,
             1,
             dst_row_stride as isize,
             false,
@@ -129,50 +166,4 @@ pub(crate) fn product_into(lhs: &Matrix, rhs: &Matrix, dst: &mut [f32], dst_row_
             parallelism,
         );
     }
-}
-
-/// `lhs rhs` over the first `inner` terms of the inner dimension (all of them but under a
-/// mutation), as a new contiguous `[lhs.rows, rhs.cols]` tensor.
-///
-/// The result's buffer is neither zeroed nor copied: gemm writes every element of it (it does
-/// not read the destination, and with an empty inner dimension it writes zeros).
-pub(crate) fn product(lhs: &Matrix, rhs: &Matrix, inner: usize) -> FlexTensor {
-    debug_assert!(inner <= lhs.cols && lhs.cols == rhs.rows);
-    let (m, n) = (lhs.rows, rhs.cols);
-    let parallelism = if m.saturating_mul(n).saturating_mul(inner) >= PARALLEL_MULTIPLY_ADDS {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    let mut values: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: both operands' extents were checked against their storage (`Matrix::new`; a
-    // transposed view covers the same elements) and `inner` does not exceed their shared
-    // dimension; the destination is the vector's `m x n` spare capacity, written through its
-    // pointer with unit column stride, every element of it (see above) before `set_len`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            inner,
-            values.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            lhs.data.as_ptr().add(lhs.start),
-            lhs.col_stride as isize,
-            lhs.row_stride as isize,
-            rhs.data.as_ptr().add(rhs.start),
-            rhs.col_stride as isize,
-            rhs.row_stride as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-        values.set_len(m * n);
-    }
-    let layout = Layout::contiguous(Shape::from(vec![m, n]));
-    FlexTensor::new(Bytes::from_elems(values), layout, DType::F32)
 }

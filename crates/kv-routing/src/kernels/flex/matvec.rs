@@ -89,13 +89,8 @@ fn multiply_rows<E: KernelElement>(x: &FlexTensor, weight: &FlexTensor) -> Optio
     }
     let (x_start, x_end) = x.layout().contiguous_offsets()?;
     // The input rows in f32 (a copy of at most a few kilobytes for f16 inputs).
-    let x_values = &E::storage(x)[x_start..x_end];
     let mut widened = Vec::new();
-    let x_values = E::as_f32(x_values).unwrap_or_else(|| {
-        widened.resize(x_values.len(), 0.0);
-        E::widen(x_values, &mut widened);
-        &widened
-    });
+    let x_values = E::in_f32(&E::storage(x)[x_start..x_end], &mut widened);
     let layout = weight.layout();
     let (start, strides) = (layout.start_offset(), layout.strides());
     let (input_stride, output_stride) = (strides[0], strides[1]);

@@ -108,6 +108,18 @@ pub(crate) trait KernelElement: StoredElement {
     /// `values` as f32 values, writable, when `Self` is f32.
     fn as_f32_mut(values: &mut [Self]) -> Option<&mut [f32]>;
 
+    /// `values` in f32: themselves when they are f32, else widened into `buffer`.
+    fn in_f32<'a>(values: &'a [Self], buffer: &'a mut Vec<f32>) -> &'a [f32] {
+        match Self::as_f32(values) {
+            Some(values) => values,
+            None => {
+                buffer.resize(values.len(), 0.0);
+                Self::widen(values, buffer);
+                buffer
+            }
+        }
+    }
+
     /// Eight values from `values` widened to f32.
     ///
     /// # Safety
