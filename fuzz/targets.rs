@@ -16,6 +16,7 @@ use burn_flex::{Flex, FlexDevice};
 use kv_routing::{Route, RoutedTransformerConfig};
 use kv_routing_hf::{
     load_pretrained, save_pretrained, ExportOptions, HfTokenizer, LoadOptions, PretrainedModel,
+    WeightStorage,
 };
 use kv_routing_train::train_config::TrainConfig;
 use kv_routing_train::trainer::{checkpoint_dir, train, RunOptions, Start};
@@ -68,12 +69,20 @@ fn exercise_tokenizer(tokenizer: &HfTokenizer) {
     let _ = tokenizer.decode(&[0, 1, 2, u32::MAX]);
 }
 
-/// The bytes as a GGUF file: model and tokenizer.
+/// The bytes as a GGUF file: model and tokenizer, the model loaded twice: dequantized, and with
+/// its Q8_0/Q4_1 blocks as stored (multiplied in place on flex).
 pub fn gguf(data: &[u8]) -> bool {
     let path = scratch().join("model.gguf");
     std::fs::write(&path, data).unwrap();
     if let Ok(tokenizer) = HfTokenizer::from_file(&path) {
         exercise_tokenizer(&tokenizer);
+    }
+    let as_stored = LoadOptions {
+        weights: WeightStorage::AsStored,
+        ..options()
+    };
+    if let Ok(loaded) = load_pretrained::<Flex>(&path, &as_stored, &FlexDevice) {
+        exercise(loaded);
     }
     load_pretrained::<Flex>(&path, &options(), &FlexDevice)
         .map(exercise)

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use kv_routing::Route;
 use kv_routing_hf::gguf::GgmlType;
-use kv_routing_hf::{load_pretrained, HfTokenizer, LoadOptions, PretrainedModel};
+use kv_routing_hf::{load_pretrained, HfTokenizer, LoadOptions, PretrainedModel, WeightStorage};
 use support::checkpoint_builder::Spec;
 use support::fuzz::{
     apply, byte_mutations, fuzz, json_mutations, mutations_for, read_files, write_damaged, Format,
@@ -161,6 +161,15 @@ fn damaged_gguf_files_are_errors() {
         let bytes = apply(&valid, Format::Binary, mutations);
         std::fs::write(&path, &bytes).unwrap();
         if let Ok(loaded) = load_pretrained::<Flex>(&path, &options(), &Default::default()) {
+            exercise(loaded);
+        }
+        // The same file with its Q8_0 blocks kept as stored and multiplied in place: a damaged
+        // scale or size is an error, never a panic in the kernel.
+        let as_stored = LoadOptions {
+            weights: WeightStorage::AsStored,
+            ..options()
+        };
+        if let Ok(loaded) = load_pretrained::<Flex>(&path, &as_stored, &Default::default()) {
             exercise(loaded);
         }
         let loaded = HfTokenizer::from_file(&path);
