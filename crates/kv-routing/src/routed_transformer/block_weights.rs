@@ -28,8 +28,7 @@ impl<B: Backend> RoutedTransformer<B> {
                 &mut block.mlp.up,
                 &mut block.mlp.down,
             ] {
-                let float = std::mem::replace(projection, projection.clone());
-                *projection = float.into_blocks(format)?;
+                *projection = projection.clone().into_blocks(format)?;
             }
         }
         Ok(self)

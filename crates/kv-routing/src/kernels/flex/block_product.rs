@@ -28,7 +28,7 @@ use half::{bf16, f16};
 use rayon::prelude::*;
 
 use super::matrix::{product_into, Matrix};
-use super::matvec::dims;
+use super::matvec::{dims, PARALLEL_VALUES, TASKS_PER_THREAD};
 use super::tensor::{flex_float, from_flex, zeroed};
 use super::vector::{has_avx2_fma_f16c, has_avx512_registers, KernelElement};
 use crate::block_weight::{block_params, BlockFormat, BlockWeight, BLOCK_VALUES};
@@ -38,12 +38,6 @@ pub(crate) const MAX_STREAMED_ROWS: usize = 8;
 
 /// Values of one dequantized panel (4 MiB of f32).
 const PANEL_VALUES: usize = 1 << 20;
-
-/// Weights smaller than this (values) are multiplied on the calling thread.
-const PARALLEL_VALUES: usize = 1 << 16;
-
-/// Output chunks per pool thread, for balance.
-const TASKS_PER_THREAD: usize = 4;
 
 /// Deliberate errors of the streamed product, switched on only by the tests and
 /// `kernel-mutants` builds ([`super::mutants`]): each must fail the f64 check.

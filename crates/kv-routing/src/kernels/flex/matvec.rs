@@ -37,7 +37,7 @@ use super::vector::{dot, has_avx2_fma_f16c, prefetch, KernelElement};
 
 /// Weights smaller than this (values) are multiplied on the calling thread: below it, handing
 /// the halves to the pool costs more than the second core's bandwidth saves.
-const PARALLEL_VALUES: usize = 1 << 16;
+pub(crate) const PARALLEL_VALUES: usize = 1 << 16;
 
 /// The most f32 rows multiplied here; more rows are a matrix product, gemm's work.
 pub(crate) const MAX_STREAMED_ROWS: usize = 8;
@@ -60,7 +60,7 @@ pub(crate) fn max_streamed_rows(dtype: DType) -> usize {
 
 /// Outputs per task: enough tasks for the pool to balance, each streaming at least tens of
 /// kilobytes of weight.
-const TASKS_PER_THREAD: usize = 4;
+pub(crate) const TASKS_PER_THREAD: usize = 4;
 
 /// `x W` for `x` `[rows, in]` and `W` `[in, out]` flex tensors of one element type (f32, or
 /// f16 where the CPU converts it: [`has_avx2_fma_f16c`]); `None` otherwise (see the module
