@@ -263,6 +263,35 @@ impl Task<'_> {
         }
     }
 
+    /// The scale of the block at `p` (block `b` of its row) as the sums use it, after adding,
+    /// for Q4_1, its offset times each row's block sum to `offsets`. Inlined into the vector
+    /// variants, which are compiled for F16C.
+    ///
+    /// # Safety
+    /// `p` addresses a whole block of `self.format`; the CPU has F16C.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn block_scale<const R: usize>(
+        &self,
+        p: *const u8,
+        b: usize,
+        offsets: &mut [f32; R],
+    ) -> f32 {
+        use std::arch::x86_64::*;
+        // SAFETY: the header's bytes are inside the block (this function's contract).
+        let half = |at: usize| unsafe {
+            let bits = u16::from_le_bytes([*p.add(at), *p.add(at + 1)]);
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+        };
+        if self.format == BlockFormat::Q4_1 {
+            let offset = half(2);
+            for (r, offsets) in offsets.iter_mut().enumerate() {
+                *offsets += offset * self.block_sums[r * self.n_blocks + b];
+            }
+        }
+        self.scale(half(0))
+    }
+
     /// The streamed product for `R` rows (`R == self.rows`), AVX2/FMA/F16C.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -284,12 +313,7 @@ impl Task<'_> {
                 // SAFETY: `block` is one whole block of `block_bytes` bytes (its format's
                 // layout): every load below reads inside it; `x` holds `R` rows of `width`.
                 let (scale, codes) = unsafe {
-                    let scale =
-                        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([
-                            *p,
-                            *p.add(1),
-                        ])
-                            as i32)));
+                    let scale = self.block_scale(p, b, &mut offsets);
                     let codes = match self.format {
                         BlockFormat::Q8_0 => {
                             let q = p.add(2);
@@ -300,12 +324,6 @@ impl Task<'_> {
                             })
                         }
                         BlockFormat::Q4_1 => {
-                            let offset = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-                                u16::from_le_bytes([*p.add(2), *p.add(3)]) as i32,
-                            )));
-                            for (r, offsets) in offsets.iter_mut().enumerate() {
-                                *offsets += offset * self.block_sums[r * self.n_blocks + b];
-                            }
                             let packed = _mm_loadu_si128(p.add(4) as *const __m128i);
                             let low = _mm_and_si128(packed, low_nibbles);
                             let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), low_nibbles);
@@ -323,7 +341,7 @@ impl Task<'_> {
                             ]
                         }
                     };
-                    (_mm256_set1_ps(self.scale(scale)), codes)
+                    (_mm256_set1_ps(scale), codes)
                 };
                 for (r, sum) in sums.iter_mut().enumerate() {
                     // SAFETY: row `r`'s block `b` is inside `x` (`R` rows of `width`).
@@ -367,12 +385,7 @@ impl Task<'_> {
                 let p = block.as_ptr();
                 // SAFETY: as in `run_avx2`: every load reads inside the block or inside `x`.
                 let (scale, codes) = unsafe {
-                    let scale =
-                        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([
-                            *p,
-                            *p.add(1),
-                        ])
-                            as i32)));
+                    let scale = self.block_scale(p, b, &mut offsets);
                     let codes = match self.format {
                         BlockFormat::Q8_0 => [2, 18].map(|k| {
                             _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(
@@ -380,12 +393,6 @@ impl Task<'_> {
                             )))
                         }),
                         BlockFormat::Q4_1 => {
-                            let offset = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(
-                                u16::from_le_bytes([*p.add(2), *p.add(3)]) as i32,
-                            )));
-                            for (r, offsets) in offsets.iter_mut().enumerate() {
-                                *offsets += offset * self.block_sums[r * self.n_blocks + b];
-                            }
                             let packed = _mm_loadu_si128(p.add(4) as *const __m128i);
                             let low = _mm_and_si128(packed, low_nibbles);
                             let high = _mm_and_si128(_mm_srli_epi16::<4>(packed), low_nibbles);
@@ -397,7 +404,7 @@ impl Task<'_> {
                             [low, high].map(|v| _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v)))
                         }
                     };
-                    (_mm512_set1_ps(self.scale(scale)), codes)
+                    (_mm512_set1_ps(scale), codes)
                 };
                 for (r, sum) in sums.iter_mut().enumerate() {
                     // SAFETY: row `r`'s block `b` is inside `x` (`R` rows of `width`).
