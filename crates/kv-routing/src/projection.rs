@@ -92,26 +92,31 @@ impl<B: Backend> Projection<B> {
     /// weight whose rows are not whole blocks (an input width not a multiple of
     /// [`BLOCK_VALUES`](crate::BLOCK_VALUES)) stays as it is.
     pub fn into_blocks(self, format: BlockFormat) -> crate::Result<Self> {
-        let [d_input, d_output] = self.dims();
+        let [d_input, _] = self.dims();
         if self.blocks.as_ref().is_some_and(|b| b.format() == format)
             || !d_input.is_multiple_of(BLOCK_VALUES)
         {
             return Ok(self);
         }
         let device = self.weight.lazy_device();
-        let values = host_rows(self.weight.val().transpose());
-        let blocks = BlockWeight::quantize(format, [d_output, d_input], &values)?;
+        let blocks = quantized_rows(self.weight.val().transpose(), format)?;
         Ok(Self::from_blocks(blocks, self.bias, &device))
     }
 }
 
-/// A matrix's values in f32, row-major (`[rows, cols]` as seen, whatever its layout).
-pub(crate) fn host_rows<B: Backend>(matrix: Tensor<B, 2>) -> Vec<f32> {
-    matrix
+/// `matrix` (`[rows, cols]` as seen, whatever its layout) quantized to `format` on the host, one
+/// row per block row.
+pub(crate) fn quantized_rows<B: Backend>(
+    matrix: Tensor<B, 2>,
+    format: BlockFormat,
+) -> crate::Result<BlockWeight> {
+    let dims = matrix.dims();
+    let values: Vec<f32> = matrix
         .into_data()
         .convert::<f32>()
         .into_vec()
-        .expect("converted to f32")
+        .expect("converted to f32");
+    BlockWeight::quantize(format, dims, &values)
 }
 
 /// A parameter holding `blocks` (`[rows, cols]`) dequantized in `device`'s float type,
@@ -181,6 +186,10 @@ pub(crate) fn blocks_last_axis<B: Backend, const D: usize>(
     let [d_output, d_input] = blocks.dims();
     let mut dims = x.dims();
     let rows = dims[..D - 1].iter().product();
+    // Backends that do not multiply blocks take the float product without a detour.
+    if !crate::kernels::multiplies_blocks::<B>() {
+        return matmul_last_axis(x, weight());
+    }
     match crate::kernels::block_product(&x.clone().reshape([rows, d_input]), blocks) {
         Some(y) => {
             dims[D - 1] = d_output;

@@ -13,7 +13,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use crate::block_weight::{BlockFormat, BlockWeight, BLOCK_VALUES};
-use crate::projection::{host_rows, lazy_dequantized};
+use crate::projection::{lazy_dequantized, quantized_rows};
 
 /// Token embedding table `[vocab_size, d_model]` (see the module docs).
 #[derive(Module, Debug)]
@@ -46,15 +46,14 @@ impl<B: Backend> TokenEmbedding<B> {
     /// This table in `format` (see [`crate::Projection::into_blocks`]; a `d_model` that is not a
     /// multiple of [`BLOCK_VALUES`](crate::BLOCK_VALUES) leaves it as it is).
     pub fn into_blocks(self, format: BlockFormat) -> crate::Result<Self> {
-        let [vocab_size, d_model] = self.dims();
+        let [_, d_model] = self.dims();
         if self.blocks.as_ref().is_some_and(|b| b.format() == format)
             || !d_model.is_multiple_of(BLOCK_VALUES)
         {
             return Ok(self);
         }
         let device = self.weight.lazy_device();
-        let values = host_rows(self.weight.val());
-        let blocks = BlockWeight::quantize(format, [vocab_size, d_model], &values)?;
+        let blocks = quantized_rows(self.weight.val(), format)?;
         Ok(Self::from_blocks(blocks, &device))
     }
 
