@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use kv_routing::{MemoryBudget, RouteDraw};
+use kv_routing::{MemoryBudget, RouteDraw, SharingAdapterConfig};
 use kv_routing_backend::{training_devices, AutodiffBackend, NAME};
 use kv_routing_hf::StagedDir;
 use kv_routing_train::data::DataSource;
@@ -154,6 +154,15 @@ pub struct TrainArgs {
     /// another layer's keys/values.
     #[arg(long, default_value_t = 0.0)]
     distill_hidden_weight: f64,
+    /// Train only sharing adapters of this rank: low-rank weights on every projection that
+    /// passes sharing keys/values add and the full plan never uses, so the full cache stays
+    /// the starting model's exactly (docs/training.md).
+    #[arg(long)]
+    sharing_adapter: Option<usize>,
+    /// LoRA alpha of the sharing adapters: their deltas are scaled by alpha / rank.
+    /// Default: the rank (scale 1).
+    #[arg(long, requires = "sharing_adapter")]
+    sharing_adapter_alpha: Option<f64>,
 }
 
 /// Runs `kv-routing train`.
@@ -185,6 +194,9 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     config.eval_batches = args.eval_batches;
     config.checkpoint_every = args.checkpoint_every;
     config.route_draw = args.route_draw;
+    config.model.sharing_adapter = args
+        .sharing_adapter
+        .map(|rank| SharingAdapterConfig::new(rank).with_alpha(args.sharing_adapter_alpha));
     let teacher = match (&args.teacher, args.distill, &args.init_from) {
         (Some(teacher), _, _) => Some(teacher.clone()),
         (None, true, Some(init_from)) => Some(init_from.clone()),

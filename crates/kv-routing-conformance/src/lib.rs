@@ -96,6 +96,8 @@ macro_rules! conformance_suite {
             errors::attention_rejects_mismatched_shapes,
             gradients::gradients_reach_only_source_kv_projections,
             gradients::training_gradients_match_oracle_finite_differences,
+            sharing_adapters::sharing_adapters_change_only_sharing_plans,
+            sharing_adapters::only_sharing_adapters_get_gradients,
         );
     };
     (@properties $backend:ty, $device:expr, $cases:expr;

@@ -101,6 +101,13 @@ pub fn save_pretrained<B: Backend>(
             "the model (layers, vocab, kv heads, head_dim = {structure:?}) does not match its config {configured:?}"
         )));
     }
+    if model.sharing_adapter_rank().is_some() || model_config.sharing_adapter.is_some() {
+        // The Hugging Face layout has no place for weights that only sharing plans use; dropping
+        // them would silently give back the starting model under every plan.
+        return Err(HfError::Unsupported(
+            "the model has sharing adapters, which the Hugging Face layout cannot hold; serve it from its training checkpoint".into(),
+        ));
+    }
     if options.max_shard_bytes == 0 {
         return Err(HfError::Unsupported("max_shard_bytes must be >= 1".into()));
     }

@@ -180,10 +180,29 @@ pub fn train_on<B: AutodiffBackend>(
         Start::InitFrom(source) => {
             let StartingPoint {
                 source,
-                config: model_config,
+                config: mut model_config,
                 base,
-                model,
+                mut model,
             } = load_starting_point::<B>(source, device)?;
+            // Sharing adapters asked for are added to a starting point without them; one that
+            // has them keeps its own (training them further), and asking for others is an error.
+            match (&config.model.sharing_adapter, &model_config.sharing_adapter) {
+                (Some(asked), None) => {
+                    model = model.with_sharing_adapters(asked)?;
+                    model_config.sharing_adapter = Some(asked.clone());
+                }
+                (Some(asked), Some(has)) if asked != has => {
+                    return Err(TrainError::Config(format!(
+                        "{} already has sharing adapters of rank {} (alpha {:?}); asked for rank {} (alpha {:?})",
+                        source.display(),
+                        has.rank,
+                        has.alpha,
+                        asked.rank,
+                        asked.alpha
+                    )))
+                }
+                _ => {}
+            }
             let config = TrainConfig {
                 model: model_config,
                 base,
@@ -193,6 +212,12 @@ pub fn train_on<B: AutodiffBackend>(
             config.validate()?;
             (fresh_state(&config)?, model, config)
         }
+    };
+    // A model with sharing adapters trains only them: what the full plan computes stays the
+    // starting model's, bit for bit.
+    let model = match config.model.sharing_adapter {
+        Some(_) => model.with_only_sharing_adapters_trainable()?,
+        None => model,
     };
     if state.router.step() != state.step {
         return Err(TrainError::checkpoint(

@@ -520,3 +520,82 @@ fn the_hidden_weight_adds_the_hidden_state_distances_on_sharing_steps() {
         );
     }
 }
+
+/// A run that trains sharing adapters (fine-tuned from a checkpoint, distilled from it, every
+/// step sharing): the base weights are bit-identical to the starting model's, so its full-plan
+/// logits are too, while its every:2 logits moved; stopped and resumed it ends bit-identical to
+/// the uninterrupted run; its config keeps the adapters and asking a model that has them for
+/// others is an error.
+#[test]
+fn a_sharing_adapter_run_trains_only_the_adapters_and_resumes_bit_exactly() {
+    use kv_routing::SharingAdapterConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let teacher = dir.path().join("teacher");
+    run(tiny_run(3, None), Start::Fresh, &teacher, None);
+    let adapter = SharingAdapterConfig::new(4).with_alpha(Some(8.0));
+    let config = || {
+        let mut config = tiny_run(4, Some(&teacher));
+        config.p = 1.0;
+        config.route_draw = RouteDraw::EveryKth { max_k: 2 };
+        config.model.sharing_adapter = Some(adapter.clone());
+        config
+    };
+    let start = || Start::InitFrom(checkpoint_dir(&teacher));
+    let whole = dir.path().join("whole");
+    let summary = run(config(), start(), &whole, None);
+    assert_eq!(summary.config.model.sharing_adapter, Some(adapter.clone()));
+    let cut = dir.path().join("cut");
+    run(config(), start(), &cut, Some(2));
+    run(
+        tiny_run(4, None),
+        Start::Resume { extend_to: None },
+        &cut,
+        None,
+    );
+    let (_, trained) = load_model::<Flex>(&checkpoint_dir(&whole), &FlexDevice).unwrap();
+    let (_, resumed) = load_model::<Flex>(&checkpoint_dir(&cut), &FlexDevice).unwrap();
+    // Values only: each run draws its adapters' parameter ids afresh.
+    let values = |model: &RoutedTransformer<Flex>| -> Vec<Vec<f64>> {
+        parameters(model).into_iter().map(|(_, v)| v).collect()
+    };
+    assert_eq!(
+        values(&trained),
+        values(&resumed),
+        "the resumed run differs"
+    );
+    let (_, starting) = load_model::<Flex>(&checkpoint_dir(&teacher), &FlexDevice).unwrap();
+    assert_eq!(trained.sharing_adapter_rank(), Some(4));
+    let mut base = trained.clone();
+    for block in &mut base.blocks {
+        for projection in block.projections_mut() {
+            assert!(projection.sharing.take().is_some());
+        }
+    }
+    assert_eq!(values(&base), values(&starting), "a base weight changed");
+    let batch = tokens(2, 12, 1);
+    let logits = |model: &RoutedTransformer<Flex>, route: &Route| -> Vec<f32> {
+        model
+            .forward_tokens(&batch, route)
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap()
+    };
+    let full = CachePlan::full(3).unwrap().route();
+    let every2 = CachePlan::every_kth(3, 2).unwrap().route();
+    assert_eq!(logits(&trained, &full), logits(&starting, &full));
+    assert_ne!(logits(&trained, &every2), logits(&starting, &every2));
+
+    let mut other = config();
+    other.model.sharing_adapter = Some(SharingAdapterConfig::new(2));
+    let options = RunOptions::default();
+    let again = dir.path().join("again");
+    assert!(train::<Autodiff<Flex>>(
+        other,
+        Start::InitFrom(checkpoint_dir(&whole)),
+        &again,
+        options,
+        &FlexDevice
+    )
+    .is_err());
+}

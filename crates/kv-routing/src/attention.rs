@@ -22,9 +22,10 @@ use crate::attention_mask::{causal_hidden, AttentionMask};
 use crate::error::KvRoutingError;
 use crate::key_value::{Int8KeyValue, KeyValue, StoredKv};
 use crate::kv_store::KvStore;
-use crate::projection::{project, Projection};
+use crate::projection::{project_adapted, Projection};
 use crate::rms_norm::rms_norm;
 use crate::rope::RopeAngles;
+use crate::sharing_adapter::AdapterRows;
 
 /// Configuration of a [`StochasticKvAttention`].
 #[derive(Config, Debug)]
@@ -179,13 +180,24 @@ impl<B: Backend> StochasticKvAttention<B> {
     /// - x: `[batch, seq_len, d_model]`
     /// - output: keys and values `[batch, n_kv_heads, seq_len, head_dim]`
     pub fn project_kv(&self, x: Tensor<B, 3>, rope: &RopeAngles<B>) -> crate::Result<KeyValue<B>> {
+        self.project_kv_on(x, rope, &AdapterRows::None)
+    }
+
+    /// [`StochasticKvAttention::project_kv`] with the sharing deltas on `rows`.
+    fn project_kv_on(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        rows: &AdapterRows<B>,
+    ) -> crate::Result<KeyValue<B>> {
         self.check_input(&x, rope)?;
-        let key = self.rotated_keys(project(&self.key, x.clone()), rope);
-        let value = self.split_heads(project(&self.value, x), self.n_kv_heads);
+        let key = self.rotated_keys(project_adapted(&self.key, x.clone(), rows), rope);
+        let value = self.split_heads(project_adapted(&self.value, x, rows), self.n_kv_heads);
         Ok(KeyValue::new(key, value.swap_dims(1, 2)))
     }
 
-    /// Attends with this layer's queries for `x` to `kv` (from this or an earlier layer).
+    /// Attends with this layer's queries for `x` to `kv` (from this or an earlier layer), with
+    /// the base weights (no sharing delta; [`StochasticKvAttention::forward`] adds them).
     ///
     /// The queries are the last `seq_len` of `kv`'s key slots (see [`AttentionMask`]).
     ///
@@ -201,12 +213,24 @@ impl<B: Backend> StochasticKvAttention<B> {
         rope: &RopeAngles<B>,
         mask: &AttentionMask<B>,
     ) -> crate::Result<Tensor<B, 3>> {
+        self.attend_on(x, kv, rope, mask, &AdapterRows::None)
+    }
+
+    /// [`StochasticKvAttention::attend`] with the sharing deltas on `rows`.
+    fn attend_on(
+        &self,
+        x: Tensor<B, 3>,
+        kv: &KeyValue<B>,
+        rope: &RopeAngles<B>,
+        mask: &AttentionMask<B>,
+        rows: &AdapterRows<B>,
+    ) -> crate::Result<Tensor<B, 3>> {
         self.check_input(&x, rope)?;
         self.check_kv(&x, [kv.key.dims(), kv.value.dims()], mask)?;
         let [batch, seq_len, _] = x.dims();
-        let query = self.scaled_queries(x, rope);
+        let query = self.scaled_queries(x, rope, rows);
         let context = self.context(query, kv, mask);
-        Ok(self.output_of(context, batch, seq_len))
+        Ok(self.output_of(context, batch, seq_len, rows))
     }
 
     /// [`StochasticKvAttention::attend`] to keys/values in the int8 format: read in place by
@@ -224,12 +248,24 @@ impl<B: Backend> StochasticKvAttention<B> {
         rope: &RopeAngles<B>,
         mask: &AttentionMask<B>,
     ) -> crate::Result<Tensor<B, 3>> {
+        self.attend_int8_on(x, kv, rope, mask, &AdapterRows::None)
+    }
+
+    /// [`StochasticKvAttention::attend_int8`] with the sharing deltas on `rows`.
+    fn attend_int8_on(
+        &self,
+        x: Tensor<B, 3>,
+        kv: &Int8KeyValue<B>,
+        rope: &RopeAngles<B>,
+        mask: &AttentionMask<B>,
+        rows: &AdapterRows<B>,
+    ) -> crate::Result<Tensor<B, 3>> {
         self.check_input(&x, rope)?;
         self.check_kv(&x, [kv.key.codes.dims(), kv.value.codes.dims()], mask)?;
         let [batch, seq_len, _] = x.dims();
-        let query = self.scaled_queries(x, rope);
+        let query = self.scaled_queries(x, rope, rows);
         let context = self.int8_context(query, kv, mask);
-        Ok(self.output_of(context, batch, seq_len))
+        Ok(self.output_of(context, batch, seq_len, rows))
     }
 
     /// The context of scaled queries over int8 keys/values (checked): the backend's kernel
@@ -259,7 +295,8 @@ impl<B: Backend> StochasticKvAttention<B> {
     /// with stores (routes), rotary angles and masks of their own: the four projections run
     /// once on the whole batch, the attention proper once per group on its rows. (A layer that
     /// is a source for any group projects keys/values for every row; the other groups' rows
-    /// are dropped.)
+    /// are dropped.) `rows` says which rows add the sharing deltas
+    /// ([`AdapterRows::for_groups`]).
     ///
     /// # Shapes
     /// - x: `[batch, seq_len, d_model]`, the groups' rows in order, covering the batch
@@ -269,6 +306,7 @@ impl<B: Backend> StochasticKvAttention<B> {
         layer: usize,
         x: Tensor<B, 3>,
         groups: &mut [BlockGroup<'_, B, S>],
+        rows: &AdapterRows<B>,
     ) -> crate::Result<Tensor<B, 3>> {
         let [batch, seq_len, d_model] = x.dims();
         let covered: usize = groups.iter().map(|g| g.rows.len()).sum();
@@ -279,11 +317,16 @@ impl<B: Backend> StochasticKvAttention<B> {
                 actual: x.dims().to_vec(),
             });
         }
-        let queries = project(&self.query, x.clone());
+        let queries = project_adapted(&self.query, x.clone(), rows);
         let key_values = groups
             .iter()
             .any(|g| g.store.route().is_source(layer))
-            .then(|| (project(&self.key, x.clone()), project(&self.value, x)));
+            .then(|| {
+                (
+                    project_adapted(&self.key, x.clone(), rows),
+                    project_adapted(&self.value, x, rows),
+                )
+            });
         let mut contexts = Vec::with_capacity(groups.len());
         for group in groups.iter_mut() {
             let rows = |t: &Tensor<B, 3>| {
@@ -316,7 +359,11 @@ impl<B: Backend> StochasticKvAttention<B> {
             };
             contexts.push(self.merged_heads(context, count, seq_len));
         }
-        Ok(project(&self.output, Tensor::cat(contexts, 0)))
+        Ok(project_adapted(
+            &self.output,
+            Tensor::cat(contexts, 0),
+            rows,
+        ))
     }
 
     /// Checks keys/values (`[key dims, value dims]`) and an explicit mask against the input.
@@ -361,13 +408,18 @@ impl<B: Backend> StochasticKvAttention<B> {
 
     /// The rotated queries of `x`, scaled by `1 / sqrt(head_dim)`, `[batch, n_heads, seq_len,
     /// head_dim]`.
-    fn scaled_queries(&self, x: Tensor<B, 3>, rope: &RopeAngles<B>) -> Tensor<B, 4> {
+    fn scaled_queries(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &RopeAngles<B>,
+        rows: &AdapterRows<B>,
+    ) -> Tensor<B, 4> {
         // Scaling the few query values instead of the scores saves a pass over (and an
         // allocation of) one score per key slot, head and layer. It is done here, on the
         // rotated queries in their projection layout, for both paths below: on wgpu's fusion,
         // scaling the reshaped view of the swapped queries in the decode path read wrong
         // elements after a multi-token step (conformance `chunked_prefill_matches_uncached`).
-        self.rotated_queries(project(&self.query, x), rope)
+        self.rotated_queries(project_adapted(&self.query, x, rows), rope)
     }
 
     /// Projected queries `[batch, seq_len, n_heads * head_dim]` normed, rotated and scaled,
@@ -464,8 +516,18 @@ impl<B: Backend> StochasticKvAttention<B> {
     /// The output projection of a context of `batch x n_heads x seq_len x head_dim` values
     /// (`[batch, n_heads, seq_len, head_dim]`, or the query heads of a group stacked as rows:
     /// `[batch, n_kv_heads, groups * seq_len, head_dim]`).
-    fn output_of(&self, context: Tensor<B, 4>, batch: usize, seq_len: usize) -> Tensor<B, 3> {
-        project(&self.output, self.merged_heads(context, batch, seq_len))
+    fn output_of(
+        &self,
+        context: Tensor<B, 4>,
+        batch: usize,
+        seq_len: usize,
+        rows: &AdapterRows<B>,
+    ) -> Tensor<B, 3> {
+        project_adapted(
+            &self.output,
+            self.merged_heads(context, batch, seq_len),
+            rows,
+        )
     }
 
     /// A context (either layout of [`StochasticKvAttention::output_of`]) as `[batch, seq_len,
@@ -493,12 +555,13 @@ impl<B: Backend> StochasticKvAttention<B> {
         mask: &AttentionMask<B>,
         store: &mut impl KvStore<B>,
     ) -> crate::Result<Tensor<B, 3>> {
+        let rows = AdapterRows::for_route(store.route());
         if store.route().is_source(layer) {
-            store.put(layer, self.project_kv(x.clone(), rope)?)?;
+            store.put(layer, self.project_kv_on(x.clone(), rope, &rows)?)?;
         }
         match store.get_stored(layer)? {
-            StoredKv::Float(kv) => self.attend(x, &kv, rope, mask),
-            StoredKv::Int8(kv) => self.attend_int8(x, &kv, rope, mask),
+            StoredKv::Float(kv) => self.attend_on(x, &kv, rope, mask, &rows),
+            StoredKv::Int8(kv) => self.attend_int8_on(x, &kv, rope, mask, &rows),
         }
     }
 

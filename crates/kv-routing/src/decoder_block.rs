@@ -11,8 +11,10 @@ use crate::error::Result;
 use crate::feed_forward::SwiGluFeedForward;
 use crate::kernels::residual_add;
 use crate::kv_store::KvStore;
+use crate::projection::Projection;
 use crate::rms_norm::rms_norm;
 use crate::rope::RopeAngles;
+use crate::sharing_adapter::AdapterRows;
 
 /// `x + attn(norm(x))`, then `x + mlp(norm(x))`.
 #[derive(Module, Debug)]
@@ -28,6 +30,34 @@ pub struct DecoderBlock<B: Backend> {
 }
 
 impl<B: Backend> DecoderBlock<B> {
+    /// The block's seven matrices: query, key, value, output, gate, up, down.
+    pub fn projections(&self) -> [&Projection<B>; 7] {
+        let (attention, mlp) = (&self.attention, &self.mlp);
+        [
+            &attention.query,
+            &attention.key,
+            &attention.value,
+            &attention.output,
+            &mlp.gate,
+            &mlp.up,
+            &mlp.down,
+        ]
+    }
+
+    /// [`DecoderBlock::projections`], mutable.
+    pub fn projections_mut(&mut self) -> [&mut Projection<B>; 7] {
+        let (attention, mlp) = (&mut self.attention, &mut self.mlp);
+        [
+            &mut attention.query,
+            &mut attention.key,
+            &mut attention.value,
+            &mut attention.output,
+            &mut mlp.gate,
+            &mut mlp.up,
+            &mut mlp.down,
+        ]
+    }
+
     /// Runs block `layer` under the store's route: computes and hands over its own keys/values
     /// only when it is a source, then attends to those of its source layer.
     ///
@@ -42,9 +72,12 @@ impl<B: Backend> DecoderBlock<B> {
         mask: &AttentionMask<B>,
         store: &mut impl KvStore<B>,
     ) -> Result<Tensor<B, 3>> {
+        let rows = AdapterRows::for_route(store.route());
         let normed = rms_norm(&self.attention_norm, x.clone());
         let x = residual_add(x, self.attention.forward(layer, normed, rope, mask, store)?);
-        let mlp = self.mlp.forward(rms_norm(&self.mlp_norm, x.clone()));
+        let mlp = self
+            .mlp
+            .forward_on(rms_norm(&self.mlp_norm, x.clone()), &rows);
         Ok(residual_add(x, mlp))
     }
 
@@ -62,9 +95,20 @@ impl<B: Backend> DecoderBlock<B> {
         x: Tensor<B, 3>,
         groups: &mut [BlockGroup<'_, B, S>],
     ) -> Result<Tensor<B, 3>> {
+        let shares: Vec<(usize, bool)> = groups
+            .iter()
+            .map(|g| (g.rows.len(), g.store.route().shares()))
+            .collect();
+        let rows = AdapterRows::for_groups(&shares, &x.device());
         let normed = rms_norm(&self.attention_norm, x.clone());
-        let x = residual_add(x, self.attention.forward_grouped(layer, normed, groups)?);
-        let mlp = self.mlp.forward(rms_norm(&self.mlp_norm, x.clone()));
+        let x = residual_add(
+            x,
+            self.attention
+                .forward_grouped(layer, normed, groups, &rows)?,
+        );
+        let mlp = self
+            .mlp
+            .forward_on(rms_norm(&self.mlp_norm, x.clone()), &rows);
         Ok(residual_add(x, mlp))
     }
 }

@@ -17,7 +17,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use crate::error::KvRoutingError;
-use crate::projection::{project, Projection};
+use crate::projection::{project_adapted, Projection};
+use crate::sharing_adapter::AdapterRows;
 
 /// Configuration of a [`SwiGluFeedForward`].
 #[derive(Config, Debug)]
@@ -72,9 +73,18 @@ impl<B: Backend> SwiGluFeedForward<B> {
     /// - x: `[batch, seq_len, d_model]`
     /// - output: `[batch, seq_len, d_model]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let gate = project(&self.gate, x.clone());
-        let up = project(&self.up, x);
+        self.forward_on(x, &AdapterRows::None)
+    }
+
+    /// [`SwiGluFeedForward::forward`] with the sharing deltas on `rows`.
+    ///
+    /// # Shapes
+    /// - x: `[batch, seq_len, d_model]`
+    /// - output: `[batch, seq_len, d_model]`
+    pub fn forward_on(&self, x: Tensor<B, 3>, rows: &AdapterRows<B>) -> Tensor<B, 3> {
+        let gate = project_adapted(&self.gate, x.clone(), rows);
+        let up = project_adapted(&self.up, x, rows);
         let gated = crate::kernels::swiglu(&gate, &up).unwrap_or_else(|| silu(gate) * up);
-        project(&self.down, gated)
+        project_adapted(&self.down, gated, rows)
     }
 }

@@ -47,6 +47,7 @@ mod routed_transformer;
 mod router;
 mod seeded_init;
 mod serving;
+pub mod sharing_adapter;
 mod token_embedding;
 mod vocab_loss;
 
@@ -78,6 +79,7 @@ pub use routed_transformer::{RecordedForward, RoutedTransformer, RoutedTransform
 pub use router::StochasticRouter;
 pub use seeded_init::reinit_seeded;
 pub use serving::{ServeConfig, ServeReport, ServeRequest, ServedRequest};
+pub use sharing_adapter::{AdapterRows, LowRankDelta, SharingAdapterConfig};
 pub use token_embedding::TokenEmbedding;
 pub use vocab_loss::{cross_entropy_per_token, distillation_per_token};
 

@@ -40,6 +40,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Shape, Tensor, TensorData};
 
 use crate::block_weight::{BlockFormat, BlockWeight, BLOCK_VALUES};
+use crate::sharing_adapter::{AdapterRows, LowRankDelta};
 
 /// The most rows a product is computed transposed for (see the module docs).
 pub const MAX_TRANSPOSED_ROWS: usize = 32;
@@ -55,6 +56,9 @@ pub struct Projection<B: Backend> {
     /// The weight as blocks (`[out, in]`), multiplied in place where the backend can.
     #[module(skip)]
     pub blocks: Option<BlockWeight>,
+    /// The low-rank delta added on passes whose route shares keys/values
+    /// ([`crate::sharing_adapter`]), if the model has sharing adapters.
+    pub sharing: Option<LowRankDelta<B>>,
 }
 
 impl<B: Backend> From<Linear<B>> for Projection<B> {
@@ -63,6 +67,7 @@ impl<B: Backend> From<Linear<B>> for Projection<B> {
             weight: linear.weight,
             bias: linear.bias,
             blocks: None,
+            sharing: None,
         }
     }
 }
@@ -84,6 +89,7 @@ impl<B: Backend> Projection<B> {
             weight: lazy_dequantized(&blocks, device, true),
             bias,
             blocks: Some(blocks),
+            sharing: None,
         }
     }
 
@@ -100,7 +106,10 @@ impl<B: Backend> Projection<B> {
         }
         let device = self.weight.lazy_device();
         let blocks = quantized_rows(self.weight.val().transpose(), format)?;
-        Ok(Self::from_blocks(blocks, self.bias, &device))
+        Ok(Self {
+            sharing: self.sharing,
+            ..Self::from_blocks(blocks, self.bias, &device)
+        })
     }
 }
 
@@ -169,6 +178,23 @@ pub fn project<B: Backend, const D: usize>(
     match &projection.bias {
         Some(bias) => y + bias.val().unsqueeze(),
         None => y,
+    }
+}
+
+/// [`project`] plus the projection's sharing delta on `rows` (see
+/// [`crate::sharing_adapter`]).
+///
+/// # Shapes
+/// - x: `[batch, seq_len, in]`
+/// - output: `[batch, seq_len, out]`
+pub(crate) fn project_adapted<B: Backend>(
+    projection: &Projection<B>,
+    x: Tensor<B, 3>,
+    rows: &AdapterRows<B>,
+) -> Tensor<B, 3> {
+    match (&projection.sharing, rows) {
+        (None, _) | (_, AdapterRows::None) => project(projection, x),
+        (Some(delta), rows) => rows.add(delta, x.clone(), project(projection, x)),
     }
 }
 

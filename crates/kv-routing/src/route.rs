@@ -88,6 +88,15 @@ impl Route {
         self.src.contains(&layer)
     }
 
+    /// Whether some layer reads another layer's keys/values (what turns on the sharing
+    /// adapters, [`crate::sharing_adapter`]).
+    pub fn shares(&self) -> bool {
+        self.src
+            .iter()
+            .enumerate()
+            .any(|(layer, &source)| layer != source)
+    }
+
     /// The distinct source layers, ascending. Layer 0 is always one.
     pub fn sources(&self) -> Vec<usize> {
         (0..self.n_layers())

@@ -14,3 +14,4 @@ pub mod retarget;
 pub mod routes;
 pub mod sampling;
 pub mod serving;
+pub mod sharing_adapters;

@@ -18,16 +18,7 @@ impl<B: Backend> RoutedTransformer<B> {
         self.embedding = self.embedding.into_blocks(format)?;
         self.lm_head = self.lm_head.map(|h| h.into_blocks(format)).transpose()?;
         for block in &mut self.blocks {
-            let attention = &mut block.attention;
-            for projection in [
-                &mut attention.query,
-                &mut attention.key,
-                &mut attention.value,
-                &mut attention.output,
-                &mut block.mlp.gate,
-                &mut block.mlp.up,
-                &mut block.mlp.down,
-            ] {
+            for projection in block.projections_mut() {
                 *projection = projection.clone().into_blocks(format)?;
             }
         }
@@ -44,15 +35,7 @@ impl<B: Backend> RoutedTransformer<B> {
         add_blocks(self.embedding.blocks.as_ref());
         add_blocks(self.lm_head.as_ref().and_then(|h| h.blocks.as_ref()));
         for block in &self.blocks {
-            for projection in [
-                &block.attention.query,
-                &block.attention.key,
-                &block.attention.value,
-                &block.attention.output,
-                &block.mlp.gate,
-                &block.mlp.up,
-                &block.mlp.down,
-            ] {
+            for projection in block.projections() {
                 add_blocks(projection.blocks.as_ref());
             }
         }

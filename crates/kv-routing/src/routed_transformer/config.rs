@@ -19,6 +19,7 @@ use crate::error::KvRoutingError;
 use crate::feed_forward::SwiGluFeedForwardConfig;
 use crate::rope::{RopeScaling, RotaryEmbeddingConfig};
 use crate::seeded_init::reinit_seeded;
+use crate::sharing_adapter::SharingAdapterConfig;
 
 /// Configuration of a [`RoutedTransformer`]. Serializes to JSON with serde.
 #[derive(Config, Debug, PartialEq)]
@@ -68,6 +69,10 @@ pub struct RoutedTransformerConfig {
     /// Rotary frequency scaling (Llama 3.1's, or linear). Default: none.
     #[config(default = "None")]
     pub rope_scaling: Option<RopeScaling>,
+    /// Low-rank weights that only sharing plans use ([`crate::sharing_adapter`]). Default:
+    /// none.
+    #[config(default = "None")]
+    pub sharing_adapter: Option<SharingAdapterConfig>,
 }
 
 impl RoutedTransformerConfig {
@@ -104,6 +109,9 @@ impl RoutedTransformerConfig {
                 self.init_std
             )));
         }
+        if let Some(adapter) = &self.sharing_adapter {
+            adapter.validate()?;
+        }
         self.attention_config().validate()
     }
 
@@ -133,6 +141,11 @@ impl RoutedTransformerConfig {
         }
         if self.qk_norm {
             block = block.checked_add(2 * head_dim)?;
+        }
+        if let Some(adapter) = &self.sharing_adapter {
+            for [d_input, d_output] in [[h, q], [h, kv], [h, kv], [q, h], [h, f], [h, f], [f, h]] {
+                block = block.checked_add(adapter.delta_parameters(d_input, d_output)?)?;
+            }
         }
         let embedding = self.vocab_size.checked_mul(h)?;
         let head = if self.tie_embeddings { 0 } else { embedding };
@@ -176,8 +189,14 @@ impl RoutedTransformerConfig {
         }
     }
 
-    /// Initializes the model with Burn's initializers (the backend's RNG).
+    /// Initializes the model with Burn's initializers (the backend's RNG); sharing adapters, if
+    /// configured, are drawn on the host from their own seed.
     pub fn init<B: Backend>(&self, device: &B::Device) -> crate::Result<RoutedTransformer<B>> {
+        self.with_adapters(self.init_base(device)?)
+    }
+
+    /// The model without its sharing adapters.
+    fn init_base<B: Backend>(&self, device: &B::Device) -> crate::Result<RoutedTransformer<B>> {
         self.validate()?;
         let attention = self.attention_config();
         let norm = || {
@@ -224,6 +243,17 @@ impl RoutedTransformerConfig {
         seed: u64,
         device: &B::Device,
     ) -> crate::Result<RoutedTransformer<B>> {
-        reinit_seeded(self.init(device)?, seed, self.init_std)
+        self.with_adapters(reinit_seeded(self.init_base(device)?, seed, self.init_std)?)
+    }
+
+    /// `model` with this configuration's sharing adapters, if it has any.
+    fn with_adapters<B: Backend>(
+        &self,
+        model: RoutedTransformer<B>,
+    ) -> crate::Result<RoutedTransformer<B>> {
+        match &self.sharing_adapter {
+            Some(adapter) => model.with_sharing_adapters(adapter),
+            None => Ok(model),
+        }
     }
 }

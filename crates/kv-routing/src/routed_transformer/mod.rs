@@ -16,6 +16,7 @@
 //! - `memory`: bytes of activations and KV caches, computed without allocating.
 //! - `mixed`: the cached forward of a batch whose sequences each have their own plan.
 //! - `prefix_reuse`: a forward pass recorded layer by layer, and routes rerun from a layer on.
+//! - `sharing_adapters`: low-rank weights only sharing plans use, added to the whole model.
 
 mod block_weights;
 mod cache_factory;
@@ -25,6 +26,7 @@ mod forward;
 mod memory;
 mod mixed;
 mod prefix_reuse;
+mod sharing_adapters;
 mod tokens;
 
 use burn::module::Module;

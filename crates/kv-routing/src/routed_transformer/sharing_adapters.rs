@@ -1,0 +1,75 @@
+//! Sharing adapters on a whole model ([`crate::sharing_adapter`]): adding them, and making
+//! them the only trainable parameters.
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use super::RoutedTransformer;
+use crate::error::KvRoutingError;
+use crate::sharing_adapter::SharingAdapterConfig;
+
+impl<B: Backend> RoutedTransformer<B> {
+    /// This model with a fresh sharing adapter ([`crate::sharing_adapter`]) on every
+    /// projection of every block, drawn from `config` (block 0 first; query, key, value,
+    /// output, gate, up, down). A fresh adapter changes nothing under any plan until trained.
+    /// A model that already has adapters is an error (train them, or load them with the
+    /// configuration that has them).
+    pub fn with_sharing_adapters(mut self, config: &SharingAdapterConfig) -> crate::Result<Self> {
+        config.validate()?;
+        if self.sharing_adapter_rank().is_some() {
+            return Err(KvRoutingError::InvalidConfig(
+                "the model already has sharing adapters".into(),
+            ));
+        }
+        let mut stream = config.stream();
+        for block in &mut self.blocks {
+            for projection in block.projections_mut() {
+                let [d_input, d_output] = projection.dims();
+                let device = projection.weight.lazy_device();
+                projection.sharing =
+                    Some(config.init_delta(d_input, d_output, &mut stream, &device));
+            }
+        }
+        Ok(self)
+    }
+
+    /// The rank of the model's sharing adapters, if it has them.
+    pub fn sharing_adapter_rank(&self) -> Option<usize> {
+        self.blocks
+            .first()
+            .and_then(|b| b.attention.query.sharing.as_ref())
+            .map(|delta| delta.down.lazy_shape().dims::<2>()[1])
+    }
+
+    /// This model with only its sharing adapters requiring gradients (on an autodiff
+    /// backend): training it changes nothing the full plan computes. A model without adapters
+    /// is an error (it would have nothing to train).
+    pub fn with_only_sharing_adapters_trainable(self) -> crate::Result<Self> {
+        if self.sharing_adapter_rank().is_none() {
+            return Err(KvRoutingError::InvalidConfig(
+                "the model has no sharing adapters to train".into(),
+            ));
+        }
+        let mut model = self.no_grad();
+        for block in &mut model.blocks {
+            for projection in block.projections_mut() {
+                projection.sharing = projection
+                    .sharing
+                    .take()
+                    .map(|delta| delta.map(&mut RequireGrad));
+            }
+        }
+        Ok(model)
+    }
+}
+
+/// Makes every parameter it visits require a gradient.
+struct RequireGrad;
+
+impl<B: Backend> ModuleMapper<B> for RequireGrad {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, tensor, mapper) = param.consume();
+        Param::from_mapped_value(id, tensor.set_require_grad(true), mapper)
+    }
+}
