@@ -167,6 +167,17 @@ pub fn sharing_adapters_change_only_sharing_plans<B: Backend>(device: &B::Device
         );
     }
 
+    // A pass recorded under the full plan (adapters off) reused for a route that shares from
+    // layer 3 on (adapters on everywhere): the same logits as that route's own pass.
+    let recorded = adapted.forward_recorded(&batch, &routes[0]).unwrap();
+    let late = kv_routing::Route::new(vec![0, 1, 2, 2, 4, 4]).unwrap();
+    assert_close(
+        &to_host(adapted.forward_from(&recorded, 3, &late).unwrap()),
+        &to_host(adapted.forward_tokens(&batch, &late).unwrap()),
+        tolerance,
+        "adapters, a sharing route reusing a full-plan pass",
+    );
+
     let blocks = adapted
         .clone()
         .with_block_weights(BlockFormat::Q8_0)

@@ -12,7 +12,9 @@
 //!   the same source as the recorded route equals [`RoutedTransformer::forward`] under that
 //!   route on the recorded tokens (the layers from `start` on may read any source below them:
 //!   those below `start` are sources of the recorded route too). Any other route is a typed
-//!   error, checked before anything runs.
+//!   error, checked before anything runs. On a model with sharing adapters
+//!   ([`crate::sharing_adapter`]), a route that shares after a recorded one that does not (or
+//!   the reverse) reruns every layer: the adapters change all of them.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
@@ -160,6 +162,15 @@ impl<B: Backend> RoutedTransformer<B> {
         {
             return Err(mismatch(format!("layer {layer} reads another source")));
         }
+        // Sharing adapters are on in every layer of a sharing route and off in every layer of
+        // one that shares nothing: when the two routes differ in that, no layer computed the
+        // same thing, and the pass reruns from the embedding.
+        let start =
+            if self.sharing_adapter_rank().is_some() && route.shares() != recorded.route.shares() {
+                0
+            } else {
+                start
+            };
         let mut store = self.sequence_kv(route)?;
         for layer in start..n_layers {
             let source = route.source_of(layer);
