@@ -365,3 +365,118 @@ fn a_distilled_plan_drawn_retrofit_is_configured_by_flags() {
         "{stderr}"
     );
 }
+
+/// `--sharing-adapter` from the command line: a run that trains only adapters saves them in its
+/// configuration; `eval` reads them (the full plan scores the starting model's loss exactly,
+/// every:2 another); `export` to the Hugging Face layout refuses them; a rank of 0 and an alpha
+/// without a rank are refused before anything trains.
+#[test]
+fn sharing_adapters_from_the_command_line() {
+    let root = tempfile::tempdir().unwrap();
+    let base = root.path().join("llama");
+    write_checkpoint(&base);
+    let corpus = root.path().join("corpus.txt");
+    std::fs::write(
+        &corpus,
+        "the cat sat on the mat and the dog ran . ".repeat(40),
+    )
+    .unwrap();
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let runs = root.path().join("run");
+    let train = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "train",
+            "--init-from",
+            &path(&base),
+            "--data",
+            &path(&corpus),
+            "--p",
+            "1",
+            "--route-draw",
+            "every:2",
+            "--steps",
+            "3",
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "2",
+            "--warmup",
+            "1",
+            "--lr",
+            "1e-2",
+            "--eval-every",
+            "0",
+            "--eval-batches",
+            "1",
+            "--checkpoint-every",
+            "0",
+            "--quiet",
+            "--out",
+            &path(&runs),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    for (extra, message) in [
+        (&["--sharing-adapter", "0"][..], "rank must be >= 1"),
+        (&["--sharing-adapter-alpha", "4"][..], "--sharing-adapter"),
+        (
+            &["--sharing-adapter", "2", "--sharing-adapter-alpha=-1"][..],
+            "alpha must be positive",
+        ),
+    ] {
+        let stderr = run_failing(&train(extra));
+        assert!(stderr.contains(message), "{extra:?}: {stderr}");
+        assert!(!runs.join("checkpoint").exists(), "{extra:?} trained");
+    }
+    let argv = train(&["--sharing-adapter", "2", "--sharing-adapter-alpha", "4"]);
+    run(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(runs.join("checkpoint/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["model"]["sharing_adapter"]["rank"], 2);
+    assert_eq!(saved["model"]["sharing_adapter"]["alpha"], 4.0);
+
+    let loss = |checkpoint: &Path, plan: &str| -> f64 {
+        let output = run(&[
+            "eval",
+            "--checkpoint",
+            &path(checkpoint),
+            "--heldout",
+            &path(&corpus),
+            "--seq-len",
+            "16",
+            "--batches",
+            "1",
+            "--batch-size",
+            "2",
+            "--plans",
+            plan,
+            "--decode-tokens",
+            "0",
+            "--out",
+            &path(&root.path().join(format!("eval-{plan}"))),
+        ]);
+        let report: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(root.path().join(format!("eval-{plan}/eval.json"))).unwrap(),
+        )
+        .unwrap();
+        assert!(output.status.success());
+        report[0]["plans"][0]["val_loss"].as_f64().unwrap()
+    };
+    assert_eq!(loss(&runs, "full"), loss(&base, "full"));
+    assert_ne!(loss(&runs, "every:2"), loss(&base, "every:2"));
+
+    let stderr = run_failing(&[
+        "export".to_string(),
+        "--checkpoint".into(),
+        path(&runs),
+        "--out".into(),
+        path(&root.path().join("exported")),
+    ]);
+    assert!(stderr.contains("sharing adapters"), "{stderr}");
+}
