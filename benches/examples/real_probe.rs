@@ -43,6 +43,14 @@ fn main() {
         .find(|(name, _)| *name == args[4])
         .expect("plan: full, every2, every3 or every4")
         .1;
+    // Served as `generate` serves it: sharing adapters merged for a plan that shares.
+    let merged;
+    let model = if model.sharing_adapter_rank().is_some() && plan.route().shares() {
+        merged = model.clone().with_sharing_adapters_merged().unwrap();
+        &merged
+    } else {
+        model
+    };
     let mut times = Vec::new();
     match args[1].as_str() {
         "decode" => {

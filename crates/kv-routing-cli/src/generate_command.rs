@@ -92,6 +92,13 @@ pub fn run_generate(args: GenerateArgs) -> Result<()> {
             )))
         }
     };
+    // Sharing adapters merged into the weights when every plan of the run shares: the
+    // decode step then costs what it costs without adapters (the full plan needs them apart).
+    if loaded.model.sharing_adapter_rank().is_some()
+        && plans.iter().all(|(_, plan)| plan.route().shares())
+    {
+        loaded.model = loaded.model.with_sharing_adapters_merged()?;
+    }
     let mut prompts = Vec::with_capacity(args.prompt.len());
     for (i, text) in args.prompt.iter().enumerate() {
         let prompt = loaded.codec.encode(text)?;

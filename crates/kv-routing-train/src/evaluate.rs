@@ -137,10 +137,23 @@ pub fn evaluate_plans<B: Backend>(
         .passkey
         .map(|task| task.tokenize(codec, model.max_seq_len()))
         .transpose()?;
+    // Sharing plans are evaluated as they are served: with the sharing adapters merged into
+    // the weights (one copy of the projections for all of them), the full plan on the model
+    // as it is.
+    let merged = match model.sharing_adapter_rank() {
+        Some(_) if plans.iter().any(|(_, plan)| plan.route().shares()) => {
+            Some(model.clone().with_sharing_adapters_merged()?)
+        }
+        _ => None,
+    };
     plans
         .iter()
         .map(|(name, plan)| {
             let route = plan.route();
+            let model = match &merged {
+                Some(merged) if route.shares() => merged,
+                _ => model,
+            };
             let metrics = validation_metrics(
                 model,
                 dataset,

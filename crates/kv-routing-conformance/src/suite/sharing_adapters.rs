@@ -7,8 +7,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use burn_autodiff::Autodiff;
 use kv_routing::{
-    reinit_seeded, BlockFormat, CachePlan, MemoryBudget, Projection, RoutedTransformer,
-    RoutedTransformerConfig, SharingAdapterConfig,
+    reinit_seeded, BlockFormat, CachePlan, KvRoutingError, MemoryBudget, Projection,
+    RoutedTransformer, RoutedTransformerConfig, SharingAdapterConfig,
 };
 
 use super::cached::assert_matches_uncached;
@@ -177,6 +177,56 @@ pub fn sharing_adapters_change_only_sharing_plans<B: Backend>(device: &B::Device
         tolerance,
         "adapters, a sharing route reusing a full-plan pass",
     );
+
+    // Merged into the weights for serving: every sharing route as before, the full plan (one
+    // pass, a cache, a mixed batch with a full group, a recorded pass) refused.
+    let merged_serving = adapted.clone().with_sharing_adapters_merged().unwrap();
+    assert!(merged_serving.sharing_adapters_merged());
+    assert_eq!(merged_serving.sharing_adapter_rank(), None);
+    for (name, route) in route_kinds(config.n_layers) {
+        let served = merged_serving.forward_tokens(&batch, &route);
+        if !route.shares() {
+            assert!(
+                matches!(served, Err(KvRoutingError::InvalidRoute(_))),
+                "merged, route {name}"
+            );
+            continue;
+        }
+        assert_close(
+            &to_host(served.unwrap()),
+            &to_host(adapted.forward_tokens(&batch, &route).unwrap()),
+            tolerance,
+            &format!("merged adapters, route {name} {route}"),
+        );
+    }
+    assert_matches_uncached(
+        &merged_serving,
+        &every2,
+        &sequences,
+        &[5, 1, 1, 5],
+        "merged adapters, cached under every:2",
+    );
+    let mut full_cache = merged_serving.new_cache(1, 8, routes[0].clone()).unwrap();
+    assert!(merged_serving
+        .forward_cached(&batch[..1], &mut full_cache)
+        .is_err());
+    let mut mixed = merged_serving
+        .new_mixed_cache(&routes, 8, &MemoryBudget::UNLIMITED)
+        .unwrap();
+    assert!(merged_serving
+        .forward_mixed_last(&prompts, &mut mixed)
+        .is_err());
+    assert!(merged_serving.forward_recorded(&batch, &routes[0]).is_err());
+    assert!(base.clone().with_sharing_adapters_merged().is_err());
+    // Block projections keep their delta: the sum would need quantizing again.
+    let merged_blocks = adapted
+        .clone()
+        .with_block_weights(BlockFormat::Q8_0)
+        .unwrap()
+        .with_sharing_adapters_merged()
+        .unwrap();
+    assert!(merged_blocks.blocks[0].attention.query.sharing.is_some());
+    assert!(merged_blocks.blocks[0].mlp.down.sharing.is_none());
 
     let blocks = adapted
         .clone()

@@ -233,6 +233,7 @@ impl RoutedTransformerConfig {
             rope: self.rotary_config().init(device)?,
             vocab_size: self.vocab_size,
             kv_dtype: crate::KvDtype::Native,
+            sharing_merged: false,
         })
     }
 

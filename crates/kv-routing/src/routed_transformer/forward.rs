@@ -148,6 +148,7 @@ impl<B: Backend> RoutedTransformer<B> {
         mask: &AttentionMask<B>,
         store: &mut (impl KvStore<B> + Send),
     ) -> crate::Result<Tensor<B, 3>> {
+        self.check_merged_route(store.route())?;
         on_compute_threads::<B, _>(|| {
             let mut x = self.embed(tokens);
             for (layer, block) in self.blocks.iter().enumerate() {

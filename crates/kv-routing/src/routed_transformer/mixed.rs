@@ -106,6 +106,9 @@ impl<B: Backend> RoutedTransformer<B> {
                 actual: vec![groups.iter().map(|(n, _)| n).sum()],
             });
         }
+        for (_, cache) in groups.iter() {
+            self.check_merged_route(cache.route())?;
+        }
         let (ids, _, step_len) = self.token_tensor(tokens)?;
         let mut steps = Vec::with_capacity(groups.len());
         let mut first = 0;

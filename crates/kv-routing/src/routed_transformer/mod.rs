@@ -17,6 +17,7 @@
 //! - `mixed`: the cached forward of a batch whose sequences each have their own plan.
 //! - `prefix_reuse`: a forward pass recorded layer by layer, and routes rerun from a layer on.
 //! - `sharing_adapters`: low-rank weights only sharing plans use, added to the whole model.
+//! - `weight_layout`: projection weights in the layout decode steps read fastest.
 
 mod block_weights;
 mod cache_factory;
@@ -28,6 +29,7 @@ mod mixed;
 mod prefix_reuse;
 mod sharing_adapters;
 mod tokens;
+mod weight_layout;
 
 use burn::module::Module;
 use burn::nn::RmsNorm;
@@ -61,6 +63,10 @@ pub struct RoutedTransformer<B: Backend> {
     /// What KV caches store (and what full-sequence passes reproduce): a serving choice, not
     /// a parameter, so not saved with the weights.
     kv_dtype: KvDtype,
+    /// Whether the sharing adapters have been added into the weights
+    /// ([`RoutedTransformer::with_sharing_adapters_merged`]): then only routes that share can
+    /// run.
+    sharing_merged: bool,
 }
 
 impl<B: Backend> RoutedTransformer<B> {

@@ -99,6 +99,7 @@ impl<B: Backend> RoutedTransformer<B> {
         route: &Route,
     ) -> Result<RecordedForward<B>> {
         route.check_layers(self.n_layers())?;
+        self.check_merged_route(route)?;
         let seq_len = tokens.first().map_or(0, Vec::len);
         if let Some(sequence) = tokens.iter().position(|t| t.len() != seq_len) {
             return Err(KvRoutingError::InvalidLengths(format!(
@@ -146,6 +147,7 @@ impl<B: Backend> RoutedTransformer<B> {
         route: &Route,
     ) -> Result<Tensor<B, 3>> {
         route.check_layers(self.n_layers())?;
+        self.check_merged_route(route)?;
         let n_layers = self.n_layers();
         if start >= n_layers {
             return Err(KvRoutingError::InvalidConfig(format!(

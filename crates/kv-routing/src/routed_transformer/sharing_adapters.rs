@@ -34,6 +34,60 @@ impl<B: Backend> RoutedTransformer<B> {
         Ok(self)
     }
 
+    /// This model for serving routes that share: every sharing delta added into its
+    /// projection's weight (`W + scale · down · up`, computed once on the device), so that a
+    /// sharing route costs what the model without adapters costs (unmerged, each projection
+    /// runs two more small products per step: 1.7x the decode step on SmolLM2 at rank 64,
+    /// docs/results.md). The full plan needs the weights the deltas were added to, so a pass
+    /// under a route that shares nothing is then an [`KvRoutingError::InvalidRoute`].
+    /// Projections held as blocks keep their delta (their sum would have to be quantized
+    /// again). Serve the merged model; train and save the unmerged one (its record is that of
+    /// a model without adapters and holds the merged weights).
+    pub fn with_sharing_adapters_merged(mut self) -> crate::Result<Self> {
+        if self.sharing_adapter_rank().is_none() {
+            return Err(KvRoutingError::InvalidConfig(
+                "the model has no sharing adapters to merge".into(),
+            ));
+        }
+        for block in &mut self.blocks {
+            for projection in block.projections_mut() {
+                if projection.blocks.is_some() {
+                    continue;
+                }
+                if let Some(delta) = projection.sharing.take() {
+                    let added = delta
+                        .down
+                        .val()
+                        .matmul(delta.up.val())
+                        .mul_scalar(delta.scale);
+                    let weight = projection.weight.val() + added;
+                    projection.weight = Param::from_tensor(weight);
+                    // The sum comes out row-major; decode reads the transposed layout faster.
+                    super::weight_layout::output_major(projection);
+                }
+            }
+        }
+        self.sharing_merged = true;
+        Ok(self)
+    }
+
+    /// Whether the sharing adapters are merged into the weights
+    /// ([`RoutedTransformer::with_sharing_adapters_merged`]).
+    pub fn sharing_adapters_merged(&self) -> bool {
+        self.sharing_merged
+    }
+
+    /// Refuses `route` on a model whose adapters are merged into its weights when the route
+    /// shares nothing (it would need the weights before the merge).
+    pub(crate) fn check_merged_route(&self, route: &crate::Route) -> crate::Result<()> {
+        if self.sharing_merged && !route.shares() {
+            return Err(KvRoutingError::InvalidRoute(format!(
+                "route {route} shares no layer, and this model's sharing adapters are merged into its weights: it serves only routes that share (load it again for the full plan)"
+            )));
+        }
+        Ok(())
+    }
+
     /// The rank of the model's sharing adapters, if it has them.
     pub fn sharing_adapter_rank(&self) -> Option<usize> {
         self.blocks
