@@ -244,7 +244,7 @@ pub fn sharing_adapters_change_only_sharing_plans<B: Backend>(device: &B::Device
         .is_err());
 }
 
-/// A fresh adapter changes nothing under any route, and a model made to train only its
+/// A fresh adapter changes nothing under any route (up to rounding), and a model made to train only its
 /// adapters gives gradients to the deltas under a sharing route and to nothing else.
 pub fn only_sharing_adapters_get_gradients<B: Backend>(device: &B::Device) {
     let config = tiny_config(2);
@@ -253,11 +253,14 @@ pub fn only_sharing_adapters_get_gradients<B: Backend>(device: &B::Device) {
         .unwrap();
     let base = tiny_model::<B>(&config, device);
     let tokens = vec![random_tokens(8, 9, config.vocab_size)];
+    // Adding a zero delta is exact on the CPU backends; wgpu's fused kernels may round the
+    // sum differently in the last place, hence a tolerance.
     for (name, route) in route_kinds(config.n_layers) {
-        assert_eq!(
-            to_host(fresh.forward_tokens(&tokens, &route).unwrap()),
-            to_host(base.forward_tokens(&tokens, &route).unwrap()),
-            "a fresh adapter under route {name}"
+        assert_close(
+            &to_host(fresh.forward_tokens(&tokens, &route).unwrap()),
+            &to_host(base.forward_tokens(&tokens, &route).unwrap()),
+            tolerance::<B>(device),
+            &format!("a fresh adapter under route {name}"),
         );
     }
 
