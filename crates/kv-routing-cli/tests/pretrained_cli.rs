@@ -256,49 +256,12 @@ fn a_damaged_checkpoint_is_a_one_line_error() {
 #[test]
 fn a_distilled_plan_drawn_retrofit_is_configured_by_flags() {
     let root = tempfile::tempdir().unwrap();
-    let base = root.path().join("llama");
-    write_checkpoint(&base);
-    let corpus = root.path().join("corpus.txt");
-    std::fs::write(
-        &corpus,
-        "the cat sat on the mat and the dog ran . ".repeat(40),
-    )
-    .unwrap();
-    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let (base, corpus) = retrofit_fixture(root.path());
     let runs = root.path().join("run");
-    let (base_arg, corpus_arg, runs_arg) = (path(&base), path(&corpus), path(&runs));
     let args = |extra: &[&'static str]| -> Vec<String> {
-        let mut args: Vec<String> = [
-            "train",
-            "--init-from",
-            &base_arg,
-            "--data",
-            &corpus_arg,
-            "--p",
-            "0.75",
-            "--steps",
-            "2",
-            "--seq-len",
-            "16",
-            "--batch-size",
-            "2",
-            "--warmup",
-            "1",
-            "--eval-every",
-            "0",
-            "--eval-batches",
-            "1",
-            "--checkpoint-every",
-            "0",
-            "--quiet",
-            "--out",
-            &runs_arg,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
+        let mut settings = vec!["--p", "0.75", "--steps", "2"];
+        settings.extend(extra);
+        fine_tune_args(&base, &corpus, &runs, &settings)
     };
     let fails = |extra: &[&'static str], message: &str| {
         let stderr = run_failing(&args(extra));
@@ -373,52 +336,22 @@ fn a_distilled_plan_drawn_retrofit_is_configured_by_flags() {
 #[test]
 fn sharing_adapters_from_the_command_line() {
     let root = tempfile::tempdir().unwrap();
-    let base = root.path().join("llama");
-    write_checkpoint(&base);
-    let corpus = root.path().join("corpus.txt");
-    std::fs::write(
-        &corpus,
-        "the cat sat on the mat and the dog ran . ".repeat(40),
-    )
-    .unwrap();
+    let (base, corpus) = retrofit_fixture(root.path());
     let path = |p: &Path| p.to_str().unwrap().to_string();
     let runs = root.path().join("run");
     let train = |extra: &[&str]| -> Vec<String> {
-        let mut args: Vec<String> = [
-            "train",
-            "--init-from",
-            &path(&base),
-            "--data",
-            &path(&corpus),
+        let mut settings = vec![
             "--p",
             "1",
             "--route-draw",
             "every:2",
             "--steps",
             "3",
-            "--seq-len",
-            "16",
-            "--batch-size",
-            "2",
-            "--warmup",
-            "1",
             "--lr",
             "1e-2",
-            "--eval-every",
-            "0",
-            "--eval-batches",
-            "1",
-            "--checkpoint-every",
-            "0",
-            "--quiet",
-            "--out",
-            &path(&runs),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
+        ];
+        settings.extend(extra);
+        fine_tune_args(&base, &corpus, &runs, &settings)
     };
     for (extra, message) in [
         (&["--sharing-adapter", "0"][..], "rank must be >= 1"),
@@ -479,4 +412,53 @@ fn sharing_adapters_from_the_command_line() {
         path(&root.path().join("exported")),
     ]);
     assert!(stderr.contains("sharing adapters"), "{stderr}");
+}
+
+/// The random Llama checkpoint and a small corpus of its words, under `root`.
+fn retrofit_fixture(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let base = root.join("llama");
+    write_checkpoint(&base);
+    let corpus = root.join("corpus.txt");
+    std::fs::write(
+        &corpus,
+        "the cat sat on the mat and the dog ran . ".repeat(40),
+    )
+    .unwrap();
+    (base, corpus)
+}
+
+/// `train` fine-tuning `base` on `corpus` into `out` (16-token windows, batch 2, one warmup
+/// step, no validation or intermediate checkpoint, quiet), then `settings`.
+fn fine_tune_args(base: &Path, corpus: &Path, out: &Path, settings: &[&str]) -> Vec<String> {
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let mut args: Vec<String> = vec![
+        "train".into(),
+        "--init-from".into(),
+        path(base),
+        "--data".into(),
+        path(corpus),
+        "--out".into(),
+        path(out),
+    ];
+    args.extend(
+        [
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "2",
+            "--warmup",
+            "1",
+            "--eval-every",
+            "0",
+            "--eval-batches",
+            "1",
+            "--checkpoint-every",
+            "0",
+            "--quiet",
+        ]
+        .iter()
+        .chain(settings)
+        .map(|s| s.to_string()),
+    );
+    args
 }

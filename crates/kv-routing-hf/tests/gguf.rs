@@ -184,16 +184,7 @@ fn every_family_matches_the_reference() {
 fn matrix_formats(model: &kv_routing::RoutedTransformer<Flex>) -> Vec<Option<BlockFormat>> {
     let mut formats = vec![model.embedding.blocks.as_ref().map(|b| b.format())];
     for block in &model.blocks {
-        let (attention, mlp) = (&block.attention, &block.mlp);
-        for projection in [
-            &attention.query,
-            &attention.key,
-            &attention.value,
-            &attention.output,
-            &mlp.gate,
-            &mlp.up,
-            &mlp.down,
-        ] {
+        for projection in block.projections() {
             formats.push(projection.blocks.as_ref().map(|b| b.format()));
         }
     }
