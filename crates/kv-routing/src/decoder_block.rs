@@ -84,7 +84,8 @@ impl<B: Backend> DecoderBlock<B> {
     /// [`DecoderBlock::forward`] for a batch whose consecutive row ranges are groups with
     /// stores (routes), rotary angles and masks of their own: attention proper once per group
     /// on its rows, the projections and the feed-forward block once on the whole batch
-    /// ([`StochasticKvAttention::forward_grouped`]).
+    /// ([`StochasticKvAttention::forward_grouped`]). `rows` says which rows add the sharing
+    /// deltas ([`AdapterRows::for_groups`], the same for every layer of a step).
     ///
     /// # Shapes
     /// - x: `[batch, seq_len, d_model]`, the groups' rows in order, covering the batch
@@ -94,21 +95,17 @@ impl<B: Backend> DecoderBlock<B> {
         layer: usize,
         x: Tensor<B, 3>,
         groups: &mut [BlockGroup<'_, B, S>],
+        rows: &AdapterRows<B>,
     ) -> Result<Tensor<B, 3>> {
-        let shares: Vec<(usize, bool)> = groups
-            .iter()
-            .map(|g| (g.rows.len(), g.store.route().shares()))
-            .collect();
-        let rows = AdapterRows::for_groups(&shares, &x.device());
         let normed = rms_norm(&self.attention_norm, x.clone());
         let x = residual_add(
             x,
             self.attention
-                .forward_grouped(layer, normed, groups, &rows)?,
+                .forward_grouped(layer, normed, groups, rows)?,
         );
         let mlp = self
             .mlp
-            .forward_on(rms_norm(&self.mlp_norm, x.clone()), &rows);
+            .forward_on(rms_norm(&self.mlp_norm, x.clone()), rows);
         Ok(residual_add(x, mlp))
     }
 }

@@ -73,7 +73,6 @@ impl<B: Backend> RoutedTransformer<B> {
         cache: &mut KvCacheManager<B>,
     ) -> crate::Result<Tensor<B, 3>> {
         self.check_cache_layout(cache)?;
-        self.check_merged_route(cache.route())?;
         let new_tokens: Vec<usize> = tokens.iter().map(Vec::len).collect();
         let (ids, batch, step_len) = self.token_tensor(tokens)?;
         let mut step = cache.begin_step(&new_tokens, step_len)?;

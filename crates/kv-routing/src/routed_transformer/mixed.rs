@@ -15,9 +15,11 @@ use crate::attention::BlockGroup;
 use crate::error::{KvRoutingError, Result};
 use crate::kernels::on_compute_threads;
 use crate::kv_cache::KvCacheManager;
+use crate::kv_store::KvStore;
 use crate::memory_budget::MemoryBudget;
 use crate::mixed_plan_cache::MixedPlanCache;
 use crate::route::Route;
+use crate::sharing_adapter::AdapterRows;
 
 impl<B: Backend> RoutedTransformer<B> {
     /// A cache for a batch in which sequence `b` keeps the layers of `routes[b]`, up to
@@ -123,6 +125,12 @@ impl<B: Backend> RoutedTransformer<B> {
             let rope = self.angles(step.positions(), rows.len(), step_len)?;
             parts.push((rows.clone(), rope, step.mask()?));
         }
+        // Which rows add the sharing deltas: the same in every layer of the step.
+        let shares: Vec<(usize, bool)> = steps
+            .iter()
+            .map(|(rows, step)| (rows.len(), step.route().shares()))
+            .collect();
+        let adapter_rows = AdapterRows::for_groups(&shares, &self.device());
         let hidden = on_compute_threads::<B, _>(|| {
             let mut x = self.embed(ids);
             for (layer, block) in self.blocks.iter().enumerate() {
@@ -136,7 +144,7 @@ impl<B: Backend> RoutedTransformer<B> {
                         store,
                     })
                     .collect();
-                x = block.forward_grouped(layer, x, &mut groups)?;
+                x = block.forward_grouped(layer, x, &mut groups, &adapter_rows)?;
             }
             Ok::<_, KvRoutingError>(x)
         })?;
