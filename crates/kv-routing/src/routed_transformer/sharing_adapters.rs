@@ -37,8 +37,8 @@ impl<B: Backend> RoutedTransformer<B> {
     /// This model for serving routes that share: every sharing delta added into its
     /// projection's weight (`W + scale · down · up`, computed once on the device), so that a
     /// sharing route costs what the model without adapters costs (unmerged, each projection
-    /// runs two more small products per step: 1.7x the decode step on SmolLM2 at rank 64,
-    /// docs/results.md). The full plan needs the weights the deltas were added to, so a pass
+    /// runs two more small products per step: about 3 ms more a decode step on SmolLM2 at
+    /// rank 64, docs/benchmarks.md). The full plan needs the weights the deltas were added to, so a pass
     /// under a route that shares nothing is then an [`KvRoutingError::InvalidRoute`].
     /// Projections held as blocks keep their delta (their sum would have to be quantized
     /// again). Serve the merged model; train and save the unmerged one (its record is that of
@@ -55,15 +55,16 @@ impl<B: Backend> RoutedTransformer<B> {
                     continue;
                 }
                 if let Some(delta) = projection.sharing.take() {
+                    // Summed as `[out, in]` (`Wᵀ + scale · upᵀ downᵀ`) and used through its
+                    // transposed view: the layout decode steps read fastest, in one pass.
                     let added = delta
-                        .down
+                        .up
                         .val()
-                        .matmul(delta.up.val())
+                        .transpose()
+                        .matmul(delta.down.val().transpose())
                         .mul_scalar(delta.scale);
-                    let weight = projection.weight.val() + added;
-                    projection.weight = Param::from_tensor(weight);
-                    // The sum comes out row-major; decode reads the transposed layout faster.
-                    super::weight_layout::output_major(projection);
+                    let weight = projection.weight.val().transpose() + added;
+                    projection.weight = Param::from_tensor(weight.transpose());
                 }
             }
         }

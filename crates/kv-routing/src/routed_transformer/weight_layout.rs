@@ -31,7 +31,7 @@ impl<B: Backend> RoutedTransformer<B> {
 }
 
 /// `projection`'s float weight as a contiguous `[out, in]` matrix seen through its transposed view.
-pub(super) fn output_major<B: Backend>(projection: &mut Projection<B>) {
+fn output_major<B: Backend>(projection: &mut Projection<B>) {
     if projection.blocks.is_some() {
         return;
     }
