@@ -101,6 +101,14 @@ pub fn save_pretrained<B: Backend>(
             "the model (layers, vocab, kv heads, head_dim = {structure:?}) does not match its config {configured:?}"
         )));
     }
+    if model.sharing_adapters_merged() {
+        // The merged weights serve only sharing plans; exported, they would be read as the
+        // model's full plan.
+        return Err(HfError::Unsupported(
+            "the model's sharing adapters are merged into its weights; export the unmerged model"
+                .into(),
+        ));
+    }
     if model.sharing_adapter_rank().is_some() || model_config.sharing_adapter.is_some() {
         // The Hugging Face layout has no place for weights that only sharing plans use; dropping
         // them would silently give back the starting model under every plan.

@@ -304,6 +304,33 @@ fn a_model_of_our_own_exports_as_llama_and_generates_identically() {
     assert_eq!(a.tokens, b.tokens);
 }
 
+#[test]
+fn models_with_sharing_adapters_are_refused_merged_or_not() {
+    let config = kv_routing::RoutedTransformerConfig::new(50, 32, 3, 4, 40).with_max_seq_len(32);
+    let device = Default::default();
+    let adapters = kv_routing::SharingAdapterConfig::new(2);
+    let with_adapters = config
+        .init_seeded::<F64>(9, &device)
+        .unwrap()
+        .with_sharing_adapters(&adapters)
+        .unwrap();
+    let merged = with_adapters
+        .clone()
+        .with_sharing_adapters_merged()
+        .unwrap();
+    // The merged model has no adapters left to see, and its config (the base's) names none:
+    // only the merge marker stops its sharing weights from being written as the full model.
+    for (model, what) in [(&with_adapters, "sharing adapters"), (&merged, "merged")] {
+        let dir = tempfile::tempdir().unwrap();
+        let error = save_pretrained(model, &config, None, dir.path(), &ExportOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(&error, HfError::Unsupported(m) if m.contains(what)),
+            "{error}"
+        );
+    }
+}
+
 /// Writes the llama family, lets `edit` damage it, and returns the load error.
 fn load_error(edit: impl FnOnce(&Path, &mut Tensors, &mut serde_json::Value)) -> HfError {
     let spec = Spec::llama();

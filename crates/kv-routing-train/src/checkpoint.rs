@@ -70,6 +70,14 @@ pub fn save_checkpoint<B: AutodiffBackend>(
     model: &RoutedTransformer<B>,
     optimizer: OptimizerRecord<B>,
 ) -> Result<()> {
+    if model.sharing_adapters_merged() {
+        // Its record would hold the merged weights with nothing saying so: loaded again, the
+        // full plan would silently run the sharing plans' weights.
+        return Err(TrainError::Config(
+            "the model's sharing adapters are merged into its weights; save the unmerged model"
+                .into(),
+        ));
+    }
     let staged = StagedDir::begin(dir)?;
     let staging = staged.path();
     write_json(&staging.join(CONFIG), config)?;

@@ -14,7 +14,7 @@ use burn_flex::{Flex, FlexDevice};
 use burn_ndarray::NdArray;
 use burn_train::TrainStep;
 use kv_routing::{CachePlan, Route, RouteDraw, RoutedTransformer, RoutedTransformerConfig};
-use kv_routing_train::checkpoint::load_model;
+use kv_routing_train::checkpoint::{load_model, save_checkpoint, TrainState};
 use kv_routing_train::distillation::{distillation_losses, hidden_state_distances, Distillation};
 use kv_routing_train::learner::{RoutedLm, StepBatch};
 use kv_routing_train::train_config::TrainConfig;
@@ -585,6 +585,26 @@ fn a_sharing_adapter_run_trains_only_the_adapters_and_resumes_bit_exactly() {
     let every2 = CachePlan::every_kth(3, 2).unwrap().route();
     assert_eq!(logits(&trained, &full), logits(&starting, &full));
     assert_ne!(logits(&trained, &every2), logits(&starting, &every2));
+
+    // A merged model cannot become a checkpoint: nothing in its record would say that its
+    // weights serve only the sharing plans.
+    let merged = load_model::<Autodiff<Flex>>(&checkpoint_dir(&whole), &FlexDevice)
+        .unwrap()
+        .1
+        .with_sharing_adapters_merged()
+        .unwrap();
+    let state = TrainState {
+        step: 4,
+        router: kv_routing::StochasticRouter::new(3, 1.0, 0).unwrap(),
+        elapsed_seconds: 0.0,
+    };
+    let optimizer = burn::optim::AdamWConfig::new()
+        .init::<Autodiff<Flex>, RoutedTransformer<Autodiff<Flex>>>()
+        .to_record();
+    let refused = dir.path().join("merged");
+    let error = save_checkpoint(&refused, &config(), &state, &merged, optimizer).unwrap_err();
+    assert!(error.to_string().contains("merged"), "{error}");
+    assert!(!refused.exists(), "a refused checkpoint left a directory");
 
     let mut other = config();
     other.model.sharing_adapter = Some(SharingAdapterConfig::new(2));

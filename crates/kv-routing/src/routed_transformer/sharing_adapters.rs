@@ -41,8 +41,10 @@ impl<B: Backend> RoutedTransformer<B> {
     /// rank 64, docs/benchmarks.md). The full plan needs the weights the deltas were added to, so a pass
     /// under a route that shares nothing is then an [`KvRoutingError::InvalidRoute`].
     /// Projections held as blocks keep their delta (their sum would have to be quantized
-    /// again). Serve the merged model; train and save the unmerged one (its record is that of
-    /// a model without adapters and holds the merged weights).
+    /// again). Serve the merged model; train and save the unmerged one: a merged model's
+    /// record would hold the merged weights with nothing saying so, so the training
+    /// checkpoint and the Hugging Face export refuse it. Merged weights are new parameters,
+    /// as trainable as the ones they replace.
     pub fn with_sharing_adapters_merged(mut self) -> crate::Result<Self> {
         if self.sharing_adapter_rank().is_none() {
             return Err(KvRoutingError::InvalidConfig(
@@ -63,8 +65,12 @@ impl<B: Backend> RoutedTransformer<B> {
                         .transpose()
                         .matmul(delta.down.val().transpose())
                         .mul_scalar(delta.scale);
-                    let weight = projection.weight.val().transpose() + added;
-                    projection.weight = Param::from_tensor(weight.transpose());
+                    let weight = projection.weight.val();
+                    let require_grad = weight.is_require_grad();
+                    // A new leaf (on an autodiff backend the sum is a graph node, which a
+                    // parameter cannot be), as trainable as the weight it replaces.
+                    let merged = (weight.transpose() + added).transpose().detach();
+                    projection.weight = Param::from_tensor(merged).set_require_grad(require_grad);
                 }
             }
         }
