@@ -6,7 +6,8 @@
 //! Before the tied head multiplied by the transposed embedding *view*, every step allocated a
 //! full copy of the `[vocab, d_model]` matrix (55% of a SmolLM2 decode step); a fused
 //! attention op that gathers the visible cache into contiguous buffers would allocate the
-//! history twice per layer. Either fails here.
+//! history twice per layer, and an f32 model reading an f16 or int8 cache through a widened
+//! copy would allocate it (or twice it) once per step. Each fails here.
 //!
 //! One test in the binary: the counter is global, and tests run on parallel threads.
 
@@ -14,7 +15,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use burn_flex::{Flex, FlexDevice};
-use kv_routing::{CachePlan, RoutedTransformerConfig};
+use kv_routing::{CachePlan, KvDtype, Precision, RoutedTransformerConfig};
 
 struct CountingAllocator;
 
@@ -41,8 +42,8 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// The most bytes one of 4 decode steps (batch 2) allocates, and the bytes of the cached
 /// history, for a model with a tied vocabulary of `vocab` after a prompt of `history` tokens,
-/// every `k`-th layer cached.
-fn worst_step_allocation(vocab: usize, history: usize, k: usize) -> (usize, usize) {
+/// every `k`-th layer cached in `kv`.
+fn worst_step_allocation(vocab: usize, history: usize, k: usize, kv: KvDtype) -> (usize, usize) {
     let device = FlexDevice;
     // A large tied vocabulary and a long history next to small layers; heads of 64 as in real
     // models (the attention scores, which a step must compute, are then about 5% of the
@@ -52,7 +53,11 @@ fn worst_step_allocation(vocab: usize, history: usize, k: usize) -> (usize, usiz
         .with_n_kv_heads(Some(2))
         .with_tie_embeddings(true)
         .with_max_seq_len(4096);
-    let model = config.init::<Flex>(&device).unwrap();
+    let model = config
+        .init::<Flex>(&device)
+        .unwrap()
+        .with_kv_dtype(kv)
+        .unwrap();
     let route = CachePlan::every_kth(layers, k).unwrap().route();
     let mut cache = model.new_cache(2, history + 8, route).unwrap();
     let prompts: Vec<Vec<u32>> = (0..2)
@@ -80,10 +85,19 @@ fn worst_step_allocation(vocab: usize, history: usize, k: usize) -> (usize, usiz
 #[test]
 fn a_decode_step_allocates_neither_the_tied_embedding_nor_the_cache_history() {
     let embedding_bytes = |vocab: usize| vocab * 256 * 4;
-    for (plan, k) in [("full", 1), ("every:2", 2)] {
-        let (base, base_history) = worst_step_allocation(16_384, 1024, k);
-        let (long, long_history) = worst_step_allocation(16_384, 3072, k);
-        let (wide, _) = worst_step_allocation(32_768, 1024, k);
+    let kv_dtypes = [
+        KvDtype::Native,
+        KvDtype::Float(Precision::F16),
+        KvDtype::Int8,
+    ];
+    for (plan, k, kv) in kv_dtypes
+        .into_iter()
+        .flat_map(|kv| [("full", 1, kv), ("every:2", 2, kv)])
+    {
+        let plan = format!("{plan} over a {kv} cache");
+        let (base, base_history) = worst_step_allocation(16_384, 1024, k, kv);
+        let (long, long_history) = worst_step_allocation(16_384, 3072, k, kv);
+        let (wide, _) = worst_step_allocation(32_768, 1024, k, kv);
         let history_growth = long_history - base_history;
         let embedding_growth = embedding_bytes(32_768) - embedding_bytes(16_384);
         assert!(

@@ -459,8 +459,21 @@ impl<B: Backend> StochasticKvAttention<B> {
         // place through its strides: nothing of the history is copied. (A fused attention op
         // may also copy the visible keys/values to contiguous buffers first, as flex's does.)
         if let Some(context) = fused_causal_attention(&query, kv, mask) {
-            context
-        } else if seq_len < 2 * self.head_dim {
+            return context;
+        }
+        // Keys/values of another float type than the queries (a cache's own, which the
+        // backend's kernel did not take for this step) are widened for Burn's ops.
+        let widened;
+        let kv = if kv.key.dtype() == query.dtype() && kv.value.dtype() == query.dtype() {
+            kv
+        } else {
+            widened = KeyValue::new(
+                crate::kernels::cast_float(kv.key.clone(), query.dtype()),
+                crate::kernels::cast_float(kv.value.clone(), query.dtype()),
+            );
+            &widened
+        };
+        if seq_len < 2 * self.head_dim {
             let rows = groups * seq_len;
             let query = query.reshape([batch, self.n_kv_heads, rows, self.head_dim]);
             let scores = query.matmul(kv.key.clone().swap_dims(2, 3));

@@ -60,7 +60,8 @@ impl<B: Backend> KeyValue<B> {
 /// step streams one byte a value instead of a widened copy of the history.
 #[derive(Debug, Clone)]
 pub enum StoredKv<B: Backend> {
-    /// Keys and values in the model's float type.
+    /// Keys and values in a float type: the model's, or the narrower one a cache stores them
+    /// in (`KvDtype::Float`) for a backend whose attention widens them as it reads (flex).
     Float(KeyValue<B>),
     /// Keys and values in the int8 format.
     Int8(Int8KeyValue<B>),

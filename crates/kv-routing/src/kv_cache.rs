@@ -9,7 +9,8 @@
 //!   when written, and a step's reads of a converted layer are widened back to the model's
 //!   type once per step and source layer, however many layers read it, except where the
 //!   backend's attention reads the stored format in place ([`CacheStep`]'s
-//!   [`KvStore::get_stored`]: int8 on flex, no widened copy of the history).
+//!   [`KvStore::get_stored`]: int8 and half-precision floats on flex, no widened copy of the
+//!   history).
 //! - **Slots.** The batch shares one write cursor, [`KvCacheManager::len`]: a step of `t` tokens
 //!   writes slots `len..len + t` of every source layer in place (no concatenation of the
 //!   history). A sequence that brings fewer than `t` tokens to a step (a shorter prompt, a
@@ -598,13 +599,31 @@ impl<B: Backend> KvStore<B> for CacheStep<'_, B> {
 
     fn get_stored(&mut self, layer: usize) -> Result<StoredKv<B>> {
         let source = self.written_source(layer)?;
-        if let Some(LayerStorage::Int8 { key, value }) = &self.cache.layers[source] {
-            if crate::kernels::reads_int8_kv::<B>() {
-                let visible = 0..self.visible_len();
-                return Ok(StoredKv::Int8(
-                    Int8KeyValue::new(key.slice_rows(visible.clone()), value.slice_rows(visible))
-                        .viewing(self.cache.view_leases[source].clone()),
-                ));
+        if crate::kernels::reads_stored_kv::<B>() {
+            let visible = 0..self.visible_len();
+            let lease = self.cache.view_leases[source].clone();
+            match &self.cache.layers[source] {
+                Some(LayerStorage::Int8 { key, value }) => {
+                    return Ok(StoredKv::Int8(
+                        Int8KeyValue::new(
+                            key.slice_rows(visible.clone()),
+                            value.slice_rows(visible),
+                        )
+                        .viewing(lease),
+                    ));
+                }
+                // Another float type than the model's: a view of the rows as stored (the
+                // attention widens them as it reads), not a widened copy of the history.
+                Some(LayerStorage::Float(kv)) => {
+                    return Ok(StoredKv::Float(
+                        KeyValue::new(
+                            slice_rows(&kv.key, visible.clone()),
+                            slice_rows(&kv.value, visible),
+                        )
+                        .viewing(lease),
+                    ));
+                }
+                None => {}
             }
         }
         self.get(layer).map(StoredKv::Float)

@@ -62,10 +62,11 @@ pub(crate) fn causal_attention<B: Backend>(
     None
 }
 
-/// Whether `B` has an attention kernel that reads int8 keys/values in place
-/// ([`int8_causal_attention`]): a cache then hands them over as stored instead of widened.
+/// Whether `B`'s attention kernels read a cache's rows in the cache's own format, int8
+/// ([`int8_causal_attention`]) or a half-precision float type narrower than the model's
+/// ([`causal_attention`]): a cache then hands them over as stored instead of widened.
 #[cfg_attr(not(feature = "flex"), allow(clippy::extra_unused_type_parameters))]
-pub(crate) fn reads_int8_kv<B: Backend>() -> bool {
+pub(crate) fn reads_stored_kv<B: Backend>() -> bool {
     #[cfg(feature = "flex")]
     if flex::is_flex::<B>() {
         return true;

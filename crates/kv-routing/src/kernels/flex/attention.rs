@@ -61,16 +61,41 @@ pub(crate) fn causal_attention<B: Backend>(
     key_valid: Option<&[bool]>,
 ) -> Option<Tensor<B, 4>> {
     let (query, key, value) = (flex_float(query)?, flex_float(key)?, flex_float(value)?);
-    if query.dtype() != key.dtype() || key.dtype() != value.dtype() {
+    if key.dtype() != value.dtype() {
         return None;
     }
-    let context = match query.dtype() {
-        DType::F32 => attend::<f32>(&query, &key, &value, key_valid),
-        DType::F16 => half_attention::<f16>(&query, &key, &value, key_valid),
-        DType::BF16 => half_attention::<bf16>(&query, &key, &value, key_valid),
+    let context = match (query.dtype(), key.dtype()) {
+        (DType::F32, DType::F32) => attend::<f32, f32>(&query, &key, &value, key_valid),
+        (DType::F16, DType::F16) => half_attention::<f16>(&query, &key, &value, key_valid),
+        (DType::BF16, DType::BF16) => half_attention::<bf16>(&query, &key, &value, key_valid),
+        (DType::F32, DType::F16) => half_kv_attention::<f16>(&query, &key, &value, key_valid),
+        (DType::F32, DType::BF16) => half_kv_attention::<bf16>(&query, &key, &value, key_valid),
         _ => None,
     };
     from_flex(context?)
+}
+
+/// f32 queries over a half-precision cache (an f32 model with `--kv-dtype f16`): the few-row
+/// path reads the cache's rows as they are, widening them in registers as the f16 model's
+/// steps do; longer steps widen the keys and values to f32 first. Widening the whole history
+/// into an f32 copy before every decode step, as the generic path does, made these steps 2.2x
+/// (batch 1) to 18x (batch 8, context 4096) slower than with an f32 cache (docs/benchmarks.md).
+fn half_kv_attention<E: KernelElement>(
+    query: &FlexTensor,
+    key: &FlexTensor,
+    value: &FlexTensor,
+    key_valid: Option<&[bool]>,
+) -> Option<FlexTensor> {
+    if has_avx2_fma_f16c() {
+        if let Some(context) = attend::<f32, E>(query, key, value, key_valid) {
+            return Some(context);
+        }
+    }
+    // Layouts are checked before anything is read (as in `half_attention`).
+    for operand in [key, value] {
+        Operand::<E>::new(operand)?;
+    }
+    attend::<f32, f32>(query, &widened_half(key)?, &widened_half(value)?, key_valid)
 }
 
 /// Half-precision attention: the few-row path reads the operands as they are (decode steps,
@@ -85,7 +110,7 @@ fn half_attention<E: KernelElement>(
     key_valid: Option<&[bool]>,
 ) -> Option<FlexTensor> {
     if has_avx2_fma_f16c() {
-        if let Some(context) = attend::<E>(query, key, value, key_valid) {
+        if let Some(context) = attend::<E, E>(query, key, value, key_valid) {
             return Some(context);
         }
     }
@@ -94,7 +119,7 @@ fn half_attention<E: KernelElement>(
     for operand in [query, key, value] {
         Operand::<E>::new(operand)?;
     }
-    let context = attend::<f32>(
+    let context = attend::<f32, f32>(
         &widened_half(query)?,
         &widened_half(key)?,
         &widened_half(value)?,
@@ -103,7 +128,9 @@ fn half_attention<E: KernelElement>(
     narrowed_half(&context, E::DTYPE)
 }
 
-fn attend<E: KernelElement>(
+/// The attention of `Q` queries (and context) over `E` keys and values: any pair through the
+/// few-row path, f32 alone through gemm (`None` when a task would need gemm otherwise).
+fn attend<Q: KernelElement, E: KernelElement>(
     query: &FlexTensor,
     key: &FlexTensor,
     value: &FlexTensor,
@@ -128,8 +155,9 @@ fn attend<E: KernelElement>(
     }
     let groups = heads / kv_heads;
     let history = kv_len - seq_len;
+    let all_f32 = Q::DTYPE == DType::F32 && E::DTYPE == DType::F32;
     let (q, k, v) = (
-        Operand::<E>::new(query)?,
+        Operand::<Q>::new(query)?,
         Operand::<E>::new(key)?,
         Operand::<E>::new(value)?,
     );
@@ -143,7 +171,7 @@ fn attend<E: KernelElement>(
     // group would be a task for gemm, which multiplies f32 only here.
     let stacked = seq_len == 1
         && groups > 1
-        && (E::DTYPE == DType::F32 || groups <= FEW_QUERY_ROWS)
+        && (all_f32 || groups <= FEW_QUERY_ROWS)
         && batch * kv_heads >= rayon::current_num_threads();
     let unit_dim_stride = q.strides[3] == 1 && k.strides[3] == 1 && v.strides[3] == 1;
     let (q, task_heads, task_rows) = if stacked {
@@ -160,12 +188,12 @@ fn attend<E: KernelElement>(
     // A task of at most FEW_QUERY_ROWS rows takes the few-row path; other element types than
     // f32 take only that path (gemm here multiplies f32), so every one of their tasks must.
     let every_task_few_rows = unit_dim_stride && task_rows <= FEW_QUERY_ROWS;
-    if E::DTYPE != DType::F32 && !every_task_few_rows {
+    if !all_f32 && !every_task_few_rows {
         return None;
     }
     let mut context =
-        super::tensor::zeroed(Shape::from(vec![batch, heads, seq_len, head_dim]), E::DTYPE);
-    let output = E::storage_mut(&mut context);
+        super::tensor::zeroed(Shape::from(vec![batch, heads, seq_len, head_dim]), Q::DTYPE);
+    let output = Q::storage_mut(&mut context);
     output
         .par_chunks_mut(task_rows * head_dim)
         .enumerate()
@@ -205,7 +233,11 @@ fn attend<E: KernelElement>(
                     return;
                 }
                 // f32 from here on: other types returned above unless every task has few rows.
-                let out = E::as_f32_mut(out).expect("f32 attention (checked above)");
+                let out = Q::as_f32_mut(out).expect("f32 attention (checked above)");
+                let q_row = |head, row| {
+                    q.row_f32(b, head, row)
+                        .expect("f32 operands (checked above)")
+                };
                 let f32_row = |operand: &Operand<E>, head, row| {
                     operand
                         .row_f32(b, head, row)
@@ -223,7 +255,7 @@ fn attend<E: KernelElement>(
                     gemm_product(
                         [rows, keys, head_dim],
                         (scores.as_mut_ptr(), keys),
-                        (f32_row(&q, head, first), q.strides[2], q.strides[3]),
+                        (q_row(head, first), q.strides[2], q.strides[3]),
                         (f32_row(&k, kv_head, 0), k.strides[3], k.strides[2]),
                     );
                 }
@@ -435,21 +467,29 @@ mod tests {
             // wrongly seen or hidden moves an output by about its weight, 1 / kv_len or more
             // (1e-3). Half precision (a model loaded in f16 or bf16): f32 sums of the operands'
             // values (in the few-row path, or widened), one rounding of the output (2^-11 or
-            // 2^-8 relative, outputs below 4).
-            for (dtype, tolerance) in [
-                (DType::F32, 2e-5),
-                (DType::F16, 2e-3),
-                (DType::BF16, 1.6e-2),
+            // 2^-8 relative, outputs below 4). f32 queries over half-precision keys and
+            // values (an f32 model's f16 cache): f32 sums of the stored values, no rounding of
+            // the output, so f32's tolerance against the reference on those values.
+            for (dtype, kv_dtype, tolerance) in [
+                (DType::F32, DType::F32, 2e-5),
+                (DType::F16, DType::F16, 2e-3),
+                (DType::BF16, DType::BF16, 1.6e-2),
+                (DType::F32, DType::F16, 2e-5),
+                (DType::F32, DType::BF16, 2e-5),
             ] {
-                let operand = |t: &Tensor<Flex, 4>| match dtype {
+                let operand = |t: &Tensor<Flex, 4>, dtype| match dtype {
                     DType::F32 => t.clone(),
                     _ => t.clone().cast(dtype),
                 };
-                let (q, k, v) = (operand(&q), operand(&k), operand(&v));
+                let (q, k, v) = (
+                    operand(&q, dtype),
+                    operand(&k, kv_dtype),
+                    operand(&v, kv_dtype),
+                );
                 // Every length in every type: half precision widens what the few-row path
                 // does not take.
                 let out = causal_attention(&q, &k, &v, None)
-                    .unwrap_or_else(|| panic!("{seq_len} rows in {dtype:?}"));
+                    .unwrap_or_else(|| panic!("{seq_len} rows in {dtype:?} over {kv_dtype:?}"));
                 assert_eq!(
                     (out.dims(), out.dtype()),
                     ([batch, heads, seq_len, head_dim], dtype)
@@ -465,8 +505,8 @@ mod tests {
                 let worst = worst_difference(&out, &expected);
                 assert!(
                     worst < tolerance,
-                    "{dtype:?} ({batch}, {heads}, {kv_heads}, {seq_len}, {history}, {head_dim}): \
-                     {worst}"
+                    "{dtype:?} over {kv_dtype:?} ({batch}, {heads}, {kv_heads}, {seq_len}, \
+                     {history}, {head_dim}): {worst}"
                 );
             }
         }
@@ -599,8 +639,10 @@ mod tests {
         let device = Default::default();
         let t = Tensor::<Flex, 4>::ones([1, 1, 4, 8], &device);
         let half = t.clone().cast(DType::F16);
-        // Mixed element types; f64.
+        // Half-precision queries over f32 keys/values, keys and values of different types;
+        // f64.
         assert!(causal_attention(&half, &t, &t, None).is_none());
+        assert!(causal_attention(&t, &half, &t, None).is_none());
         let wide = t.clone().cast(DType::F64);
         assert!(causal_attention(&wide, &wide, &wide, None).is_none());
         type Diff = burn_autodiff::Autodiff<Flex>;

@@ -54,15 +54,17 @@ pub(crate) struct FewRowScratch {
     out: Vec<f32>,
 }
 
-/// See the module docs.
-pub(crate) fn few_row_attention<E: KernelElement>(
-    queries: &Rows<E>,
+/// See the module docs. The queries and the output are of one element type `Q`, the keys and
+/// values of another or the same, `E` (an f32 model reading an f16 cache in place): the queries
+/// are widened to f32 once, the key and value rows as they are read.
+pub(crate) fn few_row_attention<Q: KernelElement, E: KernelElement>(
+    queries: &Rows<Q>,
     keys: &Rows<E>,
     values: &Rows<E>,
     visible: &dyn Fn(usize) -> usize,
     valid: Option<&[bool]>,
     scratch: &mut FewRowScratch,
-    out: &mut [E],
+    out: &mut [Q],
 ) {
     let (rows, key_count, width) = (queries.count, keys.count, queries.width);
     let FewRowScratch {
@@ -73,7 +75,7 @@ pub(crate) fn few_row_attention<E: KernelElement>(
     q.clear();
     q.resize(rows * width, 0.0);
     for (r, q) in q.chunks_exact_mut(width).enumerate() {
-        E::widen(queries.row(r), q);
+        Q::widen(queries.row(r), q);
     }
     scores.clear();
     scores.resize(rows * key_count, 0.0);
@@ -83,10 +85,10 @@ pub(crate) fn few_row_attention<E: KernelElement>(
     if has_avx2_fma_f16c() {
         // SAFETY: the CPU has the features the function is compiled for (checked above).
         unsafe { attend_avx2(q, width, keys, values, visible, valid, (scores, sums)) };
-        return E::narrow(sums, out);
+        return Q::narrow(sums, out);
     }
     attend_portable(q, width, keys, values, visible, valid, (scores, sums));
-    E::narrow(sums, out);
+    Q::narrow(sums, out);
 }
 
 /// `sums` (`[rows, width]`) for the f32 queries `q`, through the vector path when the width is
