@@ -51,7 +51,7 @@
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Tensor};
 
 use crate::attention_mask::AttentionMask;
 use crate::error::{KvRoutingError, Result};
@@ -612,9 +612,16 @@ impl<B: Backend> KvStore<B> for CacheStep<'_, B> {
                         .viewing(lease),
                     ));
                 }
-                // Another float type than the model's: a view of the rows as stored (the
-                // attention widens them as it reads), not a widened copy of the history.
-                Some(LayerStorage::Float(kv)) => {
+                // The model's float type, or half precision under an f32 model: a view of the
+                // rows as stored (the attention widens them as it reads), not a widened copy of
+                // the history. (A wider cache than the model, f32 under f16, is narrowed once
+                // per step below.)
+                Some(LayerStorage::Float(kv))
+                    if attends_in_place(
+                        kv.key.dtype(),
+                        device_float_dtype::<B>(&self.cache.device),
+                    ) =>
+                {
                     return Ok(StoredKv::Float(
                         KeyValue::new(
                             slice_rows(&kv.key, visible.clone()),
@@ -623,7 +630,7 @@ impl<B: Backend> KvStore<B> for CacheStep<'_, B> {
                         .viewing(lease),
                     ));
                 }
-                None => {}
+                _ => {}
             }
         }
         self.get(layer).map(StoredKv::Float)
@@ -643,6 +650,12 @@ impl<B: Backend> CacheStep<'_, B> {
         }
         Ok(source)
     }
+}
+
+/// Whether flex's attention reads a cache stored in `stored` for a model computing in `native`
+/// as it is: the same type, or half precision under f32.
+fn attends_in_place(stored: DType, native: DType) -> bool {
+    stored == native || (native == DType::F32 && matches!(stored, DType::F16 | DType::BF16))
 }
 
 /// One source layer's keys and values in the cache's dtype.
