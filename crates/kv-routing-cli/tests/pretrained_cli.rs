@@ -414,6 +414,77 @@ fn sharing_adapters_from_the_command_line() {
     assert!(stderr.contains("sharing adapters"), "{stderr}");
 }
 
+/// `--recipe sharing-adapters` sets the retrofit flags (adapters, every:2 on every step,
+/// distillation with hidden states, its rate and schedule); flags given override it; it needs a
+/// starting model and cannot resume; an adapter alpha needs adapters.
+#[test]
+fn a_recipe_sets_the_retrofit_flags_and_given_flags_override_it() {
+    let root = tempfile::tempdir().unwrap();
+    let (base, corpus) = retrofit_fixture(root.path());
+    let runs = root.path().join("run");
+    // `fine_tune_args` gives --seq-len 16, --batch-size 2 and --warmup 1: overrides.
+    let argv = fine_tune_args(
+        &base,
+        &corpus,
+        &runs,
+        &[
+            "--recipe",
+            "sharing-adapters",
+            "--steps",
+            "2",
+            "--sharing-adapter",
+            "2",
+        ],
+    );
+    run(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(runs.join("checkpoint/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["p"], 1.0);
+    assert_eq!(saved["route_draw"]["kind"], "every_kth");
+    assert_eq!(saved["route_draw"]["max_k"], 2);
+    assert_eq!(saved["distill"]["temperature"], 2.0);
+    assert_eq!(saved["distill"]["hidden_weight"], 10.0);
+    assert_eq!(saved["learning_rate"], 2e-3);
+    assert_eq!(saved["min_learning_rate"], 2e-4);
+    assert_eq!(saved["weight_decay"], 0.0);
+    assert_eq!(saved["model"]["sharing_adapter"]["rank"], 2);
+    assert_eq!(
+        (
+            &saved["seq_len"],
+            &saved["batch_size"],
+            &saved["warmup_steps"],
+            &saved["steps"]
+        ),
+        (&16.into(), &2.into(), &1.into(), &2.into())
+    );
+
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let without_start = [
+        "train",
+        "--recipe",
+        "sharing-adapters",
+        "--out",
+        &path(&root.path().join("nothing")),
+    ]
+    .map(String::from);
+    let stderr = run_failing(&without_start);
+    assert!(stderr.contains("--init-from"), "{stderr}");
+    let mut resumed = fine_tune_args(&base, &corpus, &runs, &["--recipe", "sharing-adapters"]);
+    resumed.push("--resume".into());
+    let stderr = run_failing(&resumed);
+    assert!(stderr.contains("--resume"), "{stderr}");
+    let alpha_alone = fine_tune_args(
+        &base,
+        &corpus,
+        &root.path().join("alpha"),
+        &["--sharing-adapter-alpha", "4"],
+    );
+    let stderr = run_failing(&alpha_alone);
+    assert!(stderr.contains("--sharing-adapter R"), "{stderr}");
+}
+
 /// The random Llama checkpoint and a small corpus of its words, under `root`.
 fn retrofit_fixture(root: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let base = root.join("llama");
