@@ -24,7 +24,9 @@
 //! own differentiable form, [`super::training_attention`]) and any other element type than f32, f16 and bf16. Half-precision
 //! operands take the few-row path as they are ([`super::few_row_attention`]: decode steps, a
 //! group of up to [`FEW_QUERY_ROWS`] stacked query heads, and chunks of up to that many tokens);
-//! longer steps (gemm here multiplies f32) are widened to f32, attended and rounded once. The
+//! longer steps (gemm here multiplies f32) are widened to f32, attended and rounded once. f32
+//! queries over half-precision keys/values (an f32 model's f16 or bf16 cache) take the same two
+//! paths, the queries and the context staying f32. The
 //! conformance suite runs through it on flex; `tests` below check it against an f64 reference,
 //! in f32, f16 and bf16.
 
@@ -66,66 +68,56 @@ pub(crate) fn causal_attention<B: Backend>(
     }
     let context = match (query.dtype(), key.dtype()) {
         (DType::F32, DType::F32) => attend::<f32, f32>(&query, &key, &value, key_valid),
-        (DType::F16, DType::F16) => half_attention::<f16>(&query, &key, &value, key_valid),
-        (DType::BF16, DType::BF16) => half_attention::<bf16>(&query, &key, &value, key_valid),
-        (DType::F32, DType::F16) => half_kv_attention::<f16>(&query, &key, &value, key_valid),
-        (DType::F32, DType::BF16) => half_kv_attention::<bf16>(&query, &key, &value, key_valid),
+        (DType::F16, DType::F16) => half_attention::<f16, f16>(&query, &key, &value, key_valid),
+        (DType::BF16, DType::BF16) => half_attention::<bf16, bf16>(&query, &key, &value, key_valid),
+        (DType::F32, DType::F16) => half_attention::<f32, f16>(&query, &key, &value, key_valid),
+        (DType::F32, DType::BF16) => half_attention::<f32, bf16>(&query, &key, &value, key_valid),
         _ => None,
     };
     from_flex(context?)
 }
 
-/// f32 queries over a half-precision cache (an f32 model with `--kv-dtype f16`): the few-row
-/// path reads the cache's rows as they are, widening them in registers as the f16 model's
-/// steps do; longer steps widen the keys and values to f32 first. Widening the whole history
-/// into an f32 copy before every decode step, as the generic path does, made these steps 2.2x
-/// (batch 1) to 18x (batch 8, context 4096) slower than with an f32 cache (docs/benchmarks.md).
-fn half_kv_attention<E: KernelElement>(
+/// Attention with half-precision keys/values, the queries `Q` of the same type (a model loaded
+/// in f16 or bf16) or f32 (an f32 model with `--kv-dtype f16`): the few-row path reads the
+/// operands as they are, widening them in registers (decode steps, short chunks); longer steps
+/// (a prefill) widen the operands to f32, run the f32 path and round the context once.
+/// Widening is `O(kv_len x head_dim)` per head against the attention's `O(seq_len x kv_len x
+/// head_dim)`: flex's own fused attention, which half-precision prefills fell back to before,
+/// made a 1,024-token SmolLM2 prompt about 3x slower in f16 than in f32; and widening an f32
+/// model's f16 history into a copy before every decode step, as the generic path does, made
+/// those steps 2.2x (batch 1) to 18x (batch 8, context 4096) slower than with an f32 cache
+/// (docs/benchmarks.md).
+fn half_attention<Q: KernelElement, E: KernelElement>(
     query: &FlexTensor,
     key: &FlexTensor,
     value: &FlexTensor,
     key_valid: Option<&[bool]>,
 ) -> Option<FlexTensor> {
     if has_avx2_fma_f16c() {
-        if let Some(context) = attend::<f32, E>(query, key, value, key_valid) {
-            return Some(context);
-        }
-    }
-    // Layouts are checked before anything is read (as in `half_attention`).
-    for operand in [key, value] {
-        Operand::<E>::new(operand)?;
-    }
-    attend::<f32, f32>(query, &widened_half(key)?, &widened_half(value)?, key_valid)
-}
-
-/// Half-precision attention: the few-row path reads the operands as they are (decode steps,
-/// short chunks); longer steps (a prefill) widen the operands to f32, run the f32 path and round
-/// the context once. Widening is `O(kv_len x head_dim)` per head against the attention's
-/// `O(seq_len x kv_len x head_dim)`: flex's own fused attention, which half-precision prefills
-/// fell back to before, made a 1,024-token SmolLM2 prompt about 3x slower in f16 than in f32.
-fn half_attention<E: KernelElement>(
-    query: &FlexTensor,
-    key: &FlexTensor,
-    value: &FlexTensor,
-    key_valid: Option<&[bool]>,
-) -> Option<FlexTensor> {
-    if has_avx2_fma_f16c() {
-        if let Some(context) = attend::<E, E>(query, key, value, key_valid) {
+        if let Some(context) = attend::<Q, E>(query, key, value, key_valid) {
             return Some(context);
         }
     }
     // Layouts are checked before anything is read: one that reaches outside its buffer is
     // refused here as on the f32 path, never widened.
-    for operand in [query, key, value] {
+    Operand::<Q>::new(query)?;
+    for operand in [key, value] {
         Operand::<E>::new(operand)?;
     }
+    let query_f32 = match Q::DTYPE {
+        DType::F32 => query.clone(),
+        _ => widened_half(query)?,
+    };
     let context = attend::<f32, f32>(
-        &widened_half(query)?,
+        &query_f32,
         &widened_half(key)?,
         &widened_half(value)?,
         key_valid,
     )?;
-    narrowed_half(&context, E::DTYPE)
+    match Q::DTYPE {
+        DType::F32 => Some(context),
+        dtype => narrowed_half(&context, dtype),
+    }
 }
 
 /// The attention of `Q` queries (and context) over `E` keys and values: any pair through the
