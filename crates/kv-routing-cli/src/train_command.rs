@@ -99,8 +99,8 @@ pub struct TrainArgs {
     /// (default 0).
     #[arg(long)]
     p: Option<f64>,
-    /// Optimizer steps (default 1000; with --resume, the run's own, and a larger value extends
-    /// it, stretching the rest of its learning-rate schedule).
+    /// Optimizer steps (default 1000, or the --recipe's; with --resume, the run's own, and a
+    /// larger value extends it, stretching the rest of its learning-rate schedule).
     #[arg(long)]
     steps: Option<u64>,
     /// Decoder layers.
