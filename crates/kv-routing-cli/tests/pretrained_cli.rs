@@ -112,32 +112,8 @@ fn fine_tune_export_generate_and_eval_a_hugging_face_checkpoint() {
     );
 
     let runs = root.path().join("run");
-    run(&[
-        "train",
-        "--init-from",
-        &path(&base),
-        "--data",
-        &path(&corpus),
-        "--p",
-        "0.5",
-        "--steps",
-        "3",
-        "--seq-len",
-        "16",
-        "--batch-size",
-        "2",
-        "--warmup",
-        "1",
-        "--eval-every",
-        "0",
-        "--eval-batches",
-        "1",
-        "--checkpoint-every",
-        "0",
-        "--quiet",
-        "--out",
-        &path(&runs),
-    ]);
+    let argv = fine_tune_args(&base, &corpus, &runs, &["--p", "0.5", "--steps", "3"]);
+    run(&argv.iter().map(String::as_str).collect::<Vec<_>>());
     let checkpoint = runs.join("checkpoint");
     assert!(
         checkpoint.join("tokenizer.json").is_file(),
