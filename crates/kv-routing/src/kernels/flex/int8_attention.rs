@@ -12,6 +12,17 @@
 //! query heads per key/value head: the codes are widened once, not three times). The scales of
 //! a task are widened to f32 once (a half-precision scale converted at each use cost more than
 //! the codes' arithmetic).
+//!
+//! **Integer scores.** On CPUs with AVX-512 VNNI (integer dot products of bytes), a decode
+//! step's scores over blocks of 32 are integer products: each query row is rounded to 8 bits per
+//! block of 32 (`code = round(q / s)`, `s = max |q| / 127`, as llama.cpp rounds the queries of
+//! its q8_0 dot products) and one instruction multiplies 64 query codes by 64 key codes and sums
+//! them in fours; each block's integer sum is scaled once by its query and key scales. This
+//! changes the scores by the queries' rounding (at most `s / 2` a value): the one place where
+//! this kernel computes something other than attention over the dequantized rows, so the tests
+//! compare it with attention over the dequantized rows *and* the rounded queries
+//! ([`RoundedQueries`]), and check the rounding itself against its bound. Prompts (the float
+//! path) and CPUs without VNNI keep f32 queries; `KV_ROUTING_KERNELS=avx2` turns it off.
 //! Measured in docs/benchmarks.md ("An int8 KV cache").
 //!
 //! # Contract
@@ -33,7 +44,7 @@ use rayon::prelude::*;
 use super::softmax::softmax_prefix_portable;
 use super::strided::{Operand, Rows};
 use super::tensor::{flex_float, flex_int8, from_flex};
-use super::vector::{has_avx2_fma_f16c, has_avx512_registers, KernelElement};
+use super::vector::{has_avx2_fma_f16c, has_avx512_registers, has_avx512_vnni, KernelElement};
 #[cfg(target_arch = "x86_64")]
 use super::vector::{lane_sums_of_eight, prefetch, widen_avx2};
 use crate::kv_quantization::QuantizedRows;
@@ -62,18 +73,88 @@ pub(crate) enum Int8Mutation {
     FirstScaleOfRow,
     /// Codes read as unsigned bytes.
     UnsignedCodes,
+    /// Integer scores: the keys' shift to unsigned bytes left in the sums.
+    UncorrectedKeyShift,
+    /// Integer scores: every block of a query row scaled with the row's first scale.
+    FirstQueryScaleOfRow,
 }
 
 impl Int8Mutation {
-    #[cfg(test)]
-    const ALL: [Self; 2] = [Self::FirstScaleOfRow, Self::UnsignedCodes];
+    const ALL: [Self; 4] = [
+        Self::FirstScaleOfRow,
+        Self::UnsignedCodes,
+        Self::UncorrectedKeyShift,
+        Self::FirstQueryScaleOfRow,
+    ];
+
+    /// Whether the mutation is one of the integer scores' (the others take the portable path).
+    fn in_integer_scores(self) -> bool {
+        matches!(self, Self::UncorrectedKeyShift | Self::FirstQueryScaleOfRow)
+    }
 }
 
 fn mutation() -> Option<Int8Mutation> {
-    super::mutants::active(
-        "int8_attention",
-        &[Int8Mutation::FirstScaleOfRow, Int8Mutation::UnsignedCodes],
-    )
+    super::mutants::active("int8_attention", &Int8Mutation::ALL)
+}
+
+/// Values of a block of the integer scores: the int8 format's block, half a 512-bit register
+/// of codes.
+const INTEGER_BLOCK: usize = 32;
+
+/// Whether a task of `rows` query rows over rows of `width` codes in blocks of `block` takes
+/// the integer scores (see the module docs): decode steps of up to 3 rows per key/value head,
+/// blocks of 32, whole 64-code registers, on a CPU with AVX-512 VNNI.
+fn takes_integer_scores(rows: usize, width: usize, block: usize) -> bool {
+    (1..=3).contains(&rows)
+        && block == INTEGER_BLOCK
+        && width.is_multiple_of(2 * INTEGER_BLOCK)
+        && has_avx512_vnni()
+}
+
+/// Whether the task rounds its queries for the integer scores: it takes them, and no mutation
+/// sends it to the portable path.
+fn rounds_queries(mutation: Option<Int8Mutation>, rows: usize, width: usize, block: usize) -> bool {
+    mutation.is_none_or(Int8Mutation::in_integer_scores) && takes_integer_scores(rows, width, block)
+}
+
+/// Query rows rounded to 8 bits per block of [`INTEGER_BLOCK`] for the integer scores (see
+/// the module docs), with what the scores need besides the codes.
+#[derive(Default)]
+struct RoundedQueries {
+    /// `[rows, width]`: `round(q / scale)`, in -127..=127.
+    codes: Vec<i8>,
+    /// `[rows, blocks]`: `max |q| / 127` of the block (0 for a block of zeros; NaN for a block
+    /// with a non-finite value, so that the scores carry it as the float path would).
+    scales: Vec<f32>,
+    /// `[rows, blocks]`: `-128 x` the block's sum of codes. The instruction multiplies unsigned
+    /// bytes by signed ones: the keys go in shifted to unsigned (`k + 128`, the byte `k ^
+    /// 0x80`), and this takes the shift's share, `128 Σ q`, back out of every sum.
+    corrections: Vec<i32>,
+}
+
+impl RoundedQueries {
+    /// Rounds `queries` (`[rows, width]`, `width` a multiple of [`INTEGER_BLOCK`]).
+    fn round(&mut self, queries: &[f32]) {
+        self.codes.clear();
+        self.scales.clear();
+        self.corrections.clear();
+        for block in queries.chunks_exact(INTEGER_BLOCK) {
+            let max = block.iter().fold(0.0f32, |max, q| max.max(q.abs()));
+            let finite = block.iter().all(|q| q.is_finite());
+            let inverse = if max > 0.0 && finite {
+                127.0 / max
+            } else {
+                0.0
+            };
+            let codes = block.iter().map(|q| (q * inverse).round() as i8);
+            self.codes.extend(codes);
+            let codes = &self.codes[self.codes.len() - INTEGER_BLOCK..];
+            self.scales
+                .push(if finite { max / 127.0 } else { f32::NAN });
+            self.corrections
+                .push(-128 * codes.iter().map(|&c| i32::from(c)).sum::<i32>());
+        }
+    }
 }
 
 /// See the module docs.
@@ -176,6 +257,8 @@ struct Scratch {
     sums: Vec<f32>,
     /// `[kv_len, blocks]` scales of the keys, then of the values, in f32.
     scales: Vec<f32>,
+    /// The queries rounded for the integer scores.
+    rounded: RoundedQueries,
 }
 
 fn attend<E: KernelElement>(
@@ -222,6 +305,7 @@ fn attend<E: KernelElement>(
     let vector = has_avx2_fma_f16c() && block.is_multiple_of(8);
     let wide = vector && has_avx512_registers();
     let mutation = mutation();
+    let integer_scores = rounds_queries(mutation, rows, head_dim, block);
 
     let mut context =
         super::tensor::zeroed(Shape::from(vec![batch, heads, seq_len, head_dim]), E::DTYPE);
@@ -238,6 +322,7 @@ fn attend<E: KernelElement>(
                 widened,
                 sums,
                 scales: scales_f32,
+                rounded,
             } = scratch;
             queries.clear();
             for r in 0..rows {
@@ -263,15 +348,20 @@ fn attend<E: KernelElement>(
             sums.clear();
             sums.resize(rows * head_dim, 0.0);
             #[cfg(target_arch = "x86_64")]
-            if vector && mutation.is_none() {
+            if vector && mutation.is_none_or(Int8Mutation::in_integer_scores) {
+                if integer_scores {
+                    rounded.round(queries);
+                }
                 let (task, buffers) = (
                     Task {
                         queries,
+                        rounded: integer_scores.then_some(&*rounded),
                         keys: &keys,
                         values: &values,
                         seq_len,
                         visible: &visible,
                         valid,
+                        mutation,
                     },
                     TaskBuffers {
                         scales: scales_f32,
@@ -326,12 +416,16 @@ fn attend<E: KernelElement>(
 struct Task<'a, E> {
     /// `[rows, width]` queries in f32.
     queries: &'a [f32],
+    /// The queries rounded, where the task takes the integer scores.
+    rounded: Option<&'a RoundedQueries>,
     keys: &'a Int8Rows<'a, E>,
     values: &'a Int8Rows<'a, E>,
     seq_len: usize,
     /// How many key slots query row `r` sees.
     visible: &'a dyn Fn(usize) -> usize,
     valid: Option<&'a [bool]>,
+    /// A mutation of the integer scores in force (tests only).
+    mutation: Option<Int8Mutation>,
 }
 
 /// One task's buffers for the vector path (sized by the caller: `scores` `[rows, kv_len]`,
@@ -355,11 +449,13 @@ struct TaskBuffers<'a> {
 unsafe fn vector_task<E: KernelElement>(task: Task<E>, buffers: TaskBuffers) {
     let Task {
         queries,
+        rounded,
         keys,
         values,
         seq_len,
         visible,
         valid,
+        mutation,
     } = task;
     let TaskBuffers {
         scales,
@@ -368,13 +464,19 @@ unsafe fn vector_task<E: KernelElement>(task: Task<E>, buffers: TaskBuffers) {
     } = buffers;
     let rows = queries.len() / keys.codes.width;
     let kv_len = keys.count();
+    // `rounded` is set only where the CPU has AVX-512 (and VNNI), and blocks of 32.
+    let wide_values = rounded.is_some();
     // SAFETY: the caller's contract; the buffers' sizes are the functions'.
     unsafe {
         keys.scales_f32(scales);
-        match rows {
-            2 => stacked_scores_avx2::<E, 2>(queries, keys, scales, scores),
-            3 => stacked_scores_avx2::<E, 3>(queries, keys, scales, scores),
-            _ => scores_avx2(queries, keys, scales, scores),
+        match (rounded, rows) {
+            // `rounded` is set only where the CPU has VNNI (`takes_integer_scores`).
+            (Some(rounded), 1) => integer_scores::<E, 1>(rounded, keys, scales, scores, mutation),
+            (Some(rounded), 2) => integer_scores::<E, 2>(rounded, keys, scales, scores, mutation),
+            (Some(rounded), _) => integer_scores::<E, 3>(rounded, keys, scales, scores, mutation),
+            (None, 2) => stacked_scores_avx2::<E, 2>(queries, keys, scales, scores),
+            (None, 3) => stacked_scores_avx2::<E, 3>(queries, keys, scales, scores),
+            (None, _) => scores_avx2(queries, keys, scales, scores),
         }
     }
     for (r, row) in scores.chunks_exact_mut(kv_len).enumerate() {
@@ -386,6 +488,9 @@ unsafe fn vector_task<E: KernelElement>(task: Task<E>, buffers: TaskBuffers) {
         // A decode step's rows all see every key: up to 3 of them share each widened code
         // vector (their sums fit the 16 vector registers).
         match (seq_len, rows) {
+            (1, 1) if wide_values => stacked_values_avx512::<E, 1>(values, scales, scores, sums),
+            (1, 2) if wide_values => stacked_values_avx512::<E, 2>(values, scales, scores, sums),
+            (1, 3) if wide_values => stacked_values_avx512::<E, 3>(values, scales, scores, sums),
             (1, 1) => stacked_values_avx2::<E, 1>(values, scales, scores, sums),
             (1, 2) => stacked_values_avx2::<E, 2>(values, scales, scores, sums),
             (1, 3) => stacked_values_avx2::<E, 3>(values, scales, scores, sums),
@@ -569,22 +674,169 @@ unsafe fn stacked_scores_avx2<E: KernelElement, const ROWS: usize>(
                 }
             }
         }
-        // Reduced eight at a time (rows after rows), padded with zeros.
-        let mut flat = [_mm256_setzero_ps(); 16];
-        for (i, sum) in sums.iter().flatten().enumerate() {
-            flat[i] = *sum;
-        }
-        let mut totals = [0.0f32; 16];
-        for (half, totals) in flat.chunks_exact(8).zip(totals.chunks_exact_mut(8)) {
-            let half: [__m256; 8] = std::array::from_fn(|i| half[i]);
-            // SAFETY: eight writable values.
-            unsafe { _mm256_storeu_ps(totals.as_mut_ptr(), lane_sums_of_eight(half)) };
-        }
-        for r in 0..ROWS {
-            scores[r * key_count + first..][..KEYS].copy_from_slice(&totals[r * KEYS..][..KEYS]);
-        }
+        // SAFETY: the caller's contract.
+        unsafe { store_lane_sums(&sums, first, false, scores) };
     }
     tail_scores(queries, keys, whole, scores);
+}
+
+/// `scores[r * kv_len + first + k]` set to (or, with `add`, increased by) the sum of the lanes
+/// of `sums[r][k]`, reduced eight at a time (rows after rows, padded with zeros).
+///
+/// # Safety
+/// The CPU has AVX2; `scores` holds `ROWS` rows with keys `first..first + STACKED_KEYS`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_lane_sums<const ROWS: usize>(
+    sums: &[[std::arch::x86_64::__m256; STACKED_KEYS]; ROWS],
+    first: usize,
+    add: bool,
+    scores: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const KEYS: usize = STACKED_KEYS;
+    let key_count = scores.len() / ROWS;
+    let mut flat = [_mm256_setzero_ps(); 16];
+    for (i, sum) in sums.iter().flatten().enumerate() {
+        flat[i] = *sum;
+    }
+    let mut totals = [0.0f32; 16];
+    for (half, totals) in flat.chunks_exact(8).zip(totals.chunks_exact_mut(8)) {
+        let half: [__m256; 8] = std::array::from_fn(|i| half[i]);
+        // SAFETY: eight writable values; the caller's contract.
+        unsafe { _mm256_storeu_ps(totals.as_mut_ptr(), lane_sums_of_eight(half)) };
+    }
+    for r in 0..ROWS {
+        let (out, totals) = (
+            &mut scores[r * key_count + first..][..KEYS],
+            &totals[r * KEYS..],
+        );
+        for (out, total) in out.iter_mut().zip(totals) {
+            *out = if add { *out + total } else { *total };
+        }
+    }
+}
+
+/// The integer scores (see the module docs) of `ROWS` (1 to 3) query rows, [`STACKED_KEYS`]
+/// keys at a time, 64 codes (two blocks) a pass: per key and row, one integer product of the
+/// 64 key codes (shifted to unsigned) with the row's 64 codes, its 16 sums of four converted,
+/// corrected for the shift and scaled by their block's query and key scales. Rows wider than
+/// 64 take one pass over the keys per 64 codes, each adding to the scores.
+///
+/// # Safety
+/// The CPU has AVX2, FMA, F16C, AVX-512F/VL/BW/DQ and VNNI; the keys' blocks are
+/// [`INTEGER_BLOCK`] codes and their width a multiple of 64; `queries` holds `ROWS` rows
+/// rounded with [`RoundedQueries::round`], `key_scales` `[kv_len, blocks]`, `scores` `ROWS *
+/// kv_len` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")]
+unsafe fn integer_scores<E: KernelElement, const ROWS: usize>(
+    queries: &RoundedQueries,
+    keys: &Int8Rows<E>,
+    key_scales: &[f32],
+    scores: &mut [f32],
+    mutation: Option<Int8Mutation>,
+) {
+    use std::arch::x86_64::*;
+    const KEYS: usize = STACKED_KEYS;
+    let (width, key_count) = (keys.codes.width, keys.count());
+    let blocks = width / INTEGER_BLOCK;
+    let whole = key_count - key_count % KEYS;
+    let shift = _mm512_set1_epi8(i8::MIN);
+    // A pair of scales (of two neighbouring blocks) spread over a register: the first to
+    // lanes 0-7, which sum the first block's codes, the second to lanes 8-15.
+    let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    let pair = |pair: &[f32]| {
+        let pair = &pair[..2];
+        // SAFETY: the mask loads the two values of `pair`, nothing else.
+        unsafe { _mm512_permutexvar_ps(halves, _mm512_maskz_loadu_ps(0b11, pair.as_ptr())) }
+    };
+    for pass in 0..width / (2 * INTEGER_BLOCK) {
+        let (column, block) = (pass * 2 * INTEGER_BLOCK, 2 * pass);
+        let query: [__m512i; ROWS] = std::array::from_fn(|r| {
+            let codes = &queries.codes[r * width + column..][..2 * INTEGER_BLOCK];
+            // SAFETY: 64 readable codes.
+            unsafe { _mm512_loadu_si512(codes.as_ptr().cast()) }
+        });
+        let query_scales: [__m512; ROWS] = std::array::from_fn(|r| {
+            let row = &queries.scales[r * blocks..][..blocks];
+            match mutation {
+                Some(Int8Mutation::FirstQueryScaleOfRow) => _mm512_set1_ps(row[0]),
+                _ => pair(&row[block..block + 2]),
+            }
+        });
+        // Each sum starts from the shift's correction: the first block's in lane 0, the
+        // second's in lane 8.
+        let start: [__m512i; ROWS] = std::array::from_fn(|r| {
+            let mut lanes = [0i32; 16];
+            if mutation != Some(Int8Mutation::UncorrectedKeyShift) {
+                lanes[0] = queries.corrections[r * blocks + block];
+                lanes[8] = queries.corrections[r * blocks + block + 1];
+            }
+            // SAFETY: 16 readable values.
+            unsafe { _mm512_loadu_si512(lanes.as_ptr().cast()) }
+        });
+        for first in (0..whole).step_by(KEYS) {
+            if pass == 0 && first + PREFETCH_ROWS + KEYS <= key_count {
+                for j in first + PREFETCH_ROWS..first + PREFETCH_ROWS + KEYS {
+                    prefetch(keys.codes.row(j));
+                }
+            }
+            let mut sums = [[_mm256_setzero_ps(); KEYS]; ROWS];
+            for k in 0..KEYS {
+                let codes = &keys.codes.row(first + k)[column..][..2 * INTEGER_BLOCK];
+                // SAFETY: 64 readable codes.
+                let key = unsafe { _mm512_loadu_si512(codes.as_ptr().cast()) };
+                let key = _mm512_xor_si512(key, shift);
+                let key_scale = pair(&key_scales[(first + k) * blocks + block..][..2]);
+                for r in 0..ROWS {
+                    let dot = _mm512_dpbusd_epi32(start[r], key, query[r]);
+                    let scaled = _mm512_mul_ps(
+                        _mm512_cvtepi32_ps(dot),
+                        _mm512_mul_ps(query_scales[r], key_scale),
+                    );
+                    sums[r][k] = _mm256_add_ps(
+                        _mm512_castps512_ps256(scaled),
+                        _mm512_extractf32x8_ps::<1>(scaled),
+                    );
+                }
+            }
+            // SAFETY: the caller's contract.
+            unsafe { store_lane_sums(&sums, first, pass > 0, scores) };
+        }
+    }
+    integer_tail_scores(queries, keys, whole, scores);
+}
+
+/// The integer scores of the keys from `first` on (the tail that does not fill a group of
+/// [`integer_scores`]), one key at a time in exact integer sums: what the vector code
+/// computes, in another order.
+fn integer_tail_scores<E: KernelElement>(
+    queries: &RoundedQueries,
+    keys: &Int8Rows<E>,
+    first: usize,
+    scores: &mut [f32],
+) {
+    let (width, key_count) = (keys.codes.width, keys.count());
+    let blocks = width / INTEGER_BLOCK;
+    for j in first..key_count {
+        let (key_codes, key_scales) = (keys.codes.row(j), keys.scales.row(j));
+        let query_rows = queries.codes.chunks_exact(width);
+        for (r, query_codes) in query_rows.enumerate() {
+            let query_scales = &queries.scales[r * blocks..][..blocks];
+            scores[r * key_count + j] = (0..blocks)
+                .map(|b| {
+                    let range = b * INTEGER_BLOCK..(b + 1) * INTEGER_BLOCK;
+                    let dot: i32 = query_codes[range.clone()]
+                        .iter()
+                        .zip(&key_codes[range])
+                        .map(|(&q, &k)| i32::from(q) * i32::from(k))
+                        .sum();
+                    dot as f32 * (query_scales[b] * key_scales[b].to_f32())
+                })
+                .sum();
+        }
+    }
 }
 
 /// `out_r = Σ_j weights[r, j] (codes_j x scales_j)` over each row's visible keys, the codes
@@ -647,6 +899,59 @@ unsafe fn weighted_values_avx2<E: KernelElement>(
                         _mm256_storeu_ps(out.add(i * 8), *sum);
                     }
                 }
+            }
+        }
+    }
+}
+
+/// [`stacked_values_avx2`] in 512-bit registers: sixteen codes widened and scaled (once for
+/// all the rows) per instruction pair, 64 output values of every row summed at a time.
+///
+/// # Safety
+/// As [`stacked_values_avx2`]'s, the CPU also has AVX-512F/VL, and the block is a multiple of
+/// 16.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+unsafe fn stacked_values_avx512<E: KernelElement, const ROWS: usize>(
+    values: &Int8Rows<E>,
+    value_scales: &[f32],
+    weights: &[f32],
+    out: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    const VECTORS: usize = 4;
+    let (width, block, key_count) = (values.codes.width, values.block, values.count());
+    let blocks = width / block;
+    let row_weights: [&[f32]; ROWS] =
+        std::array::from_fn(|r| &weights[r * key_count..][..key_count]);
+    for slab in (0..width).step_by(16 * VECTORS) {
+        let vectors = ((width - slab) / 16).min(VECTORS);
+        let block_of: [usize; VECTORS] =
+            std::array::from_fn(|i| (slab + 16 * i.min(vectors - 1)) / block);
+        let mut sums = [[_mm512_setzero_ps(); VECTORS]; ROWS];
+        for j in 0..key_count {
+            if slab == 0 && j + PREFETCH_ROWS < key_count {
+                prefetch(values.codes.row(j + PREFETCH_ROWS));
+            }
+            let codes = values.codes.row(j)[slab..].as_ptr();
+            let scales = &value_scales[j * blocks..][..blocks];
+            let weight: [__m512; ROWS] = std::array::from_fn(|r| _mm512_set1_ps(row_weights[r][j]));
+            for (i, block) in block_of.iter().enumerate().take(vectors) {
+                // SAFETY: `slab + 16 * i + 16 <= width`: sixteen codes readable.
+                let codes = unsafe { _mm_loadu_si128(codes.add(16 * i).cast()) };
+                let value = _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(codes)),
+                    _mm512_set1_ps(scales[*block]),
+                );
+                for (sums, weight) in sums.iter_mut().zip(&weight) {
+                    sums[i] = _mm512_fmadd_ps(*weight, value, sums[i]);
+                }
+            }
+        }
+        for (r, sums) in sums.iter().enumerate() {
+            for (i, sum) in sums.iter().enumerate().take(vectors) {
+                // SAFETY: `slab + 16 * i + 16 <= width` inside row `r` of `out`.
+                unsafe { _mm512_storeu_ps(out[r * width + slab + 16 * i..].as_mut_ptr(), *sum) };
             }
         }
     }
@@ -793,10 +1098,8 @@ mod tests {
         };
         let kv_shape = [batch, kv_heads, kv_len, head_dim];
         let n = batch * kv_heads * kv_len * head_dim;
-        let query = tensor(
-            random(1, batch * heads * seq_len * head_dim, 0.5),
-            [batch, heads, seq_len, head_dim],
-        );
+        let query_values = random(1, batch * heads * seq_len * head_dim, 0.5);
+        let query = tensor(query_values, [batch, heads, seq_len, head_dim]);
         let key = quantize_rows(tensor(random(2, n, 2.0), kv_shape), block, DType::I8);
         let value = quantize_rows(tensor(random(3, n, 1.0), kv_shape), block, DType::I8);
         let valid: Vec<bool> = (0..batch * kv_len)
@@ -811,8 +1114,15 @@ mod tests {
                 .map(f64::from)
                 .collect::<Vec<_>>()
         };
+        // Where the kernel rounds its queries (the integer scores), the reference attends with
+        // the rounded queries: what it must match is attention over the dequantized rows for
+        // those queries (the rounding itself is checked on its own, below).
+        let mut query = host(query);
+        if rounds_queries(mutation(), heads / kv_heads * seq_len, head_dim, block) {
+            query = rounded_values(&query);
+        }
         let expected = reference(
-            &host(query),
+            &query,
             [batch, heads, seq_len, head_dim],
             [&host(key.dequantize()), &host(value.dequantize())],
             kv_heads,
@@ -828,10 +1138,20 @@ mod tests {
         )
     }
 
+    /// `values` rounded as the integer scores round their queries, and widened back.
+    fn rounded_values(values: &[f64]) -> Vec<f64> {
+        let mut rounded = RoundedQueries::default();
+        rounded.round(&values.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        let scales = rounded.scales.iter().flat_map(|&s| [s; INTEGER_BLOCK]);
+        let codes = rounded.codes.iter().zip(scales);
+        codes.map(|(&c, s)| f64::from(c) * f64::from(s)).collect()
+    }
+
     /// Shapes: grouped heads (1, 2 and 3 per key/value head), decode steps and chunks, chunk tails
     /// (kv_len not a multiple of 64 or 8), blocks of 32 and of a whole 24-wide head, a head of
-    /// 12 (the portable loops), with and without holes, f32 and f16.
-    const CASES: [([usize; 6], usize); 8] = [
+    /// 12 (the portable loops), a head of 128 (two passes of the integer scores), with and
+    /// without holes, f32 and f16.
+    const CASES: [([usize; 6], usize); 9] = [
         ([2, 6, 2, 1, 150, 64], 32),
         ([1, 2, 2, 1, 33, 64], 32),
         ([1, 4, 2, 1, 100, 64], 32),
@@ -840,6 +1160,7 @@ mod tests {
         ([1, 4, 2, 2, 65, 24], 24),
         ([2, 2, 1, 1, 9, 12], 12),
         ([1, 3, 3, 4, 130, 64], 64),
+        ([1, 3, 1, 1, 50, 128], 32),
     ];
 
     fn check_all() -> Result<(), String> {
@@ -873,7 +1194,59 @@ mod tests {
 
     #[test]
     fn every_mutation_is_caught() {
-        let survivors = mutants::surviving("int8_attention", &Int8Mutation::ALL, check_all);
+        // The integer scores' mutations where this CPU takes the integer scores.
+        let here: Vec<_> = Int8Mutation::ALL
+            .into_iter()
+            .filter(|m| !m.in_integer_scores() || has_avx512_vnni())
+            .collect();
+        let survivors = mutants::surviving("int8_attention", &here, check_all);
         assert!(survivors.is_empty(), "{survivors:?} survived");
+    }
+
+    /// The queries' rounding against f64: every value within half a step of its code (the
+    /// step `max |q| / 127` of its block), codes in -127..=127, the shift's correction `-128 Σ
+    /// codes`; a block of zeros rounds to zeros, a block with a NaN or an infinity gets a NaN
+    /// scale (the scores carry it, as the float path's would).
+    #[test]
+    fn queries_round_within_half_a_step_of_their_block() {
+        let mut values: Vec<f32> = random(7, 6 * INTEGER_BLOCK, 3.0)
+            .into_iter()
+            .map(|v| v as f32)
+            .collect();
+        values[INTEGER_BLOCK..2 * INTEGER_BLOCK].fill(0.0);
+        values[2 * INTEGER_BLOCK + 5] = 1e-30;
+        values[3 * INTEGER_BLOCK + 7] = f32::NAN;
+        values[4 * INTEGER_BLOCK + 1] = f32::INFINITY;
+        let mut rounded = RoundedQueries::default();
+        rounded.round(&values);
+        assert_eq!(rounded.codes.len(), values.len());
+        for (b, block) in values.chunks_exact(INTEGER_BLOCK).enumerate() {
+            let (scale, codes) = (rounded.scales[b], &rounded.codes[b * INTEGER_BLOCK..]);
+            let sum: i32 = codes[..INTEGER_BLOCK].iter().map(|&c| i32::from(c)).sum();
+            assert_eq!(rounded.corrections[b], -128 * sum);
+            if block.iter().any(|v| !v.is_finite()) {
+                assert!(scale.is_nan(), "block {b}");
+                continue;
+            }
+            let max = block.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
+            assert!(
+                (f64::from(scale) - max / 127.0).abs() <= max * 1e-7,
+                "block {b}"
+            );
+            for (&v, &c) in block.iter().zip(codes) {
+                assert!((-127..=127).contains(&c));
+                let error = (f64::from(v) - f64::from(c) * f64::from(scale)).abs();
+                assert!(
+                    error <= f64::from(scale) * (0.5 + 1e-6),
+                    "block {b}: {v} -> {c}"
+                );
+            }
+        }
+        assert!(rounded.codes[INTEGER_BLOCK..2 * INTEGER_BLOCK]
+            .iter()
+            .all(|&c| c == 0));
+        assert!(rounded.codes[2 * INTEGER_BLOCK..3 * INTEGER_BLOCK]
+            .iter()
+            .any(|&c| c != 0));
     }
 }

@@ -436,6 +436,24 @@ pub(crate) unsafe fn lane_sums_of_eight(
     )
 }
 
+/// Whether the CPU also has AVX-512BW/DQ and VNNI (integer dot products of bytes), for the
+/// integer scores of decode steps over an int8 KV cache
+/// ([`int8_attention`](super::int8_attention)). Off wherever [`has_avx512_registers`] is
+/// (`KV_ROUTING_KERNELS=avx2` or `=portable`).
+#[inline]
+pub(crate) fn has_avx512_vnni() -> bool {
+    static DETECTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        return has_avx512_registers()
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vnni");
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
 /// Asks the CPU to start loading `values` into its cache, one request per 64-byte line (x86-64;
 /// nothing elsewhere).
 #[inline(always)]
@@ -522,7 +540,7 @@ mod tests {
     #[test]
     fn the_variable_selects_the_avx2_path() {
         if std::env::var(PORTABLE_KERNELS_VARIABLE).is_ok_and(|v| v == "avx2") {
-            assert!(has_avx2_fma_f16c() && !has_avx512_registers());
+            assert!(has_avx2_fma_f16c() && !has_avx512_registers() && !has_avx512_vnni());
         }
     }
 
