@@ -33,6 +33,19 @@ pub enum Recipe {
     /// 1 x 512 tokens a step, 1,800 steps at a peak rate of 2e-3 (20 warmup steps, no weight
     /// decay). The full plan stays the starting model exactly. Needs --init-from.
     SharingAdapters,
+    /// The second phase of `sharing-adapters`: its adapters trained further on windows of
+    /// 2,048 tokens, so that the shared paths see the distances of long prompts (every window of
+    /// the first phase is 512 tokens): 360 steps at a peak rate of 5e-4 (10 warmup steps,
+    /// cosine to 1e-4), data seed 1 (other windows than the first phase's), the same loss.
+    /// Needs --init-from a checkpoint of the first phase (one with sharing adapters).
+    SharingAdaptersLong,
+}
+
+impl Recipe {
+    /// Whether the recipe continues a checkpoint's sharing adapters (and refuses one without).
+    fn continues_adapters(self) -> bool {
+        self == Recipe::SharingAdaptersLong
+    }
 }
 
 /// What a run uses for each flag the command line leaves out.
@@ -48,6 +61,9 @@ struct Defaults {
     distill: bool,
     distill_hidden_weight: f64,
     sharing_adapter: Option<usize>,
+    /// Final rate of the cosine decay, as a fraction of the peak rate.
+    min_lr_fraction: f64,
+    seed: u64,
 }
 
 impl Defaults {
@@ -65,6 +81,8 @@ impl Defaults {
                 distill: false,
                 distill_hidden_weight: 0.0,
                 sharing_adapter: None,
+                min_lr_fraction: 0.1,
+                seed: 0,
             },
             // Measured on SmolLM2-135M (docs/results.md, sessions 42-43): rank 64 matches
             // training every weight under every:2; 2e-3 beat 1e-3 and 4e-3 at 90 steps; steps
@@ -81,6 +99,21 @@ impl Defaults {
                 distill: true,
                 distill_hidden_weight: 10.0,
                 sharing_adapter: Some(64),
+                min_lr_fraction: 0.1,
+                seed: 0,
+            },
+            // Measured on SmolLM2-135M (docs/results.md, session 44, `ad64P`): after the first
+            // phase, 2,048-token windows raised every:2's retrieval of ~2,000-token passkeys.
+            Some(Recipe::SharingAdaptersLong) => Defaults {
+                steps: 360,
+                seq_len: 2048,
+                lr: 5e-4,
+                warmup: 10,
+                min_lr_fraction: 0.2,
+                seed: 1,
+                // The checkpoint's own adapters (whatever their rank) continue.
+                sharing_adapter: None,
+                ..Defaults::of(Some(Recipe::SharingAdapters))
             },
         }
     }
@@ -124,7 +157,7 @@ pub struct TrainArgs {
     /// Peak learning rate (default 3e-3).
     #[arg(long)]
     lr: Option<f64>,
-    /// Final learning rate of the cosine decay (default: lr / 10).
+    /// Final learning rate of the cosine decay (default: lr / 10, or the --recipe's fraction).
     #[arg(long)]
     min_lr: Option<f64>,
     /// Linear warmup steps (default 100).
@@ -145,9 +178,9 @@ pub struct TrainArgs {
     /// Checkpoint every N steps (and at the end).
     #[arg(long, default_value_t = 500)]
     checkpoint_every: u64,
-    /// Seed of the weights, the routes and the data.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of the weights, the routes and the data (default 0, or the --recipe's).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Train on this UTF-8 text file instead of the built-in synthetic corpus.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -245,25 +278,34 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             "--sharing-adapter-alpha scales sharing adapters: give --sharing-adapter R (or a --recipe that has them)".into(),
         ));
     }
+    if let (Some(recipe), Some(start)) = (args.recipe, &args.init_from) {
+        if recipe.continues_adapters() && !has_sharing_adapters(start)? {
+            return Err(CliError::Setting(format!(
+                "--recipe sharing-adapters-long continues the sharing adapters of a checkpoint trained with --recipe sharing-adapters; {} has none",
+                start.display()
+            )));
+        }
+    }
+    let seed = args.seed.unwrap_or(defaults.seed);
     let mut config = TrainConfig::small(args.layers, args.d_model, seq_len);
     let heads = args.heads.unwrap_or(config.model.n_heads);
     config.model.n_heads = heads;
     config.model.n_kv_heads = Some(args.kv_heads.unwrap_or((heads / 2).max(1)));
     config.p = args.p.unwrap_or(defaults.p);
-    config.route_seed = args.seed;
-    config.init_seed = args.seed;
+    config.route_seed = seed;
+    config.init_seed = seed;
     config.data = match args.data {
         Some(path) => DataSource::TextFile {
             path,
-            seed: args.seed,
+            seed,
             tokenizer: None,
         },
-        None => DataSource::Synthetic { seed: args.seed },
+        None => DataSource::Synthetic { seed },
     };
     config.steps = args.steps.unwrap_or(defaults.steps);
     config.batch_size = args.batch_size.unwrap_or(defaults.batch_size);
     config.learning_rate = lr;
-    config.min_learning_rate = args.min_lr.unwrap_or(lr / 10.0);
+    config.min_learning_rate = args.min_lr.unwrap_or(lr * defaults.min_lr_fraction);
     config.warmup_steps = args.warmup.unwrap_or(defaults.warmup);
     config.weight_decay = args.weight_decay.unwrap_or(defaults.weight_decay);
     config.grad_clip = args.grad_clip;
@@ -381,4 +423,17 @@ fn node_config(args: &TrainArgs) -> Result<Option<NodeConfig>> {
     };
     config.validate()?;
     Ok(Some(config))
+}
+
+/// Whether the checkpoint at `start` has sharing adapters: only a run's checkpoint can (a GGUF
+/// file or a Hugging Face directory has none).
+fn has_sharing_adapters(start: &std::path::Path) -> Result<bool> {
+    let dir = resolve_checkpoint(start)?;
+    if !dir.join("state.json").is_file() {
+        return Ok(false);
+    }
+    Ok(kv_routing_train::checkpoint::load_config(&dir)?
+        .model
+        .sharing_adapter
+        .is_some())
 }

@@ -436,6 +436,35 @@ fn a_recipe_sets_the_retrofit_flags_and_given_flags_override_it() {
         (&16.into(), &2.into(), &1.into(), &2.into())
     );
 
+    // The second phase continues the first one's adapters (rank 2 here) on long windows.
+    let long = root.path().join("long");
+    let argv = fine_tune_args(
+        &runs,
+        &corpus,
+        &long,
+        &["--recipe", "sharing-adapters-long", "--steps", "1"],
+    );
+    run(&argv.iter().map(String::as_str).collect::<Vec<_>>());
+    let saved: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(long.join("checkpoint/config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(saved["learning_rate"], 5e-4);
+    assert_eq!(saved["min_learning_rate"], 1e-4);
+    assert_eq!(saved["data"]["text_file"]["seed"], 1);
+    assert_eq!(saved["distill"]["hidden_weight"], 10.0);
+    assert_eq!(saved["route_draw"]["max_k"], 2);
+    assert_eq!(saved["model"]["sharing_adapter"]["rank"], 2);
+    // ... and refuses a starting model without adapters.
+    let argv = fine_tune_args(
+        &base,
+        &corpus,
+        &root.path().join("long-from-base"),
+        &["--recipe", "sharing-adapters-long"],
+    );
+    let stderr = run_failing(&argv);
+    assert!(stderr.contains("has none"), "{stderr}");
+
     let path = |p: &Path| p.to_str().unwrap().to_string();
     let without_start = [
         "train",
