@@ -141,12 +141,15 @@ impl RoundedQueries {
         for block in queries.chunks_exact(INTEGER_BLOCK) {
             let max = block.iter().fold(0.0f32, |max, q| max.max(q.abs()));
             let finite = block.iter().all(|q| q.is_finite());
+            // In f64: `127 / max` overflows f32 for a block of subnormal values.
             let inverse = if max > 0.0 && finite {
-                127.0 / max
+                127.0 / f64::from(max)
             } else {
                 0.0
             };
-            let codes = block.iter().map(|q| (q * inverse).round() as i8);
+            let codes = block
+                .iter()
+                .map(|&q| (f64::from(q) * inverse).round().clamp(-127.0, 127.0) as i8);
             self.codes.extend(codes);
             let codes = &self.codes[self.codes.len() - INTEGER_BLOCK..];
             self.scales
@@ -1217,10 +1220,14 @@ mod tests {
         values[2 * INTEGER_BLOCK + 5] = 1e-30;
         values[3 * INTEGER_BLOCK + 7] = f32::NAN;
         values[4 * INTEGER_BLOCK + 1] = f32::INFINITY;
+        // Subnormal values, for which `127 / max` is beyond f32's range (checked after the loop).
+        let subnormal = &mut values[5 * INTEGER_BLOCK..6 * INTEGER_BLOCK];
+        subnormal.fill(0.0);
+        subnormal[..3].copy_from_slice(&[-1e-39, 6e-40, 1e-39]);
         let mut rounded = RoundedQueries::default();
         rounded.round(&values);
         assert_eq!(rounded.codes.len(), values.len());
-        for (b, block) in values.chunks_exact(INTEGER_BLOCK).enumerate() {
+        for (b, block) in values.chunks_exact(INTEGER_BLOCK).enumerate().take(5) {
             let (scale, codes) = (rounded.scales[b], &rounded.codes[b * INTEGER_BLOCK..]);
             let sum: i32 = codes[..INTEGER_BLOCK].iter().map(|&c| i32::from(c)).sum();
             assert_eq!(rounded.corrections[b], -128 * sum);
@@ -1242,6 +1249,9 @@ mod tests {
                 );
             }
         }
+        let subnormal = &rounded.codes[5 * INTEGER_BLOCK..];
+        assert_eq!(&subnormal[..4], &[-127, 76, 127, 0]);
+        assert!(rounded.scales[5] > 0.0 && rounded.scales[5].is_finite());
         assert!(rounded.codes[INTEGER_BLOCK..2 * INTEGER_BLOCK]
             .iter()
             .all(|&c| c == 0));
