@@ -18,7 +18,7 @@ fn main() {
     kv_routing_backend::retain_freed_memory();
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.len() < 5 {
-        eprintln!("usage: real_probe MODEL decode|prefill|chunk BATCH CONTEXT full|every2|every4 [f32|f16|bf16] [REPEATS] [KV_DTYPE] [WEIGHTS]");
+        eprintln!("usage: real_probe MODEL decode|prefill|chunk BATCH CONTEXT full|every2|every4 [f32|f16|bf16] [REPEATS] [KV_DTYPE] [WEIGHTS] [float|int8 prompt products]");
         std::process::exit(2);
     }
     let precision: Precision = args.get(5).map_or("f32", String::as_str).parse().unwrap();
@@ -36,7 +36,17 @@ fn main() {
         .map_or("native", String::as_str)
         .parse()
         .unwrap();
-    let model = &loaded.model.clone().with_kv_dtype(kv_dtype).unwrap();
+    let int8_prompts = match args.get(9).map(String::as_str) {
+        None | Some("float") => false,
+        Some("int8") => true,
+        Some(other) => panic!("prompt products: float or int8, got {other}"),
+    };
+    let model = &loaded
+        .model
+        .clone()
+        .with_kv_dtype(kv_dtype)
+        .unwrap()
+        .with_int8_prompt_products(int8_prompts);
     let (batch, length): (usize, usize) = (args[2].parse().unwrap(), args[3].parse().unwrap());
     let plan = plans(model.n_layers())
         .into_iter()

@@ -4,9 +4,11 @@ workload, each side in a fresh process, tokens/s and peak resident memory of eac
 
     llama_cpp_paired.py --probe target/release/examples/real_probe --model FILE.gguf \\
         --workload decode|prefill --batch 1 --context 1024 [--rounds 4] [--repeats 32] \\
-        [--weights as-stored] [--dtype f32] [--kv-dtype f16] [--threads 2] [--python PYTHON]
+        [--weights as-stored] [--dtype f32] [--kv-dtype f16] [--threads 2] [--python PYTHON] \\
+        [--int8-prompts]
 
-kv-routing runs `real_probe MODEL WORKLOAD BATCH CONTEXT full DTYPE REPEATS KV_DTYPE WEIGHTS` (its
+kv-routing runs `real_probe MODEL WORKLOAD BATCH CONTEXT full DTYPE REPEATS KV_DTYPE WEIGHTS
+PROMPT_PRODUCTS` (its
 decode fills the cache with random keys/values instead of a prefill: same attention cost);
 llama.cpp runs `llama_cpp_peer.py` (same tokens, prompt prefilled, KV cache f16: the default
 KV_DTYPE here is f16 too, so that both hold the same cache bytes). The thread
@@ -54,10 +56,14 @@ def main() -> int:
     parser.add_argument("--kv-dtype", default="f16")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--python", default=sys.executable)
+    parser.add_argument("--int8-prompts", action="store_true",
+                        help="kv-routing multiplies a prompt's rows with Q8_0 weights as 8-bit "
+                             "integers, as llama.cpp does (real_probe's last argument)")
     args = parser.parse_args()
 
     ours_command = [args.probe, args.model, args.workload, str(args.batch), str(args.context),
-                    "full", args.dtype, str(args.repeats), args.kv_dtype, args.weights]
+                    "full", args.dtype, str(args.repeats), args.kv_dtype, args.weights,
+                    "int8" if args.int8_prompts else "float"]
     peer_command = [args.python, str(HERE / "llama_cpp_peer.py"), args.model, args.workload,
                     str(args.batch), str(args.context), "--threads", str(args.threads),
                     "--repeats", str(args.repeats)]
@@ -82,7 +88,8 @@ def main() -> int:
     ratios = [o / p for o, p in zip(ours, peer)]
     print(json.dumps({
         "workload": args.workload, "batch": args.batch, "context": args.context,
-        "weights": args.weights, "dtype": args.dtype, "kv_dtype": args.kv_dtype, "threads": args.threads,
+        "weights": args.weights, "int8_prompts": args.int8_prompts, "dtype": args.dtype,
+        "kv_dtype": args.kv_dtype, "threads": args.threads,
         "ours_tokens_per_second_median": statistics.median(ours),
         "llama_cpp_tokens_per_second_median": statistics.median(peer),
         "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),

@@ -335,8 +335,20 @@ fn block_weights_from_the_command_line() {
         "2",
         "--weights",
         "q8_0",
+        // llama.cpp's arithmetic for the 16-row windows (integer products on VNNI CPUs).
+        "--int8-prompts",
     ]);
     assert!(String::from_utf8_lossy(&output.stdout).contains("every:2"));
+    // It multiplies blocks: with float weights it is refused, not ignored.
+    let stderr = run_failing(&[
+        "generate",
+        "--checkpoint",
+        gguf,
+        "--prompt",
+        "abc",
+        "--int8-prompts",
+    ]);
+    assert!(stderr.contains("--int8-prompts") && stderr.contains("as-stored"), "{stderr}");
     let stderr = run_failing(&[
         "generate",
         "--checkpoint",

@@ -663,6 +663,98 @@ fn real_smollm2_gguf_matches_transformers() {
     }
 }
 
+/// Prompts of more than a decode step's 8 rows, so that their products take the prompt path.
+const LONG_PROMPTS: [&str; 2] = [
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg \
+     combined movable metal type, oil-based inks and a wooden press adapted from those used to \
+     make wine. Within fifty years printing shops had spread to more than two hundred cities, \
+     and the price of a book fell so far that",
+    "<|im_start|>user\nWrite a Python function that returns the n-th prime number, with a short \
+     explanation of how it works.<|im_end|>\n<|im_start|>assistant\n",
+];
+
+/// `KV_ROUTING_SMOLLM2_GGUF` (the Q4_1 file) and `KV_ROUTING_SMOLLM2_Q8_0_GGUF` (the same model
+/// requantized to Q8_0 by llama.cpp's quantizer), on the fixture's prompts and two longer ones:
+/// - Q8_0 weights multiplied as stored give the dequantized-f32 path's greedy text and logits
+///   (within the tolerance of the transformers check above: sums in another order);
+/// - with llama.cpp's arithmetic for prompts (`with_int8_prompt_products`: on CPUs with
+///   AVX-512 VNNI a prompt's rows are rounded to 8 bits per block of 32, Q8_0's own precision,
+///   and multiplied as integers) the logits move, and by at most twice what the same precision
+///   does to the weights: the Q8_0 file's logits against the Q4_1 file's it was made from, both
+///   dequantized (measured: 1.5x at most over these prompts; docs/benchmarks.md).
+#[test]
+fn real_smollm2_q8_0_as_stored_keeps_the_float_paths_text() {
+    let (Ok(q4_1), Ok(q8_0)) = (
+        std::env::var("KV_ROUTING_SMOLLM2_GGUF"),
+        std::env::var("KV_ROUTING_SMOLLM2_Q8_0_GGUF"),
+    ) else {
+        eprintln!(
+            "KV_ROUTING_SMOLLM2_GGUF and KV_ROUTING_SMOLLM2_Q8_0_GGUF are not both set: skipping"
+        );
+        return;
+    };
+    let device = Default::default();
+    let load = |path: &str, weights| {
+        let options = LoadOptions {
+            weights,
+            ..LoadOptions::default()
+        };
+        load_pretrained::<Flex>(Path::new(path), &options, &device)
+            .unwrap()
+            .model
+    };
+    let from_q4_1 = load(&q4_1, WeightStorage::Float);
+    let float = load(&q8_0, WeightStorage::Float);
+    let as_stored = load(&q8_0, WeightStorage::AsStored);
+    let int8_prompts = as_stored.clone().with_int8_prompt_products(true);
+    let tokenizer = HfTokenizer::from_gguf(&GgufFile::open(Path::new(&q8_0)).unwrap()).unwrap();
+    let full = CachePlan::full(float.n_layers()).unwrap().route();
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture("smollm2_transformers.json")).unwrap(),
+    )
+    .unwrap();
+    let fixture_prompts = reference["cases"].as_array().unwrap().iter();
+    let prompts = fixture_prompts.map(|case| case["prompt"].as_str().unwrap().to_string());
+    let config = GenerationConfig {
+        max_new_tokens: 24,
+        ..GenerationConfig::default()
+    };
+    for prompt in prompts.chain(LONG_PROMPTS.map(String::from)) {
+        let ids = tokenizer.encode(&prompt).unwrap();
+        let logits =
+            [&from_q4_1, &float, &as_stored, &int8_prompts].map(|m| host_logits(m, &ids, &full));
+        // The largest `|a - b| / (1 + |b|)` and `|a - b|` over every position and token.
+        let differences = |a: &[Vec<f64>], b: &[Vec<f64>]| {
+            let pairs = a.iter().flatten().zip(b.iter().flatten());
+            pairs.fold([0.0f64; 2], |[relative, absolute], (x, y)| {
+                let d = (x - y).abs();
+                [relative.max(d / (1.0 + y.abs())), absolute.max(d)]
+            })
+        };
+        let [as_stored_relative, _] = differences(&logits[2], &logits[1]);
+        let [_, weight_rounding] = differences(&logits[0], &logits[1]);
+        let [_, int8_difference] = differences(&logits[3], &logits[1]);
+        eprintln!(
+            "{} tokens: as stored {as_stored_relative:.1e} (relative); int8 prompts {int8_difference:.3}, the weights' 8-bit rounding {weight_rounding:.3}",
+            ids.len()
+        );
+        assert!(
+            as_stored_relative < 2e-3,
+            "{prompt:?}: Q8_0 logits as stored off the dequantized path's by {as_stored_relative} (relative)"
+        );
+        assert!(
+            int8_difference <= 2.0 * weight_rounding,
+            "{prompt:?}: int8 prompt products move the logits by {int8_difference}, more than twice the weights' own 8-bit rounding ({weight_rounding})"
+        );
+        let [expected, got] = [&float, &as_stored].map(|m| {
+            m.generate(std::slice::from_ref(&ids), &full, &config)
+                .unwrap()
+                .tokens
+        });
+        assert_eq!(got, expected, "greedy continuation of {prompt:?}");
+    }
+}
+
 fn check_against_transformers(loaded: &kv_routing_hf::PretrainedModel<Flex>, reference: &Value) {
     let tokenizer = loaded.tokenizer.as_ref().unwrap();
     for case in reference["cases"].as_array().unwrap() {

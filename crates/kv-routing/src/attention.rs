@@ -546,10 +546,11 @@ impl<B: Backend> StochasticKvAttention<B> {
     /// A context (either layout of [`StochasticKvAttention::output_of`]) as `[batch, seq_len,
     /// n_heads * head_dim]`, the output projection's input.
     fn merged_heads(&self, context: Tensor<B, 4>, batch: usize, seq_len: usize) -> Tensor<B, 3> {
-        context
+        let swapped = context
             .reshape([batch, self.n_heads, seq_len, self.head_dim])
-            .swap_dims(1, 2)
-            .reshape([batch, seq_len, self.n_heads * self.head_dim])
+            .swap_dims(1, 2);
+        // The swap is a view; the reshape below would copy it element by element on flex.
+        crate::kernels::contiguous(swapped).reshape([batch, seq_len, self.n_heads * self.head_dim])
     }
 
     /// Runs this attention as layer `layer` of a routed stack: computes and hands its own

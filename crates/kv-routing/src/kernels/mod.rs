@@ -278,6 +278,18 @@ pub(crate) fn mul_scalar<B: Backend, const D: usize>(x: Tensor<B, D>, s: f64) ->
     x.mul_scalar(s)
 }
 
+/// `x` in the contiguous layout where flex copies it faster than Burn's `reshape` would
+/// ([`flex::contiguous`]: a row at a time instead of an element at a time); `x` otherwise.
+pub(crate) fn contiguous<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "flex")]
+    if flex::is_flex::<B>() {
+        if let Some(copy) = flex::contiguous::contiguous(&x) {
+            return copy;
+        }
+    }
+    x
+}
+
 /// SwiGLU's gate `silu(gate) * up`, or `None` for Burn's ops.
 pub(crate) fn swiglu<B: Backend, const D: usize>(
     gate: &Tensor<B, D>,

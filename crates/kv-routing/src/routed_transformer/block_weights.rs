@@ -6,7 +6,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
 use super::RoutedTransformer;
-use crate::block_weight::BlockFormat;
+use crate::block_weight::{BlockFormat, BlockWeight};
 
 impl<B: Backend> RoutedTransformer<B> {
     /// This model with its matrices in `format` (see [`crate::Projection::into_blocks`]):
@@ -23,6 +23,27 @@ impl<B: Backend> RoutedTransformer<B> {
             }
         }
         Ok(self)
+    }
+
+    /// This model with llama.cpp's arithmetic for a prompt's products with Q8_0 blocks switched
+    /// on or off in every matrix ([`BlockWeight::with_int8_prompt_products`]: faster prompts,
+    /// results moved by the rounding of the products' inputs). Float matrices are unaffected.
+    pub fn with_int8_prompt_products(mut self, on: bool) -> Self {
+        let switch = |blocks: &mut Option<BlockWeight>| {
+            if let Some(weight) = blocks.take() {
+                *blocks = Some(weight.with_int8_prompt_products(on));
+            }
+        };
+        switch(&mut self.embedding.blocks);
+        if let Some(head) = &mut self.lm_head {
+            switch(&mut head.blocks);
+        }
+        for block in &mut self.blocks {
+            for projection in block.projections_mut() {
+                switch(&mut projection.blocks);
+            }
+        }
+        self
     }
 
     /// Bytes the model's weights take: blocks at their size, float parameters at their type's

@@ -13,7 +13,10 @@
 //! A prompt's product has the arithmetic to hide a widening pass: the weight is dequantized a
 //! panel of rows at a time (a few megabytes, so that it stays in cache and the temporary memory
 //! is bounded whatever the matrix, e.g. a tied `[49152, 576]` LM head) and each panel multiplied
-//! by gemm straight into its columns of the result.
+//! by gemm straight into its columns of the result. Q8_0 weights that ask for llama.cpp's
+//! arithmetic (`BlockWeight::with_int8_prompt_products`) take [`super::integer_product`]
+//! instead on CPUs with AVX-512 VNNI: the rows rounded to 8 bits per block and multiplied with
+//! the codes as integers (which changes the result by the rows' rounding).
 //!
 //! # Contract
 //! `x` `[rows, in]` of f32, f16 or bf16, contiguous, with `in` the blocks' `in`; the result
@@ -27,9 +30,10 @@ use burn_flex::FlexTensor;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::integer_product::{integer_product, takes_integer_product};
 use super::matrix::{product_into, Matrix};
 use super::matvec::{dims, PARALLEL_VALUES, TASKS_PER_THREAD};
-use super::tensor::{flex_float, from_flex, zeroed};
+use super::tensor::{f32_tensor, flex_float, from_flex, zeroed};
 use super::vector::{has_avx2_fma_f16c, has_avx512_registers, KernelElement};
 use crate::block_weight::{block_params, BlockFormat, BlockWeight, BLOCK_VALUES};
 
@@ -87,10 +91,16 @@ fn multiply<E: KernelElement>(x: &FlexTensor, blocks: &BlockWeight) -> Option<Fl
     let x_values = E::in_f32(&E::storage(x)[x_start..x_end], &mut widened);
     let y = if rows <= MAX_STREAMED_ROWS {
         streamed(blocks, x_values, rows)
+    } else if takes_integer_product(blocks, rows) {
+        integer_product(blocks, x_values, rows)
     } else {
         panels(blocks, x_values, rows)
     };
-    let mut out = zeroed(Shape::from(vec![rows, d_output]), E::DTYPE);
+    let shape = Shape::from(vec![rows, d_output]);
+    if E::DTYPE == DType::F32 {
+        return Some(f32_tensor(y, shape));
+    }
+    let mut out = zeroed(shape, E::DTYPE);
     E::narrow(&y, E::storage_mut(&mut out));
     Some(out)
 }
@@ -479,27 +489,42 @@ mod tests {
     }
 
     fn check(format: BlockFormat, [d_output, d_input]: [usize; 2], rows: usize, dtype: DType) {
-        checked(format, [d_output, d_input], rows, dtype).unwrap()
+        checked(format, [d_output, d_input], rows, dtype, false).unwrap()
     }
 
+    /// The product against f64 on the dequantized blocks, with `int8_prompts` asked for.
     fn checked(
         format: BlockFormat,
         [d_output, d_input]: [usize; 2],
         rows: usize,
         dtype: DType,
+        int8_prompts: bool,
     ) -> Result<(), String> {
         let device = Default::default();
         let blocks =
             BlockWeight::quantize(format, [d_output, d_input], &values(d_output * d_input, 3))
-                .unwrap();
+                .unwrap()
+                .with_int8_prompt_products(int8_prompts);
         let x_values = values(rows * d_input, 11);
         let x = Tensor::<Flex, 2>::from_data(
             TensorData::new(x_values.clone(), [rows, d_input]),
             &device,
         )
         .cast(dtype);
-        // The reference reads the rows as the kernel receives them (rounded to `dtype`).
-        let x_rounded: Vec<f32> = x.clone().cast(DType::F32).into_data().to_vec().unwrap();
+        // The reference reads the rows as the kernel receives them (rounded to `dtype`) and, for
+        // the integer product, as it rounds them to 8 bits.
+        let mut x_rounded: Vec<f32> = x.clone().cast(DType::F32).into_data().to_vec().unwrap();
+        if takes_integer_product(&blocks, rows) {
+            let mut rounded = super::super::rounded_rows::RoundedRows::default();
+            rounded.round(&x_rounded);
+            let scales = rounded.scales.iter().flat_map(|&s| [s; BLOCK_VALUES]);
+            x_rounded = rounded
+                .codes
+                .iter()
+                .zip(scales)
+                .map(|(&c, s)| f32::from(c) * s)
+                .collect();
+        }
         let y = block_product(&x, &blocks).expect("flex rows of a supported type");
         assert_eq!(y.dims(), [rows, d_output]);
         assert_eq!(y.dtype(), dtype);
@@ -534,8 +559,8 @@ mod tests {
     fn every_mutation_of_the_streamed_product_fails_the_check() {
         let survivors = super::super::mutants::surviving("block_product", &Mutation::ALL, || {
             // Both formats, a streamed product of several blocks per row.
-            checked(BlockFormat::Q8_0, [9, 96], 2, DType::F32)?;
-            checked(BlockFormat::Q4_1, [9, 96], 2, DType::F32)
+            checked(BlockFormat::Q8_0, [9, 96], 2, DType::F32, false)?;
+            checked(BlockFormat::Q4_1, [9, 96], 2, DType::F32, false)
         });
         assert!(survivors.is_empty(), "not caught: {survivors:?}");
     }
@@ -556,6 +581,49 @@ mod tests {
                 check(format, [37, 64], 12, dtype);
             }
         }
+    }
+
+    /// Q8_0 prompts with llama.cpp's arithmetic asked for: on a CPU with AVX-512 VNNI the
+    /// integer product, checked against the rows as it rounds them; elsewhere (and for decode
+    /// steps and Q4_1) the float path, checked against the rows as they are.
+    #[test]
+    fn int8_prompt_products_match_f64_on_what_they_multiply() {
+        for rows in [2, 9, 20, 33] {
+            checked(BlockFormat::Q8_0, [45, 96], rows, DType::F32, true).unwrap();
+            checked(BlockFormat::Q4_1, [45, 96], rows, DType::F32, true).unwrap();
+        }
+        for dtype in [DType::F16, DType::BF16] {
+            checked(BlockFormat::Q8_0, [37, 64], 12, dtype, true).unwrap();
+        }
+        // The rounding is real: against the unrounded rows the integer product is off by more
+        // than f32's tolerance, so the check above compares what it must.
+        if takes_integer_product(
+            &BlockWeight::quantize(BlockFormat::Q8_0, [45, 96], &values(45 * 96, 3))
+                .unwrap()
+                .with_int8_prompt_products(true),
+            20,
+        ) {
+            assert!(integer_product_off_unrounded_rows());
+        }
+    }
+
+    /// Whether the integer product of 20 rows differs from the f64 product of the *unrounded*
+    /// rows by more than the float path's tolerance.
+    fn integer_product_off_unrounded_rows() -> bool {
+        let [d_output, d_input, rows] = [45, 96, 20];
+        let blocks = BlockWeight::quantize(
+            BlockFormat::Q8_0,
+            [d_output, d_input],
+            &values(d_output * d_input, 3),
+        )
+        .unwrap()
+        .with_int8_prompt_products(true);
+        let x = values(rows * d_input, 11);
+        let y = integer_product(&blocks, &x, rows);
+        let expected = reference(&blocks, &x, rows);
+        y.iter()
+            .zip(&expected)
+            .any(|(&got, &e)| (f64::from(got) - e).abs() > 1e-4 * (1.0 + e.abs()))
     }
 
     #[test]

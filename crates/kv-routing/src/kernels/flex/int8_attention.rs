@@ -21,7 +21,7 @@
 //! changes the scores by the queries' rounding (at most `s / 2` a value): the one place where
 //! this kernel computes something other than attention over the dequantized rows, so the tests
 //! compare it with attention over the dequantized rows *and* the rounded queries
-//! ([`RoundedQueries`]), and check the rounding itself against its bound. Prompts (the float
+//! ([`RoundedRows`], whose own tests check the rounding against its bound). Prompts (the float
 //! path) and CPUs without VNNI keep f32 queries; `KV_ROUTING_KERNELS=avx2` turns it off.
 //! Measured in docs/benchmarks.md ("An int8 KV cache").
 //!
@@ -41,6 +41,7 @@ use burn_flex::FlexTensor;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::rounded_rows::{RoundedRows, ROUNDED_BLOCK};
 use super::softmax::softmax_prefix_portable;
 use super::strided::{Operand, Rows};
 use super::tensor::{flex_float, flex_int8, from_flex};
@@ -99,7 +100,7 @@ fn mutation() -> Option<Int8Mutation> {
 
 /// Values of a block of the integer scores: the int8 format's block, half a 512-bit register
 /// of codes.
-const INTEGER_BLOCK: usize = 32;
+const INTEGER_BLOCK: usize = ROUNDED_BLOCK;
 
 /// Whether a task of `rows` query rows over rows of `width` codes in blocks of `block` takes
 /// the integer scores (see the module docs): decode steps of up to 3 rows per key/value head,
@@ -115,49 +116,6 @@ fn takes_integer_scores(rows: usize, width: usize, block: usize) -> bool {
 /// sends it to the portable path.
 fn rounds_queries(mutation: Option<Int8Mutation>, rows: usize, width: usize, block: usize) -> bool {
     mutation.is_none_or(Int8Mutation::in_integer_scores) && takes_integer_scores(rows, width, block)
-}
-
-/// Query rows rounded to 8 bits per block of [`INTEGER_BLOCK`] for the integer scores (see
-/// the module docs), with what the scores need besides the codes.
-#[derive(Default)]
-struct RoundedQueries {
-    /// `[rows, width]`: `round(q / scale)`, in -127..=127.
-    codes: Vec<i8>,
-    /// `[rows, blocks]`: `max |q| / 127` of the block (0 for a block of zeros; NaN for a block
-    /// with a non-finite value, so that the scores carry it as the float path would).
-    scales: Vec<f32>,
-    /// `[rows, blocks]`: `-128 x` the block's sum of codes. The instruction multiplies unsigned
-    /// bytes by signed ones: the keys go in shifted to unsigned (`k + 128`, the byte `k ^
-    /// 0x80`), and this takes the shift's share, `128 Σ q`, back out of every sum.
-    corrections: Vec<i32>,
-}
-
-impl RoundedQueries {
-    /// Rounds `queries` (`[rows, width]`, `width` a multiple of [`INTEGER_BLOCK`]).
-    fn round(&mut self, queries: &[f32]) {
-        self.codes.clear();
-        self.scales.clear();
-        self.corrections.clear();
-        for block in queries.chunks_exact(INTEGER_BLOCK) {
-            let max = block.iter().fold(0.0f32, |max, q| max.max(q.abs()));
-            let finite = block.iter().all(|q| q.is_finite());
-            // In f64: `127 / max` overflows f32 for a block of subnormal values.
-            let inverse = if max > 0.0 && finite {
-                127.0 / f64::from(max)
-            } else {
-                0.0
-            };
-            let codes = block
-                .iter()
-                .map(|&q| (f64::from(q) * inverse).round().clamp(-127.0, 127.0) as i8);
-            self.codes.extend(codes);
-            let codes = &self.codes[self.codes.len() - INTEGER_BLOCK..];
-            self.scales
-                .push(if finite { max / 127.0 } else { f32::NAN });
-            self.corrections
-                .push(-128 * codes.iter().map(|&c| i32::from(c)).sum::<i32>());
-        }
-    }
 }
 
 /// See the module docs.
@@ -261,7 +219,7 @@ struct Scratch {
     /// `[kv_len, blocks]` scales of the keys, then of the values, in f32.
     scales: Vec<f32>,
     /// The queries rounded for the integer scores.
-    rounded: RoundedQueries,
+    rounded: RoundedRows,
 }
 
 fn attend<E: KernelElement>(
@@ -420,7 +378,7 @@ struct Task<'a, E> {
     /// `[rows, width]` queries in f32.
     queries: &'a [f32],
     /// The queries rounded, where the task takes the integer scores.
-    rounded: Option<&'a RoundedQueries>,
+    rounded: Option<&'a RoundedRows>,
     keys: &'a Int8Rows<'a, E>,
     values: &'a Int8Rows<'a, E>,
     seq_len: usize,
@@ -729,12 +687,12 @@ unsafe fn store_lane_sums<const ROWS: usize>(
 /// # Safety
 /// The CPU has AVX2, FMA, F16C, AVX-512F/VL/BW/DQ and VNNI; the keys' blocks are
 /// [`INTEGER_BLOCK`] codes and their width a multiple of 64; `queries` holds `ROWS` rows
-/// rounded with [`RoundedQueries::round`], `key_scales` `[kv_len, blocks]`, `scores` `ROWS *
+/// rounded with [`RoundedRows::round`], `key_scales` `[kv_len, blocks]`, `scores` `ROWS *
 /// kv_len` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")]
 unsafe fn integer_scores<E: KernelElement, const ROWS: usize>(
-    queries: &RoundedQueries,
+    queries: &RoundedRows,
     keys: &Int8Rows<E>,
     key_scales: &[f32],
     scores: &mut [f32],
@@ -815,7 +773,7 @@ unsafe fn integer_scores<E: KernelElement, const ROWS: usize>(
 /// [`integer_scores`]), one key at a time in exact integer sums: what the vector code
 /// computes, in another order.
 fn integer_tail_scores<E: KernelElement>(
-    queries: &RoundedQueries,
+    queries: &RoundedRows,
     keys: &Int8Rows<E>,
     first: usize,
     scores: &mut [f32],
@@ -1143,7 +1101,7 @@ mod tests {
 
     /// `values` rounded as the integer scores round their queries, and widened back.
     fn rounded_values(values: &[f64]) -> Vec<f64> {
-        let mut rounded = RoundedQueries::default();
+        let mut rounded = RoundedRows::default();
         rounded.round(&values.iter().map(|&v| v as f32).collect::<Vec<_>>());
         let scales = rounded.scales.iter().flat_map(|&s| [s; INTEGER_BLOCK]);
         let codes = rounded.codes.iter().zip(scales);
@@ -1204,59 +1162,5 @@ mod tests {
             .collect();
         let survivors = mutants::surviving("int8_attention", &here, check_all);
         assert!(survivors.is_empty(), "{survivors:?} survived");
-    }
-
-    /// The queries' rounding against f64: every value within half a step of its code (the
-    /// step `max |q| / 127` of its block), codes in -127..=127, the shift's correction `-128 Σ
-    /// codes`; a block of zeros rounds to zeros, a block with a NaN or an infinity gets a NaN
-    /// scale (the scores carry it, as the float path's would).
-    #[test]
-    fn queries_round_within_half_a_step_of_their_block() {
-        let mut values: Vec<f32> = random(7, 6 * INTEGER_BLOCK, 3.0)
-            .into_iter()
-            .map(|v| v as f32)
-            .collect();
-        values[INTEGER_BLOCK..2 * INTEGER_BLOCK].fill(0.0);
-        values[2 * INTEGER_BLOCK + 5] = 1e-30;
-        values[3 * INTEGER_BLOCK + 7] = f32::NAN;
-        values[4 * INTEGER_BLOCK + 1] = f32::INFINITY;
-        // Subnormal values, for which `127 / max` is beyond f32's range (checked after the loop).
-        let subnormal = &mut values[5 * INTEGER_BLOCK..6 * INTEGER_BLOCK];
-        subnormal.fill(0.0);
-        subnormal[..3].copy_from_slice(&[-1e-39, 6e-40, 1e-39]);
-        let mut rounded = RoundedQueries::default();
-        rounded.round(&values);
-        assert_eq!(rounded.codes.len(), values.len());
-        for (b, block) in values.chunks_exact(INTEGER_BLOCK).enumerate().take(5) {
-            let (scale, codes) = (rounded.scales[b], &rounded.codes[b * INTEGER_BLOCK..]);
-            let sum: i32 = codes[..INTEGER_BLOCK].iter().map(|&c| i32::from(c)).sum();
-            assert_eq!(rounded.corrections[b], -128 * sum);
-            if block.iter().any(|v| !v.is_finite()) {
-                assert!(scale.is_nan(), "block {b}");
-                continue;
-            }
-            let max = block.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
-            assert!(
-                (f64::from(scale) - max / 127.0).abs() <= max * 1e-7,
-                "block {b}"
-            );
-            for (&v, &c) in block.iter().zip(codes) {
-                assert!((-127..=127).contains(&c));
-                let error = (f64::from(v) - f64::from(c) * f64::from(scale)).abs();
-                assert!(
-                    error <= f64::from(scale) * (0.5 + 1e-6),
-                    "block {b}: {v} -> {c}"
-                );
-            }
-        }
-        let subnormal = &rounded.codes[5 * INTEGER_BLOCK..];
-        assert_eq!(&subnormal[..4], &[-127, 76, 127, 0]);
-        assert!(rounded.scales[5] > 0.0 && rounded.scales[5].is_finite());
-        assert!(rounded.codes[INTEGER_BLOCK..2 * INTEGER_BLOCK]
-            .iter()
-            .all(|&c| c == 0));
-        assert!(rounded.codes[2 * INTEGER_BLOCK..3 * INTEGER_BLOCK]
-            .iter()
-            .any(|&c| c != 0));
     }
 }

@@ -7,8 +7,10 @@
 //! product ([`super::training_linear`]) and the half-precision products
 //! ([`super::half_product`]).
 
-use burn::tensor::{Bytes, DType, Shape};
-use burn_flex::{FlexTensor, Layout};
+use burn::tensor::{DType, Shape};
+use burn_flex::FlexTensor;
+
+use super::tensor::f32_tensor;
 
 /// Below this many multiply-adds a product runs on the calling thread (burn-flex's own
 /// threshold for its matmul).
@@ -117,8 +119,7 @@ pub(crate) fn product(lhs: &Matrix, rhs: &Matrix, inner: usize) -> FlexTensor {
         gemm_into(lhs, rhs, inner, values.as_mut_ptr(), n);
         values.set_len(m * n);
     }
-    let layout = Layout::contiguous(Shape::from(vec![m, n]));
-    FlexTensor::new(Bytes::from_elems(values), layout, DType::F32)
+    f32_tensor(values, Shape::from(vec![m, n]))
 }
 
 /// gemm's `dst = lhs rhs` over the first `inner` terms, row `i` of the product at

@@ -3,7 +3,8 @@
 //! - [`attention`]: causal grouped-query attention in one parallel pass (prefill, chunks, decode),
 //!   with [`few_row_attention`] for the few query rows of a decode step;
 //! - [`matvec`]: products of one to a few rows that stream each weight once on every core;
-//!   [`block_product`]: products with block-quantized (GGUF) weights, read in place;
+//!   [`block_product`]: products with block-quantized (GGUF) weights, read in place, and
+//!   [`integer_product`] for a prompt's rows with Q8_0 weights as 8-bit integer products;
 //!   [`half_product`]: products of more half-precision rows through the f32 matrix product;
 //! - [`rms_norm`], [`swiglu`]: one-pass row kernels; [`half_elementwise`]: the residual
 //!   stream's sums and the queries' scale in half precision;
@@ -21,14 +22,18 @@
 //!
 //! The shared pieces: [`tensor`] (the flex tensor behind a `Tensor<B, D>`), [`strided`] (bounds-
 //! checked strided operands), [`matrix`] (strided f32 matrices and their product by gemm),
-//! [`softmax`], [`vector`] (vector arithmetic, element types, the CPU feature check).
+//! [`softmax`], [`vector`] (vector arithmetic, element types, the CPU feature check),
+//! [`rounded_rows`] (rows rounded to 8 bits per block, the integer products' operand),
+//! [`contiguous`] (strided tensors copied to the contiguous layout a row at a time).
 
 pub(crate) mod attention;
 pub(crate) mod block_product;
+pub(crate) mod contiguous;
 pub(crate) mod few_row_attention;
 pub(crate) mod half_elementwise;
 pub(crate) mod half_product;
 pub(crate) mod int8_attention;
+pub(crate) mod integer_product;
 pub(crate) mod matrix;
 pub(crate) mod matvec;
 pub(crate) mod mutants;
@@ -36,6 +41,7 @@ pub(crate) mod pool;
 pub(crate) mod quantize;
 pub(crate) mod rms_norm;
 pub(crate) mod rotary;
+pub(crate) mod rounded_rows;
 pub(crate) mod slot_write;
 pub(crate) mod softmax;
 pub(crate) mod strided;

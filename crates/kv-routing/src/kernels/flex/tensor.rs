@@ -172,6 +172,13 @@ pub(crate) fn zeroed(shape: Shape, dtype: DType) -> FlexTensor {
     }
 }
 
+/// `values` as a contiguous f32 tensor of `shape`, without a copy.
+pub(crate) fn f32_tensor(values: Vec<f32>, shape: Shape) -> FlexTensor {
+    debug_assert_eq!(values.len(), shape.num_elements());
+    let layout = burn_flex::Layout::contiguous(shape);
+    FlexTensor::new(burn::tensor::Bytes::from_elems(values), layout, DType::F32)
+}
+
 /// An incoming gradient as f32 values in one contiguous run: cast and copied only when it is
 /// not already (a backward pass's input is whatever the ops after it produced).
 pub(crate) fn contiguous_f32(tensor: FlexTensor) -> FlexTensor {

@@ -1,0 +1,454 @@
+//! Products `x Wᵀ` of a prompt's rows with a Q8_0 [`BlockWeight`] as 8-bit integer products,
+//! on CPUs with AVX-512 VNNI: the way llama.cpp multiplies Q8_0 weights.
+//!
+//! The float path for many rows ([`super::block_product`]'s panels) widens the weight and runs
+//! the f32 matrix product, at about 300 GFLOP/s on the 2-core machine of docs/benchmarks.md
+//! whatever the format; one VNNI instruction (`vpdpbusd`) does 64 multiply-adds of bytes, four
+//! times an f32 FMA's 16. Here:
+//! - the rows are rounded to 8 bits per block of 32 ([`RoundedRows`]: `x ≈ code · s`, `s = max
+//!   |x| / 127`, as llama.cpp rounds activations for its q8_0 dot products);
+//! - the weight is repacked, two strips of 16 outputs at a time (a task's share, a few tens of
+//!   kilobytes that stay in cache), so that one 512-bit register holds 4 consecutive codes of
+//!   each of 16 outputs, shifted to unsigned bytes (`w ^ 0x80`) for the instruction;
+//! - a tile of up to [`TILE_ROWS`] rows x 32 outputs keeps 12 integer sums of one block and 12
+//!   f32 sums in registers: per block, 8 groups of 4 codes, each code group of a row broadcast
+//!   and multiplied with both strips' registers; at the block's end each integer sum (exact:
+//!   at most 32 x 127 x 255 before the shift's correction, which starts the sum) is converted
+//!   and added with the product of its two scales.
+//!
+//! # Contract
+//! `x Wᵀ` for `x` rounded per block as [`RoundedRows`] rounds it: for each output, the sum over
+//! blocks of `s_x · s_w · Σ code_x · code_w` (the integer sums exact, the rest in f32), so that
+//! it agrees with the f64 product of the *rounded* rows and the dequantized weight to f32
+//! rounding. Against the unrounded rows it differs by the rounding of `x` (at most `s_x / 2` a
+//! value), the error llama.cpp's Q8_0 products have. Taken by [`super::block_product`] for Q8_0
+//! products of more than [`MAX_STREAMED_ROWS`] rows where [`takes_integer_product`] says so:
+//! only for matrices that ask for it ([`BlockWeight::with_int8_prompt_products`], off by
+//! default, since it changes results); `KV_ROUTING_KERNELS=avx2` turns it off (the f32 panels).
+
+use rayon::prelude::*;
+
+use super::block_product::MAX_STREAMED_ROWS;
+use super::rounded_rows::{RoundedRows, ROUNDED_BLOCK};
+use super::vector::has_avx512_vnni;
+use crate::block_weight::{BlockFormat, BlockWeight, BLOCK_VALUES};
+
+/// Outputs of one strip: the 16 int32 lanes of a 512-bit register.
+const STRIP: usize = 16;
+
+/// Outputs of a task's tile: two strips.
+const TILE_OUTPUTS: usize = 2 * STRIP;
+
+/// Rows of a tile: 6 rows x 2 strips = 12 integer and 12 f32 sums, with the two weight
+/// registers and a broadcast inside the 32 vector registers.
+const TILE_ROWS: usize = 6;
+
+/// Bytes of one block of a repacked strip: 32 codes of 16 outputs.
+const STRIP_BLOCK_BYTES: usize = STRIP * BLOCK_VALUES;
+
+/// Deliberate errors, which the tests must catch ([`super::mutants`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(not(any(test, feature = "kernel-mutants")), allow(dead_code))]
+enum Mutation {
+    /// The weights' shift to unsigned bytes left in the sums.
+    UncorrectedShift,
+    /// Every block of a row scaled with the row's first scale.
+    FirstRowScale,
+    /// The last group of 4 codes of every block left out.
+    LastGroupDropped,
+}
+
+#[cfg_attr(not(any(test, feature = "kernel-mutants")), allow(dead_code))]
+impl Mutation {
+    const ALL: [Mutation; 3] = [
+        Mutation::UncorrectedShift,
+        Mutation::FirstRowScale,
+        Mutation::LastGroupDropped,
+    ];
+}
+
+/// Whether a product of `rows` rows with `weight` takes the integer path: asked for
+/// ([`BlockWeight::with_int8_prompt_products`]), Q8_0, more rows than a decode step streams, a
+/// CPU with AVX-512 VNNI.
+pub(crate) fn takes_integer_product(weight: &BlockWeight, rows: usize) -> bool {
+    weight.int8_prompt_products()
+        && weight.format() == BlockFormat::Q8_0
+        && rows > MAX_STREAMED_ROWS
+        && has_avx512_vnni()
+}
+
+/// `[rows, out]` f32: `x Wᵀ` with `x` (`[rows, in]`) rounded per block (see the module docs).
+/// Call only where [`takes_integer_product`] holds.
+pub(crate) fn integer_product(blocks: &BlockWeight, x: &[f32], rows: usize) -> Vec<f32> {
+    assert!(
+        blocks.format() == BlockFormat::Q8_0 && has_avx512_vnni(),
+        "the integer product multiplies Q8_0 weights on CPUs with AVX-512 VNNI"
+    );
+    let [d_output, d_input] = blocks.dims();
+    assert_eq!(x.len(), rows * d_input, "x is [rows, in]");
+    let mut rounded = RoundedRows::default();
+    rounded.round(x);
+    let mutation = super::mutants::active("integer_product", &Mutation::ALL);
+    // Not zeroed: the tiles write every element (every row, every column below `d_output`).
+    let mut y: Vec<f32> = Vec::with_capacity(rows * d_output);
+    let out = DisjointColumns {
+        y: y.as_mut_ptr(),
+        rows,
+        d_output,
+    };
+    (0..d_output.div_ceil(TILE_OUTPUTS))
+        .into_par_iter()
+        .for_each_init(Vec::new, |packed: &mut Vec<Packed>, tile| {
+            let first_output = tile * TILE_OUTPUTS;
+            if packed.is_empty() {
+                packed.push(Packed::default());
+            }
+            let packed = &mut packed[0];
+            packed.repack(blocks, first_output);
+            // SAFETY: the CPU has AVX-512 F/VL/BW/DQ and VNNI (asserted above); this task alone
+            // writes the columns `first_output..first_output + 32` of `y` (the tiles are
+            // disjoint), `packed` holds those outputs' blocks, and `rounded` holds `rows` rows
+            // of `d_input` values.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                multiply_tile_columns(packed, &rounded, &out, first_output, d_input, mutation)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            unreachable!(
+                "no AVX-512 off x86_64 ({:?})",
+                (&out.rows, mutation, d_input)
+            );
+        });
+    // SAFETY: every element of the capacity was written above (see the comment on `y`).
+    unsafe { y.set_len(rows * d_output) };
+    y
+}
+
+/// The output `[rows, d_output]`, written by tasks that each own their columns.
+struct DisjointColumns {
+    y: *mut f32,
+    rows: usize,
+    d_output: usize,
+}
+
+// SAFETY: the tasks write disjoint columns of `y` (see `integer_product`), which outlives them.
+unsafe impl Sync for DisjointColumns {}
+
+/// Two strips of 16 outputs repacked for the instruction (see the module docs).
+#[derive(Default)]
+struct Packed {
+    /// `[strip][block][group of 4 codes][output][4]`: `code ^ 0x80` (outputs past the matrix:
+    /// `0x80`, the code 0).
+    codes: Vec<u8>,
+    /// `[strip][block][output]`: the weight's f16 scales in f32 (0 past the matrix).
+    scales: Vec<f32>,
+    blocks: usize,
+}
+
+impl Packed {
+    /// Repacks outputs `first..first + 32` of `weight` (those that exist).
+    fn repack(&mut self, weight: &BlockWeight, first: usize) {
+        let [d_output, d_input] = weight.dims();
+        let blocks = d_input / BLOCK_VALUES;
+        let block_bytes = BlockFormat::Q8_0.block_bytes();
+        self.blocks = blocks;
+        self.codes.clear();
+        self.codes.resize(2 * blocks * STRIP_BLOCK_BYTES, 0x80);
+        self.scales.clear();
+        self.scales.resize(2 * blocks * STRIP, 0.0);
+        for output in first..(first + TILE_OUTPUTS).min(d_output) {
+            let (strip, lane) = ((output - first) / STRIP, (output - first) % STRIP);
+            let row = &weight.bytes()[output * weight.row_bytes()..][..weight.row_bytes()];
+            for (b, block) in row.chunks_exact(block_bytes).enumerate() {
+                let at = strip * blocks + b;
+                self.scales[at * STRIP + lane] =
+                    half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                let packed = &mut self.codes[at * STRIP_BLOCK_BYTES..][..STRIP_BLOCK_BYTES];
+                for (group, codes) in block[2..].chunks_exact(4).enumerate() {
+                    let to = &mut packed[group * 4 * STRIP + lane * 4..][..4];
+                    for (to, &code) in to.iter_mut().zip(codes) {
+                        *to = code ^ 0x80;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Columns `first_output..+32` of every row: the rows in tiles of [`TILE_ROWS`], then the rest.
+///
+/// # Safety
+/// As [`multiply_tile`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")]
+unsafe fn multiply_tile_columns(
+    packed: &Packed,
+    rounded: &RoundedRows,
+    out: &DisjointColumns,
+    first_output: usize,
+    d_input: usize,
+    mutation: Option<Mutation>,
+) {
+    let full_tiles = out.rows / TILE_ROWS;
+    for tile in 0..full_tiles {
+        // SAFETY: as the caller's.
+        unsafe {
+            multiply_tile::<TILE_ROWS>(
+                packed,
+                rounded,
+                out,
+                tile * TILE_ROWS,
+                first_output,
+                d_input,
+                mutation,
+            )
+        };
+    }
+    let first_row = full_tiles * TILE_ROWS;
+    // SAFETY: as the caller's.
+    unsafe {
+        match out.rows - first_row {
+            0 => {}
+            1 => multiply_tile::<1>(
+                packed,
+                rounded,
+                out,
+                first_row,
+                first_output,
+                d_input,
+                mutation,
+            ),
+            2 => multiply_tile::<2>(
+                packed,
+                rounded,
+                out,
+                first_row,
+                first_output,
+                d_input,
+                mutation,
+            ),
+            3 => multiply_tile::<3>(
+                packed,
+                rounded,
+                out,
+                first_row,
+                first_output,
+                d_input,
+                mutation,
+            ),
+            4 => multiply_tile::<4>(
+                packed,
+                rounded,
+                out,
+                first_row,
+                first_output,
+                d_input,
+                mutation,
+            ),
+            _ => multiply_tile::<5>(
+                packed,
+                rounded,
+                out,
+                first_row,
+                first_output,
+                d_input,
+                mutation,
+            ),
+        }
+    }
+}
+
+/// Rows `first_row..first_row + R`, outputs `first_output..+32` (those that exist).
+///
+/// # Safety
+/// The CPU has AVX-512 F/VL/BW/DQ and VNNI; `packed` holds the tile's outputs; `rounded` holds
+/// `out.rows` rows of `d_input` values, `first_row + R <= out.rows`; no other thread writes
+/// these outputs' columns of `out`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512vl,avx512bw,avx512dq,avx512vnni")]
+unsafe fn multiply_tile<const R: usize>(
+    packed: &Packed,
+    rounded: &RoundedRows,
+    out: &DisjointColumns,
+    first_row: usize,
+    first_output: usize,
+    d_input: usize,
+    mutation: Option<Mutation>,
+) {
+    use std::arch::x86_64::*;
+    let blocks = packed.blocks;
+    debug_assert_eq!(blocks * ROUNDED_BLOCK, d_input);
+    debug_assert!(first_row + R <= out.rows);
+    let groups = if mutation == Some(Mutation::LastGroupDropped) {
+        ROUNDED_BLOCK / 4 - 1
+    } else {
+        ROUNDED_BLOCK / 4
+    };
+    let codes = rounded.codes.as_ptr().cast::<u8>();
+    let mut sums = [[_mm512_setzero_ps(); 2]; R];
+    for b in 0..blocks {
+        let mut integer = [[_mm512_setzero_si512(); 2]; R];
+        if mutation != Some(Mutation::UncorrectedShift) {
+            for (r, integer) in integer.iter_mut().enumerate() {
+                let correction = rounded.corrections[(first_row + r) * blocks + b];
+                *integer = [_mm512_set1_epi32(correction); 2];
+            }
+        }
+        // SAFETY: strip `s`'s block `b` is inside `packed.codes` (2 strips of `blocks`).
+        let weight = unsafe {
+            [0, 1].map(|s| {
+                packed
+                    .codes
+                    .as_ptr()
+                    .add((s * blocks + b) * STRIP_BLOCK_BYTES)
+            })
+        };
+        for group in 0..groups {
+            // SAFETY: group `group` of each strip's block (64 bytes of the 512 a block holds).
+            let w = unsafe {
+                [
+                    _mm512_loadu_si512(weight[0].add(group * 64).cast()),
+                    _mm512_loadu_si512(weight[1].add(group * 64).cast()),
+                ]
+            };
+            for (r, integer) in integer.iter_mut().enumerate() {
+                // SAFETY: codes `4 group..4 group + 4` of row `first_row + r`'s block `b`.
+                let four = unsafe {
+                    codes
+                        .add((first_row + r) * d_input + b * ROUNDED_BLOCK + 4 * group)
+                        .cast::<i32>()
+                        .read_unaligned()
+                };
+                let x = _mm512_set1_epi32(four);
+                integer[0] = _mm512_dpbusd_epi32(integer[0], w[0], x);
+                integer[1] = _mm512_dpbusd_epi32(integer[1], w[1], x);
+            }
+        }
+        // SAFETY: the two strips' scales of block `b` (16 each).
+        let weight_scales = unsafe {
+            [0, 1].map(|s| _mm512_loadu_ps(packed.scales.as_ptr().add((s * blocks + b) * STRIP)))
+        };
+        let scale_block = if mutation == Some(Mutation::FirstRowScale) {
+            0
+        } else {
+            b
+        };
+        for (r, (sums, integer)) in sums.iter_mut().zip(&integer).enumerate() {
+            let x_scale = _mm512_set1_ps(rounded.scales[(first_row + r) * blocks + scale_block]);
+            for s in 0..2 {
+                let scale = _mm512_mul_ps(weight_scales[s], x_scale);
+                sums[s] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(integer[s]), scale, sums[s]);
+            }
+        }
+    }
+    for (r, sums) in sums.iter().enumerate() {
+        for (s, &sum) in sums.iter().enumerate() {
+            let column = first_output + s * STRIP;
+            if column >= out.d_output {
+                continue;
+            }
+            let mask: __mmask16 = if out.d_output - column >= STRIP {
+                0xffff
+            } else {
+                (1u16 << (out.d_output - column)) - 1
+            };
+            // SAFETY: row `first_row + r`, the strip's columns that exist; this task's alone.
+            unsafe {
+                _mm512_mask_storeu_ps(
+                    out.y.add((first_row + r) * out.d_output + column),
+                    mask,
+                    sum,
+                )
+            };
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use crate::kernels::flex::mutants;
+
+    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                (((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+            })
+            .collect()
+    }
+
+    /// The product against f64 over the dequantized weight and the *rounded* rows, at f32's
+    /// tolerance for sums of `in` terms; rows with a zero block and a NaN.
+    fn checked([d_output, d_input]: [usize; 2], rows: usize) -> Result<(), String> {
+        let weight = BlockWeight::quantize(
+            BlockFormat::Q8_0,
+            [d_output, d_input],
+            &values(d_output * d_input, 3, 1.0),
+        )
+        .unwrap()
+        .with_int8_prompt_products(true);
+        let mut x = values(rows * d_input, 11, 4.0);
+        x[d_input..d_input + 32].fill(0.0);
+        let nan_row = rows - 1;
+        x[nan_row * d_input + 3] = f32::NAN;
+        let y = integer_product(&weight, &x, rows);
+        let mut rounded = RoundedRows::default();
+        rounded.round(&x);
+        let blocks = d_input / ROUNDED_BLOCK;
+        let x_rounded: Vec<f64> = (0..rows * d_input)
+            .map(|i| f64::from(rounded.codes[i]) * f64::from(rounded.scales[i / ROUNDED_BLOCK]))
+            .collect();
+        let w = weight.dequantize();
+        for r in 0..rows {
+            for o in 0..d_output {
+                let got = y[r * d_output + o];
+                if r == nan_row {
+                    if !got.is_nan() {
+                        return Err(format!("row {r} holds a NaN, y[{r}, {o}] = {got}"));
+                    }
+                    continue;
+                }
+                let terms = (0..d_input)
+                    .map(|i| x_rounded[r * d_input + i] * f64::from(w[o * d_input + i]));
+                let expected: f64 = terms.clone().sum();
+                let magnitude: f64 = terms.map(f64::abs).sum();
+                let bound = magnitude * (blocks + 4) as f64 * 2f64.powi(-23) + 1e-6;
+                if (f64::from(got) - expected).abs() > bound || got.is_nan() {
+                    return Err(format!(
+                        "[{d_output}, {d_input}] x {rows} rows: y[{r}, {o}] = {got}, expected {expected} (bound {bound})"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn products_match_f64_on_the_rounded_rows() {
+        if !has_avx512_vnni() {
+            return;
+        }
+        // Outputs: less than a strip, a strip and a half, whole tiles; rows: a tile and a
+        // tail of each length, blocks: one and several.
+        for rows in [9, 10, 11, 12, 13, 17] {
+            checked([7, 32], rows).unwrap();
+            checked([45, 96], rows).unwrap();
+        }
+        checked([64, 576], 30).unwrap();
+        checked([100, 1536], 14).unwrap();
+    }
+
+    #[test]
+    fn every_mutation_fails_the_check() {
+        if !has_avx512_vnni() {
+            return;
+        }
+        let survivors =
+            mutants::surviving("integer_product", &Mutation::ALL, || checked([45, 96], 13));
+        assert!(survivors.is_empty(), "not caught: {survivors:?}");
+    }
+}
