@@ -348,7 +348,10 @@ fn block_weights_from_the_command_line() {
         "abc",
         "--int8-prompts",
     ]);
-    assert!(stderr.contains("--int8-prompts") && stderr.contains("as-stored"), "{stderr}");
+    assert!(
+        stderr.contains("--int8-prompts") && stderr.contains("as-stored"),
+        "{stderr}"
+    );
     let stderr = run_failing(&[
         "generate",
         "--checkpoint",

@@ -460,17 +460,10 @@ mod tests {
     use burn_flex::Flex;
 
     use super::*;
+    use crate::kernels::flex::tensor::test_values;
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
+        test_values(n, seed, 1.0)
     }
 
     /// `x Wᵀ` in f64 over the dequantized blocks: the reference.

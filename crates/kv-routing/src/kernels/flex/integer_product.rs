@@ -205,56 +205,30 @@ unsafe fn multiply_tile_columns(
         };
     }
     let first_row = full_tiles * TILE_ROWS;
-    // SAFETY: as the caller's.
-    unsafe {
-        match out.rows - first_row {
-            0 => {}
-            1 => multiply_tile::<1>(
-                packed,
-                rounded,
-                out,
-                first_row,
-                first_output,
-                d_input,
-                mutation,
-            ),
-            2 => multiply_tile::<2>(
-                packed,
-                rounded,
-                out,
-                first_row,
-                first_output,
-                d_input,
-                mutation,
-            ),
-            3 => multiply_tile::<3>(
-                packed,
-                rounded,
-                out,
-                first_row,
-                first_output,
-                d_input,
-                mutation,
-            ),
-            4 => multiply_tile::<4>(
-                packed,
-                rounded,
-                out,
-                first_row,
-                first_output,
-                d_input,
-                mutation,
-            ),
-            _ => multiply_tile::<5>(
-                packed,
-                rounded,
-                out,
-                first_row,
-                first_output,
-                d_input,
-                mutation,
-            ),
-        }
+    /// The tail's tile of `$rows` rows.
+    macro_rules! tail {
+        ($rows:literal) => {
+            // SAFETY: as the caller's.
+            unsafe {
+                multiply_tile::<$rows>(
+                    packed,
+                    rounded,
+                    out,
+                    first_row,
+                    first_output,
+                    d_input,
+                    mutation,
+                )
+            }
+        };
+    }
+    match out.rows - first_row {
+        0 => {}
+        1 => tail!(1),
+        2 => tail!(2),
+        3 => tail!(3),
+        4 => tail!(4),
+        _ => tail!(5),
     }
 }
 
@@ -368,18 +342,7 @@ unsafe fn multiply_tile<const R: usize>(
 mod tests {
     use super::*;
     use crate::kernels::flex::mutants;
-
-    fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                (((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
+    use crate::kernels::flex::tensor::test_values as values;
 
     /// The product against f64 over the dequantized weight and the *rounded* rows, at f32's
     /// tolerance for sums of `in` terms; rows with a zero block and a NaN.

@@ -198,17 +198,10 @@ impl Part<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::flex::tensor::test_values;
 
     fn random(seed: u64, n: usize, scale: f32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                (((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-            })
-            .collect()
+        test_values(n, seed, scale)
     }
 
     /// Blocks of random values, of zeros, with a tiny value, a NaN, an infinity and subnormal
@@ -280,7 +273,7 @@ mod tests {
         values.extend(ties);
         // Enough blocks for the pool's chunks, the last one partial.
         values.extend(random(5, 1500 * ROUNDED_BLOCK, 2.0));
-        assert!(values.len() > PARALLEL_VALUES && values.len() % PARALLEL_VALUES != 0);
+        assert!(values.len() > PARALLEL_VALUES && !values.len().is_multiple_of(PARALLEL_VALUES));
         let mut vector = RoundedRows::default();
         vector.round(&values);
         let mut scalar = RoundedRows::default();

@@ -355,6 +355,21 @@ pub(crate) fn product_reference(
         .collect()
 }
 
+/// `n` pseudo-random values in `[-scale, scale)` from `seed`: a linear congruential generator,
+/// for the kernels' tests, which need reproducible inputs rather than statistical quality.
+#[cfg(test)]
+pub(crate) fn test_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut state = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
