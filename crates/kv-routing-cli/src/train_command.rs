@@ -255,6 +255,12 @@ pub struct TrainArgs {
     /// another layer's keys/values (default 0).
     #[arg(long)]
     distill_hidden_weight: Option<f64>,
+    /// On sharing steps, weight each position's distillation term by its own size to this
+    /// power, in [0, 4] (`w = l^γ / mean(l^γ)`, constants of the step): the loss leans towards
+    /// the positions where the shared path departs most from the teacher, such as the few
+    /// tokens of a window that need a distant one (default 0: every position alike).
+    #[arg(long, default_value_t = 0.0)]
+    distill_focus: f64,
     /// Train only sharing adapters of this rank: low-rank weights on every projection that
     /// passes sharing keys/values add and the full plan never uses, so the full cache stays
     /// the starting model's exactly (docs/training.md).
@@ -344,6 +350,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             hidden_weight: args
                 .distill_hidden_weight
                 .unwrap_or(defaults.distill_hidden_weight),
+            position_focus: args.distill_focus,
             ..Distillation::from_teacher(teacher)
         });
     }

@@ -262,6 +262,10 @@ fn a_distilled_plan_drawn_retrofit_is_configured_by_flags() {
         &["--distill", "--distill-hidden-weight", "inf"],
         "hidden-state weight of distillation must be finite and >= 0",
     );
+    fails(
+        &["--distill", "--distill-focus", "5"],
+        "position focus of distillation must be in [0, 4]",
+    );
 
     let argv = args(&[
         "--route-draw",
@@ -273,6 +277,8 @@ fn a_distilled_plan_drawn_retrofit_is_configured_by_flags() {
         "0.25",
         "--distill-hidden-weight",
         "3",
+        "--distill-focus",
+        "1.5",
     ]);
     run(&argv.iter().map(String::as_str).collect::<Vec<_>>());
     let saved: serde_json::Value = serde_json::from_str(
@@ -287,10 +293,12 @@ fn a_distilled_plan_drawn_retrofit_is_configured_by_flags() {
     assert_eq!(saved["distill"]["ce_weight"], 0.5);
     assert_eq!(saved["distill"]["full_plan_weight"], 0.25);
     assert_eq!(saved["distill"]["hidden_weight"], 3.0);
+    assert_eq!(saved["distill"]["position_focus"], 1.5);
     let teacher = std::path::absolute(&base).unwrap();
     assert_eq!(saved["distill"]["teacher"], teacher.to_str().unwrap());
     let note = std::fs::read_to_string(runs.join("RESUME.md")).unwrap();
     assert!(note.contains("--resume --out"), "{note}");
+    assert!(note.contains("position focus 1.5"), "{note}");
 
     // Without a model to distill from, --distill is refused.
     let output = Command::new(env!("CARGO_BIN_EXE_kv-routing"))

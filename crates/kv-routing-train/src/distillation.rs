@@ -20,6 +20,12 @@
 //!   step's route and the teacher's under the full plan, over the states between blocks.
 //!   The final KL reaches a layer only through every layer above it; this term tells each
 //!   layer directly what its reading of another layer's keys/values did to its output.
+//! - With `position_focus = γ > 0`, a step whose route shares layers weights the KL term of
+//!   each position by `w_i = l_i^γ / mean(l^γ)` over the batch ([`focused_losses`]), the
+//!   weights taken as constants of the step: the term becomes `mean(l^(γ+1)) / mean(l^γ)` and
+//!   its gradient `mean_i(w_i ∇l_i)`, pulled towards the positions where the shared path departs
+//!   most from the teacher (retrieval's few answer tokens in a window of text the shared path
+//!   already predicts).
 //! - The teacher runs under the full plan on the inner (non-autodiff) backend: its logits are
 //!   constants, its weights never receive a gradient, and the optimizer never sees them.
 
@@ -55,6 +61,11 @@ pub struct Distillation {
     /// default, and what configurations without the field read as): logits only.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub hidden_weight: f64,
+    /// On a step whose route shares layers, weight each position's KL term by its own size to
+    /// this power ([`focused_losses`]), in `[0, 4]`. `0` (the default, and what configurations
+    /// without the field read as): every position alike.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub position_focus: f64,
 }
 
 fn is_zero(weight: &f64) -> bool {
@@ -70,6 +81,7 @@ impl Distillation {
             ce_weight: 0.0,
             full_plan_weight: 0.0,
             hidden_weight: 0.0,
+            position_focus: 0.0,
         }
     }
 
@@ -99,8 +111,30 @@ impl Distillation {
                 self.hidden_weight
             )));
         }
+        if !(0.0..=MAX_POSITION_FOCUS).contains(&self.position_focus) {
+            return Err(TrainError::Config(format!(
+                "the position focus of distillation must be in [0, {MAX_POSITION_FOCUS}], got {}",
+                self.position_focus
+            )));
+        }
         Ok(())
     }
+}
+
+/// The largest position focus: beyond it a batch's loss is a handful of positions.
+pub const MAX_POSITION_FOCUS: f64 = 4.0;
+
+/// Each position's term `l_i` weighted by `w_i = l_i^γ / mean(l^γ)` (means over the batch), the
+/// weights detached from the graph (constants of the step), for `focus = γ`. A negative `l_i`
+/// (a KL rounded below zero) weighs 0; a batch whose terms are all 0 stays 0.
+///
+/// # Shapes
+/// - losses: `[batch, seq_len]`
+/// - output: `[batch, seq_len]`
+pub fn focused_losses<B: Backend>(losses: Tensor<B, 2>, focus: f64) -> Tensor<B, 2> {
+    let weights = losses.clone().detach().clamp_min(0.0).powf_scalar(focus);
+    let mean = weights.clone().mean().clamp_min(1e-30).unsqueeze::<2>();
+    losses.mul(weights.div(mean))
 }
 
 /// The distillation term of every position: `T² · KL(softmax(t / T) ‖ softmax(s / T))`.

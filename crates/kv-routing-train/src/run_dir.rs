@@ -50,12 +50,13 @@ pub fn write_resume_note(out_dir: &Path, config: &TrainConfig) -> Result<()> {
     let out = std::path::absolute(out_dir).map_err(|e| TrainError::io(out_dir, e))?;
     let recipe = match &config.distill {
         Some(d) => format!(
-            "distillation from {} (temperature {}, cross-entropy weight {}, full-plan weight {}, hidden-state weight {}); the teacher must still be there",
+            "distillation from {} (temperature {}, cross-entropy weight {}, full-plan weight {}, hidden-state weight {}, position focus {}); the teacher must still be there",
             d.teacher.display(),
             d.temperature,
             d.ce_weight,
             d.full_plan_weight,
-            d.hidden_weight
+            d.hidden_weight,
+            d.position_focus
         ),
         None => "next-token cross-entropy".into(),
     };

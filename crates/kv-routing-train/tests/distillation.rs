@@ -312,6 +312,26 @@ fn the_teacher_as_student_under_full_routes_has_zero_loss_and_gradient() {
     }
 }
 
+/// Every float parameter's gradient in `grads` (empty where it has none), in visiting order.
+fn step_gradients<B: AutodiffBackend, M: Module<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> Vec<(ParamId, Vec<f64>)> {
+    struct Collect<'a>(&'a GradientsParams, Vec<(ParamId, Vec<f64>)>);
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Collect<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            let grad = self.0.get::<B::InnerBackend, D>(param.id).map(|g| {
+                let data = g.into_data().convert::<f64>();
+                data.iter::<f64>().collect()
+            });
+            self.1.push((param.id, grad.unwrap_or_default()));
+        }
+    }
+    let mut collect = Collect(grads, Vec::new());
+    module.visit(&mut collect);
+    collect.1
+}
+
 fn grad_norm<B: AutodiffBackend>(lm: &RoutedLm<B>, grads: GradientsParams) -> f64 {
     struct Norm<'a>(&'a GradientsParams, f64);
     impl<B: AutodiffBackend> ModuleVisitor<B> for Norm<'_> {
@@ -478,6 +498,90 @@ fn the_full_plan_weight_adds_the_full_cache_distillation_on_sharing_steps() {
         ..Distillation::from_teacher("/unused".into())
     };
     assert!(invalid.validate().is_err());
+}
+
+/// With a position focus `γ`, a sharing step's loss is `mean(l^(γ+1)) / mean(l^γ)` for the
+/// per-position KL `l` of its route (computed here from the two passes): each position weighted
+/// by `l_i^γ / mean(l^γ)`. `γ = 0` and a step that draws the full plan are the plain mean. The
+/// weights are constants of the step: its gradient is that of `mean(w l)` with `w` computed
+/// here and fixed, not that of the ratio.
+#[test]
+fn the_position_focus_leans_the_loss_towards_its_largest_positions() {
+    let (student, teacher, batch, full) = step_fixture();
+    let kl = |model: &Tiny, route: &Route| {
+        let logits = model.forward_tokens(&batch.inputs, route).unwrap();
+        let teacher_logits = teacher.forward_tokens(&batch.inputs, &full).unwrap();
+        distillation_losses(logits, teacher_logits, 2.0).unwrap()
+    };
+    for (p, focus) in [(1.0, 0.0), (1.0, 1.0), (1.0, 2.5), (0.0, 1.0)] {
+        let settings = Distillation {
+            position_focus: focus,
+            ..Distillation::from_teacher("/unused".into())
+        };
+        let (route, loss) = distilled_step_loss(&student, &teacher, &batch, p, settings.clone());
+        assert_eq!(route == full, p == 0.0);
+        let l: Vec<f64> = kl(&student, &route).into_data().iter::<f64>().collect();
+        let mean =
+            |power: f64| l.iter().map(|x| x.max(0.0).powf(power)).sum::<f64>() / l.len() as f64;
+        let expected = if route == full || focus == 0.0 {
+            l.iter().sum::<f64>() / l.len() as f64
+        } else {
+            mean(focus + 1.0) / mean(focus)
+        };
+        assert!(
+            (loss - expected).abs() < 1e-10 * expected.abs().max(1.0),
+            "p = {p}, focus = {focus}: {loss} against {expected}"
+        );
+        if route == full || focus == 0.0 {
+            continue;
+        }
+        assert!(
+            (loss - l.iter().sum::<f64>() / l.len() as f64).abs() > 1e-6,
+            "the focus changes the loss"
+        );
+        // The gradient: the step's against `mean(w l)` with the weights fixed.
+        let router = kv_routing::StochasticRouter::new(3, p, 0)
+            .unwrap()
+            .with_draw(RouteDraw::EveryKth { max_k: 2 })
+            .unwrap();
+        let lm = RoutedLm::new(student.clone(), router)
+            .unwrap()
+            .distilled_from(teacher.clone(), settings)
+            .unwrap();
+        let step_grads = TrainStep::step(&lm, batch.clone()).grads;
+        let weights: Vec<f64> = l
+            .iter()
+            .map(|x| x.max(0.0).powf(focus) / mean(focus))
+            .collect();
+        let [rows, seq_len] = [batch.inputs.len(), batch.inputs[0].len()];
+        let fixed = Tensor::<Autodiff<NdArray<f64>>, 2>::from_data(
+            TensorData::new(weights, [rows, seq_len]),
+            &Default::default(),
+        );
+        let manual = kl(&student, &route).mul(fixed).mean().backward();
+        let manual = GradientsParams::from_grads(manual, &student);
+        let (got, want) = (
+            step_gradients(&student, &step_grads),
+            step_gradients(&student, &manual),
+        );
+        assert!(got.iter().any(|(_, g)| g.iter().any(|&x| x != 0.0)));
+        for ((id, got), (_, want)) in got.iter().zip(&want) {
+            assert_eq!(got.len(), want.len(), "{id:?}");
+            for (a, b) in got.iter().zip(want) {
+                assert!(
+                    (a - b).abs() < 1e-9 * b.abs().max(1e-3),
+                    "{id:?}: {a} against {b}"
+                );
+            }
+        }
+    }
+    for invalid in [-1.0, 4.5, f64::NAN] {
+        let settings = Distillation {
+            position_focus: invalid,
+            ..Distillation::from_teacher("/unused".into())
+        };
+        assert!(settings.validate().is_err(), "{invalid}");
+    }
 }
 
 /// With a hidden-state weight `h`, a sharing step's loss is its distillation plus `h` times the

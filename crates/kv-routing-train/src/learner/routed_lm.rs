@@ -28,7 +28,9 @@ use kv_routing::{CachePlan, Route, RoutedTransformer, StochasticRouter};
 use super::output::StepOutput;
 use super::step_batch::StepBatch;
 use super::step_losses::StepLosses;
-use crate::distillation::{distillation_losses, hidden_state_distances, Distillation};
+use crate::distillation::{
+    distillation_losses, focused_losses, hidden_state_distances, Distillation,
+};
 use crate::error::{Result, TrainError};
 use crate::loss::token_losses;
 
@@ -189,6 +191,9 @@ impl<B: AutodiffBackend> RoutedLm<B> {
         };
         let mut losses =
             distillation_losses(logits.clone(), targets.clone(), settings.temperature)?;
+        if settings.position_focus > 0.0 && *route != full {
+            losses = focused_losses(losses, settings.position_focus);
+        }
         if let Some(hidden) = hidden {
             losses = losses.add(hidden);
         }
