@@ -2,6 +2,7 @@
 
 use kv_routing_backend::{cache_writes_in_place, device_with_precision, Device, Precision, NAME};
 
+use kv_routing::BlockFormat;
 use kv_routing_hf::WeightStorage;
 
 use crate::error::{CliError, Result};
@@ -20,10 +21,14 @@ pub fn inference_device(dtype: Precision) -> Result<Device> {
 }
 
 /// `--int8-prompts` checked against `--weights`: it multiplies Q8_0 blocks, so it needs weights
-/// kept in blocks (`as-stored` or `q8_0`); asking for it with float weights is an error rather
-/// than a flag that silently does nothing.
+/// that can be Q8_0 blocks (`as-stored` or `q8_0`); asking for it with float or Q4_1 weights is
+/// an error rather than a flag that silently does nothing.
 pub fn int8_prompts_setting(weights: WeightStorage, int8_prompts: bool) -> Result<bool> {
-    if int8_prompts && matches!(weights, WeightStorage::Float) {
+    let no_q8_0 = matches!(
+        weights,
+        WeightStorage::Float | WeightStorage::Blocks(BlockFormat::Q4_1)
+    );
+    if int8_prompts && no_q8_0 {
         return Err(CliError::Setting(
             "--int8-prompts multiplies Q8_0 blocks as integers: give --weights as-stored (a GGUF file's Q8_0 matrices) or --weights q8_0".into(),
         ));

@@ -339,7 +339,7 @@ fn block_weights_from_the_command_line() {
         "--int8-prompts",
     ]);
     assert!(String::from_utf8_lossy(&output.stdout).contains("every:2"));
-    // It multiplies blocks: with float weights it is refused, not ignored.
+    // It multiplies Q8_0 blocks: with float weights it is refused, not ignored.
     let stderr = run_failing(&[
         "generate",
         "--checkpoint",
@@ -352,6 +352,18 @@ fn block_weights_from_the_command_line() {
         stderr.contains("--int8-prompts") && stderr.contains("as-stored"),
         "{stderr}"
     );
+    // Nor with Q4_1 blocks, which it does not multiply.
+    let stderr = run_failing(&[
+        "eval",
+        "--checkpoint",
+        gguf,
+        "--heldout",
+        corpus.to_str().unwrap(),
+        "--weights",
+        "q4_1",
+        "--int8-prompts",
+    ]);
+    assert!(stderr.contains("--int8-prompts"), "{stderr}");
     let stderr = run_failing(&[
         "generate",
         "--checkpoint",

@@ -98,12 +98,8 @@ pub(crate) fn integer_product(blocks: &BlockWeight, x: &[f32], rows: usize) -> V
     };
     (0..d_output.div_ceil(TILE_OUTPUTS))
         .into_par_iter()
-        .for_each_init(Vec::new, |packed: &mut Vec<Packed>, tile| {
+        .for_each_init(Packed::default, |packed, tile| {
             let first_output = tile * TILE_OUTPUTS;
-            if packed.is_empty() {
-                packed.push(Packed::default());
-            }
-            let packed = &mut packed[0];
             packed.repack(blocks, first_output);
             // SAFETY: the CPU has AVX-512 F/VL/BW/DQ and VNNI (asserted above); this task alone
             // writes the columns `first_output..first_output + 32` of `y` (the tiles are
