@@ -339,15 +339,14 @@ fn block_weights_from_the_command_line() {
         "--int8-prompts",
     ]);
     assert!(String::from_utf8_lossy(&output.stdout).contains("every:2"));
+    // `generate` with `extra` options, which must fail: its stderr.
+    let generate_failing = |extra: &[&str]| {
+        let mut argv = vec!["generate", "--checkpoint", gguf, "--prompt", "abc"];
+        argv.extend_from_slice(extra);
+        run_failing(&argv)
+    };
     // It multiplies Q8_0 blocks: with float weights it is refused, not ignored.
-    let stderr = run_failing(&[
-        "generate",
-        "--checkpoint",
-        gguf,
-        "--prompt",
-        "abc",
-        "--int8-prompts",
-    ]);
+    let stderr = generate_failing(&["--int8-prompts"]);
     assert!(
         stderr.contains("--int8-prompts") && stderr.contains("as-stored"),
         "{stderr}"
@@ -364,14 +363,6 @@ fn block_weights_from_the_command_line() {
         "--int8-prompts",
     ]);
     assert!(stderr.contains("--int8-prompts"), "{stderr}");
-    let stderr = run_failing(&[
-        "generate",
-        "--checkpoint",
-        gguf,
-        "--prompt",
-        "abc",
-        "--weights",
-        "q5_k",
-    ]);
+    let stderr = generate_failing(&["--weights", "q5_k"]);
     assert!(stderr.contains("unknown weight storage"), "{stderr}");
 }

@@ -31,7 +31,7 @@ use rayon::prelude::*;
 use super::block_product::MAX_STREAMED_ROWS;
 use super::rounded_rows::{RoundedRows, ROUNDED_BLOCK};
 use super::vector::has_avx512_vnni;
-use crate::block_weight::{BlockFormat, BlockWeight, BLOCK_VALUES};
+use crate::block_weight::{block_params, BlockFormat, BlockWeight, BLOCK_VALUES};
 
 /// Outputs of one strip: the 16 int32 lanes of a 512-bit register.
 const STRIP: usize = 16;
@@ -157,8 +157,7 @@ impl Packed {
             let row = &weight.bytes()[output * weight.row_bytes()..][..weight.row_bytes()];
             for (b, block) in row.chunks_exact(block_bytes).enumerate() {
                 let at = strip * blocks + b;
-                self.scales[at * STRIP + lane] =
-                    half::f16::from_le_bytes([block[0], block[1]]).to_f32();
+                self.scales[at * STRIP + lane] = block_params(BlockFormat::Q8_0, block)[0];
                 let packed = &mut self.codes[at * STRIP_BLOCK_BYTES..][..STRIP_BLOCK_BYTES];
                 for (group, codes) in block[2..].chunks_exact(4).enumerate() {
                     let to = &mut packed[group * 4 * STRIP + lane * 4..][..4];
