@@ -270,6 +270,11 @@ pub struct TrainArgs {
     /// their deltas are scaled by alpha / rank. Default: the rank (scale 1).
     #[arg(long)]
     sharing_adapter_alpha: Option<f64>,
+    /// LoRA+: the sharing adapters' `up` matrices learn at this multiple of the learning rate,
+    /// in (0, 256] (LoRA+ suggests 16; default: the same rate as the rest). A resumed run keeps
+    /// its own.
+    #[arg(long, conflicts_with = "resume")]
+    adapter_up_lr_ratio: Option<f64>,
 }
 
 /// Runs `kv-routing train`.
@@ -321,6 +326,7 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
     config.route_draw = args.route_draw.unwrap_or(defaults.route_draw);
     config.model.sharing_adapter = sharing_adapter
         .map(|rank| SharingAdapterConfig::new(rank).with_alpha(args.sharing_adapter_alpha));
+    config.adapter_up_lr_ratio = args.adapter_up_lr_ratio;
     let distill = args.distill || defaults.distill;
     let teacher = match (&args.teacher, distill, &args.init_from) {
         (Some(teacher), _, _) => Some(teacher.clone()),

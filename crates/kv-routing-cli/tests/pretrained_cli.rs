@@ -315,8 +315,9 @@ fn a_distilled_plan_drawn_retrofit_is_configured_by_flags() {
 
 /// `--sharing-adapter` from the command line: a run that trains only adapters saves them in its
 /// configuration; `eval` reads them (the full plan scores the starting model's loss exactly,
-/// every:2 another); `export` to the Hugging Face layout refuses them; a rank of 0 and an alpha
-/// without a rank are refused before anything trains.
+/// every:2 another); `export` to the Hugging Face layout refuses them; a rank of 0, an alpha
+/// without a rank and a LoRA+ ratio without adapters or out of range are refused before anything
+/// trains.
 #[test]
 fn sharing_adapters_from_the_command_line() {
     let root = tempfile::tempdir().unwrap();
@@ -344,12 +345,27 @@ fn sharing_adapters_from_the_command_line() {
             &["--sharing-adapter", "2", "--sharing-adapter-alpha=-1"][..],
             "alpha must be positive",
         ),
+        (
+            &["--adapter-up-lr-ratio", "16"][..],
+            "the model has no sharing adapters",
+        ),
+        (
+            &["--sharing-adapter", "2", "--adapter-up-lr-ratio", "0"][..],
+            "adapter_up_lr_ratio must be in (0, 256]",
+        ),
     ] {
         let stderr = run_failing(&train(extra));
         assert!(stderr.contains(message), "{extra:?}: {stderr}");
         assert!(!runs.join("checkpoint").exists(), "{extra:?} trained");
     }
-    let argv = train(&["--sharing-adapter", "2", "--sharing-adapter-alpha", "4"]);
+    let argv = train(&[
+        "--sharing-adapter",
+        "2",
+        "--sharing-adapter-alpha",
+        "4",
+        "--adapter-up-lr-ratio",
+        "16",
+    ]);
     run(&argv.iter().map(String::as_str).collect::<Vec<_>>());
     let saved: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(runs.join("checkpoint/config.json")).unwrap(),
@@ -357,6 +373,9 @@ fn sharing_adapters_from_the_command_line() {
     .unwrap();
     assert_eq!(saved["model"]["sharing_adapter"]["rank"], 2);
     assert_eq!(saved["model"]["sharing_adapter"]["alpha"], 4.0);
+    assert_eq!(saved["adapter_up_lr_ratio"], 16.0);
+    let note = std::fs::read_to_string(runs.join("RESUME.md")).unwrap();
+    assert!(note.contains("up matrices at 16 x the rate"), "{note}");
 
     let loss = |checkpoint: &Path, plan: &str| -> f64 {
         let output = run(&[

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod adapter_up_rate;
 pub mod checkpoint;
 pub mod data;
 pub mod distillation;

@@ -4,7 +4,8 @@
 //!
 //! Step `s` reads samples `s * batch_size ..` of the training split, runs under
 //! `router.route_for_step(s)`, takes the gradient of the mean next-token loss, clips it to a
-//! global norm of `grad_clip`, and steps AdamW at `schedule.at(s)`. Like the run, it reads the
+//! global norm of `grad_clip`, and steps AdamW at `schedule.at(s)` (the sharing adapters' `up`
+//! matrices at `adapter_up_lr_ratio` times that, when set). Like the run, it reads the
 //! step's loss back every step (a run checks it for divergence); nothing else is logged, saved
 //! or validated.
 
@@ -12,6 +13,7 @@ use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use burn::tensor::backend::AutodiffBackend;
 use kv_routing::RoutedTransformer;
 
+use crate::adapter_up_rate::AdapterUpRate;
 use crate::data::{Dataset, Split};
 use crate::error::{Result, TrainError};
 use crate::grad_clip::clip_global_norm;
@@ -35,6 +37,10 @@ pub fn reference_loop<B: AutodiffBackend>(
     let mut optimizer = AdamWConfig::new()
         .with_weight_decay(config.weight_decay as f32)
         .init::<B, RoutedTransformer<B>>();
+    let up_rate = config
+        .adapter_up_lr_ratio
+        .map(|ratio| AdapterUpRate::new(ratio, &model))
+        .transpose()?;
     for step in 0..config.steps {
         let batch = dataset.batch(
             Split::Train,
@@ -46,7 +52,10 @@ pub fn reference_loop<B: AutodiffBackend>(
         let loss_value = loss.clone().inner();
         let mut grads = GradientsParams::from_grads(loss.backward(), &model);
         clip_global_norm(&model, &mut grads, config.grad_clip);
-        model = optimizer.step(schedule.at(step), model, grads);
+        model = match &up_rate {
+            Some(up_rate) => up_rate.step(&mut optimizer, schedule.at(step), model, grads),
+            None => optimizer.step(schedule.at(step), model, grads),
+        };
         let loss = loss_value.into_data().convert::<f64>().to_vec::<f64>();
         let loss = loss.map_or(f64::NAN, |values| values[0]);
         if !loss.is_finite() {

@@ -60,6 +60,12 @@ pub fn write_resume_note(out_dir: &Path, config: &TrainConfig) -> Result<()> {
         ),
         None => "next-token cross-entropy".into(),
     };
+    let recipe = match config.adapter_up_lr_ratio {
+        Some(ratio) => {
+            format!("{recipe}; sharing adapters' up matrices at {ratio} x the rate (LoRA+)")
+        }
+        None => recipe,
+    };
     let note = format!(
         "# How to resume this run\n\n\
          {steps} steps of {batch} x {seq} tokens, p = {p}, routes drawn as `{draw}`, loss: {recipe}.\n\

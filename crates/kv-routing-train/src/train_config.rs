@@ -9,6 +9,7 @@ use kv_routing::{RouteDraw, RoutedTransformerConfig, StochasticRouter};
 use kv_routing_hf::PretrainedBase;
 use serde::{Deserialize, Serialize};
 
+use crate::adapter_up_rate::check_ratio;
 use crate::data::DataSource;
 use crate::distillation::Distillation;
 use crate::error::{Result, TrainError};
@@ -64,6 +65,10 @@ pub struct TrainConfig {
     /// Self-distillation from a frozen teacher instead of plain cross-entropy, if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distill: Option<Distillation>,
+    /// LoRA+: the sharing adapters' `up` matrices learn at this multiple of the learning rate
+    /// ([`crate::adapter_up_rate`]); absent: the same rate as everything else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter_up_lr_ratio: Option<f64>,
 }
 
 impl TrainConfig {
@@ -98,6 +103,7 @@ impl TrainConfig {
             base: None,
             route_draw: RouteDraw::IndependentLayers,
             distill: None,
+            adapter_up_lr_ratio: None,
         }
     }
 
@@ -125,6 +131,14 @@ impl TrainConfig {
         self.route_draw.validate()?;
         if let Some(distill) = &self.distill {
             distill.validate()?;
+        }
+        if let Some(ratio) = self.adapter_up_lr_ratio {
+            check_ratio(ratio)?;
+            if self.model.sharing_adapter.is_none() {
+                return Err(TrainError::Config(
+                    "adapter_up_lr_ratio sets the rate of the sharing adapters' up matrices; the model has no sharing adapters".into(),
+                ));
+            }
         }
         if !(0.0..=1.0).contains(&self.p) {
             return Err(TrainError::Config(format!(

@@ -15,7 +15,7 @@ use burn::tensor::Tensor;
 use burn_autodiff::Autodiff;
 use burn_flex::{Flex, FlexDevice};
 use burn_train::TrainStep;
-use kv_routing::{RoutedTransformer, StochasticRouter};
+use kv_routing::{RoutedTransformer, SharingAdapterConfig, StochasticRouter};
 use kv_routing_train::checkpoint::load_model;
 use kv_routing_train::data::{Dataset, Split};
 use kv_routing_train::learner::{
@@ -215,6 +215,43 @@ fn the_learner_and_a_whole_run_train_as_the_reference_loop_does() {
         ..config
     };
     assert!(max_difference(&learner_run(&other, 1, 1), &learned) > 1e-5);
+}
+
+/// LoRA+ through a whole run: the sharing adapters' `up` matrices at 16x the rate train the
+/// weights the reference loop trains with the same ratio, and other weights than a run
+/// without it.
+#[test]
+fn a_run_steps_the_adapters_up_matrices_at_their_ratio_as_the_loop_does() {
+    let mut config = tiny_run();
+    config.model.sharing_adapter = Some(SharingAdapterConfig::new(4));
+    config.adapter_up_lr_ratio = Some(16.0);
+    let start = |config: &TrainConfig| {
+        model(config)
+            .with_only_sharing_adapters_trainable()
+            .unwrap()
+    };
+    let reference = parameters(&reference_loop(&config, start(&config)).unwrap());
+    let out = tempfile::tempdir().unwrap();
+    train_on::<B>(
+        config.clone(),
+        Start::Fresh,
+        out.path(),
+        RunOptions::default(),
+        &[FlexDevice],
+    )
+    .unwrap();
+    let (_, run) = load_model::<Flex>(&checkpoint_dir(out.path()), &FlexDevice).unwrap();
+    let difference = max_difference(&parameters(&run), &reference);
+    assert!(
+        difference < 1e-5,
+        "the run and the loop differ by {difference}"
+    );
+    let one_rate = TrainConfig {
+        adapter_up_lr_ratio: None,
+        ..config
+    };
+    let without = parameters(&reference_loop(&one_rate, start(&one_rate)).unwrap());
+    assert!(max_difference(&without, &reference) > 1e-4);
 }
 
 /// Every file under `dir`, recursively.

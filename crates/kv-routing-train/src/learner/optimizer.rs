@@ -19,6 +19,7 @@ use burn::tensor::Tensor;
 
 use super::routed_lm::RoutedLm;
 use super::step_losses::StepLosses;
+use crate::adapter_up_rate::AdapterUpRate;
 use crate::error::TrainError;
 use crate::grad_clip::clip_global_norm;
 use crate::nodes::NodeGroup;
@@ -59,6 +60,7 @@ pub trait StepObserver<B: AutodiffBackend>: Send + Sync {
 pub struct RoutedLmOptimizer<B: AutodiffBackend> {
     adamw: AdamWAdaptor<B>,
     grad_clip: f64,
+    up_rate: Option<AdapterUpRate>,
     observer: Option<(Arc<dyn StepObserver<B>>, StepLosses)>,
     nodes: Option<Arc<NodeGroup>>,
 }
@@ -68,6 +70,7 @@ impl<B: AutodiffBackend> Clone for RoutedLmOptimizer<B> {
         Self {
             adamw: self.adamw.clone(),
             grad_clip: self.grad_clip,
+            up_rate: self.up_rate.clone(),
             observer: self.observer.clone(),
             nodes: self.nodes.clone(),
         }
@@ -80,8 +83,17 @@ impl<B: AutodiffBackend> RoutedLmOptimizer<B> {
         Self {
             adamw,
             grad_clip,
+            up_rate: None,
             observer: None,
             nodes: None,
+        }
+    }
+
+    /// Steps the sharing adapters' `up` matrices at a multiple of the rate (LoRA+).
+    pub(crate) fn with_up_rate(self, up_rate: AdapterUpRate) -> Self {
+        Self {
+            up_rate: Some(up_rate),
+            ..self
         }
     }
 
@@ -131,7 +143,10 @@ impl<B: AutodiffBackend> Optimizer<RoutedLm<B>, B> for RoutedLmOptimizer<B> {
             }
         }
         let grad_norm = clip_global_norm(&module, &mut grads, self.grad_clip);
-        let module = self.adamw.step(lr, module, grads);
+        let module = match &self.up_rate {
+            Some(up_rate) => up_rate.step(&mut self.adamw, lr, module, grads),
+            None => self.adamw.step(lr, module, grads),
+        };
         if let (Some((observer, _)), Some(loss)) = (&self.observer, loss) {
             observer.after_step(&module, &self.adamw, lr, loss, grad_norm);
         }

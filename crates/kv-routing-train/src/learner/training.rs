@@ -15,6 +15,7 @@ use burn_train::{
 };
 use kv_routing::RoutedTransformer;
 
+use crate::adapter_up_rate::AdapterUpRate;
 use crate::starting_point::load_starting_point;
 
 use super::optimizer::{RoutedLmOptimizer, StepObserver};
@@ -231,6 +232,9 @@ impl<B: AutodiffBackend> RoutedLmTraining<B> {
             .with_weight_decay(config.weight_decay as f32)
             .init::<B, RoutedLm<B>>();
         let mut optimizer = RoutedLmOptimizer::new(adamw, config.grad_clip);
+        if let Some(ratio) = config.adapter_up_lr_ratio {
+            optimizer = optimizer.with_up_rate(AdapterUpRate::new(ratio, &model.transformer)?);
+        }
         if let Some(group) = nodes {
             optimizer = optimizer.across_nodes(group);
         }

@@ -1,7 +1,7 @@
 //! Sharing adapters on a whole model ([`crate::sharing_adapter`]): adding them, and making
 //! them the only trainable parameters.
 
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::{Module, ModuleMapper, Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
@@ -101,6 +101,17 @@ impl<B: Backend> RoutedTransformer<B> {
             .first()
             .and_then(|b| b.attention.query.sharing.as_ref())
             .map(|delta| delta.down.lazy_shape().dims::<2>()[1])
+    }
+
+    /// The parameter ids of every sharing adapter's `up` matrix (block 0 first, in projection
+    /// order): what an optimizer needs to give them a rate of their own (LoRA+). Empty for a
+    /// model without adapters.
+    pub fn sharing_adapter_up_ids(&self) -> Vec<ParamId> {
+        self.blocks
+            .iter()
+            .flat_map(|block| block.projections())
+            .filter_map(|projection| projection.sharing.as_ref().map(|delta| delta.up.id))
+            .collect()
     }
 
     /// This model with only its sharing adapters requiring gradients (on an autodiff
