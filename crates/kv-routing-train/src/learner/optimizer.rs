@@ -90,7 +90,7 @@ impl<B: AutodiffBackend> RoutedLmOptimizer<B> {
     }
 
     /// Steps the sharing adapters' `up` matrices at a multiple of the rate (LoRA+).
-    pub(crate) fn with_up_rate(self, up_rate: AdapterUpRate) -> Self {
+    pub fn with_up_rate(self, up_rate: AdapterUpRate) -> Self {
         Self {
             up_rate: Some(up_rate),
             ..self
