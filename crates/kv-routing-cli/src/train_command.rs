@@ -271,8 +271,9 @@ pub struct TrainArgs {
     #[arg(long)]
     sharing_adapter_alpha: Option<f64>,
     /// LoRA+: the sharing adapters' `up` matrices learn at this multiple of the learning rate,
-    /// in (0, 256] (LoRA+ suggests 16; default: the same rate as the rest). A resumed run keeps
-    /// its own.
+    /// in (0, 256] (default: the same rate as the rest; LoRA+ suggests 16, but with the recipe
+    /// on SmolLM2 4, 16 and 0.5 all did worse than 1, docs/results.md). A resumed run keeps its
+    /// own.
     #[arg(long, conflicts_with = "resume")]
     adapter_up_lr_ratio: Option<f64>,
 }
