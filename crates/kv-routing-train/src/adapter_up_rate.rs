@@ -11,9 +11,9 @@
 //! over all gradients together.
 //!
 //! # Contract
-//! With a ratio of 1 the step is exactly one AdamW step over all gradients. A parameter id that
-//! has no gradient this step (none of the `up` matrices, for instance, in a model without
-//! adapters) is skipped.
+//! With a ratio of 1 the step is exactly one AdamW step over all gradients. An `up` matrix with
+//! no gradient this step (a layer's key and value adapters when the route has it read another
+//! layer's keys and values) is left alone, as one AdamW step leaves it.
 
 use burn::module::{AutodiffModule, ParamId};
 use burn::optim::{GradientsParams, Optimizer};
@@ -40,9 +40,7 @@ impl AdapterUpRate {
         check_ratio(ratio)?;
         let ids = model.sharing_adapter_up_ids();
         if ids.is_empty() {
-            return Err(TrainError::Config(
-                "adapter_up_lr_ratio sets the rate of the sharing adapters' up matrices; the model has no sharing adapters".into(),
-            ));
+            return Err(without_adapters());
         }
         Ok(Self { ratio, ids })
     }
@@ -73,6 +71,13 @@ impl AdapterUpRate {
         }
         optimizer.step(lr * self.ratio, module, up)
     }
+}
+
+/// The error for a ratio given to a model (or configuration) without sharing adapters.
+pub(crate) fn without_adapters() -> TrainError {
+    TrainError::Config(
+        "adapter_up_lr_ratio sets the rate of the sharing adapters' up matrices; the model has no sharing adapters".into(),
+    )
 }
 
 /// Checks a ratio on its own (a configuration's, before any model exists).

@@ -9,7 +9,7 @@ use kv_routing::{RouteDraw, RoutedTransformerConfig, StochasticRouter};
 use kv_routing_hf::PretrainedBase;
 use serde::{Deserialize, Serialize};
 
-use crate::adapter_up_rate::check_ratio;
+use crate::adapter_up_rate::{check_ratio, without_adapters};
 use crate::data::DataSource;
 use crate::distillation::Distillation;
 use crate::error::{Result, TrainError};
@@ -135,9 +135,7 @@ impl TrainConfig {
         if let Some(ratio) = self.adapter_up_lr_ratio {
             check_ratio(ratio)?;
             if self.model.sharing_adapter.is_none() {
-                return Err(TrainError::Config(
-                    "adapter_up_lr_ratio sets the rate of the sharing adapters' up matrices; the model has no sharing adapters".into(),
-                ));
+                return Err(without_adapters());
             }
         }
         if !(0.0..=1.0).contains(&self.p) {
