@@ -17,10 +17,12 @@
 #   CORPUS_DIR holds train.txt and heldout.txt (prepare_corpus.py).
 # A quick check of the script itself (minutes, not hours): PHASE1_STEPS=2 PHASE2_STEPS=2
 #   EVAL_BATCHES=1 PASSKEYS=2 retrofit_pipeline.sh ...
+# PHASE1_FLAGS adds flags to phase 1 (a variant of the recipe: use another RUNS directory),
+#   e.g. PHASE1_FLAGS="--distill-hidden-weight 30".
 set -euo pipefail
 
 if [ $# -ne 4 ]; then
-    sed -n '2,21p' "$0" >&2
+    sed -n '2,23p' "$0" >&2
     exit 2
 fi
 kv=$1 gguf=$2 corpus=$3 runs=$4
@@ -28,6 +30,7 @@ phase1_steps=${PHASE1_STEPS:-1800}
 phase2_steps=${PHASE2_STEPS:-240}
 eval_batches=${EVAL_BATCHES:-12}
 passkeys=${PASSKEYS:-100}
+read -r -a phase1_flags <<<"${PHASE1_FLAGS:-}"
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$runs/evals"
 
@@ -63,7 +66,7 @@ evaluate() {
 
 train "$runs/phase1" --init-from "$gguf" --data "$corpus/train.txt" \
     --recipe sharing-adapters --steps "$phase1_steps" --seed 0 \
-    --eval-every 100000 --eval-batches 1 --checkpoint-every 50
+    --eval-every 100000 --eval-batches 1 --checkpoint-every 50 ${phase1_flags[@]+"${phase1_flags[@]}"}
 evaluate phase1-every2 "$runs/phase1/checkpoint" --batches "$eval_batches" --plans every:2 \
     --passkey "$passkeys" --passkey-filler 30
 
