@@ -1,8 +1,10 @@
 //! The device `eval` and `generate` run on, and their `--int8-prompts` setting.
 
-use kv_routing_backend::{cache_writes_in_place, device_with_precision, Device, Precision, NAME};
+use kv_routing_backend::{
+    cache_writes_in_place, device_with_precision, Backend, Device, Precision, NAME,
+};
 
-use kv_routing::BlockFormat;
+use kv_routing::{BlockFormat, BlockWeight};
 use kv_routing_hf::WeightStorage;
 
 use crate::error::{CliError, Result};
@@ -22,7 +24,9 @@ pub fn inference_device(dtype: Precision) -> Result<Device> {
 
 /// `--int8-prompts` checked against `--weights`: it multiplies Q8_0 blocks, so it needs weights
 /// that can be Q8_0 blocks (`as-stored` or `q8_0`); asking for it with float or Q4_1 weights is
-/// an error rather than a flag that silently does nothing.
+/// an error rather than a flag that silently does nothing. Where the backend or the CPU has no
+/// integer products (flex on AVX-512 VNNI), a note on stderr says that the prompts take the
+/// float products (and give the results of a run without the option).
 pub fn int8_prompts_setting(weights: WeightStorage, int8_prompts: bool) -> Result<bool> {
     let no_q8_0 = matches!(
         weights,
@@ -32,6 +36,17 @@ pub fn int8_prompts_setting(weights: WeightStorage, int8_prompts: bool) -> Resul
         return Err(CliError::Setting(
             "--int8-prompts multiplies Q8_0 blocks as integers: give --weights as-stored (a GGUF file's Q8_0 matrices) or --weights q8_0".into(),
         ));
+    }
+    if int8_prompts && !BlockWeight::int8_prompt_products_run_on::<Backend>() {
+        let why = if NAME == "flex" {
+            "this CPU has no AVX-512 VNNI (or KV_ROUTING_KERNELS switched it off)".to_string()
+        } else {
+            format!("this build's backend is {NAME}")
+        };
+        eprintln!(
+            "note: --int8-prompts changes nothing here: integer products need the flex backend \
+             on a CPU with AVX-512 VNNI, and {why}; prompts take the float products"
+        );
     }
     Ok(int8_prompts)
 }

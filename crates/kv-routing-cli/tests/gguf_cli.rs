@@ -339,6 +339,15 @@ fn block_weights_from_the_command_line() {
         "--int8-prompts",
     ]);
     assert!(String::from_utf8_lossy(&output.stdout).contains("every:2"));
+    // Where this build and CPU have no integer products, a note says the option did nothing.
+    let runs_int8 =
+        kv_routing::BlockWeight::int8_prompt_products_run_on::<kv_routing_backend::Backend>();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.contains("--int8-prompts changes nothing here"),
+        !runs_int8,
+        "{stderr}"
+    );
     // `generate` with `extra` options, which must fail: its stderr.
     let generate_failing = |extra: &[&str]| {
         let mut argv = vec!["generate", "--checkpoint", gguf, "--prompt", "abc"];

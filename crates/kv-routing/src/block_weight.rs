@@ -25,6 +25,7 @@
 use std::fmt;
 use std::sync::Arc;
 
+use burn::tensor::backend::Backend;
 use half::f16;
 
 use crate::error::{KvRoutingError, Result};
@@ -216,6 +217,13 @@ impl BlockWeight {
     pub fn with_int8_prompt_products(mut self, on: bool) -> Self {
         self.int8_prompt_products = on;
         self
+    }
+
+    /// Whether backend `B` on this CPU runs the integer products that
+    /// [`BlockWeight::with_int8_prompt_products`] asks for (flex on a CPU with AVX-512 VNNI);
+    /// elsewhere the option changes nothing, results included.
+    pub fn int8_prompt_products_run_on<B: Backend>() -> bool {
+        crate::kernels::multiplies_int8_prompts::<B>()
     }
 
     /// Whether a prompt's products round their rows to 8 bits

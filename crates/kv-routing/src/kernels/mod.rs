@@ -167,6 +167,17 @@ pub(crate) fn multiplies_blocks<B: Backend>() -> bool {
     false
 }
 
+/// Whether `B` on this CPU takes the integer products that
+/// [`BlockWeight::with_int8_prompt_products`] asks for: flex, with AVX-512 VNNI.
+#[cfg_attr(not(feature = "flex"), allow(clippy::extra_unused_type_parameters))]
+pub(crate) fn multiplies_int8_prompts<B: Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    if flex::is_flex::<B>() {
+        return flex::vector::has_avx512_vnni();
+    }
+    false
+}
+
 /// `x Wᵀ` for a block matrix `W` read in place, or `None` for the float product with its
 /// dequantized form.
 ///
