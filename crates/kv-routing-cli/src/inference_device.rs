@@ -25,8 +25,8 @@ pub fn inference_device(dtype: Precision) -> Result<Device> {
 /// `--int8-prompts` checked against `--weights`: it multiplies Q8_0 blocks, so it needs weights
 /// that can be Q8_0 blocks (`as-stored` or `q8_0`); asking for it with float or Q4_1 weights is
 /// an error rather than a flag that silently does nothing. Where the backend or the CPU has no
-/// integer products (flex on AVX-512 VNNI), a note on stderr says that the prompts take the
-/// float products (and give the results of a run without the option).
+/// integer products (flex on AVX-512 VNNI or AVX2), a note on stderr says that the prompts take
+/// the float products (and give the results of a run without the option).
 pub fn int8_prompts_setting(weights: WeightStorage, int8_prompts: bool) -> Result<bool> {
     let no_q8_0 = matches!(
         weights,
@@ -39,13 +39,13 @@ pub fn int8_prompts_setting(weights: WeightStorage, int8_prompts: bool) -> Resul
     }
     if int8_prompts && !BlockWeight::int8_prompt_products_run_on::<Backend>() {
         let why = if NAME == "flex" {
-            "this CPU has no AVX-512 VNNI (or KV_ROUTING_KERNELS switched it off)".to_string()
+            "this CPU has no AVX2 (or KV_ROUTING_KERNELS=portable switched it off)".to_string()
         } else {
             format!("this build's backend is {NAME}")
         };
         eprintln!(
             "note: --int8-prompts changes nothing here: integer products need the flex backend \
-             on a CPU with AVX-512 VNNI, and {why}; prompts take the float products"
+             on a CPU with AVX2 or AVX-512 VNNI, and {why}; prompts take the float products"
         );
     }
     Ok(int8_prompts)

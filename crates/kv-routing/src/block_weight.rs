@@ -212,15 +212,17 @@ impl BlockWeight {
     /// of more than 8 rows (a prompt, a chunk, a perplexity window) rounds each row to 8 bits per
     /// block of 32 and multiplies the codes as integers, as llama.cpp multiplies Q8_0: about
     /// 1.7x faster prompts, but the result moves by the rows' rounding (docs/benchmarks.md: on
-    /// SmolLM2 perplexity +0.4%, and greedy text can differ from the float path's). Decode
-    /// steps, other formats, CPUs and backends are unchanged.
+    /// SmolLM2 perplexity +0.4%, and greedy text can differ from the float path's). CPUs with
+    /// AVX2 and no VNNI run the same arithmetic (the same results) with AVX2's byte products.
+    /// Decode steps, other formats, CPUs without AVX2 and other backends are unchanged.
     pub fn with_int8_prompt_products(mut self, on: bool) -> Self {
         self.int8_prompt_products = on;
         self
     }
 
     /// Whether backend `B` on this CPU runs the integer products that
-    /// [`BlockWeight::with_int8_prompt_products`] asks for (flex on a CPU with AVX-512 VNNI);
+    /// [`BlockWeight::with_int8_prompt_products`] asks for (flex on a CPU with AVX-512 VNNI or
+    /// AVX2);
     /// elsewhere the option changes nothing, results included.
     pub fn int8_prompt_products_run_on<B: Backend>() -> bool {
         crate::kernels::multiplies_int8_prompts::<B>()

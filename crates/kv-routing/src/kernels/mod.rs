@@ -168,12 +168,12 @@ pub(crate) fn multiplies_blocks<B: Backend>() -> bool {
 }
 
 /// Whether `B` on this CPU takes the integer products that
-/// [`BlockWeight::with_int8_prompt_products`] asks for: flex, with AVX-512 VNNI.
+/// [`BlockWeight::with_int8_prompt_products`] asks for: flex, with AVX-512 VNNI or AVX2.
 #[cfg_attr(not(feature = "flex"), allow(clippy::extra_unused_type_parameters))]
 pub(crate) fn multiplies_int8_prompts<B: Backend>() -> bool {
     #[cfg(feature = "flex")]
     if flex::is_flex::<B>() {
-        return flex::vector::has_avx512_vnni();
+        return flex::integer_product::IntegerKernel::detected().is_some();
     }
     false
 }

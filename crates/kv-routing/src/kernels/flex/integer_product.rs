@@ -1,5 +1,6 @@
 //! Products `x Wᵀ` of a prompt's rows with a Q8_0 [`BlockWeight`] as 8-bit integer products,
-//! on CPUs with AVX-512 VNNI: the way llama.cpp multiplies Q8_0 weights.
+//! on CPUs with AVX-512 VNNI (here) or AVX2 ([`super::integer_product_avx2`]): the way
+//! llama.cpp multiplies Q8_0 weights.
 //!
 //! The float path for many rows ([`super::block_product`]'s panels) widens the weight and runs
 //! the f32 matrix product, at about 300 GFLOP/s on the 2-core machine of docs/benchmarks.md
@@ -24,13 +25,15 @@
 //! value), the error llama.cpp's Q8_0 products have. Taken by [`super::block_product`] for Q8_0
 //! products of more than [`MAX_STREAMED_ROWS`] rows where [`takes_integer_product`] says so:
 //! only for matrices that ask for it ([`BlockWeight::with_int8_prompt_products`], off by
-//! default, since it changes results); `KV_ROUTING_KERNELS=avx2` turns it off (the f32 panels).
+//! default, since it changes results). `KV_ROUTING_KERNELS=avx2` makes a VNNI CPU take the AVX2
+//! kernel (the same bits), `=portable` turns both off (the f32 panels).
 
 use rayon::prelude::*;
 
 use super::block_product::MAX_STREAMED_ROWS;
+use super::integer_product_avx2::Avx2;
 use super::rounded_rows::{RoundedRows, ROUNDED_BLOCK};
-use super::vector::has_avx512_vnni;
+use super::vector::{has_avx2_fma_f16c, has_avx512_vnni};
 use crate::block_weight::{block_params, BlockFormat, BlockWeight, BLOCK_VALUES};
 
 /// Outputs of one strip: the 16 int32 lanes of a 512-bit register.
@@ -67,28 +70,113 @@ impl Mutation {
     ];
 }
 
+/// The integer instructions a CPU multiplies the codes with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum IntegerKernel {
+    /// AVX-512 VNNI's `vpdpbusd`: 64 byte products an instruction (this module).
+    Vnni,
+    /// AVX2's `vpmaddubsw` and `vpmaddwd` ([`super::integer_product_avx2`]).
+    Avx2,
+}
+
+impl IntegerKernel {
+    /// The fastest kernel this CPU runs (as [`super::vector::PORTABLE_KERNELS_VARIABLE`]
+    /// allows), if any.
+    pub(crate) fn detected() -> Option<Self> {
+        if has_avx512_vnni() {
+            Some(Self::Vnni)
+        } else if has_avx2_fma_f16c() {
+            Some(Self::Avx2)
+        } else {
+            None
+        }
+    }
+}
+
 /// Whether a product of `rows` rows with `weight` takes the integer path: asked for
 /// ([`BlockWeight::with_int8_prompt_products`]), Q8_0, more rows than a decode step streams, a
-/// CPU with AVX-512 VNNI.
+/// CPU with integer products ([`IntegerKernel::detected`]).
 pub(crate) fn takes_integer_product(weight: &BlockWeight, rows: usize) -> bool {
     weight.int8_prompt_products()
         && weight.format() == BlockFormat::Q8_0
         && rows > MAX_STREAMED_ROWS
-        && has_avx512_vnni()
+        && IntegerKernel::detected().is_some()
 }
 
-/// `[rows, out]` f32: `x Wᵀ` with `x` (`[rows, in]`) rounded per block (see the module docs).
-/// Call only where [`takes_integer_product`] holds.
+/// `[rows, out]` f32: `x Wᵀ` with `x` (`[rows, in]`) rounded per block (see the module docs),
+/// on the CPU's fastest kernel. Call only where [`takes_integer_product`] holds.
 pub(crate) fn integer_product(blocks: &BlockWeight, x: &[f32], rows: usize) -> Vec<f32> {
+    let kernel = IntegerKernel::detected().expect("a CPU with integer products");
+    integer_product_on(kernel, blocks, x, rows)
+}
+
+/// [`integer_product`] on `kernel`, which the CPU must run.
+pub(crate) fn integer_product_on(
+    kernel: IntegerKernel,
+    blocks: &BlockWeight,
+    x: &[f32],
+    rows: usize,
+) -> Vec<f32> {
+    let runs = match kernel {
+        IntegerKernel::Vnni => has_avx512_vnni(),
+        IntegerKernel::Avx2 => has_avx2_fma_f16c(),
+    };
     assert!(
-        blocks.format() == BlockFormat::Q8_0 && has_avx512_vnni(),
-        "the integer product multiplies Q8_0 weights on CPUs with AVX-512 VNNI"
+        blocks.format() == BlockFormat::Q8_0 && runs,
+        "the integer product multiplies Q8_0 weights on a CPU with {kernel:?}"
     );
-    let [d_output, d_input] = blocks.dims();
+    let [_, d_input] = blocks.dims();
     assert_eq!(x.len(), rows * d_input, "x is [rows, in]");
     let mut rounded = RoundedRows::default();
     rounded.round(x);
-    let mutation = super::mutants::active("integer_product", &Mutation::ALL);
+    match kernel {
+        IntegerKernel::Vnni => product_in_tiles::<Vnni>(blocks, &rounded, rows),
+        IntegerKernel::Avx2 => product_in_tiles::<Avx2>(blocks, &rounded, rows),
+    }
+}
+
+/// A CPU's form of the products: how a task's outputs are repacked and multiplied.
+pub(super) trait TileProducts {
+    /// Outputs of a task's tile.
+    const OUTPUTS: usize;
+    /// The kernel's name for [`super::mutants`].
+    const KERNEL: &'static str;
+    /// A task's repacked outputs.
+    type Packed: Default;
+    /// The kernel's deliberate errors.
+    type Mutation: Copy + std::fmt::Debug + Send + Sync + 'static;
+    /// All of them.
+    const MUTATIONS: &'static [Self::Mutation];
+
+    /// Repacks outputs `first..first + OUTPUTS` of `weight` (those that exist).
+    fn repack(packed: &mut Self::Packed, weight: &BlockWeight, first: usize);
+
+    /// Columns `first_output..first_output + OUTPUTS` (those below `out.d_output`) of every row.
+    ///
+    /// # Safety
+    /// The CPU runs the kernel's instructions; `packed` holds those outputs (`repack`);
+    /// `rounded` holds `out.rows` rows of `d_input` values; no other thread writes those
+    /// columns of `out`.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn multiply(
+        packed: &Self::Packed,
+        rounded: &RoundedRows,
+        out: &DisjointColumns,
+        first_output: usize,
+        d_input: usize,
+        mutation: Option<Self::Mutation>,
+    );
+}
+
+/// The product over rayon's pool, a task per tile of `K::OUTPUTS` outputs.
+fn product_in_tiles<K: TileProducts>(
+    blocks: &BlockWeight,
+    rounded: &RoundedRows,
+    rows: usize,
+) -> Vec<f32> {
+    let [d_output, d_input] = blocks.dims();
+    // Read on the calling thread: the tests choose a mutant per thread.
+    let mutation = super::mutants::active(K::KERNEL, K::MUTATIONS);
     // Not zeroed: the tiles write every element (every row, every column below `d_output`).
     let mut y: Vec<f32> = Vec::with_capacity(rows * d_output);
     let out = DisjointColumns {
@@ -96,23 +184,23 @@ pub(crate) fn integer_product(blocks: &BlockWeight, x: &[f32], rows: usize) -> V
         rows,
         d_output,
     };
-    (0..d_output.div_ceil(TILE_OUTPUTS))
+    (0..d_output.div_ceil(K::OUTPUTS))
         .into_par_iter()
-        .for_each_init(Packed::default, |packed, tile| {
-            let first_output = tile * TILE_OUTPUTS;
-            packed.repack(blocks, first_output);
-            // SAFETY: the CPU has AVX-512 F/VL/BW/DQ and VNNI (asserted above); this task alone
-            // writes the columns `first_output..first_output + 32` of `y` (the tiles are
-            // disjoint), `packed` holds those outputs' blocks, and `rounded` holds `rows` rows
-            // of `d_input` values.
+        .for_each_init(K::Packed::default, |packed, tile| {
+            let first_output = tile * K::OUTPUTS;
+            K::repack(packed, blocks, first_output);
+            // SAFETY: the CPU runs the kernel (asserted by `integer_product_on`); this task
+            // alone writes the columns `first_output..first_output + K::OUTPUTS` of `y` (the
+            // tiles are disjoint), `packed` holds those outputs' blocks, and `rounded` holds
+            // `rows` rows of `d_input` values.
             #[cfg(target_arch = "x86_64")]
             unsafe {
-                multiply_tile_columns(packed, &rounded, &out, first_output, d_input, mutation)
+                K::multiply(packed, rounded, &out, first_output, d_input, mutation)
             };
             #[cfg(not(target_arch = "x86_64"))]
             unreachable!(
-                "no AVX-512 off x86_64 ({:?})",
-                (&out.rows, mutation, d_input)
+                "no integer products off x86_64 ({:?})",
+                (&out.rows, mutation, d_input, packed)
             );
         });
     // SAFETY: every element of the capacity was written above (see the comment on `y`).
@@ -121,14 +209,42 @@ pub(crate) fn integer_product(blocks: &BlockWeight, x: &[f32], rows: usize) -> V
 }
 
 /// The output `[rows, d_output]`, written by tasks that each own their columns.
-struct DisjointColumns {
-    y: *mut f32,
-    rows: usize,
-    d_output: usize,
+pub(super) struct DisjointColumns {
+    pub(super) y: *mut f32,
+    pub(super) rows: usize,
+    pub(super) d_output: usize,
 }
 
-// SAFETY: the tasks write disjoint columns of `y` (see `integer_product`), which outlives them.
+// SAFETY: the tasks write disjoint columns of `y` (see `product_in_tiles`), which outlives them.
 unsafe impl Sync for DisjointColumns {}
+
+/// The AVX-512 VNNI form of the tile products (see the module docs).
+struct Vnni;
+
+impl TileProducts for Vnni {
+    const OUTPUTS: usize = TILE_OUTPUTS;
+    const KERNEL: &'static str = "integer_product";
+    type Packed = Packed;
+    type Mutation = Mutation;
+    const MUTATIONS: &'static [Mutation] = &Mutation::ALL;
+
+    fn repack(packed: &mut Packed, weight: &BlockWeight, first: usize) {
+        packed.repack(weight, first);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn multiply(
+        packed: &Packed,
+        rounded: &RoundedRows,
+        out: &DisjointColumns,
+        first_output: usize,
+        d_input: usize,
+        mutation: Option<Mutation>,
+    ) {
+        // SAFETY: as the caller's (VNNI: asserted by `integer_product_on`).
+        unsafe { multiply_tile_columns(packed, rounded, out, first_output, d_input, mutation) }
+    }
+}
 
 /// Two strips of 16 outputs repacked for the instruction (see the module docs).
 #[derive(Default)]
@@ -341,7 +457,11 @@ mod tests {
 
     /// The product against f64 over the dequantized weight and the *rounded* rows, at f32's
     /// tolerance for sums of `in` terms; rows with a zero block and a NaN.
-    fn checked([d_output, d_input]: [usize; 2], rows: usize) -> Result<(), String> {
+    fn checked(
+        kernel: IntegerKernel,
+        [d_output, d_input]: [usize; 2],
+        rows: usize,
+    ) -> Result<(), String> {
         let weight = BlockWeight::quantize(
             BlockFormat::Q8_0,
             [d_output, d_input],
@@ -353,7 +473,7 @@ mod tests {
         x[d_input..d_input + 32].fill(0.0);
         let nan_row = rows - 1;
         x[nan_row * d_input + 3] = f32::NAN;
-        let y = integer_product(&weight, &x, rows);
+        let y = integer_product_on(kernel, &weight, &x, rows);
         let mut rounded = RoundedRows::default();
         rounded.round(&x);
         let blocks = d_input / ROUNDED_BLOCK;
@@ -377,7 +497,7 @@ mod tests {
                 let bound = magnitude * (blocks + 4) as f64 * 2f64.powi(-23) + 1e-6;
                 if (f64::from(got) - expected).abs() > bound || got.is_nan() {
                     return Err(format!(
-                        "[{d_output}, {d_input}] x {rows} rows: y[{r}, {o}] = {got}, expected {expected} (bound {bound})"
+                        "{kernel:?}, [{d_output}, {d_input}] x {rows} rows: y[{r}, {o}] = {got}, expected {expected} (bound {bound})"
                     ));
                 }
             }
@@ -385,28 +505,59 @@ mod tests {
         Ok(())
     }
 
+    /// The kernels this CPU runs.
+    fn kernels() -> Vec<IntegerKernel> {
+        let mut kernels = Vec::new();
+        if has_avx512_vnni() {
+            kernels.push(IntegerKernel::Vnni);
+        }
+        if has_avx2_fma_f16c() {
+            kernels.push(IntegerKernel::Avx2);
+        }
+        kernels
+    }
+
     #[test]
     fn products_match_f64_on_the_rounded_rows() {
+        // Outputs: less than a strip, a strip and a half, whole tiles; rows: a tile and a
+        // tail of each length, blocks: one and several.
+        for kernel in kernels() {
+            for rows in [9, 10, 11, 12, 13, 17] {
+                checked(kernel, [7, 32], rows).unwrap();
+                checked(kernel, [45, 96], rows).unwrap();
+            }
+            checked(kernel, [64, 576], 30).unwrap();
+            checked(kernel, [100, 1536], 14).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_kernels_give_the_same_bits() {
         if !has_avx512_vnni() {
             return;
         }
-        // Outputs: less than a strip, a strip and a half, whole tiles; rows: a tile and a
-        // tail of each length, blocks: one and several.
-        for rows in [9, 10, 11, 12, 13, 17] {
-            checked([7, 32], rows).unwrap();
-            checked([45, 96], rows).unwrap();
-        }
-        checked([64, 576], 30).unwrap();
-        checked([100, 1536], 14).unwrap();
+        let weight = BlockWeight::quantize(BlockFormat::Q8_0, [45, 96], &values(45 * 96, 5, 1.0))
+            .unwrap()
+            .with_int8_prompt_products(true);
+        let x = values(13 * 96, 7, 3.0);
+        let [vnni, avx2] = [IntegerKernel::Vnni, IntegerKernel::Avx2]
+            .map(|kernel| integer_product_on(kernel, &weight, &x, 13));
+        let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&vnni), bits(&avx2));
     }
 
     #[test]
     fn every_mutation_fails_the_check() {
-        if !has_avx512_vnni() {
-            return;
+        let check = |kernel| move || checked(kernel, [45, 96], 13);
+        if has_avx512_vnni() {
+            let survivors =
+                mutants::surviving(Vnni::KERNEL, Vnni::MUTATIONS, check(IntegerKernel::Vnni));
+            assert!(survivors.is_empty(), "VNNI: not caught: {survivors:?}");
         }
-        let survivors =
-            mutants::surviving("integer_product", &Mutation::ALL, || checked([45, 96], 13));
-        assert!(survivors.is_empty(), "not caught: {survivors:?}");
+        if has_avx2_fma_f16c() {
+            let survivors =
+                mutants::surviving(Avx2::KERNEL, Avx2::MUTATIONS, check(IntegerKernel::Avx2));
+            assert!(survivors.is_empty(), "AVX2: not caught: {survivors:?}");
+        }
     }
 }

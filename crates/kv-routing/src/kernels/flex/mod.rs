@@ -34,6 +34,7 @@ pub(crate) mod half_elementwise;
 pub(crate) mod half_product;
 pub(crate) mod int8_attention;
 pub(crate) mod integer_product;
+pub(crate) mod integer_product_avx2;
 pub(crate) mod matrix;
 pub(crate) mod matvec;
 pub(crate) mod mutants;
