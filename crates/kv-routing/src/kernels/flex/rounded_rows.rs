@@ -15,9 +15,9 @@
 //! shifted to unsigned (`w + 128`, the byte `w ^ 0x80`), and each block's `corrections` entry,
 //! `-128 Σ code`, takes the shift's share back out of its sums.
 //!
-//! The vector path (AVX-512 with BW and DQ) computes exactly the scalar path's codes (the same
-//! f64 products; rounding half away from zero as truncation of `x ± 0.5`, exact in f64), so the
-//! two agree bit for bit (tested); it serves prompts, whose rows are many.
+//! The vector paths (AVX-512 with BW and DQ, or AVX2) compute exactly the scalar path's codes
+//! (the same f64 products; rounding half away from zero as truncation of `x ± 0.5`, exact in
+//! f64), so that all agree bit for bit (tested); they serve prompts, whose rows are many.
 
 /// Values of a block: the Q8_0 and int8 cache block, half a 512-bit register of codes.
 pub(crate) const ROUNDED_BLOCK: usize = 32;
@@ -93,6 +93,12 @@ impl Part<'_> {
         if super::vector::has_avx512_vnni() {
             // SAFETY: the CPU has AVX-512 F, VL, BW and DQ (`has_avx512_vnni` checks them).
             unsafe { self.round_avx512() };
+            return;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if super::vector::has_avx2_fma_f16c() {
+            // SAFETY: the CPU has AVX2 (checked).
+            unsafe { self.round_avx2() };
             return;
         }
         self.round_blocks(0..self.scales.len());
@@ -193,6 +199,85 @@ impl Part<'_> {
             self.corrections[b] = -128 * _mm512_reduce_add_epi64(sum) as i32;
         }
     }
+
+    /// The vector path of CPUs with AVX2 and no AVX-512: [`Part::round_avx512`]'s arithmetic
+    /// four f64 lanes at a time.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn round_avx2(&mut self) {
+        use std::arch::x86_64::*;
+        let magnitude = _mm256_set1_ps(f32::from_bits(0x7fff_ffff));
+        let largest = _mm256_set1_ps(f32::MAX);
+        let half = _mm256_set1_pd(0.5);
+        let sign = _mm256_set1_pd(-0.0);
+        assert!(
+            self.values.len() == self.codes.len()
+                && self.codes.len() == self.scales.len() * ROUNDED_BLOCK
+        );
+        for b in 0..self.scales.len() {
+            let at = b * ROUNDED_BLOCK;
+            // SAFETY: block `b` is inside `values` (asserted above).
+            let eighths: [__m256; 4] = std::array::from_fn(|i| unsafe {
+                _mm256_loadu_ps(self.values.as_ptr().add(at + 8 * i))
+            });
+            let abs = eighths.map(|e| _mm256_and_ps(e, magnitude));
+            // Ordered comparisons: false for NaN and for infinities.
+            let finite = abs
+                .iter()
+                .all(|&a| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_LE_OQ>(a, largest)) == 0xff);
+            if !finite {
+                self.round_blocks(b..b + 1);
+                continue;
+            }
+            let wide = _mm256_max_ps(_mm256_max_ps(abs[0], abs[1]), _mm256_max_ps(abs[2], abs[3]));
+            let narrow = _mm_max_ps(
+                _mm256_castps256_ps128(wide),
+                _mm256_extractf128_ps::<1>(wide),
+            );
+            let narrow = _mm_max_ps(narrow, _mm_movehl_ps(narrow, narrow));
+            let max = _mm_cvtss_f32(_mm_max_ss(narrow, _mm_shuffle_ps::<1>(narrow, narrow)));
+            let inverse = _mm256_set1_pd(if max > 0.0 {
+                127.0 / f64::from(max)
+            } else {
+                0.0
+            });
+            let mut sum = _mm_setzero_si128();
+            for (e, &eighth) in eighths.iter().enumerate() {
+                for quarter in 0..2 {
+                    let lanes = if quarter == 0 {
+                        _mm256_castps256_ps128(eighth)
+                    } else {
+                        _mm256_extractf128_ps::<1>(eighth)
+                    };
+                    let product = _mm256_mul_pd(_mm256_cvtps_pd(lanes), inverse);
+                    // Half away from zero: truncate `x + 0.5 sign(x)` (exact in f64 here).
+                    let nudge = _mm256_or_pd(_mm256_and_pd(product, sign), half);
+                    let rounded = _mm256_cvttpd_epi32(_mm256_add_pd(product, nudge));
+                    let clamped = _mm_max_epi32(
+                        _mm_min_epi32(rounded, _mm_set1_epi32(127)),
+                        _mm_set1_epi32(-127),
+                    );
+                    sum = _mm_add_epi32(sum, clamped);
+                    let bytes = _mm_packs_epi16(_mm_packs_epi32(clamped, clamped), clamped);
+                    // SAFETY: 4 codes of block `b` (`codes` is as long as `values`).
+                    unsafe {
+                        self.codes
+                            .as_mut_ptr()
+                            .add(at + 8 * e + 4 * quarter)
+                            .cast::<i32>()
+                            .write_unaligned(_mm_cvtsi128_si32(bytes))
+                    };
+                }
+            }
+            let sum = _mm_add_epi32(sum, _mm_shuffle_epi32::<0b01_00_11_10>(sum));
+            let sum = _mm_add_epi32(sum, _mm_shuffle_epi32::<0b10_11_00_01>(sum));
+            self.scales[b] = max / 127.0;
+            self.corrections[b] = -128 * _mm_cvtsi128_si32(sum);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -274,24 +359,36 @@ mod tests {
         // Enough blocks for the pool's chunks, the last one partial.
         values.extend(random(5, 1500 * ROUNDED_BLOCK, 2.0));
         assert!(values.len() > PARALLEL_VALUES && !values.len().is_multiple_of(PARALLEL_VALUES));
-        let mut vector = RoundedRows::default();
-        vector.round(&values);
-        let mut scalar = RoundedRows::default();
         let blocks = values.len() / ROUNDED_BLOCK;
-        scalar.codes.resize(values.len(), 0);
-        scalar.scales.resize(blocks, 0.0);
-        scalar.corrections.resize(blocks, 0);
-        Part {
-            values: &values,
-            codes: &mut scalar.codes,
-            scales: &mut scalar.scales,
-            corrections: &mut scalar.corrections,
+        // The rows rounded on the calling thread by `path`.
+        let rounded_by = |path: fn(Part)| {
+            let mut rows = RoundedRows::default();
+            rows.codes.resize(values.len(), 0);
+            rows.scales.resize(blocks, 0.0);
+            rows.corrections.resize(blocks, 0);
+            path(Part {
+                values: &values,
+                codes: &mut rows.codes,
+                scales: &mut rows.scales,
+                corrections: &mut rows.corrections,
+            });
+            rows
+        };
+        let scalar = rounded_by(|mut part| part.round_blocks(0..part.scales.len()));
+        let mut vectors = vec![RoundedRows::default()];
+        // The CPU's own path, over the pool's chunks.
+        vectors[0].round(&values);
+        #[cfg(target_arch = "x86_64")]
+        if crate::kernels::flex::vector::has_avx2_fma_f16c() {
+            // SAFETY: the CPU has AVX2 (checked).
+            vectors.push(rounded_by(|mut part| unsafe { part.round_avx2() }));
         }
-        .round_blocks(0..blocks);
-        assert_eq!(vector.codes, scalar.codes);
-        assert_eq!(vector.corrections, scalar.corrections);
         let bits = |s: &[f32]| s.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&vector.scales), bits(&scalar.scales));
+        for vector in &vectors {
+            assert_eq!(vector.codes, scalar.codes);
+            assert_eq!(vector.corrections, scalar.corrections);
+            assert_eq!(bits(&vector.scales), bits(&scalar.scales));
+        }
         let ties_end = (6 + 64 + 1) * ROUNDED_BLOCK;
         let tie_codes = &scalar.codes[ties_end - 6..ties_end];
         // The block's last six values: 2.5, -3.5, 0.5, -0.5, 127, -126.5.
