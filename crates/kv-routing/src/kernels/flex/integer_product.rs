@@ -198,10 +198,10 @@ fn product_in_tiles<K: TileProducts>(
                 K::multiply(packed, rounded, &out, first_output, d_input, mutation)
             };
             #[cfg(not(target_arch = "x86_64"))]
-            unreachable!(
-                "no integer products off x86_64 ({:?})",
-                (&out.rows, mutation, d_input, packed)
-            );
+            {
+                let _ = (packed, rounded, &out, d_input);
+                unreachable!("no integer products off x86_64 ({mutation:?})");
+            }
         });
     // SAFETY: every element of the capacity was written above (see the comment on `y`).
     unsafe { y.set_len(rows * d_output) };
