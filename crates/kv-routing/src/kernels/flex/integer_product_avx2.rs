@@ -135,56 +135,33 @@ unsafe fn multiply_tile_columns(
     d_input: usize,
     mutation: Option<Mutation>,
 ) {
-    let full_tiles = out.rows / TILE_ROWS;
-    let tile = |rows: usize, first_row: usize| {
-        // SAFETY: as the caller's; `first_row + rows <= out.rows` below.
-        unsafe {
-            match rows {
-                4 => multiply_tile::<4>(
+    /// The tile of `$rows` rows from `$first_row`.
+    macro_rules! tile {
+        ($rows:expr, $first_row:expr) => {
+            // SAFETY: as the caller's; `$first_row + $rows <= out.rows` below.
+            unsafe {
+                multiply_tile::<$rows>(
                     packed,
                     rounded,
                     out,
-                    first_row,
+                    $first_row,
                     first_output,
                     d_input,
                     mutation,
-                ),
-                3 => multiply_tile::<3>(
-                    packed,
-                    rounded,
-                    out,
-                    first_row,
-                    first_output,
-                    d_input,
-                    mutation,
-                ),
-                2 => multiply_tile::<2>(
-                    packed,
-                    rounded,
-                    out,
-                    first_row,
-                    first_output,
-                    d_input,
-                    mutation,
-                ),
-                _ => multiply_tile::<1>(
-                    packed,
-                    rounded,
-                    out,
-                    first_row,
-                    first_output,
-                    d_input,
-                    mutation,
-                ),
+                )
             }
-        }
-    };
+        };
+    }
+    let full_tiles = out.rows / TILE_ROWS;
     for t in 0..full_tiles {
-        tile(TILE_ROWS, t * TILE_ROWS);
+        tile!(TILE_ROWS, t * TILE_ROWS);
     }
     let first_row = full_tiles * TILE_ROWS;
-    if out.rows > first_row {
-        tile(out.rows - first_row, first_row);
+    match out.rows - first_row {
+        0 => {}
+        1 => tile!(1, first_row),
+        2 => tile!(2, first_row),
+        _ => tile!(3, first_row),
     }
 }
 
