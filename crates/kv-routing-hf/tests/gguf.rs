@@ -678,7 +678,7 @@ const LONG_PROMPTS: [&str; 2] = [
 /// - Q8_0 weights multiplied as stored give the dequantized-f32 path's greedy text and logits
 ///   (within the tolerance of the transformers check above: sums in another order);
 /// - with llama.cpp's arithmetic for prompts (`with_int8_prompt_products`: on CPUs with
-///   AVX-512 VNNI a prompt's rows are rounded to 8 bits per block of 32, Q8_0's own precision,
+///   AVX-512 VNNI or AVX2 a prompt's rows are rounded to 8 bits per block of 32, Q8_0's own precision,
 ///   and multiplied as integers) the logits move, and by at most twice what the same precision
 ///   does to the weights: the Q8_0 file's logits against the Q4_1 file's it was made from, both
 ///   dequantized (measured: 1.5x at most over these prompts; docs/benchmarks.md).
