@@ -1,7 +1,7 @@
 //! Rows of f32 rounded to 8-bit codes per block of [`ROUNDED_BLOCK`] values, the way llama.cpp
 //! rounds the activations of its q8_0 dot products: the signed operand of the integer products
-//! on CPUs with AVX-512 VNNI ([`super::int8_attention`]'s decode scores over an int8 cache,
-//! [`super::integer_product`]'s prompt products with Q8_0 weights).
+//! ([`super::int8_attention`]'s decode scores over an int8 cache on CPUs with AVX-512 VNNI,
+//! [`super::integer_product`]'s prompt products with Q8_0 weights on those and on AVX2 CPUs).
 //!
 //! # Contract
 //! For each block of 32 values `x`: `scale = max |x| / 127` (in f32), `code = round(x · (127 /
@@ -13,7 +13,8 @@
 //!
 //! The integer instruction multiplies unsigned bytes by signed ones: the other operand goes in
 //! shifted to unsigned (`w + 128`, the byte `w ^ 0x80`), and each block's `corrections` entry,
-//! `-128 Σ code`, takes the shift's share back out of its sums.
+//! `-128 Σ code`, takes the shift's share back out of its sums (the AVX2 kernel gives the codes
+//! the weight's sign instead and does not read them).
 //!
 //! The vector paths (AVX-512 with BW and DQ, or AVX2) compute exactly the scalar path's codes
 //! (the same f64 products; rounding half away from zero as truncation of `x ± 0.5`, exact in
