@@ -222,8 +222,7 @@ impl BlockWeight {
 
     /// Whether backend `B` on this CPU runs the integer products that
     /// [`BlockWeight::with_int8_prompt_products`] asks for (flex on a CPU with AVX-512 VNNI or
-    /// AVX2);
-    /// elsewhere the option changes nothing, results included.
+    /// AVX2); elsewhere the option changes nothing, results included.
     pub fn int8_prompt_products_run_on<B: Backend>() -> bool {
         crate::kernels::multiplies_int8_prompts::<B>()
     }
