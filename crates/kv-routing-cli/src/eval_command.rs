@@ -75,10 +75,10 @@ pub struct EvalArgs {
     /// load where the file does not store it so).
     #[arg(long, default_value = "float")]
     weights: WeightStorage,
-    /// Multiply a prompt's rows with Q8_0 weights as 8-bit integers, as llama.cpp does
-    /// (with --weights as-stored or q8_0; on flex, CPUs with AVX-512 VNNI): about 1.7x faster
-    /// prompts, but results move by the rounding of the rows (SmolLM2: perplexity +0.4%, and
-    /// greedy text can differ from the float path's).
+    /// Multiply a prompt's rows with Q8_0 and Q4_1 weights as 8-bit integers, as llama.cpp does
+    /// (with --weights as-stored, q8_0 or q4_1; on flex, CPUs with AVX2 or AVX-512 VNNI):
+    /// faster prompts, but results move by the rounding of the rows (SmolLM2: perplexity
+    /// +0.3-0.4%, and greedy text can differ from the float path's).
     #[arg(long)]
     int8_prompts: bool,
 }

@@ -4,7 +4,7 @@ use kv_routing_backend::{
     cache_writes_in_place, device_with_precision, Backend, Device, Precision, NAME,
 };
 
-use kv_routing::{BlockFormat, BlockWeight};
+use kv_routing::BlockWeight;
 use kv_routing_hf::WeightStorage;
 
 use crate::error::{CliError, Result};
@@ -22,19 +22,15 @@ pub fn inference_device(dtype: Precision) -> Result<Device> {
     Ok(device)
 }
 
-/// `--int8-prompts` checked against `--weights`: it multiplies Q8_0 blocks, so it needs weights
-/// that can be Q8_0 blocks (`as-stored` or `q8_0`); asking for it with float or Q4_1 weights is
+/// `--int8-prompts` checked against `--weights`: it multiplies Q8_0 and Q4_1 blocks, so it needs
+/// weights kept as blocks (`as-stored`, `q8_0` or `q4_1`); asking for it with float weights is
 /// an error rather than a flag that silently does nothing. Where the backend or the CPU has no
 /// integer products (flex on AVX-512 VNNI or AVX2), a note on stderr says that the prompts take
 /// the float products (and give the results of a run without the option).
 pub fn int8_prompts_setting(weights: WeightStorage, int8_prompts: bool) -> Result<bool> {
-    let no_q8_0 = matches!(
-        weights,
-        WeightStorage::Float | WeightStorage::Blocks(BlockFormat::Q4_1)
-    );
-    if int8_prompts && no_q8_0 {
+    if int8_prompts && weights == WeightStorage::Float {
         return Err(CliError::Setting(
-            "--int8-prompts multiplies Q8_0 blocks as integers: give --weights as-stored (a GGUF file's Q8_0 matrices) or --weights q8_0".into(),
+            "--int8-prompts multiplies Q8_0 and Q4_1 blocks as integers: give --weights as-stored (a GGUF file's Q8_0 and Q4_1 matrices), q8_0 or q4_1".into(),
         ));
     }
     if int8_prompts && !BlockWeight::int8_prompt_products_run_on::<Backend>() {

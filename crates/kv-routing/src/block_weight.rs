@@ -208,13 +208,14 @@ impl BlockWeight {
     }
 
     /// This matrix with llama.cpp's arithmetic for a prompt's products switched on or off (off
-    /// by default). On: where flex multiplies Q8_0 blocks on a CPU with AVX-512 VNNI, a product
-    /// of more than 8 rows (a prompt, a chunk, a perplexity window) rounds each row to 8 bits per
-    /// block of 32 and multiplies the codes as integers, as llama.cpp multiplies Q8_0: about
-    /// 1.7x faster prompts, but the result moves by the rows' rounding (docs/benchmarks.md: on
-    /// SmolLM2 perplexity +0.4%, and greedy text can differ from the float path's). CPUs with
-    /// AVX2 and no VNNI run the same arithmetic (the same results) with AVX2's byte products.
-    /// Decode steps, other formats, CPUs without AVX2 and other backends are unchanged.
+    /// by default). On: where flex multiplies the blocks on a CPU with AVX2 or AVX-512 VNNI, a
+    /// product of more than 8 rows (a prompt, a chunk, a perplexity window) rounds each row to 8
+    /// bits per block of 32 and multiplies the codes as integers, as llama.cpp multiplies Q8_0
+    /// and Q4_1: faster prompts (Q8_0 about 1.7x with VNNI, 1.25-1.29x with AVX2), but the
+    /// result moves by the rows' rounding (docs/benchmarks.md: on SmolLM2 perplexity +0.3-0.4%,
+    /// and greedy text can differ from the float path's). Q8_0 on CPUs with AVX2 and no VNNI
+    /// gives the VNNI kernel's results with AVX2's byte products; Q4_1 takes the AVX2 kernel
+    /// everywhere. Decode steps, CPUs without AVX2 and other backends are unchanged.
     pub fn with_int8_prompt_products(mut self, on: bool) -> Self {
         self.int8_prompt_products = on;
         self

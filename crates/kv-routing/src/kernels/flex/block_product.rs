@@ -13,10 +13,10 @@
 //! A prompt's product has the arithmetic to hide a widening pass: the weight is dequantized a
 //! panel of rows at a time (a few megabytes, so that it stays in cache and the temporary memory
 //! is bounded whatever the matrix, e.g. a tied `[49152, 576]` LM head) and each panel multiplied
-//! by gemm straight into its columns of the result. Q8_0 weights that ask for llama.cpp's
+//! by gemm straight into its columns of the result. Weights that ask for llama.cpp's
 //! arithmetic (`BlockWeight::with_int8_prompt_products`) take [`super::integer_product`]
-//! instead on CPUs with AVX-512 VNNI: the rows rounded to 8 bits per block and multiplied with
-//! the codes as integers (which changes the result by the rows' rounding).
+//! instead on CPUs with AVX2 or AVX-512 VNNI: the rows rounded to 8 bits per block and
+//! multiplied with the codes as integers (which changes the result by the rows' rounding).
 //!
 //! # Contract
 //! `x` `[rows, in]` of f32, f16 or bf16, contiguous, with `in` the blocks' `in`; the result
@@ -576,9 +576,9 @@ mod tests {
         }
     }
 
-    /// Q8_0 prompts with llama.cpp's arithmetic asked for: on a CPU with AVX-512 VNNI the
+    /// Prompts with llama.cpp's arithmetic asked for: on a CPU with AVX2 or AVX-512 VNNI the
     /// integer product, checked against the rows as it rounds them; elsewhere (and for decode
-    /// steps and Q4_1) the float path, checked against the rows as they are.
+    /// steps) the float path, checked against the rows as they are.
     #[test]
     fn int8_prompt_products_match_f64_on_what_they_multiply() {
         for rows in [2, 9, 20, 33] {
@@ -587,6 +587,7 @@ mod tests {
         }
         for dtype in [DType::F16, DType::BF16] {
             checked(BlockFormat::Q8_0, [37, 64], 12, dtype, true).unwrap();
+            checked(BlockFormat::Q4_1, [37, 64], 12, dtype, true).unwrap();
         }
         // The rounding is real: against the unrounded rows the integer product is off by more
         // than f32's tolerance, so the check above compares what it must.

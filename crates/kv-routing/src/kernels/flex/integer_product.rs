@@ -1,6 +1,6 @@
-//! Products `x Wᵀ` of a prompt's rows with a Q8_0 [`BlockWeight`] as 8-bit integer products,
-//! on CPUs with AVX-512 VNNI (here) or AVX2 ([`super::integer_product_avx2`]): the way
-//! llama.cpp multiplies Q8_0 weights.
+//! Products `x Wᵀ` of a prompt's rows with a Q8_0 or Q4_1 [`BlockWeight`] as 8-bit integer
+//! products, on CPUs with AVX-512 VNNI (here, Q8_0) or AVX2 ([`super::integer_product_avx2`],
+//! both formats): the way llama.cpp multiplies these weights.
 //!
 //! The float path for many rows ([`super::block_product`]'s panels) widens the weight and runs
 //! the f32 matrix product, at about 300 GFLOP/s on the 2-core machine of docs/benchmarks.md
@@ -19,14 +19,17 @@
 //!
 //! # Contract
 //! `x Wᵀ` for `x` rounded per block as [`RoundedRows`] rounds it: for each output, the sum over
-//! blocks of `s_x · s_w · Σ code_x · code_w` (the integer sums exact, the rest in f32), so that
-//! it agrees with the f64 product of the *rounded* rows and the dequantized weight to f32
-//! rounding. Against the unrounded rows it differs by the rounding of `x` (at most `s_x / 2` a
-//! value), the error llama.cpp's Q8_0 products have. Taken by [`super::block_product`] for Q8_0
-//! products of more than [`MAX_STREAMED_ROWS`] rows where [`takes_integer_product`] says so:
-//! only for matrices that ask for it ([`BlockWeight::with_int8_prompt_products`], off by
-//! default, since it changes results). `KV_ROUTING_KERNELS=avx2` makes a VNNI CPU take the AVX2
-//! kernel (the same bits), `=portable` turns both off (the f32 panels).
+//! blocks of `s_x · s_w · Σ code_x · code_w` (Q4_1: plus its offset's share, `m_w · s_x · Σ
+//! code_x`; the integer sums exact, the rest in f32), so that it agrees with the f64 product of
+//! the *rounded* rows and the dequantized weight to f32 rounding. Against the unrounded rows it
+//! differs by the rounding of `x` (at most `s_x / 2` a value), the error llama.cpp's Q8_0 and
+//! Q4_1 products have. Taken by [`super::block_product`] for products of more than
+//! [`MAX_STREAMED_ROWS`] rows where [`takes_integer_product`] says so: only for matrices that
+//! ask for it ([`BlockWeight::with_int8_prompt_products`], off by default, since it changes
+//! results). Q4_1 takes the AVX2 kernel on every CPU that has AVX2, VNNI ones included (its
+//! codes are unsigned, so AVX2's byte product needs no sign step there; a VNNI form is not
+//! written). `KV_ROUTING_KERNELS=avx2` makes a VNNI CPU take the AVX2 kernel for Q8_0 too (the
+//! same bits), `=portable` turns both off (the f32 panels).
 
 use rayon::prelude::*;
 
@@ -91,22 +94,39 @@ impl IntegerKernel {
             None
         }
     }
+
+    /// The fastest kernel this CPU runs for `format`'s blocks: [`IntegerKernel::detected`] for
+    /// Q8_0, AVX2 for Q4_1 (see the module docs).
+    pub(crate) fn for_format(format: BlockFormat) -> Option<Self> {
+        match format {
+            BlockFormat::Q8_0 => Self::detected(),
+            BlockFormat::Q4_1 => has_avx2_fma_f16c().then_some(Self::Avx2),
+        }
+    }
+
+    /// Whether the kernel multiplies `format`'s blocks.
+    fn multiplies(self, format: BlockFormat) -> bool {
+        match self {
+            Self::Vnni => format == BlockFormat::Q8_0,
+            Self::Avx2 => true,
+        }
+    }
 }
 
 /// Whether a product of `rows` rows with `weight` takes the integer path: asked for
-/// ([`BlockWeight::with_int8_prompt_products`]), Q8_0, more rows than a decode step streams, a
-/// CPU with integer products ([`IntegerKernel::detected`]).
+/// ([`BlockWeight::with_int8_prompt_products`]), more rows than a decode step streams, a CPU
+/// with integer products for the weight's format ([`IntegerKernel::for_format`]).
 pub(crate) fn takes_integer_product(weight: &BlockWeight, rows: usize) -> bool {
     weight.int8_prompt_products()
-        && weight.format() == BlockFormat::Q8_0
         && rows > MAX_STREAMED_ROWS
-        && IntegerKernel::detected().is_some()
+        && IntegerKernel::for_format(weight.format()).is_some()
 }
 
 /// `[rows, out]` f32: `x Wᵀ` with `x` (`[rows, in]`) rounded per block (see the module docs),
-/// on the CPU's fastest kernel. Call only where [`takes_integer_product`] holds.
+/// on the CPU's fastest kernel for the weight's format. Call only where
+/// [`takes_integer_product`] holds.
 pub(crate) fn integer_product(blocks: &BlockWeight, x: &[f32], rows: usize) -> Vec<f32> {
-    let kernel = IntegerKernel::detected().expect("a CPU with integer products");
+    let kernel = IntegerKernel::for_format(blocks.format()).expect("a CPU with integer products");
     integer_product_on(kernel, blocks, x, rows)
 }
 
@@ -122,8 +142,9 @@ pub(crate) fn integer_product_on(
         IntegerKernel::Avx2 => has_avx2_fma_f16c(),
     };
     assert!(
-        blocks.format() == BlockFormat::Q8_0 && runs,
-        "the integer product multiplies Q8_0 weights on a CPU with {kernel:?}"
+        kernel.multiplies(blocks.format()) && runs,
+        "the {kernel:?} integer product of {} weights on a CPU that runs it",
+        blocks.format()
     );
     let [_, d_input] = blocks.dims();
     assert_eq!(x.len(), rows * d_input, "x is [rows, in]");
@@ -149,7 +170,12 @@ pub(super) trait TileProducts {
     const MUTATIONS: &'static [Self::Mutation];
 
     /// Repacks outputs `first..first + OUTPUTS` of `weight` (those that exist).
-    fn repack(packed: &mut Self::Packed, weight: &BlockWeight, first: usize);
+    fn repack(
+        packed: &mut Self::Packed,
+        weight: &BlockWeight,
+        first: usize,
+        mutation: Option<Self::Mutation>,
+    );
 
     /// Columns `first_output..first_output + OUTPUTS` (those below `out.d_output`) of every row.
     ///
@@ -188,7 +214,7 @@ fn product_in_tiles<K: TileProducts>(
         .into_par_iter()
         .for_each_init(K::Packed::default, |packed, tile| {
             let first_output = tile * K::OUTPUTS;
-            K::repack(packed, blocks, first_output);
+            K::repack(packed, blocks, first_output, mutation);
             // SAFETY: the CPU runs the kernel (asserted by `integer_product_on`); this task
             // alone writes the columns `first_output..first_output + K::OUTPUTS` of `y` (the
             // tiles are disjoint), `packed` holds those outputs' blocks, and `rounded` holds
@@ -228,7 +254,7 @@ impl TileProducts for Vnni {
     type Mutation = Mutation;
     const MUTATIONS: &'static [Mutation] = &Mutation::ALL;
 
-    fn repack(packed: &mut Packed, weight: &BlockWeight, first: usize) {
+    fn repack(packed: &mut Packed, weight: &BlockWeight, first: usize, _: Option<Mutation>) {
         packed.repack(weight, first);
     }
 
@@ -459,11 +485,12 @@ mod tests {
     /// tolerance for sums of `in` terms; rows with a zero block and a NaN.
     fn checked(
         kernel: IntegerKernel,
+        format: BlockFormat,
         [d_output, d_input]: [usize; 2],
         rows: usize,
     ) -> Result<(), String> {
         let weight = BlockWeight::quantize(
-            BlockFormat::Q8_0,
+            format,
             [d_output, d_input],
             &values(d_output * d_input, 3, 1.0),
         )
@@ -481,6 +508,15 @@ mod tests {
             .map(|i| f64::from(rounded.codes[i]) * f64::from(rounded.scales[i / ROUNDED_BLOCK]))
             .collect();
         let w = weight.dequantize();
+        // Q4_1's offset of each weight value: the kernel sums `d q` and `m` apart, so its
+        // rounding is that of sums of `|d q| + |m|`, which can exceed `|d q + m|`.
+        let offsets: Vec<f64> = (0..d_output * d_input)
+            .map(|i| {
+                let (o, b) = (i / d_input, (i % d_input) / BLOCK_VALUES);
+                let block = &weight.bytes()[o * weight.row_bytes()..][b * format.block_bytes()..];
+                f64::from(block_params(format, block)[1])
+            })
+            .collect();
         for r in 0..rows {
             for o in 0..d_output {
                 let got = y[r * d_output + o];
@@ -490,14 +526,16 @@ mod tests {
                     }
                     continue;
                 }
-                let terms = (0..d_input)
-                    .map(|i| x_rounded[r * d_input + i] * f64::from(w[o * d_input + i]));
-                let expected: f64 = terms.clone().sum();
-                let magnitude: f64 = terms.map(f64::abs).sum();
+                let (x, w) = (&x_rounded[r * d_input..], &w[o * d_input..]);
+                let offsets = &offsets[o * d_input..];
+                let expected: f64 = (0..d_input).map(|i| x[i] * f64::from(w[i])).sum();
+                let magnitude: f64 = (0..d_input)
+                    .map(|i| x[i].abs() * ((f64::from(w[i]) - offsets[i]).abs() + offsets[i].abs()))
+                    .sum();
                 let bound = magnitude * (blocks + 4) as f64 * 2f64.powi(-23) + 1e-6;
                 if (f64::from(got) - expected).abs() > bound || got.is_nan() {
                     return Err(format!(
-                        "{kernel:?}, [{d_output}, {d_input}] x {rows} rows: y[{r}, {o}] = {got}, expected {expected} (bound {bound})"
+                        "{kernel:?} {format}, [{d_output}, {d_input}] x {rows} rows: y[{r}, {o}] = {got}, expected {expected} (bound {bound})"
                     ));
                 }
             }
@@ -505,14 +543,17 @@ mod tests {
         Ok(())
     }
 
-    /// The kernels this CPU runs.
-    fn kernels() -> Vec<IntegerKernel> {
+    /// The kernels this CPU runs, each with the formats it multiplies.
+    fn kernels() -> Vec<(IntegerKernel, Vec<BlockFormat>)> {
         let mut kernels = Vec::new();
         if has_avx512_vnni() {
-            kernels.push(IntegerKernel::Vnni);
+            kernels.push((IntegerKernel::Vnni, vec![BlockFormat::Q8_0]));
         }
         if has_avx2_fma_f16c() {
-            kernels.push(IntegerKernel::Avx2);
+            kernels.push((
+                IntegerKernel::Avx2,
+                vec![BlockFormat::Q8_0, BlockFormat::Q4_1],
+            ));
         }
         kernels
     }
@@ -521,14 +562,35 @@ mod tests {
     fn products_match_f64_on_the_rounded_rows() {
         // Outputs: less than a strip, a strip and a half, whole tiles; rows: a tile and a
         // tail of each length, blocks: one and several.
-        for kernel in kernels() {
-            for rows in [9, 10, 11, 12, 13, 17] {
-                checked(kernel, [7, 32], rows).unwrap();
-                checked(kernel, [45, 96], rows).unwrap();
+        for (kernel, formats) in kernels() {
+            for format in formats {
+                for rows in [9, 10, 11, 12, 13, 17] {
+                    checked(kernel, format, [7, 32], rows).unwrap();
+                    checked(kernel, format, [45, 96], rows).unwrap();
+                }
+                checked(kernel, format, [64, 576], 30).unwrap();
+                checked(kernel, format, [100, 1536], 14).unwrap();
             }
-            checked(kernel, [64, 576], 30).unwrap();
-            checked(kernel, [100, 1536], 14).unwrap();
         }
+    }
+
+    #[test]
+    fn each_format_takes_a_kernel_that_multiplies_it() {
+        assert_eq!(
+            IntegerKernel::for_format(BlockFormat::Q8_0),
+            IntegerKernel::detected()
+        );
+        // Q4_1 has the AVX2 kernel only, VNNI CPUs included.
+        assert_eq!(
+            IntegerKernel::for_format(BlockFormat::Q4_1),
+            has_avx2_fma_f16c().then_some(IntegerKernel::Avx2)
+        );
+        for format in [BlockFormat::Q8_0, BlockFormat::Q4_1] {
+            if let Some(kernel) = IntegerKernel::for_format(format) {
+                assert!(kernel.multiplies(format));
+            }
+        }
+        assert!(!IntegerKernel::Vnni.multiplies(BlockFormat::Q4_1));
     }
 
     #[test]
@@ -548,15 +610,19 @@ mod tests {
 
     #[test]
     fn every_mutation_fails_the_check() {
-        let check = |kernel| move || checked(kernel, [45, 96], 13);
         if has_avx512_vnni() {
-            let survivors =
-                mutants::surviving(Vnni::KERNEL, Vnni::MUTATIONS, check(IntegerKernel::Vnni));
+            let check = || checked(IntegerKernel::Vnni, BlockFormat::Q8_0, [45, 96], 13);
+            let survivors = mutants::surviving(Vnni::KERNEL, Vnni::MUTATIONS, check);
             assert!(survivors.is_empty(), "VNNI: not caught: {survivors:?}");
         }
         if has_avx2_fma_f16c() {
-            let survivors =
-                mutants::surviving(Avx2::KERNEL, Avx2::MUTATIONS, check(IntegerKernel::Avx2));
+            // Each mutation must fail for some format (Q8_0's sign, Q4_1's nibbles and
+            // offsets exist in one format only).
+            let check = || {
+                checked(IntegerKernel::Avx2, BlockFormat::Q8_0, [45, 96], 13)?;
+                checked(IntegerKernel::Avx2, BlockFormat::Q4_1, [45, 96], 13)
+            };
+            let survivors = mutants::surviving(Avx2::KERNEL, Avx2::MUTATIONS, check);
             assert!(survivors.is_empty(), "AVX2: not caught: {survivors:?}");
         }
     }

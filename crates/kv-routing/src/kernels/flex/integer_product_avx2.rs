@@ -1,24 +1,28 @@
-//! The integer products of [`super::integer_product`] on CPUs with AVX2 and no AVX-512 VNNI
-//! (AMD Zen 2 and 3, Intel before Ice Lake): the same arithmetic in 256-bit registers, with the
-//! byte products llama.cpp uses on these CPUs.
+//! The integer products of [`super::integer_product`] with AVX2's byte products, the ones
+//! llama.cpp uses on these CPUs: Q8_0 on CPUs with AVX2 and no AVX-512 VNNI (AMD Zen 2 and 3,
+//! Intel before Ice Lake), the same arithmetic as the VNNI kernel in 256-bit registers; Q4_1 on
+//! every CPU with AVX2.
 //!
 //! AVX2 multiplies bytes with `vpmaddubsw`: unsigned by signed, each pair of products summed
 //! into 16 bits *with saturation*. To keep every pair exact, the unsigned operand is the
-//! weight's magnitude `|w| <= 128` and the signed one the row's code carrying the weight's sign
-//! (`vpsignb`), `|x| <= 127`: a pair is at most `2 · 128 · 127 = 32,512 < 2^15`. `vpmaddwd` by
+//! weight's magnitude and the signed one the row's code, `|x| <= 127`: Q8_0's codes are signed,
+//! so the magnitude is `|w| <= 128` and the row's code takes the weight's sign (`vpsignb`), a
+//! pair at most `2 · 128 · 127 = 32,512 < 2^15`; Q4_1's codes are already unsigned nibbles
+//! (`q <= 15`, a pair at most 3,810) and go in as they are, with no sign step. `vpmaddwd` by
 //! ones then adds each output's two pairs into 32 bits. Here:
 //! - the weight is repacked a task's 16 outputs at a time, in two strips of 8 (one 256-bit
-//!   register holds 4 consecutive codes of each of 8 outputs), magnitudes and codes apart;
+//!   register holds 4 consecutive codes of each of 8 outputs), Q4_1's nibbles widened to bytes
+//!   in the order of their values (byte `j` of a block: values `j` and `j + 16`);
 //! - a tile of up to [`TILE_ROWS`] rows x 16 outputs keeps 8 integer sums of one block in
 //!   registers: per block, 8 groups of 4 codes, each code group of a row broadcast and
 //!   multiplied with both strips; at the block's end each integer sum (exact: at most
-//!   `32 · 128 · 127`) is converted and added with the product of its two scales.
+//!   `32 · 128 · 127`) is converted and added with the product of its two scales, and for
+//!   Q4_1 the offset's share `m_w · (s_x · Σ code_x)` (`Σ code_x` from [`RoundedRows`]).
 //!
 //! # Contract
-//! [`super::integer_product`]'s: for each output the sum over blocks of `s_x · s_w · Σ code_x ·
-//! code_w`, the integer sums exact and the float steps (the scales' product, one fused
-//! multiply-add per block, blocks in order) those of the VNNI kernel, so that the two give the
-//! same bits (tested where both run).
+//! [`super::integer_product`]'s. For Q8_0 the float steps (the scales' product, one fused
+//! multiply-add per block, blocks in order) are those of the VNNI kernel, so that the two give
+//! the same bits (tested where both run).
 
 use super::integer_product::{DisjointColumns, TileProducts};
 use super::rounded_rows::{RoundedRows, ROUNDED_BLOCK};
@@ -39,20 +43,26 @@ const STRIP_BLOCK_BYTES: usize = STRIP * BLOCK_VALUES;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[cfg_attr(not(any(test, feature = "kernel-mutants")), allow(dead_code))]
 pub(super) enum Mutation {
-    /// The weight's sign not given to the row's codes (products of magnitudes).
+    /// Q8_0: the weight's sign not given to the row's codes (products of magnitudes).
     SignDropped,
     /// Every block of a row scaled with the row's first scale.
     FirstRowScale,
     /// The last group of 4 codes of every block left out.
     LastGroupDropped,
+    /// Q4_1: a byte's nibbles read in the wrong order (value `j` from the high nibble).
+    NibblesSwapped,
+    /// Q4_1: the offset's share left out.
+    OffsetDropped,
 }
 
 #[cfg_attr(not(any(test, feature = "kernel-mutants")), allow(dead_code))]
 impl Mutation {
-    pub(super) const ALL: [Mutation; 3] = [
+    pub(super) const ALL: [Mutation; 5] = [
         Mutation::SignDropped,
         Mutation::FirstRowScale,
         Mutation::LastGroupDropped,
+        Mutation::NibblesSwapped,
+        Mutation::OffsetDropped,
     ];
 }
 
@@ -60,15 +70,32 @@ impl Mutation {
 pub(super) struct Avx2;
 
 /// Two strips of 8 outputs repacked for `vpmaddubsw` (see the module docs).
-#[derive(Default)]
 pub(super) struct Packed {
-    /// `[strip][block][group of 4 codes][output][4]`: `|code|` (outputs past the matrix: 0).
+    format: BlockFormat,
+    /// `[strip][block][group of 4 codes][output][4]`: Q8_0's `|code|`, Q4_1's nibble (outputs
+    /// past the matrix: 0).
     magnitudes: Vec<u8>,
-    /// The same layout: the codes, whose signs go to the rows' codes (past the matrix: 0).
+    /// Q8_0 (empty for Q4_1), the same layout: the codes, whose signs go to the rows' codes
+    /// (past the matrix: 0).
     codes: Vec<i8>,
     /// `[strip][block][output]`: the weight's f16 scales in f32 (0 past the matrix).
     scales: Vec<f32>,
+    /// Q4_1 (empty for Q8_0), the same layout: the blocks' f16 offsets in f32.
+    offsets: Vec<f32>,
     blocks: usize,
+}
+
+impl Default for Packed {
+    fn default() -> Self {
+        Self {
+            format: BlockFormat::Q8_0,
+            magnitudes: Vec::new(),
+            codes: Vec::new(),
+            scales: Vec::new(),
+            offsets: Vec::new(),
+            blocks: 0,
+        }
+    }
 }
 
 impl TileProducts for Avx2 {
@@ -78,29 +105,49 @@ impl TileProducts for Avx2 {
     type Mutation = Mutation;
     const MUTATIONS: &'static [Mutation] = &Mutation::ALL;
 
-    fn repack(packed: &mut Packed, weight: &BlockWeight, first: usize) {
+    fn repack(packed: &mut Packed, weight: &BlockWeight, first: usize, mutation: Option<Mutation>) {
         let [d_output, d_input] = weight.dims();
+        let format = weight.format();
         let blocks = d_input / BLOCK_VALUES;
-        let block_bytes = BlockFormat::Q8_0.block_bytes();
+        let block_bytes = format.block_bytes();
+        let signed = format == BlockFormat::Q8_0;
+        let values = 2 * blocks * STRIP_BLOCK_BYTES;
+        packed.format = format;
         packed.blocks = blocks;
         packed.magnitudes.clear();
-        packed.magnitudes.resize(2 * blocks * STRIP_BLOCK_BYTES, 0);
+        packed.magnitudes.resize(values, 0);
         packed.codes.clear();
-        packed.codes.resize(2 * blocks * STRIP_BLOCK_BYTES, 0);
+        packed.codes.resize(if signed { values } else { 0 }, 0);
         packed.scales.clear();
         packed.scales.resize(2 * blocks * STRIP, 0.0);
+        packed.offsets.clear();
+        packed
+            .offsets
+            .resize(if signed { 0 } else { 2 * blocks * STRIP }, 0.0);
+        let swapped = mutation == Some(Mutation::NibblesSwapped);
         for output in first..(first + Self::OUTPUTS).min(d_output) {
             let (strip, lane) = ((output - first) / STRIP, (output - first) % STRIP);
             let row = &weight.bytes()[output * weight.row_bytes()..][..weight.row_bytes()];
             for (b, block) in row.chunks_exact(block_bytes).enumerate() {
                 let at = strip * blocks + b;
-                packed.scales[at * STRIP + lane] = block_params(BlockFormat::Q8_0, block)[0];
-                for (group, codes) in block[2..].chunks_exact(4).enumerate() {
-                    let to = at * STRIP_BLOCK_BYTES + group * 4 * STRIP + lane * 4;
-                    for (k, &byte) in codes.iter().enumerate() {
+                let [scale, offset] = block_params(format, block);
+                packed.scales[at * STRIP + lane] = scale;
+                // Value `j`'s place: group `j / 4`, this output's lane, byte `j % 4`.
+                let to = |j: usize| at * STRIP_BLOCK_BYTES + (j / 4) * 4 * STRIP + lane * 4 + j % 4;
+                if signed {
+                    for (j, &byte) in block[2..].iter().enumerate() {
                         let code = byte as i8;
-                        packed.codes[to + k] = code;
-                        packed.magnitudes[to + k] = code.unsigned_abs();
+                        packed.codes[to(j)] = code;
+                        packed.magnitudes[to(j)] = code.unsigned_abs();
+                    }
+                } else {
+                    packed.offsets[at * STRIP + lane] = offset;
+                    let half = BLOCK_VALUES / 2;
+                    for (j, &byte) in block[4..].iter().enumerate() {
+                        let (low, high) = (byte & 0x0f, byte >> 4);
+                        let (first, second) = if swapped { (high, low) } else { (low, high) };
+                        packed.magnitudes[to(j)] = first;
+                        packed.magnitudes[to(j + half)] = second;
                     }
                 }
             }
@@ -191,7 +238,11 @@ unsafe fn multiply_tile<const R: usize>(
     } else {
         ROUNDED_BLOCK / 4
     };
-    let signed = mutation != Some(Mutation::SignDropped);
+    // Q8_0 reads the weight's signs (and gives them to the rows' codes unless mutated); Q4_1
+    // has none and adds its offsets' share.
+    let has_signs = packed.format == BlockFormat::Q8_0;
+    let signed = has_signs && mutation != Some(Mutation::SignDropped);
+    let offsets = !has_signs && mutation != Some(Mutation::OffsetDropped);
     let codes = rounded.codes.as_ptr().cast::<u8>();
     let ones = _mm256_set1_epi16(1);
     let mut sums = [[_mm256_setzero_ps(); 2]; R];
@@ -199,16 +250,20 @@ unsafe fn multiply_tile<const R: usize>(
         let mut integer = [[_mm256_setzero_si256(); 2]; R];
         let at = [0, 1].map(|s| (s * blocks + b) * STRIP_BLOCK_BYTES);
         for group in 0..groups {
-            // SAFETY: group `group` of each strip's block (32 bytes of the 256 a block holds).
+            // SAFETY: group `group` of each strip's block (32 bytes of the 256 a block holds;
+            // `codes` has them where `has_signs`).
             let (magnitude, sign) = unsafe {
-                (
-                    at.map(|at| {
-                        _mm256_loadu_si256(packed.magnitudes.as_ptr().add(at + group * 32).cast())
-                    }),
+                let magnitude = at.map(|at| {
+                    _mm256_loadu_si256(packed.magnitudes.as_ptr().add(at + group * 32).cast())
+                });
+                let sign = if has_signs {
                     at.map(|at| {
                         _mm256_loadu_si256(packed.codes.as_ptr().add(at + group * 32).cast())
-                    }),
-                )
+                    })
+                } else {
+                    magnitude
+                };
+                (magnitude, sign)
             };
             for (r, integer) in integer.iter_mut().enumerate() {
                 // SAFETY: codes `4 group..4 group + 4` of row `first_row + r`'s block `b`.
@@ -239,11 +294,24 @@ unsafe fn multiply_tile<const R: usize>(
         } else {
             b
         };
+        // SAFETY: the two strips' offsets of block `b` (8 each) where `offsets` (Q4_1).
+        let weight_offsets = offsets.then(|| unsafe {
+            [0, 1].map(|s| _mm256_loadu_ps(packed.offsets.as_ptr().add((s * blocks + b) * STRIP)))
+        });
         for (r, (sums, integer)) in sums.iter_mut().zip(&integer).enumerate() {
-            let x_scale = _mm256_set1_ps(rounded.scales[(first_row + r) * blocks + scale_block]);
+            let row_block = (first_row + r) * blocks;
+            let row_scale = rounded.scales[row_block + scale_block];
+            let x_scale = _mm256_set1_ps(row_scale);
             for s in 0..2 {
                 let scale = _mm256_mul_ps(weight_scales[s], x_scale);
                 sums[s] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(integer[s]), scale, sums[s]);
+            }
+            if let Some(weight_offsets) = weight_offsets {
+                // `Σ x ≈ s_x · Σ code_x`, in f32 (the code sum, at most 32 · 127, is exact).
+                let x_sum = _mm256_set1_ps(row_scale * rounded.code_sum(row_block + b) as f32);
+                for s in 0..2 {
+                    sums[s] = _mm256_fmadd_ps(weight_offsets[s], x_sum, sums[s]);
+                }
             }
         }
     }

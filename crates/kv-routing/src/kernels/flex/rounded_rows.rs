@@ -1,7 +1,8 @@
 //! Rows of f32 rounded to 8-bit codes per block of [`ROUNDED_BLOCK`] values, the way llama.cpp
 //! rounds the activations of its q8_0 dot products: the signed operand of the integer products
 //! ([`super::int8_attention`]'s decode scores over an int8 cache on CPUs with AVX-512 VNNI,
-//! [`super::integer_product`]'s prompt products with Q8_0 weights on those and on AVX2 CPUs).
+//! [`super::integer_product`]'s prompt products with Q8_0 and Q4_1 weights on those and on AVX2
+//! CPUs).
 //!
 //! # Contract
 //! For each block of 32 values `x`: `scale = max |x| / 127` (in f32), `code = round(x · (127 /
@@ -14,7 +15,8 @@
 //! The integer instruction multiplies unsigned bytes by signed ones: the other operand goes in
 //! shifted to unsigned (`w + 128`, the byte `w ^ 0x80`), and each block's `corrections` entry,
 //! `-128 Σ code`, takes the shift's share back out of its sums (the AVX2 kernel gives the codes
-//! the weight's sign instead and does not read them).
+//! the weight's sign instead; it reads the code sums, [`RoundedRows::code_sum`], for Q4_1's
+//! offsets).
 //!
 //! The vector paths (AVX-512 with BW and DQ, or AVX2) compute exactly the scalar path's codes
 //! (the same f64 products; rounding half away from zero as truncation of `x ± 0.5`, exact in
@@ -39,6 +41,12 @@ pub(crate) struct RoundedRows {
 const PARALLEL_VALUES: usize = 1 << 15;
 
 impl RoundedRows {
+    /// `Σ code` of block `block` (of all rows' blocks, row-major): what Q4_1's offsets multiply.
+    pub(crate) fn code_sum(&self, block: usize) -> i32 {
+        // Exact: the correction is -128 times the sum.
+        -self.corrections[block] / 128
+    }
+
     /// Rounds `values` (`[rows, width]`, `width` a multiple of [`ROUNDED_BLOCK`]), replacing what
     /// the buffers held; a prompt's rows over rayon's pool.
     pub(crate) fn round(&mut self, values: &[f32]) {
