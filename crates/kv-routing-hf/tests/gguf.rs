@@ -681,7 +681,9 @@ const LONG_PROMPTS: [&str; 2] = [
 ///   AVX-512 VNNI or AVX2 a prompt's rows are rounded to 8 bits per block of 32, Q8_0's own precision,
 ///   and multiplied as integers) the logits move, and by at most twice what the same precision
 ///   does to the weights: the Q8_0 file's logits against the Q4_1 file's it was made from, both
-///   dequantized (measured: 1.5x at most over these prompts; docs/benchmarks.md).
+///   dequantized (measured: 1.5x at most over these prompts; docs/benchmarks.md); the same
+///   bound for the Q4_1 file's blocks as stored with integer prompt products, against the Q4_1
+///   file dequantized.
 #[test]
 fn real_smollm2_q8_0_as_stored_keeps_the_float_paths_text() {
     let (Ok(q4_1), Ok(q8_0)) = (
@@ -707,6 +709,7 @@ fn real_smollm2_q8_0_as_stored_keeps_the_float_paths_text() {
     let float = load(&q8_0, WeightStorage::Float);
     let as_stored = load(&q8_0, WeightStorage::AsStored);
     let int8_prompts = as_stored.clone().with_int8_prompt_products(true);
+    let q4_1_int8_prompts = load(&q4_1, WeightStorage::AsStored).with_int8_prompt_products(true);
     let tokenizer = HfTokenizer::from_gguf(&GgufFile::open(Path::new(&q8_0)).unwrap()).unwrap();
     let full = CachePlan::full(float.n_layers()).unwrap().route();
     let reference: Value = serde_json::from_str(
@@ -721,8 +724,14 @@ fn real_smollm2_q8_0_as_stored_keeps_the_float_paths_text() {
     };
     for prompt in prompts.chain(LONG_PROMPTS.map(String::from)) {
         let ids = tokenizer.encode(&prompt).unwrap();
-        let logits =
-            [&from_q4_1, &float, &as_stored, &int8_prompts].map(|m| host_logits(m, &ids, &full));
+        let logits = [
+            &from_q4_1,
+            &float,
+            &as_stored,
+            &int8_prompts,
+            &q4_1_int8_prompts,
+        ]
+        .map(|m| host_logits(m, &ids, &full));
         // The largest `|a - b| / (1 + |b|)` and `|a - b|` over every position and token.
         let differences = |a: &[Vec<f64>], b: &[Vec<f64>]| {
             let pairs = a.iter().flatten().zip(b.iter().flatten());
@@ -734,8 +743,9 @@ fn real_smollm2_q8_0_as_stored_keeps_the_float_paths_text() {
         let [as_stored_relative, _] = differences(&logits[2], &logits[1]);
         let [_, weight_rounding] = differences(&logits[0], &logits[1]);
         let [_, int8_difference] = differences(&logits[3], &logits[1]);
+        let [_, q4_1_int8_difference] = differences(&logits[4], &logits[0]);
         eprintln!(
-            "{} tokens: as stored {as_stored_relative:.1e} (relative); int8 prompts {int8_difference:.3}, the weights' 8-bit rounding {weight_rounding:.3}",
+            "{} tokens: as stored {as_stored_relative:.1e} (relative); int8 prompts {int8_difference:.3} (Q4_1: {q4_1_int8_difference:.3}), the weights' 8-bit rounding {weight_rounding:.3}",
             ids.len()
         );
         assert!(
@@ -745,6 +755,10 @@ fn real_smollm2_q8_0_as_stored_keeps_the_float_paths_text() {
         assert!(
             int8_difference <= 2.0 * weight_rounding,
             "{prompt:?}: int8 prompt products move the logits by {int8_difference}, more than twice the weights' own 8-bit rounding ({weight_rounding})"
+        );
+        assert!(
+            q4_1_int8_difference <= 2.0 * weight_rounding,
+            "{prompt:?}: int8 prompt products with Q4_1 blocks move the logits by {q4_1_int8_difference}, more than twice the weights' own 8-bit rounding ({weight_rounding})"
         );
         let [expected, got] = [&float, &as_stored].map(|m| {
             m.generate(std::slice::from_ref(&ids), &full, &config)

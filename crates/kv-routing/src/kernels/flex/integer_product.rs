@@ -498,11 +498,22 @@ mod tests {
         .with_int8_prompt_products(true);
         let mut x = values(rows * d_input, 11, 4.0);
         x[d_input..d_input + 32].fill(0.0);
-        let nan_row = rows - 1;
-        x[nan_row * d_input + 3] = f32::NAN;
-        let y = integer_product_on(kernel, &weight, &x, rows);
+        x[(rows - 1) * d_input + 3] = f32::NAN;
+        matches_f64(kernel, &weight, &x, rows, Some(rows - 1))
+    }
+
+    /// [`checked`] for `weight` and `x`, whose row `nan_row` (if any) holds a NaN.
+    fn matches_f64(
+        kernel: IntegerKernel,
+        weight: &BlockWeight,
+        x: &[f32],
+        rows: usize,
+        nan_row: Option<usize>,
+    ) -> Result<(), String> {
+        let ([d_output, d_input], format) = (weight.dims(), weight.format());
+        let y = integer_product_on(kernel, weight, x, rows);
         let mut rounded = RoundedRows::default();
-        rounded.round(&x);
+        rounded.round(x);
         let blocks = d_input / ROUNDED_BLOCK;
         let x_rounded: Vec<f64> = (0..rows * d_input)
             .map(|i| f64::from(rounded.codes[i]) * f64::from(rounded.scales[i / ROUNDED_BLOCK]))
@@ -520,7 +531,7 @@ mod tests {
         for r in 0..rows {
             for o in 0..d_output {
                 let got = y[r * d_output + o];
-                if r == nan_row {
+                if Some(r) == nan_row {
                     if !got.is_nan() {
                         return Err(format!("row {r} holds a NaN, y[{r}, {o}] = {got}"));
                     }
@@ -570,6 +581,34 @@ mod tests {
                 }
                 checked(kernel, format, [64, 576], 30).unwrap();
                 checked(kernel, format, [100, 1536], 14).unwrap();
+            }
+        }
+    }
+
+    /// The largest integer sums each format can give stay exact: Q4_1 blocks of nibbles 15
+    /// (one value at the block's minimum) and Q8_0 blocks of ±127/-128 codes, with rows of
+    /// codes ±127 (Q4_1 keeps a block's pair sums in 16 bits: 8 · 2 · 15 · 127 = 30,480).
+    #[test]
+    fn the_largest_sums_stay_exact() {
+        let [d_output, d_input, rows] = [16, 64, 9];
+        let mut w = vec![1.0f32; d_output * d_input];
+        for block in w.chunks_exact_mut(BLOCK_VALUES).skip(1).step_by(2) {
+            block[0] = -1.0;
+        }
+        for (sign, x) in [(1.0f32, 0), (-1.0, 1)] {
+            let x: Vec<f32> = (0..rows * d_input)
+                .map(|i| if (i / d_input) % 2 == x { sign } else { -sign })
+                .collect();
+            for (kernel, formats) in kernels() {
+                for format in formats {
+                    let weight = BlockWeight::quantize(format, [d_output, d_input], &w)
+                        .unwrap()
+                        .with_int8_prompt_products(true);
+                    matches_f64(kernel, &weight, &x, rows, None).unwrap();
+                    let y = integer_product_on(kernel, &weight, &x, rows);
+                    // Row 0's first output: a block of 1s (31 of 32 for Q4_1) times ±1s.
+                    assert!(y[0].abs() > 60.0, "{kernel:?} {format}: {}", y[0]);
+                }
             }
         }
     }

@@ -15,9 +15,10 @@
 //!   in the order of their values (byte `j` of a block: values `j` and `j + 16`);
 //! - a tile of up to [`TILE_ROWS`] rows x 16 outputs keeps 8 integer sums of one block in
 //!   registers: per block, 8 groups of 4 codes, each code group of a row broadcast and
-//!   multiplied with both strips; at the block's end each integer sum (exact: at most
-//!   `32 · 128 · 127`) is converted and added with the product of its two scales, and for
-//!   Q4_1 the offset's share `m_w · (s_x · Σ code_x)` (`Σ code_x` from [`RoundedRows`]).
+//!   multiplied with both strips (Q4_1's pair sums kept in 16 bits over the block, Q8_0's
+//!   widened every group); at the block's end each integer sum (exact: at most `32 · 128 ·
+//!   127`) is converted and added with the product of its two scales, and for Q4_1 the
+//!   offset's share `m_w · (s_x · Σ code_x)` (`Σ code_x` from [`RoundedRows`]).
 //!
 //! # Contract
 //! [`super::integer_product`]'s. For Q8_0 the float steps (the scales' product, one fused
@@ -248,6 +249,10 @@ unsafe fn multiply_tile<const R: usize>(
     let mut sums = [[_mm256_setzero_ps(); 2]; R];
     for b in 0..blocks {
         let mut integer = [[_mm256_setzero_si256(); 2]; R];
+        // Q4_1's pair sums (at most 2 · 15 · 127 = 3,810) add up in 16 bits over a whole block
+        // (8 groups: 30,480 < 2^15) and are widened once, at its end; Q8_0's (up to 32,512)
+        // are widened every group.
+        let mut pairs = [[_mm256_setzero_si256(); 2]; R];
         let at = [0, 1].map(|s| (s * blocks + b) * STRIP_BLOCK_BYTES);
         for group in 0..groups {
             // SAFETY: group `group` of each strip's block (32 bytes of the 256 a block holds;
@@ -265,7 +270,7 @@ unsafe fn multiply_tile<const R: usize>(
                 };
                 (magnitude, sign)
             };
-            for (r, integer) in integer.iter_mut().enumerate() {
+            for r in 0..R {
                 // SAFETY: codes `4 group..4 group + 4` of row `first_row + r`'s block `b`.
                 let four = unsafe {
                     codes
@@ -275,13 +280,26 @@ unsafe fn multiply_tile<const R: usize>(
                 };
                 let x = _mm256_set1_epi32(four);
                 for s in 0..2 {
-                    let x = if signed {
-                        _mm256_sign_epi8(x, sign[s])
+                    if has_signs {
+                        let x = if signed {
+                            _mm256_sign_epi8(x, sign[s])
+                        } else {
+                            x
+                        };
+                        let pairs = _mm256_maddubs_epi16(magnitude[s], x);
+                        integer[r][s] =
+                            _mm256_add_epi32(integer[r][s], _mm256_madd_epi16(pairs, ones));
                     } else {
-                        x
-                    };
-                    let pairs = _mm256_maddubs_epi16(magnitude[s], x);
-                    integer[s] = _mm256_add_epi32(integer[s], _mm256_madd_epi16(pairs, ones));
+                        pairs[r][s] =
+                            _mm256_add_epi16(pairs[r][s], _mm256_maddubs_epi16(magnitude[s], x));
+                    }
+                }
+            }
+        }
+        if !has_signs {
+            for (integer, pairs) in integer.iter_mut().zip(&pairs) {
+                for s in 0..2 {
+                    integer[s] = _mm256_madd_epi16(pairs[s], ones);
                 }
             }
         }
