@@ -20,7 +20,7 @@
 # A quick check of the script itself (minutes, not hours): PHASE1_STEPS=2 PHASE2_STEPS=2
 #   EVAL_BATCHES=1 PASSKEYS=2 retrofit_pipeline.sh ...
 # PHASE1_FLAGS adds flags to phase 1 (a variant of the recipe: use another RUNS directory),
-#   e.g. PHASE1_FLAGS="--distill-hidden-weight 30".
+#   e.g. PHASE1_FLAGS="--distill-hidden-weight 30"; PHASE2_FLAGS to both phase-2 runs.
 set -euo pipefail
 
 if [ $# -ne 4 ]; then
@@ -34,6 +34,7 @@ eval_batches=${EVAL_BATCHES:-12}
 passkeys=${PASSKEYS:-100}
 curve_every=${CURVE_EVERY:-0}
 read -r -a phase1_flags <<<"${PHASE1_FLAGS:-}"
+read -r -a phase2_flags <<<"${PHASE2_FLAGS:-}"
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$runs/evals"
 
@@ -119,7 +120,8 @@ for focus in 1 0; do
     run=$runs/phase2-focus$focus
     train "$run" --init-from "$runs/phase1/checkpoint" --data "$episodes" \
         --recipe sharing-adapters-long --steps "$phase2_steps" --distill-focus "$focus" \
-        --eval-every 100000 --eval-batches 1 --checkpoint-every 30
+        --eval-every 100000 --eval-batches 1 --checkpoint-every 30 \
+        ${phase2_flags[@]+"${phase2_flags[@]}"}
     evaluate "focus$focus-every2-800" "$run/checkpoint" --batches "$eval_batches" \
         --plans every:2 --passkey "$passkeys" --passkey-filler 30
     evaluate "focus$focus-every2-2000" "$run/checkpoint" --batches 1 --plans every:2 \
