@@ -59,6 +59,7 @@ struct Defaults {
     weight_decay: f64,
     route_draw: RouteDraw,
     distill: bool,
+    distill_temperature: f64,
     distill_hidden_weight: f64,
     sharing_adapter: Option<usize>,
     /// Final rate of the cosine decay, as a fraction of the peak rate.
@@ -79,6 +80,8 @@ impl Defaults {
                 weight_decay: 0.1,
                 route_draw: RouteDraw::IndependentLayers,
                 distill: false,
+                // SwiftKV's (Llama-3.1 retrofitted by distillation).
+                distill_temperature: 2.0,
                 distill_hidden_weight: 0.0,
                 sharing_adapter: None,
                 min_lr_fraction: 0.1,
@@ -97,6 +100,7 @@ impl Defaults {
                 weight_decay: 0.0,
                 route_draw: RouteDraw::EveryKth { max_k: 2 },
                 distill: true,
+                distill_temperature: 2.0,
                 distill_hidden_weight: 10.0,
                 sharing_adapter: Some(64),
                 min_lr_fraction: 0.1,
@@ -240,9 +244,10 @@ pub struct TrainArgs {
     /// --init-from one; implies --distill.
     #[arg(long)]
     teacher: Option<PathBuf>,
-    /// Softmax temperature of distillation (both distributions).
-    #[arg(long, default_value_t = 2.0)]
-    distill_temperature: f64,
+    /// Softmax temperature of distillation (both distributions). Default: 2 (SwiftKV's), or the
+    /// --recipe's.
+    #[arg(long)]
+    distill_temperature: Option<f64>,
     /// Weight of the data's cross-entropy mixed into the distillation loss, in [0, 1].
     #[arg(long, default_value_t = 0.0)]
     distill_ce_weight: f64,
@@ -351,7 +356,9 @@ pub fn run_train(args: TrainArgs) -> Result<()> {
             ));
         }
         config.distill = Some(Distillation {
-            temperature: args.distill_temperature,
+            temperature: args
+                .distill_temperature
+                .unwrap_or(defaults.distill_temperature),
             ce_weight: args.distill_ce_weight,
             full_plan_weight: args.distill_full_weight,
             hidden_weight: args
