@@ -480,7 +480,7 @@ fn a_recipe_sets_the_retrofit_flags_and_given_flags_override_it() {
     assert_eq!(saved["learning_rate"], 5e-4);
     assert_eq!(saved["min_learning_rate"], 1e-4);
     assert_eq!(saved["data"]["text_file"]["seed"], 1);
-    assert_eq!(saved["distill"]["temperature"], 1.0);
+    assert_eq!(saved["distill"]["temperature"], 2.0);
     assert_eq!(saved["distill"]["hidden_weight"], 10.0);
     assert_eq!(saved["route_draw"]["max_k"], 2);
     assert_eq!(saved["model"]["sharing_adapter"]["rank"], 2);
