@@ -1,7 +1,7 @@
 //! The loader fuzz targets, written once and used twice:
 //! - by the libFuzzer binaries in `fuzz/fuzz_targets/` (coverage-guided, long runs by hand:
 //!   see `fuzz/README.md`);
-//! - by `crates/kv-routing-train/tests/fuzz_corpus.rs`, which runs the valid seed of every
+//! - by `crates/kv-routing-train/tests/train/fuzz_corpus.rs`, which runs the valid seed of every
 //!   target and every input saved under `fuzz/regressions/<target>/` in CI.
 //!
 //! A target takes arbitrary bytes, puts them where a loader reads them, and loads; it returns

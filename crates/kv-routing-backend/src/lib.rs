@@ -52,7 +52,7 @@ mod selected {
     pub fn training_devices(n: usize) -> Vec<Device> {
         vec![device(); n]
     }
-    /// Not probed at run time (tested in backends/wgpu/tests/in_place_write.rs).
+    /// Not probed at run time (tested in backends/wgpu/tests/conformance/in_place_write.rs).
     pub fn cache_writes_in_place() -> Option<bool> {
         None
     }

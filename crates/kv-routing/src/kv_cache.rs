@@ -46,7 +46,8 @@
 //! kept past its step forces the copy. The cache counts such writes
 //! ([`KvCacheManager::copied_writes`]) and logs a warning (`log`) at the first. Whether the
 //! backend writes a uniquely owned buffer in place at all is the backend's property, tested per
-//! backend (`backends/*/tests/in_place_write.rs`).
+//! backend (`backends/{flex,ndarray}/tests/in_place_write.rs`,
+//! `backends/wgpu/tests/conformance/in_place_write.rs`).
 
 use std::sync::Arc;
 

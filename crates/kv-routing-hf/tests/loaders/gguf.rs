@@ -4,7 +4,7 @@
 //! `KV_ROUTING_SMOLLM2_GGUF` names the real SmolLM2-135M-Instruct Q4_1 file, greedy text and
 //! logits match figures stored from `transformers`.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 

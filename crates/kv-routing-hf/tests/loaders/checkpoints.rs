@@ -1,7 +1,7 @@
 //! Loading Hugging Face checkpoints of every supported family, written in the test itself, and
 //! checking logits against an independent f64 reference; export round trips; clear errors.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 

@@ -7,16 +7,16 @@
 //! of a fuzzing run.
 
 #[allow(dead_code)]
-#[path = "../../../fuzz/targets.rs"]
+#[path = "../../../../fuzz/targets.rs"]
 mod targets;
 
 // kv-routing-hf's test writers, for a GGUF seed (`gguf_writer` names its sibling
 // `super::checkpoint_builder`, so both sit at the root here).
 #[allow(dead_code)]
-#[path = "../../kv-routing-hf/tests/support/checkpoint_builder.rs"]
+#[path = "../../../kv-routing-hf/tests/support/checkpoint_builder.rs"]
 mod checkpoint_builder;
 #[allow(dead_code)]
-#[path = "../../kv-routing-hf/tests/support/gguf_writer.rs"]
+#[path = "../../../kv-routing-hf/tests/support/gguf_writer.rs"]
 mod gguf_writer;
 
 use std::path::{Path, PathBuf};

@@ -15,7 +15,7 @@
 use burn::tensor::{Tensor, TensorPrimitive};
 use kv_routing_wgpu::Backend;
 
-mod support;
+use crate::support;
 
 /// What `Backend` (burn-fusion) runs on; resolving a fusion tensor yields this backend's tensor.
 type Inner = burn_wgpu::CubeBackend<burn_wgpu::WgpuRuntime, f32, i32, u32>;
