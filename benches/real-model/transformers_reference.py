@@ -3,8 +3,8 @@
 transformers computes from the real SmolLM2-135M-Instruct Q4_1 GGUF file (it dequantizes GGUF
 itself, with llama.cpp's gguf-py): prompt token ids, the ten largest logits at the last prompt
 position, and the greedy continuation. The Rust test `real_smollm2_gguf_matches_transformers`
-(crates/kv-routing-hf/tests/loaders/gguf.rs, run when KV_ROUTING_SMOLLM2_GGUF names the file) checks
-kv-routing's GGUF import against these figures.
+(crates/kv-routing-hf/tests/loaders/gguf.rs, run when KV_ROUTING_SMOLLM2_GGUF names the file)
+checks kv-routing's GGUF import against these figures.
 
 Usage: transformers_reference.py PATH/SmolLM2-135M-Instruct.Q4_1.gguf OUT.json
 """

@@ -23,7 +23,8 @@ pub mod support;
 /// A backend whose device may be missing on the machine (wgpu without a driver) passes
 /// `device_or_skip = EXPR` instead, `EXPR` an `Option` of the device evaluated first in every
 /// test: `None` makes the test return at once. Saying that tests were skipped, and refusing to
-/// skip where the device is required, is `EXPR`'s job (see `backends/wgpu/tests/conformance/support.rs`).
+/// skip where the device is required, is `EXPR`'s job (see
+/// `backends/wgpu/tests/conformance/support.rs`).
 ///
 /// ```ignore
 /// kv_routing_conformance::conformance_suite!(

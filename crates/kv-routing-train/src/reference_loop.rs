@@ -1,6 +1,7 @@
 //! [`reference_loop`]: the training semantics of [`crate::trainer`] written as a plain loop,
 //! without Burn's `Learner`: the independent reference that the `Learner` path is tested
-//! against (`tests/train/learner.rs`) and benchmarked against (`benches/examples/learner_probe.rs`).
+//! against (`tests/train/learner.rs`) and benchmarked against
+//! (`benches/examples/learner_probe.rs`).
 //!
 //! Step `s` reads samples `s * batch_size ..` of the training split, runs under
 //! `router.route_for_step(s)`, takes the gradient of the mean next-token loss, clips it to a

@@ -11,7 +11,7 @@
 mod targets;
 
 // kv-routing-hf's test writers, for a GGUF seed (`gguf_writer` names its sibling
-// `super::checkpoint_builder`, so both sit at the root here).
+// `super::checkpoint_builder`, so both are children of this module).
 #[allow(dead_code)]
 #[path = "../../../kv-routing-hf/tests/support/checkpoint_builder.rs"]
 mod checkpoint_builder;
