@@ -23,6 +23,7 @@ mod attention_mask;
 mod block_weight;
 mod byte_count;
 mod cache_plan;
+mod concurrent_passes;
 mod decoder_block;
 mod error;
 mod feed_forward;
@@ -55,6 +56,7 @@ pub use attention::{BlockGroup, StochasticKvAttention, StochasticKvAttentionConf
 pub use attention_mask::{AttentionMask, KeyHoles};
 pub use block_weight::{BlockFormat, BlockWeight, BLOCK_VALUES};
 pub use cache_plan::CachePlan;
+pub use concurrent_passes::join_passes;
 pub use decoder_block::DecoderBlock;
 pub use error::{KvRoutingError, Result};
 pub use feed_forward::{SwiGluFeedForward, SwiGluFeedForwardConfig};

@@ -17,7 +17,8 @@
 //!   of [`crate::distillation`]: the teacher runs under the full plan on the inner backend, is
 //!   never visited by the optimizer (a skipped field) and never saved with the model. With a
 //!   hidden-state weight, sharing steps run both passes recorded (their states between blocks
-//!   kept) instead of plain.
+//!   kept) instead of plain. The student's and the teacher's passes run at once on flex
+//!   ([`kv_routing::join_passes`]: the same bits as one after the other).
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -170,8 +171,13 @@ impl<B: AutodiffBackend> RoutedLm<B> {
         let (logits, targets, hidden) = if settings.hidden_weight > 0.0 && *route != full {
             // Both passes keep their states between blocks (block 0's input, the embedding,
             // is the same in both and left out).
-            let student = self.transformer.forward_recorded(&batch.inputs, route)?;
-            let teacher = teacher.forward_recorded(&batch.inputs, &full)?;
+            // The two passes are independent: at once, each fills the other's waits at the
+            // ends of its split products (`join_passes`; the same bits as one after the other).
+            let (student, teacher) = kv_routing::join_passes::<B, _, _>(
+                || self.transformer.forward_recorded(&batch.inputs, route),
+                || teacher.forward_recorded(&batch.inputs, &full),
+            );
+            let (student, teacher) = (student?, teacher?);
             let teacher_states: Vec<Tensor<B, 3>> = teacher.block_inputs()[1..]
                 .iter()
                 .map(|state| Tensor::from_inner(state.clone()))
@@ -183,11 +189,11 @@ impl<B: AutodiffBackend> RoutedLm<B> {
                 Some(distances.mul_scalar(settings.hidden_weight)),
             )
         } else {
-            (
-                self.transformer.forward_tokens(&batch.inputs, route)?,
-                Tensor::from_inner(teacher.forward_tokens(&batch.inputs, &full)?),
-                None,
-            )
+            let (student, teacher) = kv_routing::join_passes::<B, _, _>(
+                || self.transformer.forward_tokens(&batch.inputs, route),
+                || teacher.forward_tokens(&batch.inputs, &full),
+            );
+            (student?, Tensor::from_inner(teacher?), None)
         };
         let mut losses =
             distillation_losses(logits.clone(), targets.clone(), settings.temperature)?;

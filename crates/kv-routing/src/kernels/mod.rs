@@ -434,6 +434,21 @@ pub(crate) fn write_int_slots<B: Backend>(
     slice_assign_slots(storage, start, values)
 }
 
+/// `a` and `b`, two computations independent of each other, at once on the compute threads when
+/// `B` is flex or flex under autodiff ([`flex::pool::join_on_pool`]); one after the other on the
+/// calling thread on every other backend (a GPU backend queues both on one device anyway).
+#[cfg_attr(not(feature = "flex"), allow(clippy::extra_unused_type_parameters))]
+pub(crate) fn join_on_compute_threads<B: Backend, RA: Send, RB: Send>(
+    a: impl FnOnce() -> RA + Send,
+    b: impl FnOnce() -> RB + Send,
+) -> (RA, RB) {
+    #[cfg(feature = "flex")]
+    if flex::is_flex::<B>() || flex::tensor::is_autodiff_flex::<B>() {
+        return flex::pool::join_on_pool(a, b);
+    }
+    (a(), b())
+}
+
 /// Runs `work` where `B` computes fastest when called from it: on rayon's pool for flex when
 /// the caller is outside the pool ([`flex::pool`]), on the calling thread otherwise.
 // Without the `flex` feature no backend is moved, and `B` only keeps the call sites the same.
