@@ -434,9 +434,10 @@ pub(crate) fn write_int_slots<B: Backend>(
     slice_assign_slots(storage, start, values)
 }
 
-/// `a` and `b`, two computations independent of each other, at once on the compute threads when
-/// `B` is flex or flex under autodiff ([`flex::pool::join_on_pool`]); one after the other on the
-/// calling thread on every other backend (a GPU backend queues both on one device anyway).
+/// `a` and `b`, two computations independent of each other, at once on rayon's pool when `B` is
+/// flex or flex under autodiff (while one waits at the end of a product split across the
+/// threads, the other's work fills the wait); one after the other on the calling thread on every
+/// other backend (a GPU backend queues both on one device anyway).
 #[cfg_attr(not(feature = "flex"), allow(clippy::extra_unused_type_parameters))]
 pub(crate) fn join_on_compute_threads<B: Backend, RA: Send, RB: Send>(
     a: impl FnOnce() -> RA + Send,
@@ -444,7 +445,7 @@ pub(crate) fn join_on_compute_threads<B: Backend, RA: Send, RB: Send>(
 ) -> (RA, RB) {
     #[cfg(feature = "flex")]
     if flex::is_flex::<B>() || flex::tensor::is_autodiff_flex::<B>() {
-        return flex::pool::join_on_pool(a, b);
+        return rayon::join(a, b);
     }
     (a(), b())
 }

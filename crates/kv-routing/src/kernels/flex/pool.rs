@@ -16,15 +16,6 @@ pub(crate) fn run_on_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
     work()
 }
 
-/// `a` and `b` at once on rayon's pool: while one waits at the end of a product split across
-/// the threads, the other's work fills the wait.
-pub(crate) fn join_on_pool<RA: Send, RB: Send>(
-    a: impl FnOnce() -> RA + Send,
-    b: impl FnOnce() -> RB + Send,
-) -> (RA, RB) {
-    rayon::join(a, b)
-}
-
 #[cfg(test)]
 mod tests {
     use burn_flex::Flex;
